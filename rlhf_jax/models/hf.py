@@ -1,0 +1,267 @@
+"""Load and save Hugging Face GPT-2 checkpoints and tokenizers.
+
+`load_pretrained(name_or_path)` reads a hub name or a local directory in
+Hugging Face layout (config.json plus model.safetensors or pytorch_model.bin)
+into our Flax `GPT2LMHeadModel`; `save_pretrained` writes the same layout back,
+loadable by `transformers.GPT2LMHeadModel.from_pretrained`. transformers 5 has
+no Flax models, so the conversion is ours: HF's Conv1D weights are already
+[in, out], so the mapping is a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# Buffers in old checkpoints (causal masks), not parameters.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> GPT2Config:
+    """A GPT2Config from a Hugging Face config dict; non-GPT-2 configs are refused."""
+    model_type = hf.get("model_type")
+    archs = hf.get("architectures") or []
+    if model_type != "gpt2":
+        raise ValueError(
+            f"{source}: model_type={model_type!r} (architectures={archs}) is not GPT-2; "
+            "rlhf_jax implements the GPT-2 architecture only"
+        )
+    act = hf.get("activation_function", "gelu_new")
+    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"{source}: activation_function={act!r} unsupported (need gelu_new)")
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("reorder_and_upcast_attn"):
+        raise ValueError(f"{source}: scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn unsupported")
+    return GPT2Config(
+        vocab_size=hf["vocab_size"],
+        n_positions=hf.get("n_positions", 1024),
+        n_embd=hf["n_embd"],
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        initializer_range=hf.get("initializer_range", 0.02),
+        **overrides,
+    )
+
+
+def config_to_hf(config: GPT2Config) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.n_positions,
+        "n_ctx": config.n_positions,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": config.layer_norm_epsilon,
+        "initializer_range": config.initializer_range,
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": 50256 if config.vocab_size > 50256 else 0,
+        "eos_token_id": 50256 if config.vocab_size > 50256 else 0,
+    }
+
+
+def _resolve_dir(name_or_path: str) -> str:
+    """A local directory holding config.json and weights, downloading from the hub if needed."""
+    if os.path.isdir(name_or_path):
+        return name_or_path
+    if os.path.exists(name_or_path):
+        raise ValueError(f"{name_or_path}: expected a directory in Hugging Face layout, got a file")
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import (
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError as e:  # pragma: no cover - transformers depends on it
+        raise ValueError(f"{name_or_path}: not a local directory and huggingface_hub is missing") from e
+    patterns = ["config.json", "model.safetensors", "pytorch_model.bin"]
+    try:
+        return huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns)
+    except RepositoryNotFoundError as e:
+        raise ValueError(f"{name_or_path}: no such local directory and no such model on the hub") from e
+    except LocalEntryNotFoundError as e:
+        raise ValueError(
+            f"{name_or_path}: not a local directory and not in the Hugging Face cache, "
+            "and the hub cannot be reached (offline?); download it on a connected machine "
+            "or pass a local directory"
+        ) from e
+    except Exception as e:  # network errors, bad repo ids
+        raise ValueError(f"{name_or_path}: cannot be loaded locally or from the hub: {e}") from e
+
+
+def _read_state_dict(directory: str) -> dict[str, np.ndarray]:
+    st = os.path.join(directory, "model.safetensors")
+    if os.path.exists(st):
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(st)
+        except Exception:
+            # bfloat16 tensors cannot be read as numpy; go through torch.
+            from safetensors.torch import load_file as load_torch
+
+            return {k: v.float().numpy() for k, v in load_torch(st).items()}
+    pt = os.path.join(directory, "pytorch_model.bin")
+    if os.path.exists(pt):
+        try:
+            import torch
+        except ImportError as e:
+            raise ValueError(f"{pt}: reading pytorch_model.bin needs torch installed") from e
+        sd = torch.load(pt, map_location="cpu", weights_only=True)
+        return {k: v.float().numpy() for k, v in sd.items()}
+    raise ValueError(f"{directory}: no weights ({' or '.join(_WEIGHT_FILES)})")
+
+
+def _expected_shapes(config: GPT2Config) -> dict[str, tuple]:
+    d = config.n_embd
+    shapes = {"wte.weight": (config.vocab_size, d), "wpe.weight": (config.n_positions, d)}
+    for i in range(config.n_layer):
+        p = f"h.{i}."
+        shapes.update(
+            {
+                p + "ln_1.weight": (d,),
+                p + "ln_1.bias": (d,),
+                p + "attn.c_attn.weight": (d, 3 * d),
+                p + "attn.c_attn.bias": (3 * d,),
+                p + "attn.c_proj.weight": (d, d),
+                p + "attn.c_proj.bias": (d,),
+                p + "ln_2.weight": (d,),
+                p + "ln_2.bias": (d,),
+                p + "mlp.c_fc.weight": (d, 4 * d),
+                p + "mlp.c_fc.bias": (4 * d,),
+                p + "mlp.c_proj.weight": (4 * d, d),
+                p + "mlp.c_proj.bias": (d,),
+            }
+        )
+    shapes.update({"ln_f.weight": (d,), "ln_f.bias": (d,)})
+    return shapes
+
+
+def _hf_to_flax_key(key: str) -> tuple[str, ...]:
+    """`h.3.attn.c_attn.weight` -> ('h_3', 'attn', 'c_attn', 'kernel')."""
+    parts = key.split(".")
+    if parts[0] == "h":
+        parts = [f"h_{parts[1]}"] + parts[2:]
+    leaf = parts[-1]
+    if parts[0] in ("wte", "wpe"):
+        return (parts[0], "embedding")
+    is_norm = parts[-2].startswith("ln_")
+    if leaf == "weight":
+        leaf = "scale" if is_norm else "kernel"
+    return tuple(parts[:-1]) + (leaf,)
+
+
+def state_dict_to_params(sd: dict[str, np.ndarray], config: GPT2Config, *, source: str) -> dict:
+    """HF state dict (GPT2Model or GPT2LMHeadModel keys) -> our params pytree."""
+    tied = None
+    trunk = {}
+    for key, value in sd.items():
+        if key.endswith(_IGNORED_SUFFIXES):
+            continue
+        if key == "lm_head.weight":
+            tied = value
+            continue
+        trunk[key.removeprefix("transformer.")] = value
+    expected = _expected_shapes(config)
+    missing = sorted(set(expected) - set(trunk))
+    if missing:
+        raise ValueError(f"{source}: missing weights {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    unexpected = sorted(set(trunk) - set(expected))
+    if unexpected:
+        raise ValueError(f"{source}: unexpected weights {unexpected[:3]} for a {config.n_layer}-layer GPT-2")
+    params: dict[str, Any] = {}
+    for key, shape in expected.items():
+        value = trunk[key]
+        if tuple(value.shape) != shape:
+            raise ValueError(
+                f"{source}: weight {key} has shape {tuple(value.shape)} but config.json implies {shape}"
+            )
+        node = params
+        path = _hf_to_flax_key(key)
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = np.asarray(value, np.float32)
+    if tied is not None and not np.array_equal(tied, trunk["wte.weight"]):
+        raise ValueError(f"{source}: lm_head.weight differs from wte.weight; untied heads are unsupported")
+    return {"transformer": params}
+
+
+def params_to_state_dict(params: dict) -> dict[str, np.ndarray]:
+    """Our params -> HF GPT2LMHeadModel state dict (lm_head omitted: it is tied)."""
+    out = {}
+    flat = jax.tree_util.tree_flatten_with_path(params["transformer"])[0]
+    for path, leaf in flat:
+        names = [p.key for p in path]
+        if names[0] in ("wte", "wpe"):
+            key = f"{names[0]}.weight"
+        else:
+            if names[0].startswith("h_"):
+                names = ["h", names[0][2:]] + names[1:]
+            leaf_name = {"kernel": "weight", "scale": "weight", "bias": "bias"}[names[-1]]
+            key = ".".join(names[:-1] + [leaf_name])
+        out["transformer." + key] = np.ascontiguousarray(np.asarray(leaf, np.float32))
+    return out
+
+
+def load_pretrained(
+    name_or_path: str,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    **config_overrides,
+):
+    """Returns `(model, params)` for a hub name or a local HF-layout directory."""
+    directory = _resolve_dir(name_or_path)
+    cfg_path = os.path.join(directory, "config.json")
+    if not os.path.exists(cfg_path):
+        raise ValueError(f"{directory}: no config.json")
+    with open(cfg_path) as f:
+        try:
+            hf_cfg = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: invalid JSON: {e}") from e
+    config = config_from_hf(hf_cfg, source=cfg_path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
+    sd = _read_state_dict(directory)
+    params = state_dict_to_params(sd, config, source=directory)
+    params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+    return GPT2LMHeadModel(config), params
+
+
+def save_pretrained(model, params, path: str) -> None:
+    """Writes config.json and model.safetensors that transformers loads."""
+    from safetensors.numpy import save_file
+
+    config = model.config
+    os.makedirs(path, exist_ok=True)
+    sd = params_to_state_dict(jax.device_get(params))
+    tmp = os.path.join(path, "model.safetensors.tmp")
+    save_file(sd, tmp, metadata={"format": "pt"})
+    os.replace(tmp, os.path.join(path, "model.safetensors"))
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(config_to_hf(config), f, indent=2)
+
+
+def load_tokenizer(name_or_path: str):
+    """A Hugging Face fast tokenizer (AutoTokenizer) from a hub name or directory."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as e:
+        raise ValueError(
+            f"{name_or_path}: tokenizer not found locally and the hub cannot provide it: {e}"
+        ) from e
