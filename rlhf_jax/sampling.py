@@ -1,0 +1,195 @@
+"""KV-cache sampler: jit-compiled, fixed shapes, one `lax.scan` over the response.
+
+Plain categorical sampling from `logits / T` (PAPER_DETAILS item 6); greedy,
+top-k and top-p exist as options, off by default. Returned logprobs are those
+of the temperature-scaled, *unfiltered* distribution: the quantity PPO and the
+reference recompute with a full forward pass (item 7), so top-k/top-p change
+which tokens are drawn, not how they are scored.
+
+Ziegler mode (`stop_at_eos=False`) always emits `response_length` tokens. In
+Stiennon mode (`stop_at_eos=True`) a row stops after its first EOS: later
+positions hold `pad_token_id`, logprob 0 and mask 0.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.gpt2 import init_cache
+
+
+def _trunk(module, *args):
+    return module.transformer(*args)
+
+
+def _lm_logits(module, h_BxTxD):
+    return module.lm_logits(h_BxTxD)
+
+
+@flax.struct.dataclass
+class SampleOutput:
+    tokens: jax.Array  # [B, R] int32
+    logprobs: jax.Array  # [B, R] float32, log p(token) under logits / T
+    mask: jax.Array  # [B, R] int32: 1 for emitted tokens (through EOS), 0 after
+
+
+def _filter_logits(logits_BxV, top_k: int, top_p: float):
+    neg = jnp.finfo(logits_BxV.dtype).min
+    if top_k:
+        kth_BxK = jax.lax.top_k(logits_BxV, top_k)[0][:, -1:]
+        logits_BxV = jnp.where(logits_BxV < kth_BxK, neg, logits_BxV)
+    if top_p < 1.0:
+        sorted_BxV = jnp.sort(logits_BxV, axis=-1)[:, ::-1]
+        cum_BxV = jnp.cumsum(jax.nn.softmax(sorted_BxV, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always).
+        keep_BxV = (cum_BxV - jax.nn.softmax(sorted_BxV, axis=-1)) < top_p
+        cutoff_B1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
+        logits_BxV = jnp.where(logits_BxV < cutoff_B1, neg, logits_BxV)
+    return logits_BxV
+
+
+def _draw(rng, logits_BxV, temperature, greedy, top_k, top_p):
+    """One token per row and its logprob under the tempered full distribution."""
+    scaled_BxV = logits_BxV / temperature
+    logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
+    if greedy:
+        tok_B = jnp.argmax(scaled_BxV, axis=-1)
+    else:
+        tok_B = jax.random.categorical(rng, _filter_logits(scaled_BxV, top_k, top_p), axis=-1)
+    tok_B = tok_B.astype(jnp.int32)
+    return tok_B, jnp.take_along_axis(logp_BxV, tok_B[:, None], axis=-1)[:, 0]
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "model",
+        "response_length",
+        "greedy",
+        "top_k",
+        "top_p",
+        "stop_at_eos",
+        "eos_token_id",
+        "pad_token_id",
+        "cache_dtype",
+    ),
+)
+def _sample_jit(
+    model,
+    params,
+    query_BxQ,
+    query_mask_BxQ,
+    rng,
+    temperature,
+    *,
+    response_length,
+    greedy,
+    top_k,
+    top_p,
+    stop_at_eos,
+    eos_token_id,
+    pad_token_id,
+    cache_dtype,
+):
+    b, q = query_BxQ.shape
+    r = response_length
+    s = q + r
+    variables = {"params": params}
+    cache = init_cache(model.config, b, s, cache_dtype)
+    # The mask spans the whole cache buffer; response slots switch on as written.
+    mask_BxS = jnp.concatenate(
+        [query_mask_BxQ.astype(jnp.int32), jnp.zeros((b, r), jnp.int32)], axis=1
+    )
+    # Prefill; logits only at the last query position (the LM head over every
+    # position would cost about half the trunk's FLOPs at GPT-2 small's shape).
+    out = model.apply(
+        variables, query_BxQ, mask_BxS, None, cache, 0, method=_trunk
+    )
+    logits_BxV = model.apply(variables, out.hidden_states[-1][:, -1:], method=_lm_logits)[:, 0]
+    rng0, rng_scan = jax.random.split(rng)
+    tok_B, logp_B = _draw(rng0, logits_BxV, temperature, greedy, top_k, top_p)
+    done_B = jnp.zeros((b,), bool)
+
+    def emit(tok_B, logp_B, done_B):
+        # After a row's EOS (Stiennon mode): pad, logprob 0, mask 0.
+        live_B = ~done_B
+        tok_B = jnp.where(live_B, tok_B, pad_token_id)
+        logp_B = jnp.where(live_B, logp_B, 0.0)
+        new_done_B = done_B | (stop_at_eos & (tok_B == eos_token_id))
+        return tok_B, logp_B, live_B.astype(jnp.int32), new_done_B
+
+    tok_B, logp_B, live_B, done_B = emit(tok_B, logp_B, done_B)
+
+    def step(carry, t):
+        cache, mask_BxS, tok_B, done_B, key = carry
+        key, sub = jax.random.split(key)
+        idx = q + t - 1  # the slot of the token being fed
+        mask_BxS = jax.lax.dynamic_update_slice(mask_BxS, jnp.ones((b, 1), jnp.int32), (0, idx))
+        out = model.apply(
+            variables, tok_B[:, None], attention_mask=mask_BxS, cache=cache, cache_index=idx
+        )
+        new_tok_B, new_logp_B = _draw(sub, out.logits[:, -1], temperature, greedy, top_k, top_p)
+        new_tok_B, new_logp_B, live_B, done_B = emit(new_tok_B, new_logp_B, done_B)
+        return (out.cache, mask_BxS, new_tok_B, done_B, key), (new_tok_B, new_logp_B, live_B)
+
+    carry = (out.cache, mask_BxS, tok_B, done_B, rng_scan)
+    _, (toks_RxB, logps_RxB, live_RxB) = jax.lax.scan(step, carry, jnp.arange(1, r))
+    tokens_BxR = jnp.concatenate([tok_B[:, None], toks_RxB.T], axis=1)
+    logprobs_BxR = jnp.concatenate([logp_B[:, None], logps_RxB.T], axis=1)
+    mask_BxR = jnp.concatenate([live_B[:, None], live_RxB.T], axis=1)
+    return SampleOutput(tokens=tokens_BxR, logprobs=logprobs_BxR, mask=mask_BxR)
+
+
+def sample(
+    model,
+    params,
+    query_BxQ,
+    query_mask_BxQ,
+    rng,
+    *,
+    response_length: int,
+    temperature: float = 1.0,
+    greedy: bool = False,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_at_eos: bool = False,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    cache_dtype=None,
+) -> SampleOutput:
+    """Samples `response_length` tokens after left-padded queries.
+
+    Compiled once per (model, shapes, static options); `temperature` is traced,
+    so changing it does not recompile. Deterministic for a given `rng`.
+    """
+    if response_length < 1:
+        raise ValueError(f"response_length must be >= 1, got {response_length}")
+    if stop_at_eos and eos_token_id is None:
+        raise ValueError("stop_at_eos=True needs eos_token_id")
+    if query_BxQ.shape[1] + response_length > model.config.n_positions:
+        raise ValueError(
+            f"query length {query_BxQ.shape[1]} + response_length {response_length} exceeds "
+            f"the model's n_positions={model.config.n_positions}"
+        )
+    if pad_token_id is None:
+        pad_token_id = model.config.vocab_size  # outside the vocabulary: never sampled
+    return _sample_jit(
+        model,
+        params,
+        query_BxQ,
+        query_mask_BxQ,
+        rng,
+        jnp.asarray(temperature, jnp.float32),
+        response_length=response_length,
+        greedy=greedy,
+        top_k=top_k,
+        top_p=float(top_p),
+        stop_at_eos=stop_at_eos,
+        eos_token_id=-1 if eos_token_id is None else int(eos_token_id),
+        pad_token_id=int(pad_token_id),
+        cache_dtype=cache_dtype,
+    )
