@@ -1,0 +1,389 @@
+"""Reward-model, SFT and DPO losses: pure, jit-safe functions.
+
+Reward losses follow the original code (PAPER_DETAILS items 12, 28):
+
+- `best_of_n_loss`: Ziegler's N-way softmax cross-entropy over the rewards of
+  N samples for one query, target the labeller's `best` (N=4 in LHP).
+- `bradley_terry_loss`: Stiennon's pairwise `-log sigmoid(r_chosen -
+  r_rejected)`; identical to `best_of_n_loss` at N=2.
+- `scalar_rating_loss`, `scalar_compare_loss`: LHP's MSE label types.
+- `dpo_loss`: Rafailov et al. 2023, which is Bradley-Terry on the implicit
+  rewards `beta * (log pi - log ref)`.
+
+Every loss returns a scalar mean over the batch, computed in at least float32
+(bf16 inputs are upcast) and stays finite, with finite gradients, at reward
+gaps of 1e4. Each `*_metrics` companion calls its loss and adds accuracy-style
+diagnostics, so there is one implementation per loss. Shape errors raise a
+one-line ValueError naming the argument; they are static, so the checks cost
+nothing under jit.
+
+Means here are per call (per device under `pmap`); the trainer `pmean`s them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------
+# Helpers (private).
+# --------------------------------------------------------------------------
+
+
+def _float(x) -> Array:
+    """`x` as an array of at least float32 (bf16/f16 upcast; f64 kept)."""
+    x = jnp.asarray(x)
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _check_rank(name: str, x: Array, rank: int, what: str) -> None:
+    if x.ndim != rank:
+        raise ValueError(f"{name} must have shape {what}, got shape {tuple(x.shape)}")
+
+
+def _check_same_shape(names: tuple[str, ...], *xs: Array) -> None:
+    shapes = [tuple(x.shape) for x in xs]
+    if any(s != shapes[0] for s in shapes[1:]):
+        pairs = ", ".join(f"{n}={s}" for n, s in zip(names, shapes))
+        raise ValueError(f"shapes must match: {pairs}")
+
+
+def _pairwise_accuracy(gap_B: Array) -> Array:
+    """Mean of 1[gap > 0], with exact ties (gap == 0) counting 0.5."""
+    return jnp.mean(jnp.where(gap_B > 0, 1.0, jnp.where(gap_B == 0, 0.5, 0.0)))
+
+
+def _check_temperature(temperature) -> None:
+    # Only a concrete Python number can be checked; a traced one is trusted.
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+
+
+# --------------------------------------------------------------------------
+# Reward-model losses.
+# --------------------------------------------------------------------------
+
+
+def bradley_terry_loss(r_chosen_B: Array, r_rejected_B: Array) -> Array:
+    """Pairwise preference loss `mean(-log sigmoid(r_chosen - r_rejected))`.
+
+    Args:
+      r_chosen_B: [B] rewards of the preferred responses.
+      r_rejected_B: [B] rewards of the other responses.
+
+    Returns:
+      Scalar loss. `log_sigmoid` keeps it finite at any gap (at gap -1e4 it
+      is 1e4, with gradient -1, not inf).
+    """
+    r_chosen_B, r_rejected_B = _float(r_chosen_B), _float(r_rejected_B)
+    _check_rank("r_chosen_B", r_chosen_B, 1, "[B]")
+    _check_same_shape(("r_chosen_B", "r_rejected_B"), r_chosen_B, r_rejected_B)
+    return jnp.mean(-jax.nn.log_sigmoid(r_chosen_B - r_rejected_B))
+
+
+def bradley_terry_metrics(r_chosen_B: Array, r_rejected_B: Array) -> dict[str, Array]:
+    """`bradley_terry_loss` plus accuracy and the mean reward gap.
+
+    Args:
+      r_chosen_B: [B] rewards of the preferred responses.
+      r_rejected_B: [B] rewards of the other responses.
+
+    Returns:
+      {"loss", "accuracy" (mean 1[chosen > rejected], ties count 0.5),
+       "margin" (mean chosen - rejected)}, all scalars.
+    """
+    loss = bradley_terry_loss(r_chosen_B, r_rejected_B)
+    gap_B = _float(r_chosen_B) - _float(r_rejected_B)
+    return {
+        "loss": loss,
+        "accuracy": _pairwise_accuracy(gap_B),
+        "margin": jnp.mean(gap_B),
+    }
+
+
+def best_of_n_loss(r_BxK: Array, best_B: Array) -> Array:
+    """Ziegler's K-way softmax cross-entropy, target the labelled best sample.
+
+    Args:
+      r_BxK: [B, K] rewards of the K samples shown for each query (any K >= 2;
+        K=4 in LHP's `best_of_4`).
+      best_B: [B] integer index in [0, K) of the sample the labeller chose.
+
+    Returns:
+      Scalar `mean_b -log softmax(r_b)[best_b]`. At K=2 with `best=0` this is
+      `bradley_terry_loss(r[:, 0], r[:, 1])`.
+    """
+    r_BxK = _float(r_BxK)
+    best_B = jnp.asarray(best_B)
+    _check_rank("r_BxK", r_BxK, 2, "[B, K]")
+    if best_B.shape != r_BxK.shape[:1]:
+        raise ValueError(
+            f"best_B must have shape [B]={r_BxK.shape[:1]} to match r_BxK "
+            f"{tuple(r_BxK.shape)}, got {tuple(best_B.shape)}"
+        )
+    if not jnp.issubdtype(best_B.dtype, jnp.integer):
+        raise ValueError(f"best_B must be integer indices, got dtype {best_B.dtype}")
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(r_BxK, best_B))
+
+
+def best_of_n_metrics(r_BxK: Array, best_B: Array) -> dict[str, Array]:
+    """`best_of_n_loss` plus accuracy (the highest reward is the labelled best).
+
+    Args:
+      r_BxK: [B, K] rewards of the K samples per query.
+      best_B: [B] integer index of the labelled best sample.
+
+    Returns:
+      {"loss", "accuracy"}. Ties share credit: if m samples tie for the maximum
+      and `best` is one of them the record scores 1/m (so K=2 agrees with
+      `bradley_terry_metrics`, and an untrained model with all rewards equal
+      scores 1/K rather than the fraction of records with best == 0).
+    """
+    loss = best_of_n_loss(r_BxK, best_B)
+    r_BxK = _float(r_BxK)
+    is_max_BxK = r_BxK == jnp.max(r_BxK, axis=-1, keepdims=True)
+    best_is_max_B = jnp.take_along_axis(is_max_BxK, jnp.asarray(best_B)[:, None], axis=-1)[:, 0]
+    n_max_B = jnp.sum(is_max_BxK, axis=-1)
+    return {"loss": loss, "accuracy": jnp.mean(best_is_max_B / n_max_B)}
+
+
+def scalar_rating_loss(pred_B: Array, score_B: Array) -> Array:
+    """LHP `scalar_rating`: mean squared error of the reward to the rated score.
+
+    Args:
+      pred_B: [B] predicted rewards.
+      score_B: [B] labelled scores.
+
+    Returns:
+      Scalar `mean((pred - score)^2)`.
+    """
+    pred_B, score_B = _float(pred_B), _float(score_B)
+    _check_rank("pred_B", pred_B, 1, "[B]")
+    _check_same_shape(("pred_B", "score_B"), pred_B, score_B)
+    return jnp.mean(jnp.square(pred_B - score_B))
+
+
+def scalar_rating_metrics(pred_B: Array, score_B: Array) -> dict[str, Array]:
+    """`scalar_rating_loss` plus the mean absolute error.
+
+    Args:
+      pred_B: [B] predicted rewards.
+      score_B: [B] labelled scores.
+
+    Returns:
+      {"loss", "abs_error"}.
+    """
+    loss = scalar_rating_loss(pred_B, score_B)
+    return {"loss": loss, "abs_error": jnp.mean(jnp.abs(_float(pred_B) - _float(score_B)))}
+
+
+def scalar_compare_loss(r0_B: Array, r1_B: Array, difference_B: Array) -> Array:
+    """LHP `scalar_compare`: MSE of the reward difference `r1 - r0` to the label.
+
+    Args:
+      r0_B: [B] rewards of `sample0`.
+      r1_B: [B] rewards of `sample1`.
+      difference_B: [B] labelled `difference` (how much better sample1 is).
+
+    Returns:
+      Scalar `mean(((r1 - r0) - difference)^2)`.
+    """
+    r0_B, r1_B, difference_B = _float(r0_B), _float(r1_B), _float(difference_B)
+    _check_rank("r0_B", r0_B, 1, "[B]")
+    _check_same_shape(("r0_B", "r1_B", "difference_B"), r0_B, r1_B, difference_B)
+    return jnp.mean(jnp.square((r1_B - r0_B) - difference_B))
+
+
+def scalar_compare_metrics(r0_B: Array, r1_B: Array, difference_B: Array) -> dict[str, Array]:
+    """`scalar_compare_loss` plus sign accuracy.
+
+    Args:
+      r0_B: [B] rewards of `sample0`.
+      r1_B: [B] rewards of `sample1`.
+      difference_B: [B] labelled `difference`.
+
+    Returns:
+      {"loss", "accuracy"}: accuracy is the fraction of records with a nonzero
+      label whose predicted `r1 - r0` has the label's sign (a predicted tie
+      counts 0.5); records labelled 0 carry no preference and are left out.
+      0 when every label is 0.
+    """
+    loss = scalar_compare_loss(r0_B, r1_B, difference_B)
+    difference_B = _float(difference_B)
+    # Orient each record so that a positive gap means the model agrees.
+    gap_B = (_float(r1_B) - _float(r0_B)) * jnp.sign(difference_B)
+    credit_B = jnp.where(gap_B > 0, 1.0, jnp.where(gap_B == 0, 0.5, 0.0))
+    labelled_B = (difference_B != 0).astype(credit_B.dtype)
+    accuracy = jnp.sum(credit_B * labelled_B) / jnp.maximum(jnp.sum(labelled_B), 1.0)
+    return {"loss": loss, "accuracy": accuracy}
+
+
+# --------------------------------------------------------------------------
+# DPO.
+# --------------------------------------------------------------------------
+
+
+def _dpo_implicit_rewards(pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta):
+    """[B] implicit rewards `beta * (log pi - log ref)` of chosen and rejected."""
+    names = ("pi_chosen_B", "pi_rejected_B", "ref_chosen_B", "ref_rejected_B")
+    xs = [_float(x) for x in (pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B)]
+    _check_rank(names[0], xs[0], 1, "[B]")
+    _check_same_shape(names, *xs)
+    if isinstance(beta, (int, float)) and not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    pi_c, pi_r, ref_c, ref_r = xs
+    return beta * (pi_c - ref_c), beta * (pi_r - ref_r)
+
+
+def dpo_loss(
+    pi_chosen_B: Array,
+    pi_rejected_B: Array,
+    ref_chosen_B: Array,
+    ref_rejected_B: Array,
+    beta: float,
+) -> Array:
+    """Direct Preference Optimisation loss (Rafailov et al. 2023).
+
+    `mean(-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r))))`, i.e.
+    `bradley_terry_loss` on the implicit rewards `beta * (log pi - log ref)`.
+
+    Args:
+      pi_chosen_B: [B] summed log-probs of the chosen responses under the
+        policy (see `sequence_logprobs`).
+      pi_rejected_B: [B] same for the rejected responses.
+      ref_chosen_B: [B] summed log-probs of the chosen responses under the
+        frozen reference.
+      ref_rejected_B: [B] same for the rejected responses.
+      beta: KL strength (> 0); a float or a traced scalar.
+
+    Returns:
+      Scalar loss; `log 2` when the policy equals the reference.
+    """
+    chosen_B, rejected_B = _dpo_implicit_rewards(
+        pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta
+    )
+    return bradley_terry_loss(chosen_B, rejected_B)
+
+
+def dpo_metrics(
+    pi_chosen_B: Array,
+    pi_rejected_B: Array,
+    ref_chosen_B: Array,
+    ref_rejected_B: Array,
+    beta: float,
+) -> dict[str, Array]:
+    """`dpo_loss` plus the implicit-reward diagnostics.
+
+    Args: as `dpo_loss`.
+
+    Returns:
+      {"loss", "accuracy" (mean 1[chosen reward > rejected reward], ties 0.5),
+       "margin" (mean chosen - rejected implicit reward),
+       "chosen_reward", "rejected_reward" (means of `beta*(pi - ref)`)}.
+    """
+    chosen_B, rejected_B = _dpo_implicit_rewards(
+        pi_chosen_B, pi_rejected_B, ref_chosen_B, ref_rejected_B, beta
+    )
+    metrics = bradley_terry_metrics(chosen_B, rejected_B)
+    metrics["chosen_reward"] = jnp.mean(chosen_B)
+    metrics["rejected_reward"] = jnp.mean(rejected_B)
+    return metrics
+
+
+# --------------------------------------------------------------------------
+# Token log-probs and SFT.
+# --------------------------------------------------------------------------
+
+
+def token_logprobs(logits_BxTxV: Array, targets_BxT: Array, temperature: float = 1.0) -> Array:
+    """Per-token log-probs of `targets` under `softmax(logits / temperature)`.
+
+    Every policy and reference log-prob must use the same temperature as the
+    sampler (PAPER_DETAILS item 7). `logits[:, t]` is the distribution of
+    `targets[:, t]`: the caller does the shift by one.
+
+    Args:
+      logits_BxTxV: [B, T, V] logits (any float dtype; computed in >= float32).
+      targets_BxT: [B, T] integer token ids.
+      temperature: > 0; a float or a traced scalar.
+
+    Returns:
+      [B, T] float log-probs. Targets outside [0, V) (e.g. LHP's pad id 50259)
+      are read at id 0 so the result stays finite; such positions are
+      meaningless and must be masked by the caller.
+    """
+    _check_temperature(temperature)
+    logits_BxTxV = _float(logits_BxTxV)
+    targets_BxT = jnp.asarray(targets_BxT)
+    _check_rank("logits_BxTxV", logits_BxTxV, 3, "[B, T, V]")
+    if targets_BxT.shape != logits_BxTxV.shape[:2]:
+        raise ValueError(
+            f"targets_BxT must have shape {logits_BxTxV.shape[:2]} to match "
+            f"logits_BxTxV {tuple(logits_BxTxV.shape)}, got {tuple(targets_BxT.shape)}"
+        )
+    vocab = logits_BxTxV.shape[-1]
+    # An out-of-range index would gather NaN (jnp's default fill), and
+    # NaN * 0 survives masking; clamp pads to a real id instead.
+    in_vocab_BxT = (targets_BxT >= 0) & (targets_BxT < vocab)
+    safe_targets_BxT = jnp.where(in_vocab_BxT, targets_BxT, 0)
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV / temperature, axis=-1)
+    return jnp.take_along_axis(logp_BxTxV, safe_targets_BxT[..., None], axis=-1, mode="clip")[
+        ..., 0
+    ]
+
+
+def _masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, temperature):
+    """[B, T] token log-probs with masked positions set to exactly 0, and the
+    float mask."""
+    logp_BxT = token_logprobs(logits_BxTxV, targets_BxT, temperature)
+    mask_BxT = jnp.asarray(mask_BxT)
+    if mask_BxT.shape != logp_BxT.shape:
+        raise ValueError(
+            f"mask_BxT must have shape {logp_BxT.shape} to match targets_BxT, "
+            f"got {tuple(mask_BxT.shape)}"
+        )
+    # `where`, not multiply: masked positions contribute no value and no
+    # gradient, whatever the logits hold there.
+    logp_BxT = jnp.where(mask_BxT != 0, logp_BxT, 0.0)
+    return logp_BxT, (mask_BxT != 0).astype(logp_BxT.dtype)
+
+
+def sequence_logprobs(
+    logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array, temperature: float = 1.0
+) -> Array:
+    """Summed log-prob of each target sequence over the positions where mask is 1.
+
+    Args:
+      logits_BxTxV: [B, T, V] logits, `logits[:, t]` predicting `targets[:, t]`.
+      targets_BxT: [B, T] integer token ids.
+      mask_BxT: [B, T] 1 (or True) for response tokens to count, 0 elsewhere.
+      temperature: > 0; logits are divided by it.
+
+    Returns:
+      [B] `sum_t mask * log softmax(logits / temperature)[target]`.
+    """
+    logp_BxT, _ = _masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, temperature)
+    return jnp.sum(logp_BxT, axis=-1)
+
+
+def sft_loss(logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array) -> Array:
+    """Token cross-entropy averaged over the positions where mask is 1.
+
+    The mask selects response (reference summary) tokens only, so the query is
+    not trained on. The mean is over all unmasked tokens in the batch, not per
+    sequence.
+
+    Args:
+      logits_BxTxV: [B, T, V] logits, `logits[:, t]` predicting `targets[:, t]`.
+      targets_BxT: [B, T] integer token ids.
+      mask_BxT: [B, T] 1 (or True) where the token is trained on.
+
+    Returns:
+      Scalar loss; 0 (with zero gradient) when the mask is all zero.
+    """
+    logp_BxT, mask_BxT = _masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, 1.0)
+    return -jnp.sum(logp_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)
