@@ -1,0 +1,279 @@
+"""PPO for language models: the pure numeric pieces.
+
+Everything here is a pure, jit-safe function of arrays, matching the original
+code (openai/lm-human-preferences, `train_policy.py` and `utils/core.py`):
+whitening with population variance and eps 1e-8, GAE with next value 0 after
+the last step, per-token KL-penalty rewards with the score added at one index,
+and the clipped policy and value losses with their statistics
+(PAPER_DETAILS.md items 19-23).
+
+Masks (`mask_BxT`) are 0/1 arrays: 1 marks a real response token, 0 a token
+after the end of the response (Stiennon: after EOS). Every mean below is over
+the masked-in entries only; with `mask=None` all entries count, which is the
+Ziegler setting (PPO on all `response_length` tokens, item 10).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+# Variance epsilon of the original `whiten` (LHP utils/core.py).
+WHITEN_EPS = 1e-8
+
+
+def _mask_like(x: Array, mask: Optional[Array]) -> Array:
+    """The mask broadcast to `x`'s shape in `x`'s dtype (ones when None)."""
+    if mask is None:
+        return jnp.ones_like(x)
+    return jnp.broadcast_to(mask, x.shape).astype(x.dtype)
+
+
+def _safe_div(num: Array, den: Array) -> Array:
+    # An all-masked slice has sum 0 and count 0: report 0 rather than NaN, and
+    # keep gradients finite (no division by a traced zero).
+    return num / jnp.where(den > 0, den, 1)
+
+
+def masked_sum(x: Array, mask: Optional[Array] = None, axis=None) -> Array:
+    """Sum of `x` over the entries where `mask` is 1 (all entries when None)."""
+    return jnp.sum(x * _mask_like(x, mask), axis=axis)
+
+
+def masked_mean(x: Array, mask: Optional[Array] = None, axis=None) -> Array:
+    """Mean of `x` over the entries where `mask` is 1; 0 where none are."""
+    m = _mask_like(x, mask)
+    return _safe_div(jnp.sum(x * m, axis=axis), jnp.sum(m, axis=axis))
+
+
+def masked_var(x: Array, mask: Optional[Array] = None, axis=None) -> Array:
+    """Population variance (ddof=0) of `x` over the entries where `mask` is 1."""
+    mean = masked_mean(x, mask, axis=axis)
+    if axis is not None:
+        mean = jnp.expand_dims(mean, axis)
+    return masked_mean(jnp.square(x - mean), mask, axis=axis)
+
+
+def _global_moments(
+    x: Array, mask: Optional[Array], axis_name: Optional[str]
+) -> tuple[Array, Array]:
+    """Population mean and variance over all entries of `x` (masked-in only).
+
+    With `axis_name` the sums and counts are `psum`-ed over that mapped axis, so
+    the moments are those of the global batch whatever the device count. Two
+    passes (mean, then squared deviations) for numerical stability.
+    """
+    m = _mask_like(x, mask)
+    total, count = jnp.sum(x * m), jnp.sum(m)
+    if axis_name is not None:
+        total, count = jax.lax.psum((total, count), axis_name)
+    mean = _safe_div(total, count)
+    sq_dev = jnp.sum(jnp.square(x - mean) * m)
+    if axis_name is not None:
+        sq_dev = jax.lax.psum(sq_dev, axis_name)
+    return mean, _safe_div(sq_dev, count)
+
+
+def whiten(
+    x: Array,
+    shift_mean: bool = True,
+    mask: Optional[Array] = None,
+    axis_name: Optional[str] = None,
+) -> Array:
+    """Normalise `x` to unit variance over all its entries: `(x - mean) / sqrt(var + 1e-8)`.
+
+    As LHP `utils.whiten`: population variance, eps 1e-8, moments over every
+    axis. With `shift_mean=False` the mean is added back (reward whitening,
+    PAPER_DETAILS item 20); with True the result has mean 0 (advantages, item 21).
+
+    Args:
+        x: any shape.
+        shift_mean: remove the mean (True) or keep it (False).
+        mask: 0/1, broadcastable to `x`. Moments use masked-in entries only, and
+            masked-out entries are returned as 0 (so they add nothing downstream).
+        axis_name: a mapped axis (`pmap` / `shard_map`); moments are then over the
+            global batch across that axis via `psum` of sums and counts.
+    Returns:
+        An array of `x`'s shape and dtype.
+    """
+    x = jnp.asarray(x)
+    # Moments in float32 even for bf16 inputs: a bf16 variance is too coarse.
+    x32 = x.astype(jnp.float32)
+    mean, var = _global_moments(x32, mask, axis_name)
+    out = (x32 - mean) * jax.lax.rsqrt(var + WHITEN_EPS)
+    if not shift_mean:
+        out = out + mean
+    if mask is not None:
+        out = out * _mask_like(out, mask)
+    return out.astype(x.dtype)
+
+
+def gae(
+    rewards_BxT: Array,
+    values_BxT: Array,
+    gamma,
+    lam,
+    mask_BxT: Optional[Array] = None,
+) -> tuple[Array, Array]:
+    """Generalised advantage estimation, scanning backwards over time.
+
+    `delta_t = r_t + gamma * V_{t+1} - V_t`, `A_t = delta_t + gamma * lam *
+    A_{t+1}`, with `V_T = A_T = 0` after the last step (LHP `PPOTrainer.loss`).
+    With a mask, a position whose mask is 0 gets advantage 0 and is treated as
+    past the end: the last valid step does not bootstrap from the value or
+    advantage of a padded step after it.
+
+    Advantages are returned raw; the caller whitens them (item 21).
+
+    Args:
+        rewards_BxT, values_BxT: per-token rewards and value predictions.
+        gamma, lam: discount and GAE lambda (floats or scalar arrays).
+        mask_BxT: optional 0/1 mask of valid response tokens.
+    Returns:
+        `(advantages_BxT, returns_BxT)` with `returns = advantages + values`.
+    """
+    rewards_BxT = jnp.asarray(rewards_BxT, jnp.float32)
+    values_BxT = jnp.asarray(values_BxT, jnp.float32)
+    m_BxT = _mask_like(rewards_BxT, mask_BxT)
+
+    def step(carry, xs):
+        next_value_B, next_adv_B = carry
+        r_B, v_B, m_B = xs
+        delta_B = r_B + gamma * next_value_B - v_B
+        adv_B = (delta_B + gamma * lam * next_adv_B) * m_B
+        # A padded step passes zeros back, so the step before it sees the end.
+        return (v_B * m_B, adv_B), adv_B
+
+    batch = rewards_BxT.shape[0]
+    init = (jnp.zeros((batch,), jnp.float32), jnp.zeros((batch,), jnp.float32))
+    xs = (rewards_BxT.T, values_BxT.T, m_BxT.T)  # scan over the leading T axis
+    _, adv_TxB = jax.lax.scan(step, init, xs, reverse=True)
+    advantages_BxT = adv_TxB.T
+    return advantages_BxT, advantages_BxT + values_BxT
+
+
+def last_valid_index(mask_BxT: Array) -> Array:
+    """Index of the last position whose mask is 1, per row (T-1 if none are)."""
+    t = mask_BxT.shape[1]
+    return t - 1 - jnp.argmax(mask_BxT[:, ::-1] > 0, axis=1)
+
+
+def kl_penalty_rewards(
+    score_B: Array,
+    logp_BxT: Array,
+    ref_logp_BxT: Array,
+    kl_coef,
+    mask_BxT: Optional[Array] = None,
+    score_index_B: Optional[Array] = None,
+) -> tuple[Array, Array, Array]:
+    """Per-token rewards: `-kl_coef * (logp - ref_logp)`, plus the score at one index.
+
+    PAPER_DETAILS item 19 / LHP `compute_rewards`: the KL penalty is paid at
+    every token, the reward-model score once. Higher score -> higher reward;
+    higher `logp - ref_logp` -> lower reward.
+
+    Args:
+        score_B: the (penalised) reward-model score per sample.
+        logp_BxT, ref_logp_BxT: temperature-scaled logprobs of the sampled tokens
+            under the policy and the frozen reference.
+        kl_coef: the KL coefficient beta (float or scalar array).
+        mask_BxT: optional 0/1 mask; `kl` and the penalty are 0 where it is 0.
+        score_index_B: where the score is added. Default: the last index T-1
+            (Ziegler), or with a mask the last masked-in index. Stiennon passes the
+            EOS index (`data.tasks.first_eos_index`).
+    Returns:
+        `(rewards_BxT, non_score_reward_BxT, kl_BxT)`.
+    """
+    kl_BxT = (logp_BxT - ref_logp_BxT).astype(jnp.float32)
+    if mask_BxT is not None:
+        kl_BxT = kl_BxT * _mask_like(kl_BxT, mask_BxT)
+    non_score_reward_BxT = -kl_coef * kl_BxT
+    t = kl_BxT.shape[1]
+    if score_index_B is None:
+        if mask_BxT is None:
+            score_index_B = jnp.full(kl_BxT.shape[:1], t - 1, jnp.int32)
+        else:
+            score_index_B = last_valid_index(mask_BxT)
+    at_score_BxT = jax.nn.one_hot(score_index_B, t, dtype=jnp.float32)
+    rewards_BxT = non_score_reward_BxT + at_score_BxT * jnp.asarray(score_B, jnp.float32)[:, None]
+    return rewards_BxT, non_score_reward_BxT, kl_BxT
+
+
+def policy_loss(
+    logp_new_BxT: Array,
+    logp_old_BxT: Array,
+    adv_BxT: Array,
+    cliprange,
+    mask_BxT: Optional[Array] = None,
+) -> tuple[Array, dict[str, Array]]:
+    """PPO clipped surrogate: `mean(max(-A * ratio, -A * clip(ratio, 1-c, 1+c)))`.
+
+    Returns `(loss, stats)`; `stats["clipfrac"]` is the fraction of tokens where
+    the clipped term is the larger (active), `stats["approxkl"]` is
+    `0.5 * mean((logp_new - logp_old)^2)` as LHP.
+    """
+    log_ratio_BxT = logp_new_BxT - logp_old_BxT
+    ratio_BxT = jnp.exp(log_ratio_BxT)
+    pg_losses_BxT = -adv_BxT * ratio_BxT
+    pg_losses_clipped_BxT = -adv_BxT * jnp.clip(ratio_BxT, 1.0 - cliprange, 1.0 + cliprange)
+    loss = masked_mean(jnp.maximum(pg_losses_BxT, pg_losses_clipped_BxT), mask_BxT)
+    stats = {
+            "clipfrac": masked_mean(
+                    (pg_losses_clipped_BxT > pg_losses_BxT).astype(jnp.float32), mask_BxT),
+            "approxkl": 0.5 * masked_mean(jnp.square(log_ratio_BxT), mask_BxT),
+    }
+    return loss, stats
+
+
+def value_loss(
+    v_new_BxT: Array,
+    v_old_BxT: Array,
+    returns_BxT: Array,
+    cliprange_value,
+    mask_BxT: Optional[Array] = None,
+) -> tuple[Array, dict[str, Array]]:
+    """Clipped value loss: `0.5 * mean(max((v - R)^2, (clip(v, v_old-c, v_old+c) - R)^2))`.
+
+    Returns `(loss, stats)` with `clipfrac` (fraction where the clipped error is
+    the larger), `vpred` (mean new prediction) and `error` (mean `(v - R)^2`,
+    LHP's `ppo/val/error`).
+    """
+    v_clipped_BxT = jnp.clip(v_new_BxT, v_old_BxT - cliprange_value, v_old_BxT + cliprange_value)
+    vf_losses_BxT = jnp.square(v_new_BxT - returns_BxT)
+    vf_losses_clipped_BxT = jnp.square(v_clipped_BxT - returns_BxT)
+    loss = 0.5 * masked_mean(jnp.maximum(vf_losses_BxT, vf_losses_clipped_BxT), mask_BxT)
+    stats = {
+            "clipfrac": masked_mean(
+                    (vf_losses_clipped_BxT > vf_losses_BxT).astype(jnp.float32), mask_BxT),
+            "vpred": masked_mean(v_new_BxT, mask_BxT),
+            "error": masked_mean(vf_losses_BxT, mask_BxT),
+    }
+    return loss, stats
+
+
+def entropy_from_logits(logits_BxTxV: Array) -> Array:
+    """Entropy of the categorical distribution at each position, [B, T].
+
+    Pass temperature-scaled logits to get the sampling distribution's entropy.
+    Logits of -inf (a vocabulary entry masked out, e.g. the pad token) are
+    allowed: they contribute 0, not NaN.
+    """
+    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+    p_BxTxV = jnp.exp(logp_BxTxV)
+    plogp_BxTxV = jnp.where(p_BxTxV > 0, p_BxTxV * logp_BxTxV, 0.0)
+    return -jnp.sum(plogp_BxTxV, axis=-1)
+
+
+def var_explained(
+    values_BxT: Array, returns_BxT: Array, mask: Optional[Array] = None
+) -> Array:
+    """`1 - var(returns - values) / var(returns)`, population variances.
+
+    1 is a perfect value function, 0 no better than a constant; undefined (inf
+    or NaN) when the returns are constant.
+    """
+    return 1.0 - masked_var(returns_BxT - values_BxT, mask) / masked_var(returns_BxT, mask)
