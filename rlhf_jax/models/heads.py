@@ -1,0 +1,175 @@
+"""Scalar heads on the GPT-2 trunk: reward model, shared policy+value, value network.
+
+Param layouts share the trunk's subtree name `transformer`, so a policy's
+trunk can seed a reward model (Ziegler: the RM starts from the policy's LM),
+and a reward model can seed a value network (Stiennon, PAPER_DETAILS item 16):
+
+  GPT2LMHeadModel      {"transformer"}
+  RewardModel          {"transformer", "reward_head", "reward_gain", "reward_bias"
+                        [, "scalar_mix"]}
+  PolicyWithValueHead  {"transformer", "value_head"}
+  ValueModel           {"transformer", "value_head" [, "scalar_mix"]}
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.gpt2 import GPT2Config, GPT2Model
+
+HEAD_TYPES = ("linear", "scalar_mix")
+
+
+class ScalarMix(nn.Module):
+    """ELMo-style softmax-weighted mix of every layer's hidden state, times a scale.
+
+    Initialised to put all weight on the last layer's (post-ln_f) state, so at
+    init a `scalar_mix` head computes what a `linear` head does and the ablation
+    measures what the learned mix adds.
+    """
+
+    num_states: int
+
+    @nn.compact
+    def __call__(self, hidden_states):
+        init_w = jnp.full((self.num_states,), -10.0).at[-1].set(10.0)
+        w = self.param("weights", lambda _: init_w)
+        scale = self.param("scale", nn.initializers.ones, ())
+        probs = jax.nn.softmax(w)
+        stacked = jnp.stack([h.astype(jnp.float32) for h in hidden_states], axis=0)
+        return scale * jnp.einsum("l,l...->...", probs, stacked)
+
+
+def _gather_index(x_BxTxD, index_B):
+    return jnp.take_along_axis(x_BxTxD, index_B[:, None, None], axis=1)[:, 0]
+
+
+def _head_input(module, hidden_states, head_type):
+    if head_type == "scalar_mix":
+        return ScalarMix(len(hidden_states), name="scalar_mix")(hidden_states)
+    return hidden_states[-1].astype(jnp.float32)
+
+
+def _check_head(head_type):
+    if head_type not in HEAD_TYPES:
+        raise ValueError(f"reward.head={head_type!r}: expected one of {HEAD_TYPES}")
+
+
+class RewardModel(nn.Module):
+    """r(x) = gain * (w . h[index] + b) + bias, with h from the trunk (PAPER_DETAILS 11).
+
+    `w ~ N(0, 1/sqrt(d_model + 1))`, `b = 0`, gain 1 and bias 0 at init; all
+    trainable. `reward_index_B` is the position the reward is read at: the last
+    token (Ziegler, the default) or the first EOS (Stiennon), chosen by the
+    caller. Rewards are float32 [B].
+    """
+
+    config: GPT2Config
+    head: str = "linear"
+
+    def setup(self):
+        _check_head(self.head)
+        d = self.config.n_embd
+        self.transformer = GPT2Model(self.config)
+        self.reward_head = nn.Dense(
+            1,
+            dtype=jnp.float32,
+            param_dtype=self.config.param_dtype,
+            kernel_init=nn.initializers.normal(1.0 / math.sqrt(d + 1)),
+            name="reward_head",
+        )
+        self.reward_gain = self.param("reward_gain", nn.initializers.ones, (), jnp.float32)
+        self.reward_bias = self.param("reward_bias", nn.initializers.zeros, (), jnp.float32)
+        if self.head == "scalar_mix":
+            self.scalar_mix = ScalarMix(self.config.n_layer + 1)
+
+    def __call__(self, input_ids_BxT, attention_mask=None, reward_index_B=None):
+        return self.gain * self.raw_rewards(input_ids_BxT, attention_mask, reward_index_B) + self.bias
+
+    def raw_rewards(self, input_ids_BxT, attention_mask=None, reward_index_B=None):
+        """The head's output before gain and bias (what normalisation measures)."""
+        out = self.transformer(input_ids_BxT, attention_mask)
+        h_BxTxD = (
+            self.scalar_mix(out.hidden_states)
+            if self.head == "scalar_mix"
+            else out.hidden_states[-1].astype(jnp.float32)
+        )
+        b, t = input_ids_BxT.shape
+        if reward_index_B is None:
+            reward_index_B = jnp.full((b,), t - 1, jnp.int32)
+        return self.reward_head(_gather_index(h_BxTxD, reward_index_B))[:, 0]
+
+    @property
+    def gain(self):
+        return self.reward_gain
+
+    @property
+    def bias(self):
+        return self.reward_bias
+
+
+class PolicyWithValueHead(nn.Module):
+    """Ziegler's shared model: one trunk, a tied LM head and a zero-initialised value head.
+
+    Returns the trunk's output with `.logits` [B,T,V] and `values` [B,T]; the
+    value for response token t is read at position ctx - 1 + t by the caller
+    (PAPER_DETAILS 17).
+    """
+
+    config: GPT2Config
+
+    def setup(self):
+        self.transformer = GPT2Model(self.config)
+        self.value_head = nn.Dense(
+            1,
+            dtype=jnp.float32,
+            param_dtype=self.config.param_dtype,
+            kernel_init=nn.initializers.zeros,
+            name="value_head",
+        )
+
+    def __call__(self, input_ids_BxT, attention_mask=None, position_ids=None, cache=None, cache_index=None):
+        out = self.transformer(input_ids_BxT, attention_mask, position_ids, cache, cache_index)
+        h_BxTxD = out.hidden_states[-1]
+        return out.replace(logits=self.lm_logits(h_BxTxD)), self.value_head(h_BxTxD.astype(jnp.float32))[..., 0]
+
+    def lm_logits(self, h_BxTxD):
+        wte = self.transformer.variables["params"]["wte"]["embedding"]
+        return jnp.einsum("btd,vd->btv", h_BxTxD, wte.astype(self.config.dtype)).astype(jnp.float32)
+
+
+class ValueModel(nn.Module):
+    """Stiennon's separate value network: a trunk and a scalar head, values [B,T]."""
+
+    config: GPT2Config
+    head: str = "linear"
+
+    @nn.compact
+    def __call__(self, input_ids_BxT, attention_mask=None):
+        _check_head(self.head)
+        out = GPT2Model(self.config, name="transformer")(input_ids_BxT, attention_mask)
+        h_BxTxD = _head_input(self, out.hidden_states, self.head)
+        head = nn.Dense(1, dtype=jnp.float32, param_dtype=self.config.param_dtype,
+                        kernel_init=nn.initializers.zeros, name="value_head")
+        return head(h_BxTxD)[..., 0]
+
+
+def value_params_from_reward(rm_params: dict) -> dict:
+    """A ValueModel's params initialised from a RewardModel's (Stiennon).
+
+    The RM's gain and bias fold into the value head, so at init the value at
+    every position is the reward the RM would give if read there.
+    """
+    gain, bias = rm_params["reward_gain"], rm_params["reward_bias"]
+    head = rm_params["reward_head"]
+    params = {
+        "transformer": rm_params["transformer"],
+        "value_head": {"kernel": head["kernel"] * gain, "bias": head["bias"] * gain + bias},
+    }
+    if "scalar_mix" in rm_params:
+        params["scalar_mix"] = rm_params["scalar_mix"]
+    return params
