@@ -1,0 +1,213 @@
+"""Figures from a workdir's metrics.jsonl, as PNGs in `workdir/figures/`.
+
+    python -m rlhf_jax.figures WORKDIR
+
+writes whichever of these the logged metrics allow (a figure whose metrics
+are absent is skipped and the skip logged, so a partial workdir works):
+
+    ppo_curves.png      `objective/score`, `objective/gold_score`,
+                        `objective/kl`, `objective/kl_coef` against PPO
+                        episodes (`ppo/episodes`) or, without it, step
+    reward_vs_kl.png    RM score and gold score against KL to the reference
+                        policy: the trade-off of Ziegler et al. figures 2-4
+    reward_model.png    `reward/accuracy`, `reward/val_accuracy` (and
+                        `reward/loss` when logged) against step
+
+Curves are grouped by the row's `stage`; a stage's repeated step (a resumed
+run that was not truncated) keeps the last row. Plots use matplotlib's Agg
+canvas directly, so importing this module leaves pyplot's backend alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+from typing import Sequence
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from rlhf_jax.metrics import METRICS_FILE, read_metrics
+
+FIGURES_DIR = "figures"
+EPISODES = "ppo/episodes"
+
+# (metric, axis label) for the PPO curve panels, in panel order.
+PPO_CURVES = (
+    ("objective/score", "reward model score"),
+    ("objective/gold_score", "gold score"),
+    ("objective/kl", "KL(policy || reference) [nats]"),
+    ("objective/kl_coef", "KL coefficient (beta)"),
+)
+REWARD_VS_KL = (("objective/score", "reward model score"),
+                ("objective/gold_score", "gold score"))
+RM_ACCURACY = (("reward/accuracy", "train accuracy"),
+               ("reward/val_accuracy", "validation accuracy"))
+RM_LOSS = "reward/loss"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _series(rows: list[dict], name: str, x_key: str) -> dict[str, tuple[list, list]]:
+    """stage -> (xs, ys) for rows holding `name` and `x_key`, sorted by x.
+
+    A stage's repeated step keeps its last row (file order).
+    """
+    by_stage: dict[str, dict] = {}
+    for row in rows:
+        if _is_number(row.get(name)) and _is_number(row.get(x_key)):
+            by_stage.setdefault(row.get("stage", "?"), {})[row.get("step")] = row
+    out = {}
+    for stage, by_step in by_stage.items():
+        pairs = sorted((r[x_key], r[name]) for r in by_step.values())
+        out[stage] = ([p[0] for p in pairs], [p[1] for p in pairs])
+    return out
+
+
+def _has(rows: list[dict], name: str) -> bool:
+    return any(_is_number(r.get(name)) for r in rows)
+
+
+def _x_axis(rows: list[dict], names: Sequence[str]) -> tuple[str, str]:
+    """(row key, label) for the x axis: episodes if every plotted row has them."""
+    plotted = [r for r in rows if any(_is_number(r.get(n)) for n in names)]
+    if plotted and all(_is_number(r.get(EPISODES)) for r in plotted):
+        return EPISODES, "episodes"
+    return "step", "step"
+
+
+def _plot(ax, series: dict[str, tuple[list, list]], label: str) -> None:
+    many = len(series) > 1
+    for stage, (xs, ys) in sorted(series.items()):
+        # Markers keep one-point series (a final evaluation) visible.
+        ax.plot(xs, ys, marker="o", markersize=3 if len(xs) > 1 else 6,
+                label=f"{label} ({stage})" if many else label)
+
+
+def _save(fig: Figure, path: str) -> str:
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _ppo_curves(rows: list[dict], path: str, title: str) -> str | None:
+    panels = [(n, label) for n, label in PPO_CURVES if _has(rows, n)]
+    if not panels:
+        return None
+    x_key, x_label = _x_axis(rows, [n for n, _ in panels])
+    cols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(5.5 * cols, 3.6 * nrows))
+    for i, (name, label) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        _plot(ax, _series(rows, name, x_key), label)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(label)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        if len(ax.get_lines()) > 1:  # the axis label already names one curve
+            ax.legend(loc="best", fontsize="small")
+    fig.suptitle(f"PPO: {title}")
+    return _save(fig, path)
+
+
+def _reward_vs_kl(rows: list[dict], path: str, title: str) -> str | None:
+    kl = "objective/kl"
+    present = [(n, label) for n, label in REWARD_VS_KL
+               if any(_is_number(r.get(n)) and _is_number(r.get(kl)) for r in rows)]
+    if not present:
+        return None
+    fig = Figure(figsize=(6, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, label in present:
+        _plot(ax, _series(rows, name, kl), label)
+    ax.set_xlabel("KL(policy || reference) [nats]")
+    ax.set_ylabel("reward")
+    ax.set_title(f"Reward vs KL: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    return _save(fig, path)
+
+
+def _reward_model(rows: list[dict], path: str, title: str) -> str | None:
+    accuracy = [(n, label) for n, label in RM_ACCURACY if _has(rows, n)]
+    with_loss = _has(rows, RM_LOSS)
+    if not accuracy and not with_loss:
+        return None
+    panels = int(bool(accuracy)) + int(with_loss)
+    fig = Figure(figsize=(5.5 * panels, 3.8))
+    i = 1
+    if accuracy:
+        ax = fig.add_subplot(1, panels, i)
+        for name, label in accuracy:
+            _plot(ax, _series(rows, name, "step"), label)
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.set_title("reward model accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        i += 1
+    if with_loss:
+        ax = fig.add_subplot(1, panels, i)
+        _plot(ax, _series(rows, RM_LOSS, "step"), "train loss")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title(RM_LOSS)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(f"Reward model: {title}")
+    return _save(fig, path)
+
+
+def make_figures(workdir: str) -> list[str]:
+    """Writes the figures the workdir's metrics allow; returns their paths.
+
+    A missing or empty metrics.jsonl gives no figures (logged), as does any
+    figure whose metrics were not logged.
+    """
+    rows = read_metrics(workdir)
+    if not rows:
+        logging.warning("figures: no metrics in %s; no figures written",
+                        os.path.join(workdir, METRICS_FILE))
+        return []
+    out_dir = os.path.join(workdir, FIGURES_DIR)
+    os.makedirs(out_dir, exist_ok=True)
+    title = os.path.basename(os.path.normpath(workdir))
+    makers = (
+        ("ppo_curves.png", _ppo_curves, "objective/score, gold_score, kl, kl_coef"),
+        ("reward_vs_kl.png", _reward_vs_kl, "objective/kl with objective/score or gold_score"),
+        ("reward_model.png", _reward_model, "reward/accuracy, val_accuracy, loss"),
+    )
+    paths = []
+    for filename, maker, needs in makers:
+        path = maker(rows, os.path.join(out_dir, filename), title)
+        if path is None:
+            logging.info("figures: skipping %s: none of %s logged", filename, needs)
+        else:
+            paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> list[str]:
+    """Command line: `python -m rlhf_jax.figures WORKDIR`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m rlhf_jax.figures",
+        description="Plot a run's metrics.jsonl into WORKDIR/figures/*.png.")
+    parser.add_argument("workdir", help="a run's workdir (holds metrics.jsonl)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not os.path.isdir(args.workdir):
+        parser.error(f"workdir {args.workdir} is not a directory")
+    paths = make_figures(args.workdir)
+    for path in paths:
+        print(path)
+    return paths
+
+
+if __name__ == "__main__":
+    main()
