@@ -1,0 +1,684 @@
+"""Label sets for reward-model training, and the files they come from.
+
+`Labels` is the in-memory form the reward trainer consumes: N queries, each
+with K responses and one answer per query. Three file formats read into it:
+
+* LHP (openai/lm-human-preferences label files, e.g. `sentiment/offline_5k.json`):
+  a JSON list of records with GPT-2 token ids (`read_lhp_labels`).
+* SFF comparisons (openai/summarize-from-feedback, jsonl with text), encoded
+  here with the Stiennon query format (`read_sff_comparisons`).
+* Our own jsonl, written by the mock labeller and the label server
+  (`write_labels_jsonl` / `read_labels_jsonl`), one record per line:
+  `{"query": [ids], "responses": [[ids], ...], "best": int, "gold": [floats],
+  "labeler": str}` with `score` (scalar_rating) or `difference`
+  (scalar_compare) in place of `best`; `gold` and `labeler` are optional.
+  Token lists are unpadded.
+
+Padding: queries are LEFT-padded and responses RIGHT-padded with `pad_token`,
+a token outside the vocabulary (PAPER_DETAILS item 2); masks are int32 0/1,
+as `rlhf_jax.data.tasks.pad_left` makes them. LHP files right-pad their
+queries; the LHP reader moves the padding to the left.
+
+Bad input fails with one ValueError line naming the file, the record (0-based
+index into the file's records) and the field, e.g.
+`labels.json: record 3: field 'best'=5 out of range for best_of_4`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from rlhf_jax.data.tasks import pad_left, pad_right
+
+# The kinds of answer a label holds (Labels.label_type).
+LABEL_TYPES = ("best_of_n", "pairwise", "scalar_rating", "scalar_compare")
+# LHP's pad id for GPT-2 (outside the 50257-token vocabulary).
+LHP_PAD_TOKEN = 50259
+
+_BEST_OF_RE = re.compile(r"best_of_(\d+)")
+_FIXED_K = {"pairwise": 2, "scalar_rating": 1, "scalar_compare": 2}
+# The answer field each label type carries.
+_TARGET_FIELD = {"best_of_n": "best_N", "pairwise": "best_N",
+                 "scalar_rating": "score_N", "scalar_compare": "difference_N"}
+
+
+def parse_label_type(label_type: str) -> tuple[str, Optional[int]]:
+    """Splits a config label type into (kind, K), K None when not fixed.
+
+    `best_of_4` -> (`best_of_n`, 4) (Ziegler, and LHP file names);
+    `best_of_n` -> (`best_of_n`, None); `pairwise` -> (`pairwise`, 2);
+    `scalar_rating` -> (`scalar_rating`, 1); `scalar_compare` -> (`scalar_compare`, 2).
+    """
+    m = _BEST_OF_RE.fullmatch(label_type) if isinstance(label_type, str) else None
+    if m:
+        k = int(m.group(1))
+        if k < 2:
+            raise ValueError(f"label_type={label_type!r}: best_of_N needs N >= 2")
+        return "best_of_n", k
+    if label_type == "best_of_n":
+        return "best_of_n", None
+    if label_type in _FIXED_K:
+        return label_type, _FIXED_K[label_type]
+    raise ValueError(f"label_type={label_type!r} is not one of best_of_<N>, best_of_n, "
+                     "pairwise, scalar_rating, scalar_compare")
+
+
+def _readonly(x: np.ndarray) -> np.ndarray:
+    x = np.array(x, copy=True)
+    x.flags.writeable = False
+    return x
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Labels:
+    """N labelled queries with K responses each, padded to fixed shapes.
+
+    Attributes:
+      label_type: one of LABEL_TYPES.
+      query_NxQ: int32 query ids, LEFT-padded with `pad_token`.
+      query_mask_NxQ: int32, 1 on query tokens, 0 on pads.
+      responses_NxKxR: int32 response ids, RIGHT-padded with `pad_token`.
+      response_mask_NxKxR: int32, 1 on response tokens, 0 on pads.
+      pad_token: the pad id (outside the vocabulary).
+      best_N: int32 index of the preferred response (best_of_n, pairwise:
+        the chosen one of K=2), else None.
+      score_N: float32 rating of the single response (scalar_rating, K=1).
+      difference_N: float32 target for r(response 1) - r(response 0)
+        (scalar_compare, K=2).
+      gold_NxK: float32 gold rewards of the responses (mock labels), or None.
+      labeler_N: str name of who labelled each record ('' if unknown), or None.
+
+    Arrays are copied and made read-only on construction. Every query and
+    response has at least one token. `subset` and `concatenate` build new sets.
+    """
+
+    label_type: str
+    query_NxQ: np.ndarray
+    query_mask_NxQ: np.ndarray
+    responses_NxKxR: np.ndarray
+    response_mask_NxKxR: np.ndarray
+    pad_token: int
+    best_N: Optional[np.ndarray] = None
+    score_N: Optional[np.ndarray] = None
+    difference_N: Optional[np.ndarray] = None
+    gold_NxK: Optional[np.ndarray] = None
+    labeler_N: Optional[np.ndarray] = None
+
+    def __post_init__(self):
+        def bad(field, why):
+            return ValueError(f"Labels: field '{field}' {why}")
+
+        if self.label_type not in LABEL_TYPES:
+            raise bad("label_type", f"={self.label_type!r} is not one of {LABEL_TYPES}")
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        int_fields = ("query_NxQ", "query_mask_NxQ", "responses_NxKxR",
+                      "response_mask_NxKxR", "best_N")
+        for name in int_fields:
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value)
+                if value.size and not (np.issubdtype(value.dtype, np.integer)
+                                       or value.dtype == np.bool_):
+                    raise bad(name, f"must hold integers, got dtype {value.dtype}")
+                set_(name, _readonly(value.astype(np.int32)))
+        for name in ("score_N", "difference_N", "gold_NxK"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value, dtype=np.float32)
+                if not np.all(np.isfinite(value)):
+                    raise bad(name, "holds a non-finite value")
+                set_(name, _readonly(value))
+        if self.labeler_N is not None:
+            set_("labeler_N", _readonly(np.asarray(self.labeler_N, dtype=np.str_)))
+        set_("pad_token", int(self.pad_token))
+
+        q, qm = self.query_NxQ, self.query_mask_NxQ
+        r, rm = self.responses_NxKxR, self.response_mask_NxKxR
+        if q.ndim != 2 or qm.shape != q.shape:
+            raise bad("query_mask_NxQ", f"shape {qm.shape} must equal query_NxQ's "
+                      f"{q.shape}, which must be 2-D")
+        n = q.shape[0]
+        if r.ndim != 3 or rm.shape != r.shape or r.shape[0] != n:
+            raise bad("responses_NxKxR", f"shape {r.shape} (mask {rm.shape}) must be "
+                      f"[N={n}, K, R] with an equal mask")
+        k = r.shape[1]
+        fixed_k = _FIXED_K.get(self.label_type)
+        if (fixed_k is not None and k != fixed_k) or k < 1 or (
+                self.label_type == "best_of_n" and k < 2):
+            raise bad("responses_NxKxR", f"has K={k} responses per query, "
+                      f"{self.label_type} needs K={fixed_k or '>=2'}")
+        for name in ("query_mask_NxQ", "response_mask_NxKxR"):
+            if np.any((getattr(self, name) != 0) & (getattr(self, name) != 1)):
+                raise bad(name, "must hold only 0 and 1")
+        # Left padding: the query mask never drops from 1 to 0 along Q; right
+        # padding: the response mask never rises from 0 to 1 along R.
+        if np.any(np.diff(qm, axis=-1) < 0):
+            raise bad("query_mask_NxQ", "is not left padding (a pad follows a token)")
+        if np.any(np.diff(rm, axis=-1) > 0):
+            raise bad("response_mask_NxKxR", "is not right padding (a token follows a pad)")
+        if np.any((q == self.pad_token) != (qm == 0)):
+            raise bad("query_NxQ", f"must hold the pad {self.pad_token} exactly where "
+                      "query_mask_NxQ is 0")
+        if np.any((r == self.pad_token) != (rm == 0)):
+            raise bad("responses_NxKxR", f"must hold the pad {self.pad_token} exactly "
+                      "where response_mask_NxKxR is 0")
+        if n and (qm.sum(-1).min() == 0 or rm.sum(-1).min() == 0):
+            raise bad("query_mask_NxQ" if qm.sum(-1).min() == 0 else "response_mask_NxKxR",
+                      "has an empty (all-pad) sequence")
+
+        target = _TARGET_FIELD[self.label_type]
+        for name in ("best_N", "score_N", "difference_N"):
+            value = getattr(self, name)
+            if name == target and value is None:
+                raise bad(name, f"is required for label_type {self.label_type}")
+            if name != target and value is not None:
+                raise bad(name, f"must be None for label_type {self.label_type}")
+        answer = getattr(self, target)
+        if answer.shape != (n,):
+            raise bad(target, f"shape {answer.shape} must be (N={n},)")
+        if target == "best_N" and n and (answer.min() < 0 or answer.max() >= k):
+            raise bad("best_N", f"holds {int(answer.min())}..{int(answer.max())}, "
+                      f"out of range [0, K={k})")
+        if self.gold_NxK is not None and self.gold_NxK.shape != (n, k):
+            raise bad("gold_NxK", f"shape {self.gold_NxK.shape} must be (N={n}, K={k})")
+        if self.labeler_N is not None and self.labeler_N.shape != (n,):
+            raise bad("labeler_N", f"shape {self.labeler_N.shape} must be (N={n},)")
+
+    def __len__(self) -> int:
+        return self.query_NxQ.shape[0]
+
+    @property
+    def num_responses(self) -> int:
+        """K, the responses per query."""
+        return self.responses_NxKxR.shape[1]
+
+    def _array_fields(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)
+                if f.name not in ("label_type", "pad_token")
+                and getattr(self, f.name) is not None]
+
+    def subset(self, indices) -> "Labels":
+        """The records at `indices` (ints, any order, repeats allowed), as new Labels."""
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"Labels.subset: indices must be a 1-D integer array, "
+                             f"got shape {idx.shape} dtype {idx.dtype}")
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise ValueError(f"Labels.subset: index out of range for {len(self)} records")
+        return dataclasses.replace(
+            self, **{name: getattr(self, name)[idx] for name in self._array_fields()})
+
+    @staticmethod
+    def concatenate(parts: Sequence["Labels"]) -> "Labels":
+        """Joins label sets with the same type, shapes, pad and optional fields."""
+        if not parts:
+            raise ValueError("Labels.concatenate: no label sets given")
+        first = parts[0]
+        for i, p in enumerate(parts[1:], start=1):
+            if (p.label_type != first.label_type or p.pad_token != first.pad_token
+                    or p.query_NxQ.shape[1:] != first.query_NxQ.shape[1:]
+                    or p.responses_NxKxR.shape[1:] != first.responses_NxKxR.shape[1:]
+                    or p._array_fields() != first._array_fields()):
+                raise ValueError(f"Labels.concatenate: part {i} differs from part 0 in "
+                                 "label_type, pad_token, Q, K, R or its optional fields")
+        return dataclasses.replace(first, **{
+            name: np.concatenate([getattr(p, name) for p in parts])
+            for name in first._array_fields()})
+
+
+# --------------------------------------------------------------------------
+# Record validation.
+
+
+class _Record:
+    """One record under validation: builds the one-line error messages."""
+
+    def __init__(self, path, index: int, line: Optional[int] = None):
+        where = f"record {index}" if line is None else f"record {index} (line {line})"
+        self.prefix = f"{os.fspath(path)}: {where}"
+
+    def error(self, field: str, detail: str) -> ValueError:
+        # `detail` starts with '=' (a value) or ' ' (a sentence).
+        return ValueError(f"{self.prefix}: field '{field}'{detail}")
+
+    def get(self, obj: dict, field: str, *, name: Optional[str] = None):
+        if field not in obj:
+            raise self.error(name or field, " is missing")
+        return obj[field]
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _short(value: Any) -> str:
+    """A value as it reads in the file (JSON), cut to 40 characters."""
+    s = json.dumps(value)
+    return s if len(s) <= 40 else s[:37] + "..."
+
+
+def _token_list(rec: _Record, value, field: str, *, vocab_size: int, pad_token: int,
+                allow_pad: bool, length: Optional[int] = None,
+                max_length: Optional[int] = None) -> list[int]:
+    """Checks a list of token ids: type, length, range (pad allowed if asked)."""
+    if not isinstance(value, list) or not all(_is_int(t) for t in value):
+        raise rec.error(field, f"={_short(value)} is not a list of ints")
+    if length is not None and len(value) != length:
+        raise rec.error(field, f" has length {len(value)}, expected {length}")
+    if max_length is not None and len(value) > max_length:
+        raise rec.error(field, f" has {len(value)} tokens, more than {max_length}")
+    for j, t in enumerate(value):
+        if not 0 <= t < vocab_size and not (allow_pad and t == pad_token):
+            extra = f" and is not the pad {pad_token}" if allow_pad else ""
+            raise rec.error(f"{field}[{j}]", f"={t} is outside [0, {vocab_size}){extra}")
+    return value
+
+
+def _strip_pads(rec: _Record, tokens: list[int], field: str, pad_token: int, *,
+                trailing_only: bool) -> list[int]:
+    """The tokens of a padded LHP sequence. Pads must sit only at the ends
+    (only at the end when `trailing_only`), and a token must remain."""
+    pos = [j for j, t in enumerate(tokens) if t != pad_token]
+    if not pos:
+        raise rec.error(field, f" has no tokens (all pad {pad_token})")
+    first, last = pos[0], pos[-1]
+    if last - first + 1 != len(pos) or (trailing_only and first != 0):
+        where = "only after" if trailing_only else "only around"
+        raise rec.error(field, f" has the pad {pad_token} inside the sequence; pads may "
+                        f"sit {where} the tokens")
+    return tokens[first:last + 1]
+
+
+def _number(rec: _Record, obj: dict, field: str) -> float:
+    value = rec.get(obj, field)
+    if not _is_number(value):
+        raise rec.error(field, f"={_short(value)} is not a finite number")
+    return float(value)
+
+
+def _best(rec: _Record, obj: dict, k: int, label_type: str) -> int:
+    value = rec.get(obj, "best")
+    if not _is_int(value):
+        raise rec.error("best", f"={_short(value)} is not an int")
+    if not 0 <= value < k:
+        raise rec.error("best", f"={value} out of range for {label_type}")
+    return value
+
+
+def _load_json(path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{os.fspath(path)}: invalid JSON at line {e.lineno} column "
+                         f"{e.colno} (char {e.pos}): {e.msg}") from None
+
+
+def _jsonl_records(path) -> Iterator[tuple[_Record, dict]]:
+    """(validation context, object) for each non-blank line of a jsonl file."""
+    with open(path, encoding="utf-8") as f:
+        index = 0
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            rec = _Record(path, index, lineno)
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{rec.prefix}: invalid JSON at column {e.colno}: "
+                                 f"{e.msg}") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{rec.prefix}: expected a JSON object, got "
+                                 f"{type(obj).__name__}")
+            yield rec, obj
+            index += 1
+
+
+def _check_lengths(path, field: str, value: Optional[int]) -> None:
+    if value is not None and (not _is_int(value) or value <= 0):
+        raise ValueError(f"{os.fspath(path)}: {field}={value!r} must be a positive int")
+
+
+# --------------------------------------------------------------------------
+# LHP label files.
+
+
+def read_lhp_labels(path, *, label_type: str, vocab_size: int,
+                    pad_token: int = LHP_PAD_TOKEN, query_length: Optional[int] = None,
+                    response_length: Optional[int] = None) -> Labels:
+    """Reads an openai/lm-human-preferences label file (a JSON list).
+
+    Records by `label_type`: `best_of_<N>` -> `query`, `sample0`..`sample{N-1}`,
+    `best`; `scalar_rating` -> `query`, `sample`, `score`; `scalar_compare` ->
+    `query`, `sample0`, `sample1`, `difference`. Token lists are fixed length
+    (queries right-padded, left padding accepted too; samples right-padded
+    after truncation; both with `pad_token`); unknown fields are ignored.
+
+    Args:
+      path: the .json file.
+      label_type: `best_of_4` etc., `scalar_rating` or `scalar_compare`.
+      vocab_size: ids must lie in [0, vocab_size) (50257 for GPT-2), or be the pad.
+      pad_token: pad id in the file and in the result (LHP: 50259).
+      query_length / response_length: expected lengths; None takes record 0's.
+
+    Returns:
+      Labels with queries moved to left padding; label_type `best_of_n`,
+      `scalar_rating` or `scalar_compare`.
+    """
+    kind, k = parse_label_type(label_type)
+    if k is None or kind == "pairwise":
+        raise ValueError(f"{os.fspath(path)}: label_type={label_type!r}: LHP files hold "
+                         "best_of_<N>, scalar_rating or scalar_compare")
+    _check_lengths(path, "query_length", query_length)
+    _check_lengths(path, "response_length", response_length)
+    records = _load_json(path)
+    if not isinstance(records, list):
+        raise ValueError(f"{os.fspath(path)}: expected a JSON list of records, got "
+                         f"{type(records).__name__}")
+    if not records:
+        raise ValueError(f"{os.fspath(path)}: holds no records")
+    sample_fields = ["sample"] if kind == "scalar_rating" else [f"sample{i}" for i in range(k)]
+
+    queries, responses, answers = [], [], []
+    for i, obj in enumerate(records):
+        rec = _Record(path, i)
+        if not isinstance(obj, dict):
+            raise ValueError(f"{rec.prefix}: expected a JSON object, got {type(obj).__name__}")
+        query = _token_list(rec, rec.get(obj, "query"), "query", vocab_size=vocab_size,
+                            pad_token=pad_token, allow_pad=True, length=query_length)
+        if query_length is None:
+            query_length = len(query)
+        queries.append(_strip_pads(rec, query, "query", pad_token, trailing_only=False))
+        samples = []
+        for field in sample_fields:
+            sample = _token_list(rec, rec.get(obj, field), field, vocab_size=vocab_size,
+                                 pad_token=pad_token, allow_pad=True, length=response_length)
+            if response_length is None:
+                response_length = len(sample)
+            _strip_pads(rec, sample, field, pad_token, trailing_only=True)
+            samples.append(sample)
+        responses.append(samples)
+        if kind == "best_of_n":
+            answers.append(_best(rec, obj, k, label_type))
+        else:
+            answers.append(_number(rec, obj, "score" if kind == "scalar_rating" else "difference"))
+
+    query_NxQ, query_mask_NxQ = pad_left(queries, query_length, pad_token)
+    responses_NxKxR = np.asarray(responses, dtype=np.int32)
+    target = _TARGET_FIELD[kind]
+    return Labels(
+        label_type=kind,
+        query_NxQ=query_NxQ,
+        query_mask_NxQ=query_mask_NxQ,
+        responses_NxKxR=responses_NxKxR,
+        response_mask_NxKxR=(responses_NxKxR != pad_token).astype(np.int32),
+        pad_token=pad_token,
+        **{target: np.asarray(answers)},
+    )
+
+
+# --------------------------------------------------------------------------
+# SFF comparisons.
+
+
+def _str_field(rec: _Record, obj: dict, field: str, name: str) -> str:
+    value = rec.get(obj, field, name=name)
+    if not isinstance(value, str):
+        raise rec.error(name, f"={_short(value)} is not a string")
+    return value
+
+
+def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_length: int,
+                         response_length: int, eos_token: int, pad_token: int,
+                         split: Optional[str] = None) -> Labels:
+    """Reads openai/summarize-from-feedback comparisons (jsonl) as pairwise labels.
+
+    Each record: `info` ({id, post, title, subreddit} for TL;DR, {id, article,
+    site, title} for CNN/DM), `summaries` (2 x {text, policy, note}), `choice`
+    (0/1), `worker`, `batch`, `split`, `extra.confidence`. The query is the
+    Stiennon format (`tasks.format_tldr_query` / `format_cnndm_query`),
+    left-padded. Each summary is encoded as `" " + text` (PAPER_DETAILS item
+    5), EOS appended, then cut to `response_length` (a summary that long
+    loses its EOS) and right-padded.
+
+    Args:
+      path: the .jsonl file.
+      encode: str -> list of token ids (e.g. a Hugging Face tokenizer's encode).
+      query_length, response_length: padded lengths.
+      eos_token, pad_token: ids; the pad must not be a vocabulary token.
+      split: keep only records with this `split` (e.g. 'train', 'valid1');
+        None keeps all. Every record is validated either way.
+
+    Returns:
+      Labels with label_type 'pairwise', best_N = choice, labeler_N = worker.
+    """
+    from rlhf_jax.data.tasks import format_cnndm_query, format_tldr_query
+
+    _check_lengths(path, "query_length", query_length)
+    _check_lengths(path, "response_length", response_length)
+    queries, responses, choices, workers = [], [], [], []
+    for rec, obj in _jsonl_records(path):
+        info = rec.get(obj, "info")
+        if not isinstance(info, dict):
+            raise rec.error("info", f"={_short(info)} is not an object")
+        summaries = rec.get(obj, "summaries")
+        if not isinstance(summaries, list) or len(summaries) != 2:
+            raise rec.error("summaries", f"={_short(summaries)} is not a list of 2 summaries")
+        texts = []
+        for j, s in enumerate(summaries):
+            if not isinstance(s, dict):
+                raise rec.error(f"summaries[{j}]", f"={_short(s)} is not an object")
+            texts.append(_str_field(rec, s, "text", f"summaries[{j}].text"))
+        choice = rec.get(obj, "choice")
+        if not _is_int(choice) or choice not in (0, 1):
+            raise rec.error("choice", f"={_short(choice)} is not 0 or 1")
+        worker = obj.get("worker", "")
+        if not isinstance(worker, str):
+            raise rec.error("worker", f"={_short(worker)} is not a string")
+        if split is not None:
+            record_split = _str_field(rec, obj, "split", "split")
+            if record_split != split:
+                continue
+
+        if "post" in info:
+            fields = {name: _str_field(rec, info, name, f"info.{name}")
+                      for name in ("subreddit", "title", "post")}
+            make_query = lambda: format_tldr_query(  # noqa: E731
+                encode, query_length=query_length, **fields)
+        elif "article" in info:
+            article = _str_field(rec, info, "article", "info.article")
+            make_query = lambda: format_cnndm_query(  # noqa: E731
+                encode, article=article, query_length=query_length)
+        else:
+            raise rec.error("info", " has neither 'post' (TL;DR) nor 'article' (CNN/DM)")
+        try:
+            query = list(make_query())
+        except ValueError as e:
+            raise rec.error("info", f" does not make a query: {e}") from None
+        if not query or len(query) > query_length:
+            raise rec.error("info", f" makes a query of {len(query)} tokens, not in "
+                            f"[1, {query_length}]")
+        queries.append(query)
+        responses.append([(list(encode(" " + t)) + [eos_token])[:response_length]
+                          for t in texts])
+        choices.append(choice)
+        workers.append(worker)
+
+    if not queries:
+        raise ValueError(f"{os.fspath(path)}: no records" +
+                         (f" with split={split!r}" if split is not None else ""))
+    query_NxQ, query_mask_NxQ = pad_left(queries, query_length, pad_token)
+    flat_ids, flat_mask = pad_right([r for pair in responses for r in pair],
+                                    response_length, pad_token)
+    n = len(queries)
+    return Labels(
+        label_type="pairwise",
+        query_NxQ=query_NxQ,
+        query_mask_NxQ=query_mask_NxQ,
+        responses_NxKxR=flat_ids.reshape(n, 2, response_length),
+        response_mask_NxKxR=flat_mask.reshape(n, 2, response_length),
+        pad_token=pad_token,
+        best_N=np.asarray(choices),
+        labeler_N=np.asarray(workers, dtype=np.str_),
+    )
+
+
+# --------------------------------------------------------------------------
+# Our jsonl.
+
+
+def _record_to_json(labels: Labels, i: int) -> dict:
+    """Record `i` of `labels` as a jsonl object (token lists unpadded)."""
+    q = labels.query_NxQ[i][labels.query_mask_NxQ[i] == 1]
+    out: dict[str, Any] = {
+        "query": q.tolist(),
+        "responses": [r[m == 1].tolist() for r, m in
+                      zip(labels.responses_NxKxR[i], labels.response_mask_NxKxR[i])],
+    }
+    if labels.best_N is not None:
+        out["best"] = int(labels.best_N[i])
+    if labels.score_N is not None:
+        out["score"] = float(labels.score_N[i])
+    if labels.difference_N is not None:
+        out["difference"] = float(labels.difference_N[i])
+    if labels.gold_NxK is not None:
+        out["gold"] = [float(g) for g in labels.gold_NxK[i]]
+    if labels.labeler_N is not None and labels.labeler_N[i]:
+        out["labeler"] = str(labels.labeler_N[i])
+    return out
+
+
+def write_labels_jsonl(path, labels: Labels) -> None:
+    """Writes `labels` as our jsonl, atomically.
+
+    The lines go to a temporary file in the same directory, which then
+    replaces `path` (`os.replace`), so a crash leaves either the old file or
+    the complete new one, never a partial file. The label type is not stored:
+    pass it again to `read_labels_jsonl`. Floats are written exactly (float32
+    values survive the round trip bit for bit).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                               suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for i in range(len(labels)):
+                f.write(json.dumps(_record_to_json(labels, i), separators=(",", ":")))
+                f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_token: int,
+                      vocab_size: int, label_type: str) -> Labels:
+    """Reads our jsonl (see the module docstring) into padded Labels.
+
+    Args:
+      path: the .jsonl file.
+      query_length, response_length: padded lengths; longer token lists are
+        an error, not cut.
+      pad_token: pad id of the result (must not occur in the file).
+      vocab_size: ids must lie in [0, vocab_size).
+      label_type: `best_of_<N>` / `best_of_n` (K from record 0), `pairwise`,
+        `scalar_rating` or `scalar_compare`.
+
+    Returns:
+      Labels; `gold_NxK` if the records carry `gold` (all or none must),
+      `labeler_N` if any carries `labeler` ('' where absent).
+    """
+    kind, k = parse_label_type(label_type)
+    _check_lengths(path, "query_length", query_length)
+    _check_lengths(path, "response_length", response_length)
+    answer_field = {"best_N": "best", "score_N": "score",
+                    "difference_N": "difference"}[_TARGET_FIELD[kind]]
+    queries, responses, answers, golds, labelers = [], [], [], [], []
+    has_gold = None
+    for rec, obj in _jsonl_records(path):
+        queries.append(_token_list(rec, rec.get(obj, "query"), "query",
+                                   vocab_size=vocab_size, pad_token=pad_token,
+                                   allow_pad=False, max_length=query_length))
+        if not queries[-1]:
+            raise rec.error("query", " has no tokens")
+        rs = rec.get(obj, "responses")
+        if not isinstance(rs, list) or not rs:
+            raise rec.error("responses", f"={_short(rs)} is not a list of token lists")
+        if k is None:
+            k = len(rs)
+            if k < 2:
+                raise rec.error("responses", f" has {k} response, best_of_n needs >= 2")
+        if len(rs) != k:
+            raise rec.error("responses", f" has {len(rs)} responses, expected {k} "
+                            f"for {label_type}")
+        responses.append([])
+        for j, r in enumerate(rs):
+            responses[-1].append(_token_list(rec, r, f"responses[{j}]", vocab_size=vocab_size,
+                                             pad_token=pad_token, allow_pad=False,
+                                             max_length=response_length))
+            if not r:
+                raise rec.error(f"responses[{j}]", " has no tokens")
+        if answer_field == "best":
+            answers.append(_best(rec, obj, k, label_type))
+        else:
+            answers.append(_number(rec, obj, answer_field))
+        if has_gold is None:
+            has_gold = "gold" in obj
+        if ("gold" in obj) != has_gold:
+            raise rec.error("gold", " is missing (record 0 has it)" if has_gold else
+                            " is present but record 0 has none (all or none)")
+        if has_gold:
+            gold = obj["gold"]
+            if (not isinstance(gold, list) or len(gold) != k
+                    or not all(_is_number(g) for g in gold)):
+                raise rec.error("gold", f"={_short(gold)} is not a list of {k} finite numbers")
+            golds.append(gold)
+        labeler = obj.get("labeler", "")
+        if not isinstance(labeler, str):
+            raise rec.error("labeler", f"={_short(labeler)} is not a string")
+        labelers.append(labeler)
+
+    if not queries:
+        raise ValueError(f"{os.fspath(path)}: holds no records")
+    query_NxQ, query_mask_NxQ = pad_left(queries, query_length, pad_token)
+    flat_ids, flat_mask = pad_right([r for rs in responses for r in rs], response_length,
+                                    pad_token)
+    n = len(queries)
+    return Labels(
+        label_type=kind,
+        query_NxQ=query_NxQ,
+        query_mask_NxQ=query_mask_NxQ,
+        responses_NxKxR=flat_ids.reshape(n, k, response_length),
+        response_mask_NxKxR=flat_mask.reshape(n, k, response_length),
+        pad_token=pad_token,
+        gold_NxK=np.asarray(golds) if has_gold else None,
+        labeler_N=np.asarray(labelers, dtype=np.str_) if any(labelers) else None,
+        **{_TARGET_FIELD[kind]: np.asarray(answers)},
+    )
+
+
+_READERS = {"lhp": read_lhp_labels, "sff": read_sff_comparisons, "jsonl": read_labels_jsonl}
+
+
+def read_labels(path, *, format: str, **kwargs) -> Labels:  # noqa: A002
+    """Reads a label file: `format` 'lhp', 'sff' or 'jsonl'; `kwargs` go to that reader."""
+    if format not in _READERS:
+        raise ValueError(f"read_labels: field 'format'={format!r} is not one of "
+                         f"{sorted(_READERS)}")
+    return _READERS[format](path, **kwargs)
