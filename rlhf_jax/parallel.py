@@ -99,7 +99,11 @@ class DataParallel:
             n = self.num_devices
             stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
             return jax.device_put(stacked, NamedSharding(self.mesh, P(AXIS)))
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        # Always fresh buffers: a replicated value may be donated to a step, and
+        # must not alias an input the caller still holds (e.g. the reference
+        # policy sharing the initial policy's arrays).
+        placed = jax.device_put(tree, NamedSharding(self.mesh, P()))
+        return jax.tree.map(lambda x: x.copy(), placed)
 
     def unreplicate(self, tree):
         """A host-side view of a replicated value (device 0's copy under pmap)."""
@@ -167,6 +171,15 @@ class DataParallel:
 def fold_in_device(rng: jax.Array) -> jax.Array:
     """A per-device key: `fold_in(rng, axis_index)` (STYLE.md: one base key)."""
     return jax.random.fold_in(rng, axis_index())
+
+
+def global_row_offset(local_batch: int) -> jax.Array:
+    """Index of this shard's first row in the global batch (inside a mapped step).
+
+    Per-row keys `fold_in(key, row_offset + i)` make sampling independent of
+    how the batch is split across devices.
+    """
+    return axis_index() * local_batch
 
 
 def tree_size(tree) -> int:

@@ -15,10 +15,15 @@ Ziegler setting (PPO on all `response_length` tokens, item 10).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
+import flax.struct
 import jax
 import jax.numpy as jnp
+import optax
+
+from rlhf_jax.kl import KLState, update_kl_state
 
 Array = jax.Array
 
@@ -277,3 +282,188 @@ def var_explained(
     or NaN) when the returns are constant.
     """
     return 1.0 - masked_var(returns_BxT - values_BxT, mask) / masked_var(returns_BxT, mask)
+
+
+# --------------------------------------------------------------------------
+# The PPO update: one rollout batch -> advantages -> epochs x minibatches.
+
+
+@flax.struct.dataclass
+class PPOState:
+    """Everything a PPO run needs to continue exactly (checkpointed whole).
+
+    `params` is `{"policy": ...}` for Ziegler's shared policy+value model, or
+    `{"policy": ..., "value": ...}` with a separate value network (Stiennon);
+    one optimizer updates both with the joint loss `pg + vf_coef * vf`.
+    """
+
+    step: Array  # PPO updates done (int32)
+    params: dict
+    opt_state: optax.OptState
+    kl: KLState
+    rng: Array  # base key; the update's key is fold_in(rng, step)
+
+
+@flax.struct.dataclass
+class Rollout:
+    """One batch of experience, all [B, ...] (per device under data parallelism)."""
+
+    query_BxQ: Array
+    query_mask_BxQ: Array
+    response_BxR: Array  # raw sampled tokens (PPO trains on these, item 10)
+    response_mask_BxR: Array  # 1 through EOS (Stiennon) / all ones (Ziegler)
+    logprobs_BxR: Array  # policy, temperature-scaled, at rollout time
+    ref_logprobs_BxR: Array
+    values_BxR: Array
+    scores_B: Array  # post-processed, penalised score
+    score_index_B: Array  # where the score is paid (last index or EOS)
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOHParams:
+    """Static PPO hyperparameters (hashable: bound into the compiled step)."""
+
+    nminibatches: int
+    noptepochs: int
+    cliprange: float
+    cliprange_value: float
+    vf_coef: float
+    gamma: float
+    lam: float
+    whiten_rewards: bool
+    whiten_global: bool  # whiten over the global batch (device-count independent)
+    temperature: float
+    kl_adaptive: bool
+    kl_target: float
+    kl_horizon: float
+    batch_size: int  # global rollout batch (episodes per update), for the KL controller
+
+
+def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, response_BxR,
+                         response_mask_BxR, temperature):
+    """Temperature-scaled logprobs, full-distribution entropy and values of response tokens.
+
+    `apply_policy_value(params, ids_BxT, mask_BxT) -> (logits_BxTxV, values_BxT)`
+    over query + response. The logits at position Q-1+t predict response token
+    t, and the value for token t is read at the same position (item 17).
+    """
+    q = query_BxQ.shape[1]
+    r = response_BxR.shape[1]
+    ids_BxT = jnp.concatenate([query_BxQ, response_BxR], axis=1)
+    mask_BxT = jnp.concatenate([query_mask_BxQ, response_mask_BxR], axis=1)
+    logits_BxTxV, values_BxT = apply_policy_value(params, ids_BxT, mask_BxT)
+    logits_BxRxV = logits_BxTxV[:, q - 1 : q + r - 1] / temperature
+    logp_BxRxV = jax.nn.log_softmax(logits_BxRxV.astype(jnp.float32), axis=-1)
+    safe_BxR = jnp.where(response_mask_BxR > 0, response_BxR, 0)
+    logp_BxR = jnp.take_along_axis(logp_BxRxV, safe_BxR[..., None], axis=-1)[..., 0]
+    entropy_BxR = -jnp.sum(jnp.exp(logp_BxRxV) * logp_BxRxV, axis=-1)
+    return logp_BxR, entropy_BxR, values_BxT[:, q - 1 : q + r - 1]
+
+
+def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation,
+                     hp: PPOHParams, axis_name: str | None):
+    """Returns `update(state, rollout) -> (state, metrics)`: one PPO update, pure.
+
+    Written for one device's shard; with `axis_name` the gradients and metrics
+    are `pmean`-ed, whitening uses global moments (`hp.whiten_global`) and the
+    minibatches are cut from one global permutation of the all-gathered batch,
+    so the result does not depend on the device count.
+    """
+
+    def pmean(x):
+        return jax.lax.pmean(x, axis_name) if axis_name else x
+
+    def update(state: PPOState, ro: Rollout):
+        mask_BxR = ro.response_mask_BxR.astype(jnp.float32)
+        whiten_axis = axis_name if hp.whiten_global else None
+        kl_coef = state.kl.coef
+        rewards_BxR, non_score_BxR, kl_BxR = kl_penalty_rewards(
+            ro.scores_B, ro.logprobs_BxR, ro.ref_logprobs_BxR, kl_coef, mask_BxR, ro.score_index_B)
+        if hp.whiten_rewards:
+            rewards_BxR = whiten(rewards_BxR, shift_mean=False, mask=mask_BxR, axis_name=whiten_axis)
+        adv_BxR, returns_BxR = gae(rewards_BxR, ro.values_BxR, hp.gamma, hp.lam, mask_BxR)
+        adv_BxR = whiten(adv_BxR, mask=mask_BxR, axis_name=whiten_axis)
+
+        train = dict(query=ro.query_BxQ, query_mask=ro.query_mask_BxQ, response=ro.response_BxR,
+                     mask=mask_BxR, logp=ro.logprobs_BxR, values=ro.values_BxR,
+                     adv=adv_BxR, returns=returns_BxR)
+        local_b = ro.query_BxQ.shape[0]
+        if axis_name:
+            train = jax.tree.map(lambda x: jax.lax.all_gather(x, axis_name, tiled=True), train)
+            device = jax.lax.axis_index(axis_name)
+        else:
+            device = 0
+        global_b = train["query"].shape[0]
+        mb_global = global_b // hp.nminibatches
+        mb_local = local_b // hp.nminibatches
+
+        def loss_fn(params, mb):
+            logp_BxR, entropy_BxR, v_BxR = forward_policy_value(
+                apply_policy_value, params, mb["query"], mb["query_mask"], mb["response"],
+                mb["mask"].astype(jnp.int32), hp.temperature)
+            pg_loss, pg_stats = policy_loss(logp_BxR, mb["logp"], mb["adv"], hp.cliprange, mb["mask"])
+            vf_loss, vf_stats = value_loss(v_BxR, mb["values"], mb["returns"], hp.cliprange_value,
+                                           mb["mask"])
+            stats = {
+                "ppo/loss/policy": pg_loss,
+                "ppo/loss/value": vf_loss,
+                "ppo/loss/total": pg_loss + hp.vf_coef * vf_loss,
+                "ppo/policy/entropy": masked_mean(entropy_BxR, mb["mask"]),
+                "ppo/policy/approxkl": pg_stats["approxkl"],
+                "ppo/policy/clipfrac": pg_stats["clipfrac"],
+                "ppo/val/vpred": vf_stats["vpred"],
+                "ppo/val/error": vf_stats["error"],
+                "ppo/val/clipfrac": vf_stats["clipfrac"],
+            }
+            return pg_loss + hp.vf_coef * vf_loss, stats
+
+        grad_fn = jax.grad(loss_fn, has_aux=True)
+
+        def minibatch(carry, rows_L):
+            params, opt_state = carry
+            mb = jax.tree.map(lambda x: x[rows_L], train)
+            grads, stats = grad_fn(params, mb)
+            grads, stats = pmean((grads, stats))
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), stats
+
+        def epoch(carry, key):
+            # One global permutation (identical on every device); this device
+            # takes its slice of each minibatch.
+            perm_MxG = jax.random.permutation(key, global_b).reshape(hp.nminibatches, mb_global)
+            rows_MxL = jax.lax.dynamic_slice_in_dim(perm_MxG, device * mb_local, mb_local, axis=1)
+            return jax.lax.scan(minibatch, carry, rows_MxL)
+
+        key = jax.random.fold_in(state.rng, state.step)
+        epoch_keys = jax.random.split(key, hp.noptepochs)
+        (params, opt_state), stats_ExM = jax.lax.scan(
+            epoch, (state.params, state.opt_state), epoch_keys)
+        stats = jax.tree.map(jnp.mean, stats_ExM)
+
+        # Rollout statistics (LHP names), over the global batch.
+        kl_sum_B = jnp.sum(kl_BxR, axis=1)
+        mean_kl = pmean(jnp.mean(kl_sum_B))
+        stats.update(pmean({
+            "objective/kl": jnp.mean(kl_sum_B),
+            "objective/kl_coef": kl_coef,
+            "objective/entropy": jnp.mean(jnp.sum(-ro.logprobs_BxR * mask_BxR, axis=1)),
+            "objective/score": jnp.mean(ro.scores_B),
+            "objective/score_total": jnp.mean(ro.scores_B + jnp.sum(non_score_BxR, axis=1)),
+            "ppo/returns/mean": masked_mean(returns_BxR, mask_BxR),
+            "ppo/val/mean": masked_mean(ro.values_BxR, mask_BxR),
+            "ppo/advantages/mean": masked_mean(adv_BxR, mask_BxR),
+            "ppo/response_length": jnp.mean(jnp.sum(mask_BxR, axis=1)),
+        }))
+        # Variances over the global batch, from gathered arrays.
+        g_mask, g_ret, g_val = train["mask"], train["returns"], train["values"]
+        stats["ppo/returns/var"] = masked_var(g_ret, g_mask)
+        stats["ppo/val/var"] = masked_var(g_val, g_mask)
+        stats["ppo/val/var_explained"] = var_explained(g_val, g_ret, g_mask)
+
+        kl_state = update_kl_state(state.kl, mean_kl, hp.batch_size, adaptive=hp.kl_adaptive,
+                                   target=hp.kl_target, horizon=hp.kl_horizon)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                                  kl=kl_state)
+        return new_state, stats
+
+    return update

@@ -22,6 +22,9 @@ import jax.numpy as jnp
 from rlhf_jax.models.gpt2 import init_cache
 
 
+# The sampler needs only the trunk and the LM head, so any model exposing
+# `.transformer` and `.lm_logits` (the LM, or the shared policy+value model)
+# samples without computing values.
 def _trunk(module, *args):
     return module.transformer(*args)
 
@@ -52,14 +55,15 @@ def _filter_logits(logits_BxV, top_k: int, top_p: float):
     return logits_BxV
 
 
-def _draw(rng, logits_BxV, temperature, greedy, top_k, top_p):
-    """One token per row and its logprob under the tempered full distribution."""
+def _draw(keys_B, logits_BxV, temperature, greedy, top_k, top_p):
+    """One token per row (row i uses keys_B[i]) and its logprob under the tempered full distribution."""
     scaled_BxV = logits_BxV / temperature
     logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
     if greedy:
         tok_B = jnp.argmax(scaled_BxV, axis=-1)
     else:
-        tok_B = jax.random.categorical(rng, _filter_logits(scaled_BxV, top_k, top_p), axis=-1)
+        filtered_BxV = _filter_logits(scaled_BxV, top_k, top_p)
+        tok_B = jax.vmap(jax.random.categorical)(keys_B, filtered_BxV)
     tok_B = tok_B.astype(jnp.int32)
     return tok_B, jnp.take_along_axis(logp_BxV, tok_B[:, None], axis=-1)[:, 0]
 
@@ -85,6 +89,7 @@ def _sample_jit(
     query_mask_BxQ,
     rng,
     temperature,
+    row_offset,
     *,
     response_length,
     greedy,
@@ -110,8 +115,14 @@ def _sample_jit(
         variables, query_BxQ, mask_BxS, None, cache, 0, method=_trunk
     )
     logits_BxV = model.apply(variables, out.hidden_states[-1][:, -1:], method=_lm_logits)[:, 0]
-    rng0, rng_scan = jax.random.split(rng)
-    tok_B, logp_B = _draw(rng0, logits_BxV, temperature, greedy, top_k, top_p)
+    # One key per row and step, derived from the row's global index: a row's
+    # sample does not depend on the batch it is in or the device it is on.
+    row_keys_B = jax.vmap(jax.random.fold_in, (None, 0))(rng, row_offset + jnp.arange(b))
+
+    def step_keys(t):
+        return jax.vmap(jax.random.fold_in, (0, None))(row_keys_B, t)
+
+    tok_B, logp_B = _draw(step_keys(0), logits_BxV, temperature, greedy, top_k, top_p)
     done_B = jnp.zeros((b,), bool)
 
     def emit(tok_B, logp_B, done_B):
@@ -125,18 +136,16 @@ def _sample_jit(
     tok_B, logp_B, live_B, done_B = emit(tok_B, logp_B, done_B)
 
     def step(carry, t):
-        cache, mask_BxS, tok_B, done_B, key = carry
-        key, sub = jax.random.split(key)
+        cache, mask_BxS, tok_B, done_B = carry
         idx = q + t - 1  # the slot of the token being fed
         mask_BxS = jax.lax.dynamic_update_slice(mask_BxS, jnp.ones((b, 1), jnp.int32), (0, idx))
-        out = model.apply(
-            variables, tok_B[:, None], attention_mask=mask_BxS, cache=cache, cache_index=idx
-        )
-        new_tok_B, new_logp_B = _draw(sub, out.logits[:, -1], temperature, greedy, top_k, top_p)
+        out = model.apply(variables, tok_B[:, None], mask_BxS, None, cache, idx, method=_trunk)
+        logits_BxV = model.apply(variables, out.hidden_states[-1], method=_lm_logits)[:, -1]
+        new_tok_B, new_logp_B = _draw(step_keys(t), logits_BxV, temperature, greedy, top_k, top_p)
         new_tok_B, new_logp_B, live_B, done_B = emit(new_tok_B, new_logp_B, done_B)
-        return (out.cache, mask_BxS, new_tok_B, done_B, key), (new_tok_B, new_logp_B, live_B)
+        return (out.cache, mask_BxS, new_tok_B, done_B), (new_tok_B, new_logp_B, live_B)
 
-    carry = (out.cache, mask_BxS, tok_B, done_B, rng_scan)
+    carry = (out.cache, mask_BxS, tok_B, done_B)
     _, (toks_RxB, logps_RxB, live_RxB) = jax.lax.scan(step, carry, jnp.arange(1, r))
     tokens_BxR = jnp.concatenate([tok_B[:, None], toks_RxB.T], axis=1)
     logprobs_BxR = jnp.concatenate([logp_B[:, None], logps_RxB.T], axis=1)
@@ -160,11 +169,15 @@ def sample(
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
     cache_dtype=None,
+    row_offset=0,
 ) -> SampleOutput:
     """Samples `response_length` tokens after left-padded queries.
 
     Compiled once per (model, shapes, static options); `temperature` is traced,
-    so changing it does not recompile. Deterministic for a given `rng`.
+    so changing it does not recompile. Deterministic for a given `rng`: row i
+    draws with keys derived from `fold_in(rng, row_offset + i)`, so under data
+    parallelism (pass the shard's global row offset) a row's sample does not
+    depend on the device count.
     """
     if response_length < 1:
         raise ValueError(f"response_length must be >= 1, got {response_length}")
@@ -184,6 +197,7 @@ def sample(
         query_mask_BxQ,
         rng,
         jnp.asarray(temperature, jnp.float32),
+        jnp.asarray(row_offset, jnp.int32),
         response_length=response_length,
         greedy=greedy,
         top_k=top_k,

@@ -1,0 +1,209 @@
+"""Rollouts: sample from the policy, score, and compute what PPO needs (device side).
+
+`PPOModels` binds the Flax modules; `make_rollout` returns a per-shard function
+(run under `DataParallel.compile`) that, for a batch of left-padded queries:
+samples responses at temperature T, recomputes policy logprobs and values and
+the reference's logprobs with the temperature-scaled logits (item 7),
+post-processes the responses (truncation, item 8), scores them with the reward
+model on raw `concat(query, response)` (item 4) at the last token (Ziegler) or
+at EOS (Stiennon), and applies the no-truncation penalty (item 9). PPO then
+trains on the raw, untruncated responses (item 10).
+
+`best_of_n` is the baseline: N samples per query, the best by the RM; its KL
+from the policy it samples is analytic, `log N - (N-1)/N`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import parallel
+from rlhf_jax.data import tasks
+from rlhf_jax.ppo import Rollout, forward_policy_value
+from rlhf_jax.sampling import sample
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    """The task fields the rollout needs (from config group `task`)."""
+
+    response_length: int
+    temperature: float
+    pad_token: int
+    truncate_token: int | None = None  # Ziegler post-processing (None: off)
+    truncate_after: int = 0
+    penalty_reward_value: float | None = None  # None: no penalty
+    eos_token: int | None = None
+    stop_at_eos: bool = False  # Stiennon: stop, mask and score at EOS
+
+    @classmethod
+    def from_config(cls, task) -> "TaskSpec":
+        return cls(
+            response_length=task.response_length,
+            temperature=task.temperature,
+            pad_token=task.pad_token,
+            truncate_token=task.truncate_token,
+            truncate_after=task.truncate_after,
+            penalty_reward_value=task.penalty_reward_value,
+            eos_token=task.eos_token,
+            stop_at_eos=task.stop_at_eos,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOModels:
+    """The Flax modules of a PPO run (params live elsewhere).
+
+    `policy` is a `PolicyWithValueHead` when `value` is None (shared, Ziegler)
+    or a `GPT2LMHeadModel` beside a `ValueModel` (separate, Stiennon).
+    """
+
+    policy: nn.Module
+    reference: nn.Module
+    value: nn.Module | None = None
+    reward: nn.Module | None = None
+
+    @property
+    def shared_value(self) -> bool:
+        return self.value is None
+
+    def apply_policy_value(self, params, ids_BxT, mask_BxT):
+        """(logits_BxTxV, values_BxT) of the trained model(s)."""
+        if self.value is None:
+            out, values_BxT = self.policy.apply({"params": params["policy"]}, ids_BxT, mask_BxT)
+            return out.logits, values_BxT
+        out = self.policy.apply({"params": params["policy"]}, ids_BxT, mask_BxT)
+        return out.logits, self.value.apply({"params": params["value"]}, ids_BxT, mask_BxT)
+
+    def reference_logprobs(self, ref_params, query_BxQ, query_mask_BxQ, response_BxR,
+                           response_mask_BxR, temperature):
+        def apply_ref(params, ids_BxT, mask_BxT):
+            logits = self.reference.apply({"params": params}, ids_BxT, mask_BxT).logits
+            return logits, jnp.zeros(ids_BxT.shape, jnp.float32)
+
+        logp_BxR, _, _ = forward_policy_value(apply_ref, ref_params, query_BxQ, query_mask_BxQ,
+                                              response_BxR, response_mask_BxR, temperature)
+        return logp_BxR
+
+
+def score_index(processed_BxR, task: TaskSpec):
+    """Where the score is read and paid: EOS (Stiennon) or the last token (Ziegler)."""
+    b, r = processed_BxR.shape
+    if task.stop_at_eos:
+        return tasks.first_eos_index(processed_BxR, task.eos_token)
+    return jnp.full((b,), r - 1, jnp.int32)
+
+
+def rm_scores(reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR, task: TaskSpec):
+    """RM score of raw concat(query, post-processed response); pads masked."""
+    q = query_BxQ.shape[1]
+    ids_BxT = jnp.concatenate([query_BxQ, processed_BxR], axis=1)
+    resp_mask_BxR = (processed_BxR != task.pad_token).astype(jnp.int32)
+    mask_BxT = jnp.concatenate([query_mask_BxQ.astype(jnp.int32), resp_mask_BxR], axis=1)
+    index_B = q + score_index(processed_BxR, task)
+    return reward_model.apply({"params": rm_params}, ids_BxT, mask_BxT, index_B)
+
+
+def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable:
+    """Per-shard `rollout(params, ref_params, rm_params, query, query_mask, rng) -> (Rollout, processed)`.
+
+    With `use_rm=False` the scores are zeros, to be filled on the host by a
+    gold scorer (RL directly on the mock reward, Ziegler Fig. 2); the penalty
+    is then applied there with `penalize`.
+    """
+
+    def rollout(params, ref_params, rm_params, query_BxQ, query_mask_BxQ, rng):
+        s = sample(
+            models.policy, params["policy"], query_BxQ, query_mask_BxQ, rng,
+            response_length=task.response_length, temperature=task.temperature,
+            stop_at_eos=task.stop_at_eos, eos_token_id=task.eos_token, pad_token_id=task.pad_token,
+            row_offset=parallel.global_row_offset(query_BxQ.shape[0]),
+        )
+        response_BxR, mask_BxR = s.tokens, s.mask
+        logp_BxR, _, values_BxR = forward_policy_value(
+            models.apply_policy_value, params, query_BxQ, query_mask_BxQ, response_BxR, mask_BxR,
+            task.temperature)
+        ref_logp_BxR = models.reference_logprobs(ref_params, query_BxQ, query_mask_BxQ,
+                                                 response_BxR, mask_BxR, task.temperature)
+        processed_BxR = tasks.postprocess_responses(
+            response_BxR, task.truncate_token, task.truncate_after, task.pad_token)
+        idx_B = score_index(processed_BxR, task)
+        if use_rm:
+            scores_B = rm_scores(models.reward, rm_params, query_BxQ, query_mask_BxQ,
+                                 processed_BxR, task)
+            scores_B = penalize(scores_B, response_BxR, task)
+        else:
+            scores_B = jnp.zeros(response_BxR.shape[:1], jnp.float32)
+        ro = Rollout(
+            query_BxQ=query_BxQ, query_mask_BxQ=query_mask_BxQ, response_BxR=response_BxR,
+            response_mask_BxR=mask_BxR, logprobs_BxR=logp_BxR, ref_logprobs_BxR=ref_logp_BxR,
+            values_BxR=values_BxR, scores_B=scores_B.astype(jnp.float32), score_index_B=idx_B,
+        )
+        return ro, processed_BxR
+
+    return rollout
+
+
+def penalize(scores_B, response_BxR, task: TaskSpec):
+    if task.penalty_reward_value is None:
+        return scores_B
+    return tasks.penalize_scores(scores_B, response_BxR, task.truncate_token, task.truncate_after,
+                                 task.penalty_reward_value)
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base) for a continuous reward: log n - (n-1)/n."""
+    return math.log(n) - (n - 1) / n
+
+
+def make_best_of_n(models: PPOModels, task: TaskSpec, n: int) -> Callable:
+    """Per-shard `best_of_n(policy_params, rm_params, query, mask, rng) -> (best_BxR, best_score_B, all_scores_BxN)`.
+
+    Samples n responses per query from `models.reference` (the initial policy)
+    and keeps the one the RM scores highest (after the penalty).
+    """
+
+    def run(ref_params, rm_params, query_BxQ, query_mask_BxQ, rng):
+        b = query_BxQ.shape[0]
+        offset = parallel.global_row_offset(b)
+
+        def one_candidate(j):
+            # Candidate j of global query i draws with key index j * 2^20 + i:
+            # independent of the device count.
+            s = sample(
+                models.reference, ref_params, query_BxQ, query_mask_BxQ, rng,
+                response_length=task.response_length, temperature=task.temperature,
+                stop_at_eos=task.stop_at_eos, eos_token_id=task.eos_token,
+                pad_token_id=task.pad_token, row_offset=j * (1 << 20) + offset,
+            )
+            processed_BxR = tasks.postprocess_responses(
+                s.tokens, task.truncate_token, task.truncate_after, task.pad_token)
+            scores_B = rm_scores(models.reward, rm_params, query_BxQ, query_mask_BxQ,
+                                 processed_BxR, task)
+            return processed_BxR, penalize(scores_B, s.tokens, task)
+
+        processed_NxBxR, scores_NxB = jax.vmap(one_candidate)(jnp.arange(n))
+        scores_BxN = scores_NxB.T
+        best_B = jnp.argmax(scores_BxN, axis=1)
+        processed_BxNxR = processed_NxBxR.transpose(1, 0, 2)
+        best_BxR = jnp.take_along_axis(processed_BxNxR, best_B[:, None, None], axis=1)[:, 0]
+        return best_BxR, jnp.max(scores_BxN, axis=1), scores_BxN
+
+    return run
+
+
+def host_gold_scores(gold_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+                     query_BxQ, query_mask_BxQ, processed_BxR) -> np.ndarray | None:
+    """The gold reward of post-processed responses, on the host (None without one)."""
+    if gold_fn is None:
+        return None
+    return np.asarray(gold_fn(np.asarray(query_BxQ), np.asarray(query_mask_BxQ),
+                              np.asarray(processed_BxR)), np.float32)
+
