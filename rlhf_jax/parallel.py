@@ -120,7 +120,7 @@ class DataParallel:
                     raise ValueError(
                         f"batch of {x.shape[0]} rows is not divisible by {self.num_devices} devices"
                     )
-                return x.reshape(self.num_devices, -1, *x.shape[1:])
+                return x.reshape(self.num_devices, x.shape[0] // self.num_devices, *x.shape[1:])
 
             return jax.device_put(jax.tree.map(split, tree), NamedSharding(self.mesh, P(AXIS)))
         return jax.device_put(tree, NamedSharding(self.mesh, P(AXIS)))

@@ -1,0 +1,64 @@
+"""Runs an experiment's stages: `python launch.py --config=configs/NAME.py[:ARGS] --workdir=DIR`.
+
+With no flags it runs the offline default, `configs/mock_sentiment.py`
+(Ziegler's mock-sentiment experiment in miniature, no network), into a fresh
+directory under ./runs/. Relaunching with the same --workdir resumes; a
+finished workdir does no new work. `--dry_run` prints the resolved config and
+derived sizes and exits.
+"""
+
+import datetime
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_DEFAULT_CONFIG = os.path.join(_HERE, "configs", "mock_sentiment.py")
+
+config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file[:switches].",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Output directory (default: ./runs/<config>-<time>).")
+flags.DEFINE_bool("dry_run", False, "Print the resolved config and derived sizes, then exit.")
+flags.DEFINE_bool("traceback", False, "Show the full traceback of a config or data error.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # Progress is printed by the stages; library INFO logs (Orbax) are noise.
+    if flags.FLAGS.verbosity <= 0:
+        logging.set_verbosity(logging.WARNING)
+    from rlhf_jax import config_lib, pipeline
+
+    cfg = flags.FLAGS.config
+    workdir = flags.FLAGS.workdir or os.path.join(
+        "runs", f"{cfg.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    try:
+        if flags.FLAGS.dry_run:
+            import jax
+
+            n = cfg.parallel.num_devices or jax.device_count()
+            derived = config_lib.resolve(cfg, n)
+            print(cfg)
+            print("derived:", json.dumps(derived, indent=2, default=str))
+            return
+        print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+        results = pipeline.run(cfg, workdir)
+    except pipeline.Preempted as e:
+        print(f"preempted during {e}; state saved. Relaunch the same command to resume.")
+        sys.exit(143)
+    except (ValueError, FileNotFoundError) as e:
+        # Config and data errors: one clear line (the traceback with --traceback).
+        if flags.FLAGS.traceback:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    logging.info("results: %s", results)
+    print(f"done in {results['total_seconds']:.0f}s; outputs in {os.path.abspath(workdir)}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,337 @@
+"""Config schema shared by `configs/*.py`: the base, the switches, validation.
+
+Every field the code reads exists here with the LHP `launch.py` default (the
+"shared" column of PAPER_DETAILS' table), so trainers read fields directly and
+a typo in an override fails loudly (`lock_config=True` in launch.py). An
+experiment file sets its task and paper choices, then calls `apply_switches`
+with its `get_config(arg)` argument: a comma list such as
+`runlocal,value=separate,loss=bt,kl=fixed,whiten=off,adam=torch,head=scalar_mix`.
+`resolve` validates the whole config before any work and returns the derived
+sizes that `launch.py --dry_run` prints.
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+STAGES = ("pretrain", "sft", "labels", "reward", "ppo", "dpo", "eval", "figures")
+
+SWITCHES = {
+    "runlocal": "shrink to a seconds-long CPU run (tiny random models, local data)",
+    "value": "shared | separate: value model (Ziegler shares the trunk; Stiennon separate)",
+    "loss": "bo4 | bt: best-of-4 softmax labels or pairwise Bradley-Terry labels",
+    "kl": "adaptive | fixed | off: KL control (off sets kl.coef=0)",
+    "whiten": "on | off: reward whitening (ppo.whiten_rewards)",
+    "adam": "tf | torch: Adam style for every optimizer",
+    "head": "linear | scalar_mix: reward head",
+    "reward": "rm | gold: PPO against the learned RM or directly on the gold reward",
+    "labels": "N: number of training labels (labels.num_train)",
+    "seed": "N: config.seed",
+}
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "base"
+    c.seed = 0  # one base key; every stage folds in its own stream
+    c.stages = "labels,reward,ppo,eval,figures"  # comma list, run in STAGES order
+
+    c.model = m = ml_collections.ConfigDict()
+    m.name_or_path = "gpt2"  # hub name or local HF dir; "" = the pretrain/sft stage's output
+    m.tokenizer = ""  # "" = same as name_or_path (or the pretrain stage's tokenizer)
+    m.init = "pretrained"  # pretrained | scratch (random init of the sizes below)
+    m.n_embd = 768
+    m.n_layer = 12
+    m.n_head = 12
+    m.n_positions = 1024
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16
+    m.param_dtype = "float32"  # master weights
+    m.remat = False  # rematerialise each block in the backward pass
+
+    c.task = t = ml_collections.ConfigDict()
+    t.name = ""
+    t.query_dataset = "books"  # synthetic | books | tldr | cnndm
+    t.dataset_path = "bookcorpus"  # local file/dir or HF dataset name
+    t.query_length = 64
+    t.response_length = 24
+    t.query_prefix = ""
+    t.query_suffix = ""
+    t.start_text = "."
+    t.end_text = "."
+    t.truncate_token = 13  # '.' in GPT-2's BPE; None: no truncation
+    t.truncate_after = 16
+    t.penalty_reward_value = -1.0  # score of a response without truncate_token; None: off
+    t.temperature = 0.7
+    t.eos_token = 50256
+    t.stop_at_eos = False  # Stiennon: stop, mask and score at EOS
+    t.pad_token = 50259  # outside the vocabulary (PAPER_DETAILS 2); set from the tokenizer
+
+    c.pretrain = p = ml_collections.ConfigDict()  # offline default only
+    p.num_docs = 20000
+    p.vocab_size = 1024
+    p.seq_len = 64
+    p.batch_size = 64
+    p.epochs = 1
+    p.lr = 1e-3
+    p.schedule = "cosine"
+    p.adam = "torch"
+    p.adam_eps = 1e-8
+    p.log_every = 50
+    p.eval_every = 0
+    p.checkpoint_every = 200
+    p.num_val = 256
+
+    c.sft = s = ml_collections.ConfigDict()  # Stiennon
+    s.batch_size = 128
+    s.epochs = 1
+    s.lr = 6.35e-5
+    s.schedule = "cosine"
+    s.adam = "torch"
+    s.adam_eps = 1e-5
+    s.log_every = 20
+    s.eval_every = 0
+    s.checkpoint_every = 200
+    s.loss_on = "response"
+    s.num_train = 116000
+    s.num_val = 512
+
+    c.labels = lb = ml_collections.ConfigDict()
+    lb.type = "best_of_4"  # best_of_4 | pairwise | scalar_rating | scalar_compare
+    lb.source = "mock"  # mock (a gold reward picks) | file
+    lb.path = ""  # label file (source=file)
+    lb.val_path = ""  # held-out label file (source=file); "" = none
+    lb.format = "lhp"  # lhp | sff | jsonl
+    lb.num_train = 4992  # LHP offline_5k
+    lb.num_val = 256
+    lb.gold = "vader"  # mock labeller's gold reward: vader
+    lb.mock_noise = 0.0  # Boltzmann temperature of a noisy mock labeller
+    lb.batch_size = 64  # queries per sampling batch when generating mock labels
+
+    c.reward = r = ml_collections.ConfigDict()
+    r.batch_size = 32
+    r.epochs = 1
+    r.lr = 5e-5
+    r.schedule = "linear"
+    r.adam = "tf"
+    r.adam_eps = 1e-5
+    r.log_every = 10
+    r.eval_every = 0
+    r.checkpoint_every = 50
+    r.normalize_before = True
+    r.normalize_after = True
+    r.normalize_samples = 256
+    r.normalize_mode = "gain_bias"  # gain_bias (Ziegler) | bias_only (Stiennon)
+    r.rollout_batch_size = 512
+    r.head = "linear"  # linear | scalar_mix
+    r.reward_at = "last"  # last (Ziegler) | eos (Stiennon)
+
+    c.ppo = q = ml_collections.ConfigDict()
+    q.batch_size = 512
+    q.nminibatches = 1
+    q.noptepochs = 4
+    q.lr = 1e-5
+    q.adam = "tf"
+    q.adam_eps = 1e-5
+    q.cliprange = 0.2
+    q.cliprange_value = 0.2
+    q.vf_coef = 0.1
+    q.gamma = 1.0
+    q.lam = 0.95
+    q.whiten_rewards = True
+    q.whiten_scope = "global"  # global (device-count independent) | device (LHP per-rank)
+    q.total_episodes = 1_000_000
+    q.value_model = "shared"  # shared (Ziegler) | separate (Stiennon, from the RM)
+    q.reward_source = "rm"  # rm | gold
+    q.log_every = 1
+    q.checkpoint_every = 20
+    q.num_logged_samples = 4
+
+    c.kl = k = ml_collections.ConfigDict()
+    k.coef = 0.15
+    k.adaptive = True
+    k.target = 6.0
+    k.horizon = 10000
+
+    c.dpo = d = ml_collections.ConfigDict()
+    d.beta = 0.1
+    d.batch_size = 32
+    d.epochs = 1
+    d.lr = 5e-6
+    d.schedule = "linear"
+    d.adam = "torch"
+    d.adam_eps = 1e-8
+    d.log_every = 10
+    d.eval_every = 0
+    d.checkpoint_every = 50
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.num_queries = 256
+    e.batch_size = 64
+    e.best_of_n = (1, 4, 16)
+    e.num_samples_logged = 8
+
+    c.parallel = pa = ml_collections.ConfigDict()
+    pa.mode = "pmap"  # pmap | mesh
+    pa.num_devices = 0  # 0 = all local devices
+
+    c.log = lg = ml_collections.ConfigDict()
+    lg.tensorboard = True
+    lg.wandb_project = ""  # "" = off
+    return c
+
+
+def _set_adam(c, style):
+    for g in ("reward", "ppo", "dpo", "sft", "pretrain"):
+        c[g].adam = style
+        if style == "tf":
+            c[g].adam_eps = 1e-5
+
+
+def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=None):
+    """Applies `get_config(arg)` switches; `runlocal(c)` shrinks the config."""
+    if not arg:
+        return c
+    for item in (a.strip() for a in arg.split(",")):
+        if not item:
+            continue
+        key, _, value = item.partition("=")
+        if key not in SWITCHES:
+            raise ValueError(f"config switch {item!r} unknown; known: "
+                             + "; ".join(f"{k}: {v}" for k, v in SWITCHES.items()))
+        if key == "runlocal":
+            if runlocal is None:
+                raise ValueError(f"config {c.name!r} has no runlocal variant")
+            runlocal(c)
+        elif key == "value":
+            _choice(item, value, ("shared", "separate"))
+            c.ppo.value_model = value
+        elif key == "loss":
+            _choice(item, value, ("bo4", "bt"))
+            c.labels.type = "best_of_4" if value == "bo4" else "pairwise"
+        elif key == "kl":
+            _choice(item, value, ("adaptive", "fixed", "off"))
+            c.kl.adaptive = value == "adaptive"
+            if value == "off":
+                c.kl.coef = 0.0
+        elif key == "whiten":
+            _choice(item, value, ("on", "off"))
+            c.ppo.whiten_rewards = value == "on"
+        elif key == "adam":
+            _choice(item, value, ("tf", "torch"))
+            _set_adam(c, value)
+        elif key == "head":
+            _choice(item, value, ("linear", "scalar_mix"))
+            c.reward.head = value
+        elif key == "reward":
+            _choice(item, value, ("rm", "gold"))
+            c.ppo.reward_source = value
+        elif key == "labels":
+            c.labels.num_train = int(value)
+        elif key == "seed":
+            c.seed = int(value)
+    return c
+
+
+def _choice(item, value, options):
+    if value not in options:
+        raise ValueError(f"config switch {item!r}: expected one of {options}")
+
+
+def stage_list(c) -> list[str]:
+    stages = [s.strip() for s in c.stages.split(",") if s.strip()]
+    for s in stages:
+        if s not in STAGES:
+            raise ValueError(f"stages: unknown stage {s!r}; known: {STAGES}")
+    return [s for s in STAGES if s in stages]
+
+
+def _need(cond: bool, msg: str):
+    if not cond:
+        raise ValueError(msg)
+
+
+def resolve(c, num_devices: int) -> dict:
+    """Validates `c` for `num_devices` and returns derived sizes (one line per error)."""
+    stages = stage_list(c)
+    d = {"devices": num_devices, "stages": ",".join(stages)}
+    _need(c.parallel.mode in ("pmap", "mesh"),
+          f"parallel.mode={c.parallel.mode!r}: expected 'pmap' or 'mesh'")
+    _need(c.model.dtype in ("float32", "bfloat16"),
+          f"model.dtype={c.model.dtype!r}: expected float32 or bfloat16")
+    _need(c.model.init in ("pretrained", "scratch"),
+          f"model.init={c.model.init!r}: expected 'pretrained' or 'scratch'")
+    t = c.task
+    _need(t.query_length > 0, f"task.query_length={t.query_length} must be positive")
+    _need(t.response_length > 0, f"task.response_length={t.response_length} must be positive")
+    _need(t.temperature > 0, f"task.temperature={t.temperature} must be positive")
+    if t.truncate_token is not None:
+        _need(0 <= t.truncate_after < t.response_length,
+              f"task.truncate_after={t.truncate_after} must lie in [0, task.response_length="
+              f"{t.response_length})")
+    if t.stop_at_eos:
+        _need(t.eos_token is not None, "task.stop_at_eos=True needs task.eos_token")
+    ctx = t.query_length + t.response_length
+    if c.model.init == "scratch" or "pretrain" in stages:
+        _need(ctx <= c.model.n_positions,
+              f"task.query_length + task.response_length = {ctx} exceeds model.n_positions="
+              f"{c.model.n_positions}")
+        _need(c.model.n_embd % c.model.n_head == 0,
+              f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}")
+    d["context"] = ctx
+
+    def divisible(value, by, field, by_field):
+        _need(value % by == 0, f"{field}={value} is not divisible by {by_field}={by}")
+
+    if "pretrain" in stages:
+        divisible(c.pretrain.batch_size, num_devices, "pretrain.batch_size", "the device count")
+    if "sft" in stages:
+        divisible(c.sft.batch_size, num_devices, "sft.batch_size", "the device count")
+        divisible(c.sft.num_train, c.sft.batch_size, "sft.num_train", "sft.batch_size")
+        d["sft_steps"] = c.sft.num_train // c.sft.batch_size * c.sft.epochs
+    if "reward" in stages or "dpo" in stages or "labels" in stages:
+        lt = c.labels.type
+        _need(lt in ("pairwise", "scalar_rating", "scalar_compare") or
+              (lt.startswith("best_of_") and lt[8:].isdigit() and int(lt[8:]) >= 2),
+              f"labels.type={lt!r}: expected best_of_N, pairwise, scalar_rating or scalar_compare")
+        _need(c.labels.source in ("mock", "file"),
+              f"labels.source={c.labels.source!r}: expected 'mock' or 'file'")
+        if c.labels.source == "file":
+            _need(bool(c.labels.path), "labels.source='file' needs labels.path")
+    if "reward" in stages:
+        divisible(c.reward.batch_size, num_devices, "reward.batch_size", "the device count")
+        divisible(c.labels.num_train, c.reward.batch_size, "labels.num_train", "reward.batch_size")
+        d["reward_steps"] = c.labels.num_train // c.reward.batch_size * c.reward.epochs
+        if c.reward.normalize_before or c.reward.normalize_after:
+            divisible(c.reward.rollout_batch_size, num_devices, "reward.rollout_batch_size",
+                      "the device count")
+    if "dpo" in stages:
+        divisible(c.dpo.batch_size, num_devices, "dpo.batch_size", "the device count")
+        _need(c.labels.type == "pairwise" or c.labels.type.startswith("best_of_"),
+              f"labels.type={c.labels.type!r}: DPO needs comparisons")
+    if "ppo" in stages:
+        p = c.ppo
+        _need(p.value_model in ("shared", "separate"),
+              f"ppo.value_model={p.value_model!r}: expected 'shared' or 'separate'")
+        _need(p.total_episodes >= p.batch_size,
+              f"ppo.total_episodes={p.total_episodes} is smaller than ppo.batch_size={p.batch_size}")
+        divisible(p.batch_size, num_devices, "ppo.batch_size", "the device count")
+        local = p.batch_size // num_devices
+        _need(local % p.nminibatches == 0,
+              f"ppo.batch_size per device ({local}) is not divisible by ppo.nminibatches="
+              f"{p.nminibatches}")
+        if p.value_model == "separate":
+            _need(p.reward_source == "rm" or "reward" in stages,
+                  "ppo.value_model='separate' is initialised from the reward model: "
+                  "add the reward stage or use value=shared")
+        if c.kl.adaptive:
+            _need(c.kl.target > 0, f"kl.target={c.kl.target} must be > 0 when kl.adaptive")
+        d["ppo_updates"] = p.total_episodes // p.batch_size
+        d["ppo_minibatch"] = p.batch_size // p.nminibatches
+        d["ppo_per_device_batch"] = local
+    if "eval" in stages:
+        divisible(c.eval.batch_size, num_devices, "eval.batch_size", "the device count")
+        divisible(c.eval.num_queries, c.eval.batch_size, "eval.num_queries", "eval.batch_size")
+        d["best_of_n_kl"] = {n: round(math.log(n) - (n - 1) / n, 4) for n in c.eval.best_of_n}
+    return d

@@ -1,0 +1,242 @@
+"""Query datasets: text sources -> fixed-length, left-padded query batches.
+
+A `QueryDataset` holds every query of one split as int32 arrays and serves
+`batch(index, n)`: batch `index` of size `n` from a per-epoch permutation
+seeded by `(seed, epoch)`, so the data cursor of a resumed run is just the
+batch index (exact resume without saving iterator state).
+
+Sources (config `task.query_dataset`, `task.dataset_path`):
+- `synthetic`: the offline corpus (`data/synthetic.py`), generated here.
+- `books`: one text per line from a local `.txt` / `.jsonl` (`text` field),
+  or the Hugging Face `bookcorpus` dataset through the `datasets` package
+  (LHP's book files are gone; the public reproductions used bookcorpus).
+- `tldr`: Stiennon's TL;DR posts (SFF jsonl: id, subreddit, title, post,
+  summary), a local file or a Hugging Face dataset name.
+- `cnndm`: CNN/DM articles (jsonl: article, highlights), local or hub.
+Queries follow LHP (`extract_query` with start/end tokens) for books and
+synthetic text, the SFF formats for tldr and cnndm (`format_tldr_query`,
+`format_cnndm_query`). The reference summaries of tldr/cnndm come along for
+SFT and for Stiennon's reward bias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from rlhf_jax.data import tasks
+
+SOURCES = ("synthetic", "books", "tldr", "cnndm")
+SPLITS = ("train", "valid", "test")
+_HUB_HINT = {
+    "books": "bookcorpus (pip install datasets; or a local .txt with one passage per line)",
+    "tldr": "the SFF TL;DR posts, e.g. openai/summarize-from-feedback's "
+            "tldr_3_filtered/{train,valid,test}.jsonl, or a Hugging Face dataset name "
+            "(pip install datasets)",
+    "cnndm": "CNN/DailyMail as jsonl with 'article' and 'highlights', or the Hugging Face "
+             "dataset 'cnn_dailymail' (pip install datasets)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryDataset:
+    """All queries of one split, left-padded, plus optional reference responses."""
+
+    query_NxQ: np.ndarray  # int32, left-padded with the pad token
+    query_mask_NxQ: np.ndarray  # int32 0/1
+    seed: int
+    reference_NxR: np.ndarray | None = None  # int32, right-padded (tldr/cnndm)
+    reference_mask_NxR: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.query_NxQ)
+
+    def indices(self, index: int, n: int) -> np.ndarray:
+        """Rows of batch `index` (size n): epochs are fresh seeded permutations."""
+        total = len(self)
+        if total == 0:
+            raise ValueError("the query dataset is empty")
+        start = index * n
+        rows = np.empty(n, np.int64)
+        for j in range(n):
+            epoch, pos = divmod(start + j, total)
+            rows[j] = self._perm(epoch)[pos]
+        return rows
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        cache = self.__dict__.setdefault("_perm_cache", {})
+        if epoch not in cache:
+            cache.clear()
+            cache[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self))
+        return cache[epoch]
+
+    def batch(self, index: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.indices(index, n)
+        return self.query_NxQ[rows], self.query_mask_NxQ[rows]
+
+    def head(self, n: int) -> "QueryDataset":
+        """The first n queries (fixed evaluation sets)."""
+        ref = None if self.reference_NxR is None else self.reference_NxR[:n]
+        ref_m = None if self.reference_mask_NxR is None else self.reference_mask_NxR[:n]
+        return dataclasses.replace(self, query_NxQ=self.query_NxQ[:n],
+                                   query_mask_NxQ=self.query_mask_NxQ[:n],
+                                   reference_NxR=ref, reference_mask_NxR=ref_m)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    rows = []
+    with open(path) as f:
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {i + 1}: invalid JSON: {e.msg}") from e
+    return rows
+
+
+def _load_records(source: str, path: str, split: str) -> list[dict]:
+    """Records of a split from a local file/dir or a Hugging Face dataset name."""
+    if not path:
+        raise ValueError(f"task.dataset_path is empty; task.query_dataset={source!r} needs "
+                         f"{_HUB_HINT[source]}")
+    if os.path.isdir(path):
+        for name in (f"{split}.jsonl", f"{split}.txt"):
+            candidate = os.path.join(path, name)
+            if os.path.exists(candidate):
+                return _load_records(source, candidate, split)
+        raise ValueError(f"{path}: no {split}.jsonl or {split}.txt; expected {_HUB_HINT[source]}")
+    if os.path.exists(path):
+        if path.endswith(".jsonl") or path.endswith(".json"):
+            return _read_jsonl(path)
+        with open(path) as f:
+            return [{"text": line.rstrip("\n")} for line in f if line.strip()]
+    if path.startswith((".", "/")) or path.endswith((".jsonl", ".txt", ".json")):
+        raise ValueError(f"task.dataset_path={path!r} does not exist; get {_HUB_HINT[source]}")
+    try:
+        import datasets  # noqa: F401  (optional: only for hub datasets)
+    except ImportError as e:
+        raise ValueError(f"task.dataset_path={path!r} is not a local file; loading it from the "
+                         f"Hugging Face hub needs `pip install datasets`") from e
+    hub_split = {"valid": "validation"}.get(split, split)
+    try:
+        ds = datasets.load_dataset(path, split=hub_split)
+    except Exception as e:  # offline, unknown name, missing split
+        raise ValueError(f"task.dataset_path={path!r}: cannot load split {hub_split!r} from the "
+                         f"Hugging Face hub ({e}); get {_HUB_HINT[source]}") from e
+    return [dict(r) for r in ds]
+
+
+def _field(record: dict, name: str, path: str, i: int):
+    if name not in record:
+        raise ValueError(f"{path}: record {i}: missing field {name!r}")
+    return record[name]
+
+
+def _split_rows(n: int, split: str, seed: int, fractions=(0.9, 0.05, 0.05)) -> np.ndarray:
+    """A deterministic train/valid/test split of n single-file records."""
+    perm = np.random.default_rng([seed, 7919]).permutation(n)
+    a = int(n * fractions[0])
+    b = a + int(n * fractions[1])
+    return {"train": perm[:a], "valid": perm[a:b], "test": perm[b:]}[split]
+
+
+def queries_from_texts(texts: Iterable[str], encode: Callable[[str], list[int]], *,
+                       query_length: int, start_token: int | None, end_token: int | None,
+                       pad_token: int, prefix: Sequence[int] = (), suffix: Sequence[int] = (),
+                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LHP-style queries: extract_query on each text, then prefix + query + suffix."""
+    queries = []
+    for text in texts:
+        q = tasks.extract_query(encode(text), query_length=query_length, start_token=start_token,
+                                end_token=end_token, pad_token=pad_token)
+        if q is None:
+            continue
+        toks = [int(t) for t in q if t != pad_token]
+        queries.append(list(prefix) + toks + list(suffix))
+        if limit is not None and len(queries) >= limit:
+            break
+    width = query_length + len(prefix) + len(suffix)
+    if not queries:
+        return np.zeros((0, width), np.int32), np.zeros((0, width), np.int32)
+    return tasks.pad_left(queries, width, pad_token)
+
+
+def _single_token(encode, text: str | None, field: str) -> int | None:
+    if text is None:
+        return None
+    ids = encode(text)
+    if len(ids) != 1:
+        raise ValueError(f"{field}={text!r} encodes to {len(ids)} tokens; it must be one token")
+    return ids[0]
+
+
+def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = None,
+                 synthetic_texts: Sequence[str] | None = None) -> QueryDataset:
+    """The query dataset of `task.query_dataset` for one split.
+
+    Reads `task.query_dataset`, `task.dataset_path`, `task.query_length`,
+    `task.response_length`, `task.query_prefix`, `task.query_suffix`,
+    `task.start_text`, `task.end_text`, `task.pad_token`, `task.eos_token`.
+    """
+    source = task.query_dataset
+    if source not in SOURCES:
+        raise ValueError(f"task.query_dataset={source!r}: expected one of {SOURCES}")
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    pad = task.pad_token
+    if source in ("synthetic", "books"):
+        start = _single_token(encode, task.start_text, "task.start_text")
+        end = _single_token(encode, task.end_text, "task.end_text")
+        prefix = encode(task.query_prefix) if task.query_prefix else []
+        suffix = encode(task.query_suffix) if task.query_suffix else []
+        if source == "synthetic":
+            if synthetic_texts is None:
+                raise ValueError("task.query_dataset='synthetic' needs the corpus texts")
+            texts = list(synthetic_texts)
+        else:
+            texts = [str(_field(r, "text", task.dataset_path, i))
+                     for i, r in enumerate(_load_records(source, task.dataset_path, "train"))]
+        rows = _split_rows(len(texts), split, seed)
+        q, m = queries_from_texts((texts[i] for i in rows), encode,
+                                  query_length=task.query_length, start_token=start,
+                                  end_token=end, pad_token=pad, prefix=prefix, suffix=suffix,
+                                  limit=limit)
+        if len(q) == 0:
+            raise ValueError(f"task.query_dataset={source!r}: no text of split {split!r} yields a "
+                             f"query (check task.start_text / task.end_text)")
+        return QueryDataset(q, m, seed)
+    records = _load_records(source, task.dataset_path, split)
+    if limit is not None:
+        records = records[:limit]
+    queries, refs = [], []
+    eos = task.eos_token
+    for i, r in enumerate(records):
+        if source == "tldr":
+            q = tasks.format_tldr_query(
+                encode, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
+                title=str(_field(r, "title", task.dataset_path, i)),
+                post=str(_field(r, "post", task.dataset_path, i)), query_length=task.query_length)
+            ref_text = r.get("summary")
+        else:
+            q = tasks.format_cnndm_query(encode, article=str(_field(r, "article", task.dataset_path, i)),
+                                         query_length=task.query_length)
+            ref_text = r.get("highlights")
+        queries.append(q)
+        if ref_text is not None:
+            # References get a leading space (PAPER_DETAILS 5) and end with EOS.
+            ref = encode(" " + str(ref_text).strip())[: task.response_length - 1]
+            refs.append(ref + ([eos] if eos is not None else []))
+    if not queries:
+        raise ValueError(f"task.dataset_path={task.dataset_path!r}: split {split!r} is empty")
+    q, m = tasks.pad_left(queries, task.query_length, pad)
+    ref, ref_m = (None, None)
+    if len(refs) == len(queries):
+        ref, ref_m = tasks.pad_right(refs, task.response_length, pad)
+    return QueryDataset(q, m, seed, ref, ref_m)
