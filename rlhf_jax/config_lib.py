@@ -64,9 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.truncate_after = 16
     t.penalty_reward_value = -1.0  # score of a response without truncate_token; None: off
     t.temperature = 0.7
-    t.eos_token = 50256
+    t.eos_token = 50256  # None: the tokenizer's eos_token_id
     t.stop_at_eos = False  # Stiennon: stop, mask and score at EOS
-    t.pad_token = 50259  # outside the vocabulary (PAPER_DETAILS 2); set from the tokenizer
+    t.pad_token = 50259  # outside the vocabulary (PAPER_DETAILS 2); None: the tokenizer's size
 
     c.pretrain = p = ml_collections.ConfigDict()  # offline default only
     p.num_docs = 20000
@@ -270,8 +270,6 @@ def resolve(c, num_devices: int) -> dict:
         _need(0 <= t.truncate_after < t.response_length,
               f"task.truncate_after={t.truncate_after} must lie in [0, task.response_length="
               f"{t.response_length})")
-    if t.stop_at_eos:
-        _need(t.eos_token is not None, "task.stop_at_eos=True needs task.eos_token")
     ctx = t.query_length + t.response_length
     if c.model.init == "scratch" or "pretrain" in stages:
         _need(ctx <= c.model.n_positions,
@@ -298,7 +296,10 @@ def resolve(c, num_devices: int) -> dict:
         _need(c.labels.source in ("mock", "file"),
               f"labels.source={c.labels.source!r}: expected 'mock' or 'file'")
         if c.labels.source == "file":
-            _need(bool(c.labels.path), "labels.source='file' needs labels.path")
+            _need(bool(c.labels.path),
+                  "labels.source='file' needs labels.path: a label file (LHP's released "
+                  "labels, e.g. sentiment/offline_5k.json, or SFF comparisons); see README "
+                  "'Data'")
     if "reward" in stages:
         divisible(c.reward.batch_size, num_devices, "reward.batch_size", "the device count")
         divisible(c.labels.num_train, c.reward.batch_size, "labels.num_train", "reward.batch_size")
@@ -335,3 +336,140 @@ def resolve(c, num_devices: int) -> dict:
         divisible(c.eval.num_queries, c.eval.batch_size, "eval.num_queries", "eval.batch_size")
         d["best_of_n_kl"] = {n: round(math.log(n) - (n - 1) / n, 4) for n in c.eval.best_of_n}
     return d
+
+
+def fixtures_dir() -> str:
+    """The repository's small local datasets (tests/fixtures), used by `:runlocal`."""
+    import os
+
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "tests", "fixtures")
+
+
+def runlocal_common(c, *, query_length: int = 24, response_length: int = 12,
+                    truncate_after: int = 4) -> None:
+    """Shrinks any paper config to a CPU smoke run of a minute or two, offline.
+
+    A tiny random GPT-2 and a BPE tokenizer trained on the synthetic corpus
+    (no downloads); mock labels from the VADER gold on the paper's own label
+    type; every stage and code path of the paper config, at toy sizes.
+    """
+    c.model.init = "scratch"
+    c.model.tokenizer = "synthetic"
+    c.model.n_embd = 32
+    c.model.n_layer = 2
+    c.model.n_head = 2
+    c.model.n_positions = query_length + response_length
+    c.pretrain.num_docs = 2000
+    c.pretrain.vocab_size = 512
+    c.task.query_length = query_length
+    c.task.response_length = response_length
+    if c.task.truncate_token is not None:
+        c.task.truncate_after = truncate_after
+    c.task.pad_token = None
+    c.task.eos_token = None
+    c.labels.source = "mock"
+    c.labels.gold = "vader"
+    c.labels.num_train = 64
+    c.labels.num_val = 32
+    c.labels.batch_size = 32
+    c.reward.batch_size = 16
+    c.reward.normalize_samples = 32
+    c.reward.rollout_batch_size = 32
+    c.reward.log_every = 2
+    c.reward.lr = 3e-4
+    c.sft.num_train = 64
+    c.sft.num_val = 16
+    c.sft.batch_size = 16
+    c.sft.log_every = 2
+    c.ppo.batch_size = 16
+    c.ppo.nminibatches = min(c.ppo.nminibatches, 2)
+    c.ppo.total_episodes = 16 * 3
+    c.ppo.log_every = 1
+    c.ppo.checkpoint_every = 2
+    c.ppo.lr = 1e-4
+    c.dpo.batch_size = 16
+    c.eval.num_queries = 32
+    c.eval.batch_size = 16
+    c.eval.best_of_n = (1, 2)
+
+
+# Per-task hyperparameters of LHP `launch.py` (PAPER_DETAILS' table).
+LHP_TASKS = {
+    "sentiment": dict(query_length=64, response_length=24, prefix="", suffix="", start=".",
+                      end=".", truncate_token=13, truncate_after=16, temperature=0.7,
+                      labels="offline_5k", num_train=4992, rm_batch=32, rm_lr=5e-5,
+                      rollout_batch=512, ppo_lr=1e-5, ppo_batch=512, kl_coef=0.15,
+                      kl_adaptive=True, whiten=True, dataset="books"),
+    "descriptiveness": dict(query_length=64, response_length=24, prefix="", suffix="",
+                            start=".", end=".", truncate_token=13, truncate_after=16,
+                            temperature=0.7, labels="offline_5k", num_train=4992, rm_batch=32,
+                            rm_lr=5e-5, rollout_batch=512, ppo_lr=1e-5, ppo_batch=512,
+                            kl_coef=0.15, kl_adaptive=True, whiten=True, dataset="books"),
+    "cnndm": dict(query_length=500, response_length=75, prefix="Article:\n\n",
+                  suffix="\n\nTL;DR:", start=None, end="\n", truncate_token=198,
+                  truncate_after=55, temperature=0.5, labels="online_45k", num_train=46000,
+                  rm_batch=16, rm_lr=2.5e-5, rollout_batch=128, ppo_lr=2e-6, ppo_batch=32,
+                  kl_coef=0.01, kl_adaptive=False, whiten=False, dataset="cnndm"),
+    "tldr": dict(query_length=500, response_length=75, prefix="", suffix="\n\nTL;DR:",
+                 start=None, end=None, truncate_token=198, truncate_after=55, temperature=0.7,
+                 labels="online_45k", num_train=46000, rm_batch=16, rm_lr=2.5e-5,
+                 rollout_batch=128, ppo_lr=2e-6, ppo_batch=32, kl_coef=0.03, kl_adaptive=False,
+                 whiten=False, dataset="tldr"),
+}
+
+
+def lhp_config(task: str) -> ml_collections.ConfigDict:
+    """Ziegler et al. 2019 / LHP `launch.py` settings for one task, on GPT-2 124M.
+
+    Labels come from LHP's released files (`labels.path`, format `lhp`):
+    `{task}/{offline_5k|online_45k}.json`. Queries: books (bookcorpus) for
+    sentiment/descriptiveness, as the public reproductions; CNN/DM and TL;DR
+    from their releases (`task.dataset_path`).
+    """
+    v = LHP_TASKS[task]
+    c = base_config()
+    c.name = task
+    c.stages = "labels,reward,ppo,eval,figures"
+    c.model.name_or_path = "gpt2"
+    t = c.task
+    t.name = task
+    t.query_dataset = v["dataset"]
+    t.dataset_path = {"books": "bookcorpus", "cnndm": "cnn_dailymail",
+                      "tldr": ""}[v["dataset"]]
+    t.query_length, t.response_length = v["query_length"], v["response_length"]
+    t.query_prefix, t.query_suffix = v["prefix"], v["suffix"]
+    t.start_text, t.end_text = v["start"], v["end"]
+    t.truncate_token, t.truncate_after = v["truncate_token"], v["truncate_after"]
+    t.temperature = v["temperature"]
+    c.labels.type = "best_of_4"
+    c.labels.source = "file"
+    c.labels.format = "lhp"
+    c.labels.path = ""  # e.g. labels/sentiment/offline_5k.json from LHP's public release
+    c.labels.num_train = v["num_train"]
+    c.labels.num_val = 0
+    c.labels.gold = "none"
+    c.reward.batch_size = v["rm_batch"]
+    c.reward.lr = v["rm_lr"]
+    c.reward.rollout_batch_size = v["rollout_batch"]
+    c.ppo.lr = v["ppo_lr"]
+    c.ppo.batch_size = v["ppo_batch"]
+    c.ppo.whiten_rewards = v["whiten"]
+    c.kl.coef = v["kl_coef"]
+    c.kl.adaptive = v["kl_adaptive"]
+    c.eval.num_queries = 256
+    return c
+
+
+def lhp_runlocal(c) -> None:
+    """`:runlocal` for an LHP task config: local fixture data, mock labels, tiny model."""
+    import os
+
+    fx = fixtures_dir()
+    long_query = c.task.query_length > 100
+    if c.task.query_dataset == "books":
+        c.task.dataset_path = os.path.join(fx, "books_mini.txt")
+    else:
+        c.task.dataset_path = os.path.join(fx, f"{c.task.query_dataset}_mini")
+    runlocal_common(c, query_length=96 if long_query else 24, response_length=12,
+                    truncate_after=4)

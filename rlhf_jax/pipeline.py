@@ -83,25 +83,27 @@ def _load_lm(cfg, path: str):
                            param_dtype=_DTYPES[cfg.model.param_dtype], remat=cfg.model.remat)
 
 
-def initial_policy(ctx: Context):
-    """(model, params) of the policy PPO / DPO / labels start from, and the reference.
-
-    Stiennon: the SFT model; the offline default: the pretrained tiny GPT-2;
-    `model.init="scratch"`: a seeded random GPT-2 (runlocal); else the hub/local
-    checkpoint `model.name_or_path`.
-    """
+def base_model(ctx: Context):
+    """(model, params) before any fine-tuning: pretrained here, random, or a checkpoint."""
     cfg = ctx.cfg
-    if "sft" in ctx.stages:
-        return _load_lm(cfg, ctx.path("models", "sft"))
-    if "pretrain" in ctx.stages or not cfg.model.name_or_path:
+    if "pretrain" in ctx.stages:
         return _load_lm(cfg, ctx.path("models", "pretrained"))
     if cfg.model.init == "scratch":
-        config = _model_config(cfg, len(ctx.tokenizer))
-        model = GPT2LMHeadModel(config)
-        ids = jnp.zeros((1, 8), jnp.int32)
-        params = model.init(jax.random.fold_in(jax.random.key(cfg.seed), 7), ids)["params"]
-        return model, params
+        # A seeded random GPT-2 (runlocal): the same on every call and relaunch.
+        model = GPT2LMHeadModel(_model_config(cfg, len(ctx.tokenizer)))
+        key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
+        return model, model.init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+    if not cfg.model.name_or_path:
+        raise ValueError("model.name_or_path is empty and there is no pretrain stage")
     return _load_lm(cfg, cfg.model.name_or_path)
+
+
+def initial_policy(ctx: Context):
+    """(model, params) the policy starts from and the frozen reference: the SFT
+    model when the config has an sft stage (Stiennon), else the base model."""
+    if "sft" in ctx.stages:
+        return _load_lm(ctx.cfg, ctx.path("models", "sft"))
+    return base_model(ctx)
 
 
 def save_reward_model(path: str, rm_model: RewardModel, rm_params) -> None:
@@ -299,7 +301,7 @@ def stage_sft(ctx: Context) -> dict:
                          f"{len(train_q)} training examples")
     as_data = lambda d: sft.SFTData(d.query_NxQ, d.query_mask_NxQ, d.reference_NxR,  # noqa: E731
                                     d.reference_mask_NxR)
-    model, params = _start_model(ctx)
+    model, params = base_model(ctx)
     params, summary = sft.train_sft(cfg, model=model, params=params, train=as_data(train_q),
                                     val=as_data(val_q), dp=ctx.dp, rng=stage_key(cfg, "sft"),
                                     workdir=ctx.workdir, writer=ctx.writer)
@@ -307,21 +309,6 @@ def stage_sft(ctx: Context) -> dict:
         save_pretrained(model, params, ctx.path("models", "sft"))
         ctx.tokenizer.save_pretrained(ctx.path("models", "sft"))
     return _scalars(summary)
-
-
-def _start_model(ctx: Context):
-    """The model the first trained stage starts from (before SFT)."""
-    cfg = ctx.cfg
-    if "pretrain" in ctx.stages or not cfg.model.name_or_path:
-        return _load_lm(cfg, ctx.path("models", "pretrained"))
-    if cfg.model.init == "scratch":
-        stages = ctx.stages
-        ctx.stages = [s for s in stages if s != "sft"]
-        try:
-            return initial_policy(ctx)
-        finally:
-            ctx.stages = stages
-    return _load_lm(cfg, cfg.model.name_or_path)
 
 
 def stage_labels(ctx: Context) -> dict:

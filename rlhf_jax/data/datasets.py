@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Callable, Iterable, Sequence
 
@@ -217,24 +218,38 @@ def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = 
         records = records[:limit]
     queries, refs = [], []
     eos = task.eos_token
+    skipped = 0
     for i, r in enumerate(records):
-        if source == "tldr":
-            q = tasks.format_tldr_query(
-                encode, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
-                title=str(_field(r, "title", task.dataset_path, i)),
-                post=str(_field(r, "post", task.dataset_path, i)), query_length=task.query_length)
-            ref_text = r.get("summary")
-        else:
-            q = tasks.format_cnndm_query(encode, article=str(_field(r, "article", task.dataset_path, i)),
-                                         query_length=task.query_length)
-            ref_text = r.get("highlights")
+        try:
+            if source == "tldr":
+                q = tasks.format_tldr_query(
+                    encode, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
+                    title=str(_field(r, "title", task.dataset_path, i)),
+                    post=str(_field(r, "post", task.dataset_path, i)),
+                    query_length=task.query_length)
+                ref_text = r.get("summary")
+            else:
+                q = tasks.format_cnndm_query(
+                    encode, article=str(_field(r, "article", task.dataset_path, i)),
+                    query_length=task.query_length)
+                ref_text = r.get("highlights")
+        except tasks.QueryTooLong:
+            # The rest of the query (subreddit, title) alone exceeds query_length:
+            # SFF's filtered TL;DR excludes such posts; skip them here too.
+            skipped += 1
+            continue
         queries.append(q)
         if ref_text is not None:
             # References get a leading space (PAPER_DETAILS 5) and end with EOS.
             ref = encode(" " + str(ref_text).strip())[: task.response_length - 1]
             refs.append(ref + ([eos] if eos is not None else []))
+    if skipped:
+        logging.warning("%s (%s): skipped %d of %d records whose query cannot fit "
+                        "task.query_length=%d", task.dataset_path, split, skipped, len(records),
+                        task.query_length)
     if not queries:
-        raise ValueError(f"task.dataset_path={task.dataset_path!r}: split {split!r} is empty")
+        raise ValueError(f"task.dataset_path={task.dataset_path!r}: split {split!r} has no "
+                         f"record whose query fits task.query_length={task.query_length}")
     q, m = tasks.pad_left(queries, task.query_length, pad)
     ref, ref_m = (None, None)
     if len(refs) == len(queries):

@@ -207,6 +207,10 @@ def _cut_point(text: str) -> int:
     return len(text) - 1
 
 
+class QueryTooLong(ValueError):
+    """A formatted query exceeds `task.query_length` even with its body emptied."""
+
+
 def _fit_field(
     encode: Callable[[str], list[int]],
     render: Callable[[str], str],
@@ -227,7 +231,7 @@ def _fit_field(
     tokens = list(encode(render(text)))
     while len(tokens) > query_length:
         if not text:
-            raise ValueError(
+            raise QueryTooLong(
                 f"{caller}: the query takes {len(tokens)} tokens even with an empty {field}, "
                 f"more than task.query_length={query_length}")
         text = text[:_cut_point(text)]
