@@ -102,13 +102,18 @@ def score_index(processed_BxR, task: TaskSpec):
 
 
 def rm_scores(reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR, task: TaskSpec):
-    """RM score of raw concat(query, post-processed response); pads masked."""
-    q = query_BxQ.shape[1]
-    ids_BxT = jnp.concatenate([query_BxQ, processed_BxR], axis=1)
+    """RM score of raw concat(query, post-processed response), pads masked.
+
+    Read exactly as the reward model was trained (`reward.get_rewards`): at
+    the last real token (Ziegler) or at the first EOS (Stiennon).
+    """
+    from rlhf_jax import reward
+
     resp_mask_BxR = (processed_BxR != task.pad_token).astype(jnp.int32)
-    mask_BxT = jnp.concatenate([query_mask_BxQ.astype(jnp.int32), resp_mask_BxR], axis=1)
-    index_B = q + score_index(processed_BxR, task)
-    return reward_model.apply({"params": rm_params}, ids_BxT, mask_BxT, index_B)
+    return reward.get_rewards(
+        reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR, resp_mask_BxR,
+        reward_at="eos" if task.stop_at_eos else "last",
+        eos_token=task.eos_token if task.stop_at_eos else None)
 
 
 def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable:

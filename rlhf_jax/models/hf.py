@@ -259,9 +259,20 @@ def load_tokenizer(name_or_path: str):
     """A Hugging Face fast tokenizer (AutoTokenizer) from a hub name or directory."""
     from transformers import AutoTokenizer
 
+    # transformers answers a directory without tokenizer files with a long
+    # multi-line error about slow-tokenizer conversion; name the cause instead.
+    if os.path.isdir(name_or_path) and not (
+        os.path.exists(os.path.join(name_or_path, "tokenizer.json"))
+        or all(os.path.exists(os.path.join(name_or_path, f)) for f in ("vocab.json", "merges.txt"))
+    ):
+        raise ValueError(
+            f"{name_or_path}: no tokenizer files (tokenizer.json, or vocab.json and merges.txt)"
+        )
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
     except OSError as e:
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ValueError(
-            f"{name_or_path}: tokenizer not found locally and the hub cannot provide it: {e}"
+            f"{name_or_path}: tokenizer not found locally and the hub cannot provide it "
+            f"(offline, or no such name): {first_line}"
         ) from e
