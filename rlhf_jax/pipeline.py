@@ -279,6 +279,7 @@ def stage_pretrain(ctx: Context) -> dict:
                                    val_mask_NxT=np.ones_like(val), dp=ctx.dp,
                                    rng=stage_key(cfg, "pretrain"), workdir=ctx.workdir,
                                    writer=ctx.writer)
+    _raise_if_preempted(summary, "pretrain")
     out = ctx.path("models", "pretrained")
     if parallel.process_is_main():
         save_pretrained(model, params, out)
@@ -305,6 +306,7 @@ def stage_sft(ctx: Context) -> dict:
     params, summary = sft.train_sft(cfg, model=model, params=params, train=as_data(train_q),
                                     val=as_data(val_q), dp=ctx.dp, rng=stage_key(cfg, "sft"),
                                     workdir=ctx.workdir, writer=ctx.writer)
+    _raise_if_preempted(summary, "sft")
     if parallel.process_is_main():
         save_pretrained(model, params, ctx.path("models", "sft"))
         ctx.tokenizer.save_pretrained(ctx.path("models", "sft"))
@@ -407,6 +409,7 @@ def stage_reward(ctx: Context) -> dict:
         cfg, rm_model=rm_model, rm_params=rm_params, train=train, val=val, dp=ctx.dp,
         rng=stage_key(cfg, "reward"), workdir=ctx.workdir, writer=ctx.writer,
         normalizer=normalizer)
+    _raise_if_preempted(summary, "reward")
     if parallel.process_is_main():
         save_reward_model(ctx.path("models", "reward"), rm_model, rm_params)
     return _scalars(summary)
@@ -448,8 +451,7 @@ def stage_ppo(ctx: Context) -> dict:
                                     rm_params=rm_params if cfg.ppo.reward_source == "rm" else None,
                                     queries=qs, workdir=ctx.workdir, writer=ctx.writer,
                                     gold_fn=gold_function(ctx), decode=ctx.decode)
-    if summary.get("preempted"):
-        raise Preempted("ppo")
+    _raise_if_preempted(summary, "ppo")
     if parallel.process_is_main():
         policy_params = {"transformer": params["policy"]["transformer"]}
         save_pretrained(models.reference, policy_params, ctx.path("models", "policy"))
@@ -467,6 +469,7 @@ def stage_dpo(ctx: Context) -> dict:
     params, summary = dpo.train_dpo(cfg, model=model, params=params, ref_params=params,
                                     train=train, val=val, dp=ctx.dp, rng=stage_key(cfg, "dpo"),
                                     workdir=ctx.workdir, writer=ctx.writer)
+    _raise_if_preempted(summary, "dpo")
     if parallel.process_is_main():
         save_pretrained(model, params, ctx.path("models", "dpo"))
         ctx.tokenizer.save_pretrained(ctx.path("models", "dpo"))
@@ -585,6 +588,13 @@ class Preempted(Exception):
     """A stage stopped early on SIGTERM after saving; relaunch to resume."""
 
 
+def _raise_if_preempted(summary: dict, stage: str) -> None:
+    """A trainer that returned early (SIGTERM) saved its checkpoint: stop the
+    pipeline before exporting a half-trained model or marking the stage done."""
+    if summary.get("stopped_early") or summary.get("preempted"):
+        raise Preempted(stage)
+
+
 def _scalars(summary: dict) -> dict:
     out = {}
     for k, v in (summary or {}).items():
@@ -631,7 +641,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 continue
             print(f"[{stage}] starting", flush=True)
             ts = time.time()
-            out = STAGE_FNS[stage](ctx)
+            out = STAGE_FNS[stage](ctx)  # raises Preempted on SIGTERM: no marker
             out = {**(out or {}), "seconds": round(time.time() - ts, 1)}
             if parallel.process_is_main():
                 _write_json(marker, out)
