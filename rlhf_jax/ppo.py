@@ -423,7 +423,13 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
             params, opt_state = carry
             mb = jax.tree.map(lambda x: x[rows_L], train)
             grads, stats = grad_fn(params, mb)
-            grads, stats = pmean((grads, stats))
+            # Loss and stats are masked means over this shard's tokens. With EOS
+            # masks shards hold different token counts, so weight each by its
+            # share: the pmean is then the mean over the global minibatch's tokens
+            # (device-count independent). All-ones masks give weight exactly 1.
+            count = jnp.sum(mb["mask"])
+            weight = _safe_div(count, pmean(count))
+            grads, stats = pmean(jax.tree.map(lambda x: x * weight, (grads, stats)))
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats
 
@@ -449,13 +455,14 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
             "objective/entropy": jnp.mean(jnp.sum(-ro.logprobs_BxR * mask_BxR, axis=1)),
             "objective/score": jnp.mean(ro.scores_B),
             "objective/score_total": jnp.mean(ro.scores_B + jnp.sum(non_score_BxR, axis=1)),
-            "ppo/returns/mean": masked_mean(returns_BxR, mask_BxR),
-            "ppo/val/mean": masked_mean(ro.values_BxR, mask_BxR),
-            "ppo/advantages/mean": masked_mean(adv_BxR, mask_BxR),
             "ppo/response_length": jnp.mean(jnp.sum(mask_BxR, axis=1)),
         }))
-        # Variances over the global batch, from gathered arrays.
+        # Token means and variances over the global batch, from gathered arrays
+        # (a pmean of per-shard masked means would depend on the device count).
         g_mask, g_ret, g_val = train["mask"], train["returns"], train["values"]
+        stats["ppo/returns/mean"] = masked_mean(g_ret, g_mask)
+        stats["ppo/val/mean"] = masked_mean(g_val, g_mask)
+        stats["ppo/advantages/mean"] = masked_mean(train["adv"], g_mask)
         stats["ppo/returns/var"] = masked_var(g_ret, g_mask)
         stats["ppo/val/var"] = masked_var(g_val, g_mask)
         stats["ppo/val/var_explained"] = var_explained(g_val, g_ret, g_mask)
