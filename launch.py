@@ -60,5 +60,37 @@ def main(argv):
     print(f"done in {results['total_seconds']:.0f}s; outputs in {os.path.abspath(workdir)}")
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a config error as one `error:` line and exit code 2.
+
+    A bad switch (`:runlocal,bogus`) or override (`--config.ppo.nope=1`) fails
+    while the flags are parsed, before `main`; absl would print the config
+    file's traceback. `--traceback` keeps it.
+    """
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        if "--traceback" in argv:
+            raise
+        # config_flags embeds the loading traceback; its last line is the error.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        message = lines[-1] if lines else repr(e)
+        for prefix in ("ValueError: ", "TypeError: ", "KeyError: ", "AttributeError: "):
+            message = message.removeprefix(prefix)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except (AttributeError, KeyError) as e:
+        # An override of a field the config does not have (config_flags raises
+        # these outside absl's flags.Error).
+        if "--traceback" in argv:
+            raise
+        field = str(e).strip("\"'")
+        named = [a.split("=", 1)[0] for a in argv
+                 if a.startswith("--config.") and a.split("=", 1)[0].endswith("." + field)]
+        print(f"error: {named[0] if named else '--config.*'}: the config has no field "
+              f"{field!r}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -65,7 +65,12 @@ def get_config(arg=None):
     c.labels.batch_size = 256
 
     c.reward.batch_size = 32
-    c.reward.lr = 3e-4  # tiny model; LHP 5e-5 for 124M
+    c.reward.lr = 1e-3  # tiny model; LHP 5e-5 for 124M
+    # The papers take one pass over 5k-60k labels on a 774M model that already
+    # knows sentiment; the tiny model needs 4 passes over 2,048 labels to get
+    # well above chance (measured: 1 pass over 8,192 labels gave 0.40 held-out
+    # accuracy, 4 passes over 2,048 gave 0.50, chance 0.25).
+    c.reward.epochs = 4
     c.reward.normalize_samples = 256
     c.reward.rollout_batch_size = 256
     c.reward.log_every = 8
@@ -100,6 +105,7 @@ def _runlocal(c):
     c.labels.num_val = 64
     c.labels.batch_size = 64
     c.reward.batch_size = 16
+    c.reward.epochs = 1
     c.reward.normalize_samples = 64
     c.reward.rollout_batch_size = 64
     c.reward.log_every = 4

@@ -228,15 +228,22 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
             _choice(item, value, ("rm", "gold"))
             c.ppo.reward_source = value
         elif key == "labels":
-            c.labels.num_train = int(value)
+            c.labels.num_train = _integer(item, value)
         elif key == "seed":
-            c.seed = int(value)
+            c.seed = _integer(item, value)
     return c
 
 
 def _choice(item, value, options):
     if value not in options:
         raise ValueError(f"config switch {item!r}: expected one of {options}")
+
+
+def _integer(item, value) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"config switch {item!r}: expected an integer") from None
 
 
 def stage_list(c) -> list[str]:

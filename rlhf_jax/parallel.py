@@ -81,6 +81,10 @@ class DataParallel:
                     f"parallel.num_devices={num_devices} but only {len(devices)} devices exist"
                 )
             devices = devices[:num_devices]
+        if mode == "pmap" and jax.process_count() > 1:
+            # pmap's layout here stacks every device's copy on one host.
+            raise ValueError("parallel.mode='pmap' runs on one process; use parallel.mode='mesh' "
+                             f"for a run over {jax.process_count()} processes")
         self.mode = mode
         self.devices = devices
         self.num_devices = len(devices)
@@ -96,19 +100,41 @@ class DataParallel:
     def replicate(self, tree):
         if self.mode == "pmap":
             # A leading device axis, one copy per device.
-            n = self.num_devices
-            stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
-            return jax.device_put(stacked, NamedSharding(self.mesh, P(AXIS)))
+            # Per-device copies placed directly (no compiled broadcast per leaf).
+            devices = list(self.mesh.devices.flat)
+            sharding = NamedSharding(self.mesh, P(AXIS))
+
+            def stack(x):
+                if _is_key(x):
+                    return jax.random.wrap_key_data(stack(jax.random.key_data(x)),
+                                                    impl=jax.random.key_impl(x))
+                copies = [jax.device_put(x, d)[None] if isinstance(x, jax.Array)
+                          else jax.device_put(np.asarray(x)[None], d) for d in devices]
+                shape = (len(devices), *np.shape(x))
+                return jax.make_array_from_single_device_arrays(shape, sharding, copies)
+
+            return jax.tree.map(stack, tree)
+        sharding = NamedSharding(self.mesh, P())
+        if jax.process_count() > 1:
+            # Built from host values: fresh buffers on this process's devices.
+            return jax.tree.map(lambda x: _global_array(x, sharding), tree)
         # Always fresh buffers: a replicated value may be donated to a step, and
         # must not alias an input the caller still holds (e.g. the reference
         # policy sharing the initial policy's arrays).
-        placed = jax.device_put(tree, NamedSharding(self.mesh, P()))
+        placed = jax.device_put(tree, sharding)
         return jax.tree.map(lambda x: x.copy(), placed)
 
     def unreplicate(self, tree):
         """A host-side view of a replicated value (device 0's copy under pmap)."""
         if self.mode == "pmap":
-            return jax.tree.map(lambda x: x[0], tree)
+            # Device 0's shard as is: no compiled slice per leaf.
+            def first(x):
+                if _is_key(x):
+                    return jax.random.wrap_key_data(first(jax.random.key_data(x)),
+                                                    impl=jax.random.key_impl(x))
+                return x.addressable_shards[0].data.reshape(x.shape[1:])
+
+            return jax.tree.map(first, tree)
         return tree
 
     def shard(self, tree):
@@ -123,12 +149,23 @@ class DataParallel:
                 return x.reshape(self.num_devices, x.shape[0] // self.num_devices, *x.shape[1:])
 
             return jax.device_put(jax.tree.map(split, tree), NamedSharding(self.mesh, P(AXIS)))
-        return jax.device_put(tree, NamedSharding(self.mesh, P(AXIS)))
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        if jax.process_count() > 1:
+            # Every process holds the global batch; each places only its own rows.
+            return jax.tree.map(lambda x: _global_array(x, sharding), tree)
+        return jax.device_put(tree, sharding)
 
     def unshard(self, tree):
         """The global batch back from a sharded value."""
         if self.mode == "pmap":
             return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), tree)
+        if jax.process_count() > 1:
+            # Other processes' rows live on their devices: gather them (host numpy).
+            from jax.experimental import multihost_utils
+
+            return jax.tree.map(
+                lambda x: multihost_utils.process_allgather(x, tiled=True)
+                if isinstance(x, jax.Array) and not x.is_fully_addressable else x, tree)
         return tree
 
     # ---- compilation -----------------------------------------------------
@@ -166,6 +203,27 @@ class DataParallel:
             fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
         )
         return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
+
+
+def _is_key(x) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def _global_array(x, sharding: NamedSharding) -> jax.Array:
+    """A global array with `sharding` from a value every process holds in full.
+
+    Multi-process placement: `jax.device_put` rejects shardings over other
+    processes' devices, so each process builds its addressable shards from
+    its host copy. Typed PRNG keys travel as their key data.
+    """
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return jax.device_put(x, sharding).copy()  # already global: reshard, fresh buffers
+    if _is_key(x):
+        data = _global_array(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def fold_in_device(rng: jax.Array) -> jax.Array:

@@ -131,8 +131,9 @@ class PPOTrainer:
                 gold_fn: Callable | None):
         """A scored rollout (device) plus host copies of what logging needs."""
         dp = self.dp
-        key = jax.random.fold_in(jax.random.fold_in(dp.unreplicate(state).rng, 1 << 20),
-                                 int(dp.unreplicate(state).step))
+        # Only the key and step come to the host, not the whole state.
+        key = jax.random.fold_in(jax.random.fold_in(dp.unreplicate(state.rng), 1 << 20),
+                                 int(dp.unreplicate(state.step)))
         ro, processed = self.rollout_fn(state.params, ref_params, rm_params,
                                         dp.shard(query_BxQ), dp.shard(query_mask_BxQ),
                                         dp.replicate(key))
