@@ -188,8 +188,9 @@ class PPOTrainer:
             history.append({"step": step_done, **check})
             if writer is not None:
                 writer.write(step_done, stage, check)
-            print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS, stage=stage,
-                                              eta_s=progress.eta_s()), flush=True)
+            if parallel.process_is_main():
+                print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS, stage=stage,
+                                                  eta_s=progress.eta_s()), flush=True)
 
         with PreemptionHandler() as preempt:
             while update < n:
@@ -259,6 +260,7 @@ class PPOTrainer:
             rows.append(row)
         writer.write_samples(update, stage, rows)
         r = rows[0]
-        print(f"  sample | {r['query']!r} -> {r['response']!r} | score {r['score']:.3f}"
-              f" | kl {r['kl']:.2f} | total {r['total']:.3f}" + (f" | gold {r['gold']:.3f}" if "gold" in r else ""),
-              flush=True)
+        if parallel.process_is_main():
+            print(f"  sample | {r['query']!r} -> {r['response']!r} | score {r['score']:.3f}"
+                  f" | kl {r['kl']:.2f} | total {r['total']:.3f}"
+                  + (f" | gold {r['gold']:.3f}" if "gold" in r else ""), flush=True)

@@ -1,0 +1,288 @@
+"""Configs: every file loads and validates, switches set their fields, launch.py fails early.
+
+Each `configs/NAME.py` loads with `get_config(None)` and `get_config("runlocal")`;
+`config_lib.resolve` accepts it on 1 and 4 devices and derives the sizes worked
+out by hand below; its docstring gives its command. `launch.py --dry_run`
+prints the config and derived sizes without touching the workdir; impossible
+configs exit with code 2 and one `error:` line naming the field.
+"""
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from rlhf_jax import config_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+CONFIG_NAMES = sorted(os.path.splitext(os.path.basename(p))[0]
+                      for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def load_config_module(name: str):
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(name: str, arg=None) -> ml_collections.ConfigDict:
+    return load_config_module(name).get_config(arg)
+
+
+# Derived sizes by hand: reward_steps = labels.num_train // reward.batch_size (one
+# epoch), ppo_updates = ppo.total_episodes // ppo.batch_size.
+FULL_SIZES = {
+    "mock_sentiment": {"reward_steps": 2048 // 32 * 4, "ppo_updates": 150},  # 4 RM epochs
+    "sentiment": {"reward_steps": 4992 // 32, "ppo_updates": 1_000_000 // 512},
+    "descriptiveness": {"reward_steps": 4992 // 32, "ppo_updates": 1_000_000 // 512},
+    "cnndm": {"reward_steps": 46000 // 16, "ppo_updates": 1_000_000 // 32},
+    "tldr": {"reward_steps": 46000 // 16, "ppo_updates": 1_000_000 // 32},
+    # 92,832 comparisons cut to whole batches of 64 -> 1450 steps; SFT 116,722 // 128.
+    "stiennon_tldr": {"reward_steps": 1450, "ppo_updates": 1_000_000 // 512, "sft_steps": 911},
+}
+RUNLOCAL_SIZES = {
+    "mock_sentiment": {"reward_steps": 128 // 16, "ppo_updates": 192 // 32},
+    # config_lib.runlocal_common: 64 labels in batches of 16; 48 episodes of 16.
+    "sentiment": {"reward_steps": 4, "ppo_updates": 3},
+    "descriptiveness": {"reward_steps": 4, "ppo_updates": 3},
+    "cnndm": {"reward_steps": 4, "ppo_updates": 3},
+    "tldr": {"reward_steps": 4, "ppo_updates": 3},
+    "stiennon_tldr": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
+}
+
+
+def test_every_config_file_is_covered():
+    assert CONFIG_NAMES == sorted(FULL_SIZES)
+
+
+def with_label_file(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A full paper config pointed at the repository's label fixture of its format."""
+    fixture = {"lhp": "lhp_best_of_4.json", "sff": "sff_comparisons.jsonl"}[c.labels.format]
+    with c.unlocked():
+        c.labels.path = os.path.join(FIXTURES, fixture)
+    return c
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_full_config_loads_and_resolves(name):
+    c = get_config(name)
+    assert isinstance(c, ml_collections.ConfigDict)
+    assert c.name == name
+    if c.labels.source == "file":
+        # No labels.path: the config names the missing field before any work.
+        with pytest.raises(ValueError, match=r"labels\.path"):
+            config_lib.resolve(c, 1)
+        c = with_label_file(c)
+    for devices in (1, 4):
+        derived = config_lib.resolve(c, devices)
+        assert derived["devices"] == devices
+        for key, value in FULL_SIZES[name].items():
+            assert derived[key] == value, (name, key)
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_runlocal_config_loads_and_resolves(name):
+    full, c = get_config(name), get_config(name, "runlocal")
+    assert c.name == name
+    assert c.model.n_embd < full.model.n_embd  # a tiny model
+    assert c.model.init == "scratch" and c.model.tokenizer == "synthetic"
+    assert c.labels.source == "mock"  # offline: no label file needed
+    assert c.stages == full.stages
+    for devices in (1, 4):
+        derived = config_lib.resolve(c, devices)
+        for key, value in RUNLOCAL_SIZES[name].items():
+            assert derived[key] == value, (name, key)
+    # Local data only: any dataset path points into the repository.
+    if c.task.dataset_path:
+        assert os.path.exists(c.task.dataset_path), c.task.dataset_path
+
+
+@pytest.mark.parametrize("name", CONFIG_NAMES)
+def test_docstring_gives_the_command(name):
+    doc = load_config_module(name).__doc__
+    assert f"python launch.py --config=configs/{name}.py" in doc
+    assert f"--config=configs/{name}.py:runlocal" in doc
+
+
+# PAPER_DETAILS' per-task table (LHP launch.py) and Stiennon's choices.
+PAPER_TABLE = {
+    "sentiment": {"task.query_length": 64, "task.response_length": 24, "task.temperature": 0.7,
+                  "task.truncate_token": 13, "task.truncate_after": 16,
+                  "labels.num_train": 4992, "reward.batch_size": 32, "reward.lr": 5e-5,
+                  "reward.rollout_batch_size": 512, "ppo.lr": 1e-5, "ppo.batch_size": 512,
+                  "kl.coef": 0.15, "kl.adaptive": True, "kl.target": 6.0,
+                  "ppo.whiten_rewards": True},
+    "cnndm": {"task.query_length": 500, "task.response_length": 75, "task.temperature": 0.5,
+              "task.query_prefix": "Article:\n\n", "task.query_suffix": "\n\nTL;DR:",
+              "task.truncate_token": 198, "task.truncate_after": 55, "labels.num_train": 46000,
+              "reward.batch_size": 16, "reward.lr": 2.5e-5, "ppo.lr": 2e-6,
+              "ppo.batch_size": 32, "kl.coef": 0.01, "kl.adaptive": False,
+              "ppo.whiten_rewards": False},
+    "tldr": {"task.query_suffix": "\n\nTL;DR:", "task.temperature": 0.7, "kl.coef": 0.03,
+             "kl.adaptive": False, "ppo.whiten_rewards": False},
+    "stiennon_tldr": {"task.query_length": 512, "task.response_length": 48,
+                      "task.stop_at_eos": True, "labels.type": "pairwise",
+                      "reward.reward_at": "eos", "reward.normalize_mode": "bias_only",
+                      "ppo.value_model": "separate", "kl.coef": 0.05, "kl.adaptive": False,
+                      "ppo.batch_size": 512, "ppo.noptepochs": 4},
+}
+SHARED = {"ppo.nminibatches": 1, "ppo.noptepochs": 4, "ppo.vf_coef": 0.1, "ppo.cliprange": 0.2,
+          "ppo.cliprange_value": 0.2, "ppo.gamma": 1.0, "ppo.lam": 0.95, "ppo.adam": "tf",
+          "ppo.adam_eps": 1e-5, "reward.normalize_samples": 256, "labels.type": "best_of_4",
+          "ppo.value_model": "shared", "kl.horizon": 10000}
+
+
+def field(c, dotted: str):
+    for part in dotted.split("."):
+        c = c[part]
+    return c
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TABLE))
+def test_paper_configs_carry_the_papers_settings(name):
+    c = get_config(name)
+    expected = dict(PAPER_TABLE[name])
+    if name != "stiennon_tldr":
+        expected = {**SHARED, **expected}
+    for key, value in expected.items():
+        assert field(c, key) == value, (name, key)
+
+
+# --------------------------------------------------------------------------
+# Switches: each one sets the field its SWITCHES entry documents.
+
+GROUPS_WITH_ADAM = ("reward", "ppo", "dpo", "sft", "pretrain")
+SWITCH_CASES = {
+    "runlocal": [("runlocal", {"model.n_embd": 32, "model.n_layer": 2, "labels.num_train": 128,
+                               "ppo.total_episodes": 192})],
+    "value": [("value=separate", {"ppo.value_model": "separate"}),
+              ("value=shared", {"ppo.value_model": "shared"})],
+    "loss": [("loss=bt", {"labels.type": "pairwise"}),
+             ("loss=bo4", {"labels.type": "best_of_4"})],
+    "kl": [("kl=fixed", {"kl.adaptive": False, "kl.coef": 0.15}),
+           ("kl=off", {"kl.adaptive": False, "kl.coef": 0.0}),
+           ("kl=adaptive", {"kl.adaptive": True, "kl.coef": 0.15})],
+    "whiten": [("whiten=off", {"ppo.whiten_rewards": False}),
+               ("whiten=on", {"ppo.whiten_rewards": True})],
+    "adam": [("adam=torch", {f"{g}.adam": "torch" for g in GROUPS_WITH_ADAM}),
+             ("adam=tf", {**{f"{g}.adam": "tf" for g in GROUPS_WITH_ADAM},
+                          **{f"{g}.adam_eps": 1e-5 for g in GROUPS_WITH_ADAM}})],
+    "head": [("head=scalar_mix", {"reward.head": "scalar_mix"}),
+             ("head=linear", {"reward.head": "linear"})],
+    "reward": [("reward=gold", {"ppo.reward_source": "gold"}),
+               ("reward=rm", {"ppo.reward_source": "rm"})],
+    "labels": [("labels=96", {"labels.num_train": 96})],
+    "seed": [("seed=7", {"seed": 7})],
+}
+
+
+def test_every_switch_has_a_case():
+    assert set(SWITCH_CASES) == set(config_lib.SWITCHES)
+
+
+@pytest.mark.parametrize("arg,expected", [case for cases in SWITCH_CASES.values()
+                                          for case in cases],
+                         ids=[arg for cases in SWITCH_CASES.values() for arg, _ in cases])
+def test_switch_sets_its_field(arg, expected):
+    base = get_config("mock_sentiment")
+    c = get_config("mock_sentiment", arg)
+    for key, value in expected.items():
+        assert field(c, key) == value, (arg, key)
+    # Nothing else changes unless the switch is documented to change it.
+    touched = {k.split(".")[0] for k in expected}
+    if arg != "runlocal":
+        for group in ("model", "task", "pretrain", "eval", "parallel"):
+            if group not in touched:
+                assert c[group].to_dict() == base[group].to_dict(), (arg, group)
+
+
+def test_switches_compose_left_to_right():
+    c = get_config("mock_sentiment", "runlocal,value=separate,labels=96,seed=3")
+    assert (c.model.n_embd, c.ppo.value_model, c.labels.num_train, c.seed) == (
+        32, "separate", 96, 3)
+    # runlocal sets labels.num_train itself; the later switch wins.
+    assert get_config("mock_sentiment", "labels=96,runlocal").labels.num_train == 128
+    config_lib.resolve(c, 4)
+
+
+@pytest.mark.parametrize("arg,match", [
+    ("bogus", r"config switch 'bogus' unknown"),
+    ("value=both", r"config switch 'value=both': expected one of"),
+    ("loss=hinge", r"config switch 'loss=hinge'"),
+    ("kl=on", r"config switch 'kl=on'"),
+    ("labels=many", r"config switch 'labels=many': expected an integer"),
+])
+def test_bad_switch_raises_naming_it(arg, match):
+    with pytest.raises(ValueError, match=match):
+        get_config("mock_sentiment", arg)
+
+
+def test_runlocal_needs_a_variant():
+    with pytest.raises(ValueError, match="no runlocal variant"):
+        config_lib.apply_switches(config_lib.base_config(), "runlocal")
+
+
+# --------------------------------------------------------------------------
+# launch.py: dry run and early failures (subprocesses, 4 simulated devices).
+
+
+def launch(*args, timeout=120):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "launch.py"), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_dry_run_prints_config_and_sizes_without_a_workdir(tmp_path):
+    workdir = tmp_path / "run"
+    out = launch("--config=configs/mock_sentiment.py:runlocal", "--config.ppo.batch_size=16",
+                 f"--workdir={workdir}", "--dry_run")
+    assert out.returncode == 0, out.stderr
+    assert "name: mock_sentiment" in out.stdout
+    assert "batch_size: 16" in out.stdout  # the override is in the printed config
+    derived = json.loads(out.stdout.split("derived:", 1)[1])
+    assert derived["devices"] == 4
+    assert derived["ppo_updates"] == 192 // 16
+    assert derived["reward_steps"] == 128 // 16
+    assert derived["ppo_per_device_batch"] == 16 // 4
+    assert derived["stages"] == "pretrain,labels,reward,ppo,eval,figures"
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("args,field_named", [
+    # ppo.batch_size=30 on the 4 devices parallel.num_devices asks for.
+    (["--config.parallel.num_devices=4", "--config.ppo.batch_size=30"], "ppo.batch_size=30"),
+    (["--config.parallel.num_devices=3"], "pretrain.batch_size=32"),
+    (["--config.parallel.num_devices=8"], "parallel.num_devices=8"),
+    (["--config.labels.num_train=40"], "labels.num_train=40"),
+    (["--config.stages=pretrain,labels,rlhf"], "unknown stage 'rlhf'"),
+    (["--config.labels.source=file"], "labels.path"),
+    (["--config.task.truncate_after=16"], "task.truncate_after=16"),
+    (["--config.ppo.nminibatches=3"], "ppo.nminibatches=3"),
+    (["--config.ppo.no_such_field=1"], "--config.ppo.no_such_field"),
+], ids=["ppo_batch_devices", "pretrain_batch_devices", "too_many_devices", "num_train_batch",
+        "unknown_stage", "file_without_path", "truncate_after", "nminibatches",
+        "unknown_field"])
+def test_impossible_config_fails_with_one_line(tmp_path, args, field_named):
+    workdir = tmp_path / "run"
+    out = launch("--config=configs/mock_sentiment.py:runlocal", *args, f"--workdir={workdir}")
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("error: ") and field_named in lines[0], lines[0]
+    assert not workdir.exists()  # failed before any work
+
+
+def test_unknown_switch_fails_with_one_line(tmp_path):
+    out = launch("--config=configs/mock_sentiment.py:runlocal,bogus", f"--workdir={tmp_path}/r")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: config switch 'bogus' unknown")
