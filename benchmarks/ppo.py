@@ -472,7 +472,8 @@ def main():
     times = in_subprocess(run_ours, cfg, shape, args.value, iters)
     ours = times["iteration"]
     print(f"rlhf_jax ({args.value} value), PPO iteration {iters} of {iters} (compiled ahead of "
-          f"time):                   wall s    CPU s")
+          f"time):")
+    print(f"  {'':44s} {'wall s':>8s} {'CPU s':>8s}")
     for name, spent in times.items():
         print(f"  {name:44s} {spent.wall:8.2f} {spent.cpu:8.2f}")
     print(f"  => {shape.batch / ours.wall:.3f} episodes/s, "
