@@ -36,6 +36,7 @@ from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import GPT2Config, GPT2LMHeadModel, load_pretrained, save_pretrained
 from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel, ValueModel, value_params_from_reward
 from rlhf_jax.ppo import forward_policy_value
+from rlhf_jax.rollout import lm_apply
 from rlhf_jax.sampling import sample
 
 # Fold-in constants: one independent PRNG stream per stage from the base key.
@@ -236,15 +237,11 @@ def _sequence_kl_fn(ctx: Context, policy_model, ref_model):
     """Per-shard KL(policy || ref) of given responses: sum_t logp - ref_logp (temperature-scaled)."""
     t = ctx.cfg.task
 
-    def lm(model):
-        def apply(params, ids, mask):
-            logits = model.apply({"params": params}, ids, mask).logits
-            return logits, jnp.zeros(ids.shape, jnp.float32)
-        return apply
-
     def fn(pol_params, ref_params, q, m, r, rm):
-        logp, _, _ = forward_policy_value(lm(policy_model), pol_params, q, m, r, rm, t.temperature)
-        ref, _, _ = forward_policy_value(lm(ref_model), ref_params, q, m, r, rm, t.temperature)
+        logp, _, _ = forward_policy_value(lm_apply(policy_model), pol_params, q, m, r, rm,
+                                          t.temperature)
+        ref, _, _ = forward_policy_value(lm_apply(ref_model), ref_params, q, m, r, rm,
+                                         t.temperature)
         return jnp.sum((logp - ref) * rm, axis=1)
 
     R, S = parallel.REP, parallel.SHARD

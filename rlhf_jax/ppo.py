@@ -343,16 +343,17 @@ def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, 
                          response_mask_BxR, temperature):
     """Temperature-scaled logprobs, full-distribution entropy and values of response tokens.
 
-    `apply_policy_value(params, ids_BxT, mask_BxT) -> (logits_BxTxV, values_BxT)`
-    over query + response. The logits at position Q-1+t predict response token
-    t, and the value for token t is read at the same position (item 17).
+    `apply_policy_value(params, ids_BxT, mask_BxT, logits_at) -> (logits, values_BxT)`
+    over query + response, with logits only at the positions `logits_at` (a
+    slice): those at Q-1+t predict response token t, and the value for token
+    t is read at the same position (item 17).
     """
     q = query_BxQ.shape[1]
     r = response_BxR.shape[1]
     ids_BxT = jnp.concatenate([query_BxQ, response_BxR], axis=1)
     mask_BxT = jnp.concatenate([query_mask_BxQ, response_mask_BxR], axis=1)
-    logits_BxTxV, values_BxT = apply_policy_value(params, ids_BxT, mask_BxT)
-    logits_BxRxV = logits_BxTxV[:, q - 1 : q + r - 1] / temperature
+    logits_BxRxV, values_BxT = apply_policy_value(params, ids_BxT, mask_BxT, slice(q - 1, q + r - 1))
+    logits_BxRxV = logits_BxRxV / temperature
     logp_BxRxV = jax.nn.log_softmax(logits_BxRxV.astype(jnp.float32), axis=-1)
     safe_BxR = jnp.where(response_mask_BxR > 0, response_BxR, 0)
     logp_BxR = jnp.take_along_axis(logp_BxRxV, safe_BxR[..., None], axis=-1)[..., 0]

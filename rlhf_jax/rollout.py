@@ -74,23 +74,54 @@ class PPOModels:
     def shared_value(self) -> bool:
         return self.value is None
 
-    def apply_policy_value(self, params, ids_BxT, mask_BxT):
-        """(logits_BxTxV, values_BxT) of the trained model(s)."""
+    def apply_policy_value(self, params, ids_BxT, mask_BxT, logits_at: slice = slice(None)):
+        """(logits_BxLxV at positions `logits_at`, values_BxT) of the trained model(s).
+
+        The LM head runs only where logits are needed (PPO: the R response
+        positions, not all Q+R): at GPT-2's 50k vocabulary it is a third of
+        the forward pass and the largest activation.
+        """
+        variables = {"params": params["policy"]}
+        h_BxTxD = self.policy.apply(variables, ids_BxT, mask_BxT, method=_final_hidden)
+        logits_BxLxV = self.policy.apply(variables, h_BxTxD[:, logits_at], method=_lm_logits)
         if self.value is None:
-            out, values_BxT = self.policy.apply({"params": params["policy"]}, ids_BxT, mask_BxT)
-            return out.logits, values_BxT
-        out = self.policy.apply({"params": params["policy"]}, ids_BxT, mask_BxT)
-        return out.logits, self.value.apply({"params": params["value"]}, ids_BxT, mask_BxT)
+            values_BxT = self.policy.apply(variables, h_BxTxD, method=_value_head)
+        else:
+            values_BxT = self.value.apply({"params": params["value"]}, ids_BxT, mask_BxT)
+        return logits_BxLxV, values_BxT
 
     def reference_logprobs(self, ref_params, query_BxQ, query_mask_BxQ, response_BxR,
                            response_mask_BxR, temperature):
-        def apply_ref(params, ids_BxT, mask_BxT):
-            logits = self.reference.apply({"params": params}, ids_BxT, mask_BxT).logits
-            return logits, jnp.zeros(ids_BxT.shape, jnp.float32)
-
-        logp_BxR, _, _ = forward_policy_value(apply_ref, ref_params, query_BxQ, query_mask_BxQ,
+        logp_BxR, _, _ = forward_policy_value(lm_apply(self.reference), ref_params, query_BxQ, query_mask_BxQ,
                                               response_BxR, response_mask_BxR, temperature)
         return logp_BxR
+
+
+def lm_apply(model: nn.Module) -> Callable:
+    """`apply(params, ids_BxT, mask_BxT, logits_at) -> (logits, zero values)` of a plain LM,
+    the `apply_policy_value` form `forward_policy_value` takes."""
+
+    def apply(params, ids_BxT, mask_BxT, logits_at=slice(None)):
+        variables = {"params": params}
+        h_BxTxD = model.apply(variables, ids_BxT, mask_BxT, method=_final_hidden)
+        logits = model.apply(variables, h_BxTxD[:, logits_at], method=_lm_logits)
+        return logits, jnp.zeros(ids_BxT.shape, jnp.float32)
+
+    return apply
+
+
+# Pieces of the LM / shared policy+value module, applied separately so the LM
+# head sees only the positions whose logits are used.
+def _final_hidden(module, ids_BxT, mask_BxT):
+    return module.transformer(ids_BxT, mask_BxT).hidden_states[-1]
+
+
+def _lm_logits(module, h_BxLxD):
+    return module.lm_logits(h_BxLxD)
+
+
+def _value_head(module, h_BxTxD):
+    return module.value_head(h_BxTxD.astype(jnp.float32))[..., 0]
 
 
 def score_index(processed_BxR, task: TaskSpec):

@@ -200,6 +200,46 @@ def test_rollout_logprobs_match_the_sampler_and_reference_at_init(ziegler_rollou
     np.testing.assert_array_equal(ro.score_index_B, R - 1)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_forward_policy_value_equals_the_full_forward(shared):
+    # The LM head runs only at the response positions; the result must be the
+    # full forward's logprobs, entropies and values at those positions.
+    from rlhf_jax.models.heads import ValueModel
+    from rlhf_jax.ppo import forward_policy_value
+
+    policy = PolicyWithValueHead(CONFIG) if shared else GPT2LMHeadModel(CONFIG)
+    value = None if shared else ValueModel(CONFIG)
+    params = {"policy": random_params(policy, 3, std=0.5)}
+    if not shared:
+        params["value"] = random_params(value, 4, std=0.5)
+        params["value"]["value_head"]["kernel"] = jnp.asarray(
+            np.random.default_rng(5).normal(size=(CONFIG.n_embd, 1)), jnp.float32)
+    models = PPOModels(policy=policy, reference=policy, value=value)
+    rng = np.random.default_rng(0)
+    q_BxQ = jnp.asarray(rng.integers(0, V, (3, Q)), jnp.int32)
+    qm_BxQ = jnp.asarray([[0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 1, 1]], jnp.int32)
+    r_BxR = jnp.asarray(rng.integers(0, V, (3, R)), jnp.int32)
+    rm_BxR = jnp.ones_like(r_BxR)
+    temp = 0.7
+    logp, ent, val = jax.jit(forward_policy_value, static_argnums=0)(
+        models.apply_policy_value, params, q_BxQ, qm_BxQ, r_BxR, rm_BxR, temp)
+
+    ids = jnp.concatenate([q_BxQ, r_BxR], 1)
+    mask = jnp.concatenate([qm_BxQ, rm_BxR], 1)
+    if shared:
+        out, full_values = policy.apply({"params": params["policy"]}, ids, mask)
+    else:
+        out = policy.apply({"params": params["policy"]}, ids, mask)
+        full_values = value.apply({"params": params["value"]}, ids, mask)
+    logp_all = jax.nn.log_softmax(out.logits[:, Q - 1:-1] / temp)
+    np.testing.assert_allclose(
+        logp, np.take_along_axis(logp_all, r_BxR[..., None], -1)[..., 0], atol=1e-5)
+    np.testing.assert_allclose(ent, -(jnp.exp(logp_all) * logp_all).sum(-1), atol=1e-5)
+    np.testing.assert_allclose(val, full_values[:, Q - 1:-1], atol=1e-5)
+    if not shared:
+        assert np.ptp(np.asarray(val)) > 0.1  # a non-trivial value net
+
+
 def test_postprocessing_and_penalty_touch_only_the_score(ziegler_rollout):
     (ro, processed), _ = ziegler_rollout
     raw = ro.response_BxR
