@@ -11,6 +11,7 @@ against the initial policy and best-of-N; figures.
     python launch.py --config=configs/mock_sentiment.py --workdir=runs/mock
     python launch.py --config=configs/mock_sentiment.py:runlocal --workdir=runs/mock_local
     python launch.py --config=configs/mock_sentiment.py:reward=gold   # PPO on the gold reward
+    python launch.py --config=configs/mock_sentiment.py:online=mock   # online labels (Ziegler 2.3)
 
 Expected (2-core CPU, see README "The offline default" for the measured run):
 full run about 15 minutes; RM held-out 4-way accuracy well above the 25% of
@@ -81,6 +82,11 @@ def get_config(arg=None):
     c.ppo.log_every = 5
     c.ppo.checkpoint_every = 25
 
+    # `:online=mock|human` (Ziegler 2.3): label 256 fresh policy samples and
+    # retrain the RM before updates 51 and 101.
+    c.labels.online.every = 50
+    c.labels.online.num_queries = 256
+
     c.kl.coef = 0.15
     c.kl.adaptive = True
     c.kl.target = 3.0  # LHP 6 nats over 24 tokens; 16 tokens here
@@ -113,6 +119,8 @@ def _runlocal(c):
     c.ppo.total_episodes = 32 * 6
     c.ppo.log_every = 2
     c.ppo.checkpoint_every = 3
+    c.labels.online.every = 3  # `online=...`: one collect-retrain cycle, before update 4 of 6
+    c.labels.online.num_queries = 16
     c.eval.num_queries = 64
     c.eval.batch_size = 32
     c.eval.best_of_n = (1, 4)

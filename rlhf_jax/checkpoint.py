@@ -295,7 +295,9 @@ class PreemptionHandler:
                     break
 
     Single process: a SIGTERM handler sets the flag; the previous handler is
-    restored on exit. Handlers can only be installed from the main thread;
+    restored on exit; if it belongs to an enclosing PreemptionHandler and the
+    signal arrived, that one is flagged too (so the outer loop stops as well).
+    Handlers can only be installed from the main thread;
     elsewhere a warning is logged and nothing is installed.
 
     Several processes: hosts must stop at the same step, or the ones still
@@ -335,6 +337,11 @@ class PreemptionHandler:
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+            # Nested loops (an RM retrain inside PPO): pass a signal caught here
+            # on to the enclosing PreemptionHandler, so the outer loop stops too.
+            outer = getattr(previous, "__self__", None)
+            if self._received == sig and isinstance(outer, PreemptionHandler):
+                outer._handle(sig, None)
         self._previous.clear()
 
     def should_stop(self, step: int | None = None) -> bool:

@@ -29,6 +29,7 @@ SWITCHES = {
     "reward": "rm | gold: PPO against the learned RM or directly on the gold reward",
     "labels": "N: number of training labels (labels.num_train)",
     "seed": "N: config.seed",
+    "online": "mock | human: online label collection during PPO (labels.online)",
 }
 
 
@@ -49,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.dtype = "float32"  # compute dtype: float32 | bfloat16
     m.param_dtype = "float32"  # master weights
     m.remat = False  # rematerialise each block in the backward pass
+    m.kv_cache_dtype = ""  # sampler's KV cache: "" = the compute dtype | bfloat16 | float32
 
     c.task = t = ml_collections.ConfigDict()
     t.name = ""
@@ -107,7 +109,20 @@ def base_config() -> ml_collections.ConfigDict:
     lb.num_val = 256
     lb.gold = "vader"  # mock labeller's gold reward: vader
     lb.mock_noise = 0.0  # Boltzmann temperature of a noisy mock labeller
-    lb.batch_size = 64  # queries per sampling batch when generating mock labels
+    lb.batch_size = 64  # queries per sampling batch when generating mock (and online) labels
+    # Online collection (Ziegler 2.3): every `every` PPO updates, label fresh
+    # samples of the current policy and retrain the RM on the grown set.
+    lb.online = o = ml_collections.ConfigDict()
+    o.enabled = False
+    o.every = 100  # PPO updates between collections
+    o.num_queries = 512  # queries labelled per collection
+    o.k = 0  # responses per query; 0 = labels.type's K (must match it)
+    o.labeler = "mock"  # mock (labels.gold picks) | human (the label server's queue)
+    o.db = ""  # human: the label server's SQLite file (python -m rlhf_jax.label_server)
+    o.poll_seconds = 10.0  # human: how often the queue is polled while waiting
+    o.max_skips = 3  # human: an item skipped by this many labellers is dropped
+    o.retrain = "continue"  # continue (from the current RM) | reinit (Ziegler: fresh head)
+    o.reward_epochs = 1  # passes over the grown label set per retrain (Ziegler: 1)
 
     c.reward = r = ml_collections.ConfigDict()
     r.batch_size = 32
@@ -175,6 +190,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = pa = ml_collections.ConfigDict()
     pa.mode = "pmap"  # pmap | mesh
     pa.num_devices = 0  # 0 = all local devices
+    pa.fsdp = 1  # mesh mode: devices per fsdp group (params / optimizer state split over them)
 
     c.log = lg = ml_collections.ConfigDict()
     lg.tensorboard = True
@@ -231,6 +247,10 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
             c.labels.num_train = _integer(item, value)
         elif key == "seed":
             c.seed = _integer(item, value)
+        elif key == "online":
+            _choice(item, value, ("mock", "human"))
+            c.labels.online.enabled = True
+            c.labels.online.labeler = value
     return c
 
 
@@ -267,6 +287,20 @@ def resolve(c, num_devices: int) -> dict:
           f"parallel.mode={c.parallel.mode!r}: expected 'pmap' or 'mesh'")
     _need(c.model.dtype in ("float32", "bfloat16"),
           f"model.dtype={c.model.dtype!r}: expected float32 or bfloat16")
+    _need(c.model.param_dtype in ("float32", "bfloat16"),
+          f"model.param_dtype={c.model.param_dtype!r}: expected float32 or bfloat16")
+    _need(c.model.kv_cache_dtype in ("", "float32", "bfloat16"),
+          f"model.kv_cache_dtype={c.model.kv_cache_dtype!r}: expected '' (the compute dtype), "
+          "float32 or bfloat16")
+    f = c.parallel.fsdp
+    _need(isinstance(f, int) and not isinstance(f, bool) and f >= 1,
+          f"parallel.fsdp={f!r} must be an int >= 1")
+    _need(f == 1 or c.parallel.mode == "mesh",
+          f"parallel.fsdp={f} shards params over a mesh: it needs parallel.mode='mesh'")
+    _need(num_devices % f == 0, f"parallel.fsdp={f} does not divide the device count "
+          f"{num_devices}")
+    if c.parallel.mode == "mesh":
+        d["mesh"] = {"data": num_devices // f, "fsdp": f}
     _need(c.model.init in ("pretrained", "scratch"),
           f"model.init={c.model.init!r}: expected 'pretrained' or 'scratch'")
     t = c.task
@@ -338,11 +372,64 @@ def resolve(c, num_devices: int) -> dict:
         d["ppo_updates"] = p.total_episodes // p.batch_size
         d["ppo_minibatch"] = p.batch_size // p.nminibatches
         d["ppo_per_device_batch"] = local
+    if c.labels.online.enabled:
+        d["online_rounds"] = _resolve_online(c, stages, num_devices)
     if "eval" in stages:
         divisible(c.eval.batch_size, num_devices, "eval.batch_size", "the device count")
         divisible(c.eval.num_queries, c.eval.batch_size, "eval.num_queries", "eval.batch_size")
         d["best_of_n_kl"] = {n: round(math.log(n) - (n - 1) / n, 4) for n in c.eval.best_of_n}
     return d
+
+
+def _resolve_online(c, stages, num_devices: int) -> int:
+    """Validates `labels.online` (enabled); returns the collections PPO will make."""
+    import os
+
+    import jax
+
+    o = c.labels.online
+    _need(jax.process_count() == 1,
+          f"labels.online.enabled runs on a single process, not {jax.process_count()} (the "
+          "labeller and the label files live on one host)")
+    _need("reward" in stages and "ppo" in stages,
+          "labels.online.enabled needs the reward and ppo stages (it retrains the reward "
+          "model during PPO)")
+    _need(c.ppo.reward_source == "rm",
+          f"labels.online.enabled needs ppo.reward_source='rm', got {c.ppo.reward_source!r}")
+    for field, low in (("every", 1), ("num_queries", 1), ("max_skips", 1),
+                       ("reward_epochs", 1), ("k", 0)):
+        value = o[field]
+        _need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
+              f"labels.online.{field}={value!r} must be an int >= {low}")
+    _need(o.poll_seconds > 0, f"labels.online.poll_seconds={o.poll_seconds} must be > 0")
+    _need(o.labeler in ("mock", "human"),
+          f"labels.online.labeler={o.labeler!r}: expected 'mock' or 'human'")
+    _need(o.retrain in ("continue", "reinit"),
+          f"labels.online.retrain={o.retrain!r}: expected 'continue' or 'reinit'")
+    lt = c.labels.type
+    k = {"pairwise": 2, "scalar_compare": 2, "scalar_rating": 1}.get(lt) or int(lt[8:])
+    _need(o.k in (0, k), f"labels.online.k={o.k} but labels.type={lt!r} has K={k} "
+          "responses per query (0 takes it from labels.type)")
+    if o.labeler == "human":
+        _need(lt == "pairwise" or lt.startswith("best_of_"),
+              f"labels.online.labeler='human' answers comparisons: labels.type={lt!r} must "
+              "be best_of_N or pairwise")
+        _need(bool(o.db), "labels.online.labeler='human' needs labels.online.db: the label "
+              "server's SQLite file (python -m rlhf_jax.label_server --db FILE)")
+        directory = os.path.dirname(os.path.abspath(o.db))
+        _need(os.path.isdir(directory),
+              f"labels.online.db={o.db!r}: directory {directory} does not exist")
+    else:
+        _need(c.labels.gold == "vader", f"labels.online.labeler='mock' picks by the gold "
+              f"reward: labels.gold={c.labels.gold!r} must be 'vader'")
+    _need(c.labels.batch_size % num_devices == 0,
+          f"labels.batch_size={c.labels.batch_size} is not divisible by the device count "
+          f"{num_devices}")
+    updates = c.ppo.total_episodes // c.ppo.batch_size
+    rounds = (updates - 1) // o.every
+    _need(rounds >= 1, f"labels.online.every={o.every}: no collection within the {updates} "
+          "PPO updates (one runs before each update whose index is a multiple of it)")
+    return rounds
 
 
 def fixtures_dir() -> str:
@@ -395,6 +482,8 @@ def runlocal_common(c, *, query_length: int = 24, response_length: int = 12,
     c.ppo.log_every = 1
     c.ppo.checkpoint_every = 2
     c.ppo.lr = 1e-4
+    c.labels.online.every = 2  # `online=...`: one collection within the 3 PPO updates
+    c.labels.online.num_queries = 16
     c.dpo.batch_size = 16
     c.eval.num_queries = 32
     c.eval.batch_size = 16

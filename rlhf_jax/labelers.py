@@ -14,8 +14,9 @@ A *labeller* answers label requests: N queries, each with K candidate
 responses (token ids, and decoded text for labellers that read). The
 protocol is one method, `label(request) -> Labels`, so a labeller's answers
 go straight to the reward trainer or to `write_labels_jsonl`. `MockLabeler`
-answers from a gold reward; the online label-collection loop and the human
-labelling queue implement the same protocol.
+answers from a gold reward; `rlhf_jax.label_server.HumanQueue` implements the
+same protocol with people (items posted to the label server's database, the
+call waits for their answers); the online loop (`rlhf_jax.online`) uses either.
 """
 
 from __future__ import annotations

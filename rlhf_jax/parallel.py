@@ -1,14 +1,18 @@
 """Data parallelism: one step function, run under `jax.pmap` or `jit(shard_map)` on a mesh.
 
 A step is written once for the per-device shard of the batch, with explicit
-collectives over the axis named `AXIS` (`lax.pmean` of gradients and metrics,
-`lax.psum` for global statistics). `DataParallel` runs it:
+collectives over the batch axes (`batch_axes()`: `AXIS` under pmap, the mesh's
+two axes in mesh mode; `mean_grads` of gradients, `pmean` of metrics, `psum`
+for global statistics). `DataParallel` runs it:
 
 - `mode="pmap"`: replicated values carry a leading device axis (the classic
   pmap layout); batches are reshaped [B, ...] -> [D, B/D, ...].
-- `mode="mesh"`: a 1-D `Mesh` over the devices with axis `AXIS`; the step runs
-  as `jit(shard_map(...))`; replicated values are ordinary global arrays with a
-  replicated `NamedSharding`, batches are sharded along `AXIS`.
+- `mode="mesh"`: a 2-D `Mesh` with axes `("data", "fsdp")` (`fsdp` devices per
+  group, `fsdp=1` by default); the step runs as `jit(shard_map(...))` with its
+  collectives over both axes; batches are split over both (every device holds
+  distinct rows); "replicated" values (params, optimizer state) are global
+  arrays whose float leaves are split along `fsdp` (`rlhf_jax.fsdp`: gathered
+  where used inside the step, gradients reduce-scattered), the rest replicated.
 
 Either way the host sees the same global batch, so results do not depend on
 the device count beyond float noise. Multi-host: `initialize_distributed()`
@@ -17,6 +21,8 @@ before anything touches the devices; each process feeds its local slice.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 from typing import Callable, Sequence
@@ -26,7 +32,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rlhf_jax import fsdp as fsdp_lib
+
 AXIS = "batch"
+# The batch axis name(s) a step's collectives use: AXIS under pmap, the mesh's
+# ("data", "fsdp") pair under mesh mode (set while `compile`d steps trace).
+_BATCH_AXES: contextvars.ContextVar = contextvars.ContextVar("batch_axes", default=AXIS)
 MODES = ("pmap", "mesh")
 REP, SHARD = "rep", "shard"
 
@@ -50,29 +61,57 @@ def initialize_distributed() -> None:
         jax.distributed.initialize()
 
 
+def batch_axes():
+    """The axis name(s) of the batch inside the step being traced."""
+    return _BATCH_AXES.get()
+
+
+@contextlib.contextmanager
+def _tracing_with(axes):
+    token = _BATCH_AXES.set(axes)
+    try:
+        yield
+    finally:
+        _BATCH_AXES.reset(token)
+
+
 def axis_index() -> jax.Array:
-    return jax.lax.axis_index(AXIS)
+    """This shard's index along the batch (row-major over the mesh's batch axes)."""
+    return jax.lax.axis_index(batch_axes())
 
 
 def pmean(tree):
-    return jax.lax.pmean(tree, AXIS)
+    return jax.lax.pmean(tree, batch_axes())
 
 
 def psum(tree):
-    return jax.lax.psum(tree, AXIS)
+    return jax.lax.psum(tree, batch_axes())
 
 
 def all_gather(tree):
     """Concatenates every device's shard along axis 0 (the global batch)."""
-    return jax.tree.map(lambda x: jax.lax.all_gather(x, AXIS, tiled=True), tree)
+    return jax.tree.map(lambda x: jax.lax.all_gather(x, batch_axes(), tiled=True), tree)
+
+
+def mean_grads(grads, axis_name=None):
+    """Gradients averaged over every batch shard: `pmean`, FSDP-aware (`fsdp.mean_grads`).
+
+    `axis_name` defaults to the traced step's batch axes.
+    """
+    return fsdp_lib.mean_grads(grads, batch_axes() if axis_name is None else axis_name)
 
 
 class DataParallel:
     """Places data and compiles steps for one of the two data-parallel modes."""
 
-    def __init__(self, mode: str = "pmap", num_devices: int | None = None):
+    def __init__(self, mode: str = "pmap", num_devices: int | None = None, fsdp: int = 1):
         if mode not in MODES:
             raise ValueError(f"parallel.mode={mode!r}: expected one of {MODES}")
+        if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1:
+            raise ValueError(f"parallel.fsdp={fsdp!r} must be an int >= 1")
+        if fsdp > 1 and mode != "mesh":
+            raise ValueError(f"parallel.fsdp={fsdp} shards params over a mesh: it needs "
+                             f"parallel.mode='mesh' (got {mode!r})")
         devices = jax.devices()
         if num_devices:
             if num_devices > len(devices):
@@ -87,7 +126,20 @@ class DataParallel:
         self.mode = mode
         self.devices = devices
         self.num_devices = len(devices)
-        self.mesh = Mesh(np.asarray(devices), (AXIS,))
+        self.fsdp = fsdp
+        if mode == "pmap":
+            self.mesh = Mesh(np.asarray(devices), (AXIS,))
+            self.batch_axes = AXIS
+        else:
+            if self.num_devices % fsdp:
+                raise ValueError(f"parallel.fsdp={fsdp} does not divide the device count "
+                                 f"{self.num_devices}")
+            # Topology-aware on TPU (fsdp groups on neighbouring chips); a reshape elsewhere.
+            from jax.experimental import mesh_utils
+
+            grid = mesh_utils.create_device_mesh((self.num_devices // fsdp, fsdp), devices)
+            self.mesh = Mesh(grid, (fsdp_lib.DATA, fsdp_lib.FSDP))
+            self.batch_axes = (fsdp_lib.DATA, fsdp_lib.FSDP)
 
     def check_divisible(self, size: int, field: str) -> None:
         if size % self.num_devices:
@@ -113,15 +165,47 @@ class DataParallel:
                 return jax.make_array_from_single_device_arrays(shape, sharding, copies)
 
             return jax.tree.map(stack, tree)
-        sharding = NamedSharding(self.mesh, P())
+        # Mesh: float leaves split along fsdp where they divide (fsdp=1: all replicated).
+        shardings = self.shardings(tree)
         if jax.process_count() > 1:
             # Built from host values: fresh buffers on this process's devices.
-            return jax.tree.map(lambda x: _global_array(x, sharding), tree)
+            return jax.tree.map(_global_array, tree, shardings)
         # Always fresh buffers: a replicated value may be donated to a step, and
         # must not alias an input the caller still holds (e.g. the reference
-        # policy sharing the initial policy's arrays).
-        placed = jax.device_put(tree, sharding)
-        return jax.tree.map(lambda x: x.copy(), placed)
+        # policy sharing the initial policy's arrays). Host values transfer into
+        # fresh buffers; a device array can share one with its placed copy (even
+        # with may_alias=False, device 0's shard), so those are copied.
+        placed = jax.device_put(tree, shardings)
+        return jax.tree.map(lambda x, y: y.copy() if isinstance(x, jax.Array) else y,
+                            tree, placed)
+
+    def shardings(self, tree):
+        """Mesh mode: the `NamedSharding` `replicate` gives each leaf of `tree`
+        (arrays or `jax.eval_shape` structs): split along fsdp or replicated."""
+        return fsdp_lib.param_shardings(tree, self.mesh, self.fsdp)
+
+    def placed_shapes(self, tree):
+        """Mesh mode: `ShapeDtypeStruct`s carrying `shardings(tree)` (a restore
+        target that lands split); typed PRNG keys and Python scalars stay as they are."""
+        def leaf(x, sharding):
+            if _is_key(x) or not hasattr(x, "shape"):
+                return x
+            return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+        return jax.tree.map(leaf, tree, self.shardings(tree))
+
+    def init(self, fn: Callable, *args):
+        """`fn(*args)` placed as `replicate` would place it, without a full copy anywhere.
+
+        Mesh mode: the output's shapes come from `jax.eval_shape` and `fn` runs
+        under `jit` with those `out_shardings`, so each device computes only its
+        own slices (model or optimizer-state initialisation at any size). Pmap
+        mode: `fn` runs once under `jit` on the default device (unreplicated).
+        """
+        if self.mode == "pmap":
+            return jax.jit(fn)(*args)
+        out_shardings = self.shardings(jax.eval_shape(fn, *args))
+        return jax.jit(fn, out_shardings=out_shardings)(*args)
 
     def unreplicate(self, tree):
         """A host-side view of a replicated value (device 0's copy under pmap)."""
@@ -148,7 +232,7 @@ class DataParallel:
                 return x.reshape(self.num_devices, x.shape[0] // self.num_devices, *x.shape[1:])
 
             return jax.device_put(jax.tree.map(split, tree), NamedSharding(self.mesh, P(AXIS)))
-        sharding = NamedSharding(self.mesh, P(AXIS))
+        sharding = NamedSharding(self.mesh, P(self.batch_axes))
         if jax.process_count() > 1:
             # Every process holds the global batch; each places only its own rows.
             return jax.tree.map(lambda x: _global_array(x, sharding), tree)
@@ -177,11 +261,14 @@ class DataParallel:
         donate_argnums: Sequence[int] = (),
         static_argnums: Sequence[int] = (),
     ) -> Callable:
-        """Compiles `fn` (written per shard, collectives over AXIS) for this mode.
+        """Compiles `fn` (written per shard, collectives over `batch_axes()`) for this mode.
 
         `in_kinds[i]` is REP for a replicated argument or SHARD for one split
         along the batch; `out_kinds` is the same for the outputs (a pytree of
-        REP/SHARD strings matching the output structure's top level).
+        REP/SHARD strings matching the output structure's top level). In mesh
+        mode a REP value's float leaves are split along fsdp (see `fsdp`): `fn`
+        sees them as `fsdp.Shard` boxes, which Flax gathers when a module reads
+        them; reduce gradients with `mean_grads`, not `pmean`.
         """
         in_kinds = tuple(in_kinds)
         for k in jax.tree.leaves(out_kinds) + list(in_kinds):
@@ -195,13 +282,64 @@ class DataParallel:
                 donate_argnums=tuple(donate_argnums),
                 static_broadcasted_argnums=tuple(static_argnums),
             )
-        spec = lambda k: P() if k == REP else P(AXIS)  # noqa: E731
-        in_specs = tuple(spec(k) for k in in_kinds)
-        out_specs = jax.tree.map(spec, out_kinds)
-        mapped = jax.shard_map(
-            fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
-        )
-        return jax.jit(mapped, donate_argnums=tuple(donate_argnums))
+        return _MeshStep(self, fn, in_kinds, out_kinds, tuple(donate_argnums))
+
+
+class _MeshStep:
+    """`fn` under `jit(shard_map)` on the ("data", "fsdp") mesh, built per argument layout.
+
+    REP arguments are split by `fsdp.param_specs` (from their shapes) and boxed
+    inside; a REP output keeps a box's split (the optimizer passes boxes
+    through) and is otherwise replicated. Output specs therefore depend on
+    what `fn` returns: the first call per layout traces `fn` once abstractly
+    to read them, then compiles for real.
+    """
+
+    def __init__(self, dp: DataParallel, fn: Callable, in_kinds, out_kinds, donate_argnums):
+        self.dp, self.fn = dp, fn
+        self.in_kinds, self.out_kinds, self.donate_argnums = in_kinds, out_kinds, donate_argnums
+        self._compiled: dict = {}
+
+    def _in_specs(self, args) -> tuple:
+        if len(args) != len(self.in_kinds):
+            raise ValueError(f"step takes {len(self.in_kinds)} arguments, got {len(args)}")
+        return tuple(fsdp_lib.param_specs(a, self.dp.fsdp) if k == REP
+                     else P(self.dp.batch_axes) for k, a in zip(self.in_kinds, args))
+
+    def _build(self, in_specs, args):
+        dp, recorded = self.dp, {}
+
+        def body(*local_args):
+            with _tracing_with(dp.batch_axes):
+                boxed = [fsdp_lib.box(a, s) if k == REP else a
+                         for k, a, s in zip(self.in_kinds, local_args, in_specs)]
+                local, recorded["specs"] = fsdp_lib.unbox_local(self.fn(*boxed))
+            return local
+
+        def mapped(out_specs):
+            return jax.shard_map(body, mesh=dp.mesh, in_specs=in_specs, out_specs=out_specs,
+                                 check_vma=False)
+
+        by_kind = jax.tree.map(lambda k: P() if k == REP else P(dp.batch_axes), self.out_kinds)
+        jax.eval_shape(mapped(by_kind), *args)  # records the output boxes' splits
+        out_specs = jax.tree.map(lambda k, specs: specs if k == REP else P(dp.batch_axes),
+                                 self.out_kinds, recorded["specs"])
+        return jax.jit(mapped(out_specs), donate_argnums=self.donate_argnums)
+
+    def _get(self, args):
+        in_specs = self._in_specs(args)
+        key = jax.tree.flatten(in_specs, is_leaf=lambda x: isinstance(x, P))
+        key = (tuple(key[0]), key[1])
+        if key not in self._compiled:
+            self._compiled[key] = self._build(in_specs, args)
+        return self._compiled[key]
+
+    def __call__(self, *args):
+        return self._get(args)(*args)
+
+    def lower(self, *args):
+        """`jax.jit(...).lower(*args)` of the step for these arguments (memory analysis)."""
+        return self._get(args).lower(*args)
 
 
 def _is_key(x) -> bool:
@@ -237,6 +375,26 @@ def global_row_offset(local_batch: int) -> jax.Array:
     how the batch is split across devices.
     """
     return axis_index() * local_batch
+
+
+def host_complete(tree):
+    """`tree` with every array whose value spans other processes' devices (FSDP
+    splits across hosts) gathered to a full host copy, for export.
+
+    A collective under multi-process (`process_allgather`): every process must
+    call it, in the same order. Single process: `tree` unchanged.
+    """
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    def full(x):
+        if (isinstance(x, jax.Array) and not x.is_fully_addressable
+                and not x.is_fully_replicated and not _is_key(x)):
+            return multihost_utils.process_allgather(x, tiled=True)
+        return x
+
+    return jax.tree.map(full, tree)
 
 
 def tree_size(tree) -> int:

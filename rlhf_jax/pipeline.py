@@ -11,6 +11,7 @@ Artifacts:
   models/{pretrained,sft,policy,dpo}/   Hugging Face GPT-2 directories
   models/reward/             reward model params (msgpack) and its config
   labels/{train,val}.jsonl   the labels the reward model trained on
+  labels/online_<r>.jsonl, online/round_<r>/   online collection rounds (rlhf_jax.online)
   eval.json                  the final evaluation summary
 """
 
@@ -76,12 +77,18 @@ def _model_config(cfg, vocab_size: int) -> GPT2Config:
     m = cfg.model
     return GPT2Config(vocab_size=vocab_size, n_positions=m.n_positions, n_embd=m.n_embd,
                       n_layer=m.n_layer, n_head=m.n_head, dtype=_DTYPES[m.dtype],
-                      param_dtype=_DTYPES[m.param_dtype], remat=m.remat)
+                      param_dtype=_DTYPES[m.param_dtype], remat=m.remat,
+                      kv_cache_dtype=_kv_cache_dtype(cfg))
+
+
+def _kv_cache_dtype(cfg):
+    return _DTYPES[cfg.model.kv_cache_dtype] if cfg.model.kv_cache_dtype else None
 
 
 def _load_lm(cfg, path: str):
     return load_pretrained(path, dtype=_DTYPES[cfg.model.dtype],
-                           param_dtype=_DTYPES[cfg.model.param_dtype], remat=cfg.model.remat)
+                           param_dtype=_DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
+                           kv_cache_dtype=_kv_cache_dtype(cfg))
 
 
 def base_model(ctx: Context):
@@ -93,7 +100,10 @@ def base_model(ctx: Context):
         # A seeded random GPT-2 (runlocal): the same on every call and relaunch.
         model = GPT2LMHeadModel(_model_config(cfg, len(ctx.tokenizer)))
         key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
-        return model, model.init(key, jnp.zeros((1, 8), jnp.int32))["params"]
+        init = lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"]  # noqa: E731
+        if ctx.dp.mode == "mesh":  # created split along fsdp: no full copy anywhere
+            return model, ctx.dp.init(init, key)
+        return model, init(key)
     if not cfg.model.name_or_path:
         raise ValueError("model.name_or_path is empty and there is no pretrain stage")
     return _load_lm(cfg, cfg.model.name_or_path)
@@ -126,7 +136,8 @@ def load_reward_model(cfg, path: str):
     with open(os.path.join(path, "reward_config.json")) as f:
         meta = json.load(f)
     config = config_from_hf(meta["gpt2"], source=path, dtype=_DTYPES[cfg.model.dtype],
-                            param_dtype=_DTYPES[cfg.model.param_dtype], remat=cfg.model.remat)
+                            param_dtype=_DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
+                            kv_cache_dtype=_kv_cache_dtype(cfg))
     with open(os.path.join(path, "params.msgpack"), "rb") as f:
         params = flax.serialization.msgpack_restore(f.read())
     return RewardModel(config, head=meta["head"]), jax.tree.map(jnp.asarray, params)
@@ -378,17 +389,20 @@ def _read_labels(ctx: Context):
     return train, val
 
 
-def stage_reward(ctx: Context) -> dict:
+def init_reward_model(cfg, key: jax.Array, policy_model, policy_params):
+    """`(rm_model, rm_params)`: a fresh reward head on the policy's language model (Ziegler)."""
+    rm_model = RewardModel(policy_model.config, head=cfg.reward.head)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    rm_params = rm_model.init(key, ids)["params"]
+    return rm_model, {**rm_params, "transformer": policy_params["transformer"]}
+
+
+def reward_normalizer(ctx: Context, policy_model, policy_params) -> Callable:
+    """The reference sampler the reward model is normalised on
+    (`reward.train_reward_model`'s `normalizer`)."""
     from rlhf_jax import reward
 
     cfg = ctx.cfg
-    train, val = _read_labels(ctx)
-    policy_model, policy_params = initial_policy(ctx)
-    rm_model = RewardModel(policy_model.config, head=cfg.reward.head)
-    ids = jnp.zeros((1, 8), jnp.int32)
-    rm_params = rm_model.init(stage_key(cfg, "reward"), ids)["params"]
-    # Ziegler: the reward model starts from the policy's language model.
-    rm_params = {**rm_params, "transformer": policy_params["transformer"]}
     if cfg.reward.normalize_mode == "bias_only":
         ref = queries(ctx, "train", limit=cfg.reward.normalize_samples)
         if ref.reference_NxR is None:
@@ -402,6 +416,18 @@ def stage_reward(ctx: Context) -> dict:
         normalizer = reward.make_reference_sampler(
             cfg, policy_model=policy_model, policy_params=policy_params,
             query_NxQ=qs.query_NxQ[rows], query_mask_NxQ=qs.query_mask_NxQ[rows])
+    return normalizer
+
+
+def stage_reward(ctx: Context) -> dict:
+    from rlhf_jax import reward
+
+    cfg = ctx.cfg
+    train, val = _read_labels(ctx)
+    policy_model, policy_params = initial_policy(ctx)
+    rm_model, rm_params = init_reward_model(cfg, stage_key(cfg, "reward"), policy_model,
+                                            policy_params)
+    normalizer = reward_normalizer(ctx, policy_model, policy_params)
     rm_params, summary = reward.train_reward_model(
         cfg, rm_model=rm_model, rm_params=rm_params, train=train, val=val, dp=ctx.dp,
         rng=stage_key(cfg, "reward"), workdir=ctx.workdir, writer=ctx.writer,
@@ -444,10 +470,16 @@ def stage_ppo(ctx: Context) -> dict:
     models, params, ref_params, rm_params = _ppo_models_and_params(ctx)
     trainer = PPOTrainer(cfg, models, ctx.dp)
     qs = queries(ctx, "train")
+    online = None
+    if cfg.labels.online.enabled:  # Ziegler 2.3: label as the policy moves, retrain the RM
+        from rlhf_jax.online import OnlineCollector
+
+        online = OnlineCollector(ctx, policy_model=models.reference, rm_model=models.reward,
+                                 rm_params=rm_params)
     params, summary = trainer.train(params=params, ref_params=ref_params,
                                     rm_params=rm_params if cfg.ppo.reward_source == "rm" else None,
                                     queries=qs, workdir=ctx.workdir, writer=ctx.writer,
-                                    gold_fn=gold_function(ctx), decode=ctx.decode)
+                                    gold_fn=gold_function(ctx), decode=ctx.decode, online=online)
     _raise_if_preempted(summary, "ppo")
     if parallel.process_is_main():
         policy_params = {"transformer": params["policy"]["transformer"]}
@@ -614,7 +646,8 @@ def _write_json(path: str, obj) -> None:
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) every stage the config names; returns their summaries."""
     parallel.initialize_distributed()
-    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None)
+    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
+                               fsdp=cfg.parallel.fsdp)
     derived = config_lib.resolve(cfg, dp.num_devices)
     os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
     wandb = {"project": cfg.log.wandb_project, "name": cfg.name} if cfg.log.wandb_project else None

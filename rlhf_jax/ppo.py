@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax import fsdp
 from rlhf_jax.kl import KLState, update_kl_state
 
 Array = jax.Array
@@ -365,8 +366,9 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
                      hp: PPOHParams, axis_name: str | None):
     """Returns `update(state, rollout) -> (state, metrics)`: one PPO update, pure.
 
-    Written for one device's shard; with `axis_name` the gradients and metrics
-    are `pmean`-ed, whitening uses global moments (`hp.whiten_global`) and the
+    Written for one device's shard; with `axis_name` (a name or a tuple of mesh
+    axes) the gradients (`fsdp.mean_grads`, FSDP-aware) and metrics are
+    averaged over shards, whitening uses global moments (`hp.whiten_global`) and the
     minibatches are cut from one global permutation of the all-gathered batch,
     so the result does not depend on the device count.
     """
@@ -398,7 +400,7 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
         mb_global = global_b // hp.nminibatches
         mb_local = local_b // hp.nminibatches
 
-        def loss_fn(params, mb):
+        def loss_fn(params, mb, weight):
             logp_BxR, entropy_BxR, v_BxR = forward_policy_value(
                 apply_policy_value, params, mb["query"], mb["query_mask"], mb["response"],
                 mb["mask"].astype(jnp.int32), hp.temperature)
@@ -416,21 +418,25 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
                 "ppo/val/error": vf_stats["error"],
                 "ppo/val/clipfrac": vf_stats["clipfrac"],
             }
-            return pg_loss + hp.vf_coef * vf_loss, stats
+            return weight * (pg_loss + hp.vf_coef * vf_loss), stats
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
         def minibatch(carry, rows_L):
             params, opt_state = carry
             mb = jax.tree.map(lambda x: x[rows_L], train)
-            grads, stats = grad_fn(params, mb)
             # Loss and stats are masked means over this shard's tokens. With EOS
             # masks shards hold different token counts, so weight each by its
-            # share: the pmean is then the mean over the global minibatch's tokens
-            # (device-count independent). All-ones masks give weight exactly 1.
+            # share: the mean over shards is then the mean over the global
+            # minibatch's tokens (device-count independent). All-ones masks give
+            # weight exactly 1. The weight scales the loss, not the gradient
+            # afterwards: under FSDP a split leaf's gradient is summed over its
+            # fsdp group inside the backward pass (`fsdp.mean_grads`).
             count = jnp.sum(mb["mask"])
             weight = _safe_div(count, pmean(count))
-            grads, stats = pmean(jax.tree.map(lambda x: x * weight, (grads, stats)))
+            grads, stats = grad_fn(params, mb, weight)
+            grads = fsdp.mean_grads(grads, axis_name) if axis_name else grads
+            stats = pmean(jax.tree.map(lambda x: x * weight, stats))
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats
 

@@ -211,7 +211,7 @@ def map_batches(dp: parallel.DataParallel, fn: Callable, replicated: Any,
     padded = pad_rows(data, batch_size)
     padded.pop("weight")
     step = _compiled(
-        None if cache_key is None else ("map", cache_key, dp.mode,
+        None if cache_key is None else ("map", cache_key, dp.mode, dp.fsdp,
                                         tuple(d.id for d in dp.devices)),
         lambda: dp.compile(fn, (parallel.REP, parallel.SHARD), parallel.SHARD))
     outs = []
@@ -232,7 +232,7 @@ def _make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation)
         rng = parallel.fold_in_device(step_rng)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, batch, rng)
-        grads = parallel.pmean(grads)
+        grads = parallel.mean_grads(grads)  # pmean; FSDP-aware in mesh mode
         metrics = parallel.pmean({"loss": loss, **metrics})
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -373,11 +373,13 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
     # ---- restore or start fresh ------------------------------------------------
     target = _to_ckpt(TrainState(params=params, opt_state=jax.eval_shape(optimizer.init, params),
                                  rng=rng, step=jnp.zeros((), jnp.int32)))
+    if dp.mode == "mesh":
+        target = dp.placed_shapes(target)  # restore straight into the fsdp placement
     restored = ckpt.restore(target) if ckpt is not None else None
     if restored is not None:
         start, tree, meta = restored
         if meta.get("finished") is True:
-            return tree["params"], meta["summary"]
+            return parallel.host_complete(tree["params"]), meta["summary"]
         host_state = _from_ckpt(tree)
         summary.update(meta["summary"])
         if writer is not None:
@@ -387,7 +389,13 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
         start = 0
         if init_fn is not None:
             params, summary["init"] = init_fn(params, jax.random.fold_in(rng, _INIT_STREAM))
-        host_state = TrainState(params=params, opt_state=optimizer.init(params), rng=rng,
+        if dp.mode == "mesh":
+            # Optimizer state created split along fsdp, never whole on one device.
+            params = dp.replicate(params)
+            opt_state = dp.init(optimizer.init, params)
+        else:
+            opt_state = optimizer.init(params)
+        host_state = TrainState(params=params, opt_state=opt_state, rng=rng,
                                 step=jnp.zeros((), jnp.int32))
     if int(host_state.step) != start:
         raise ValueError(f"checkpoint of stage {stage!r} at step {start} holds step "
@@ -399,7 +407,7 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
                                         opt_state=jax.device_get(host_state.opt_state))
     state = dp.replicate(host_state)
 
-    placement = (dp.mode, tuple(d.id for d in dp.devices))
+    placement = (dp.mode, dp.fsdp, tuple(d.id for d in dp.devices))
     train_step = _compiled(
         None if cache_key is None else ("train", cache_key, loop, total_steps, placement),
         lambda: dp.compile(_make_train_step(loss_fn, optimizer),
@@ -483,7 +491,7 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
                 log_line(f"{stage}: stopping at step {done}/{total_steps}"
                          f"{' (preempted)' if preempt.received_signal else ''}")
                 summary.update(steps=done, stopped_early=True)
-                return _first_replica(dp, state.params), summary
+                return parallel.host_complete(_first_replica(dp, state.params)), summary
     if (prev := deferred.flush()) is not None:
         log_train(prev)
 
@@ -497,7 +505,8 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
             params, jax.random.fold_in(host_state.rng, _FINAL_STREAM))
     summary["steps"] = total_steps
     save(total_steps, host_state.replace(params=params), dict(summary), finished=True)
-    return params, summary
+    # Multi-host FSDP: full host copies for export (a collective on every process).
+    return parallel.host_complete(params), summary
 
 
 def log_line(text: str) -> None:

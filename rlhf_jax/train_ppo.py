@@ -124,7 +124,7 @@ class PPOTrainer:
         self.rollout_fn = dp.compile(make_rollout(models, self.task, use_rm=self.use_rm),
                                      (R, R, R, S, S, R), (S, S))
         update = make_update_step(models.apply_policy_value, self.optimizer, hparams(cfg),
-                                  parallel.AXIS)
+                                  dp.batch_axes)
         self.update_fn = dp.compile(update, (R, S), (R, R), donate_argnums=(0,))
 
     def rollout(self, state, ref_params, rm_params, query_BxQ, query_mask_BxQ,
@@ -149,7 +149,8 @@ class PPOTrainer:
 
     def train(self, *, params, ref_params, rm_params, queries: QuerySource, workdir: str | None,
               writer: metrics_lib.MetricsWriter | None = None, gold_fn: Callable | None = None,
-              decode: Callable | None = None, stop_after: int | None = None, stage: str = STAGE):
+              decode: Callable | None = None, stop_after: int | None = None, stage: str = STAGE,
+              online=None):
         """Runs (or resumes) the PPO stage; returns `(params, summary)`.
 
         `gold_fn(query_BxQ, query_mask_BxQ, processed_BxR) -> scores_B` (host)
@@ -157,10 +158,18 @@ class PPOTrainer:
         `ppo.reward_source="gold"`. `decode(ids) -> str` renders samples.
         `stop_after` ends the loop after that many updates in this call (tests,
         simulating a kill); a relaunch resumes from the last checkpoint.
+        `online` (an `rlhf_jax.online.OnlineCollector`) collects labels and
+        retrains the RM before the updates it is `due` at, checkpointing first;
+        PPO then continues against the new RM (Ziegler 2.3).
         """
         cfg, dp = self.cfg, self.dp
         n = num_updates(cfg.ppo)
-        state = init_state(params, self.optimizer, cfg)
+        if dp.mode == "mesh":
+            # Params placed split along fsdp and the optimizer state created split
+            # (jit with out_shardings): no host or device holds a full copy of it.
+            state = dp.init(lambda p: init_state(p, self.optimizer, cfg), dp.replicate(params))
+        else:
+            state = init_state(params, self.optimizer, cfg)
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints", stage)) if workdir else None
         start = 0
         if ckpt is not None:
@@ -170,11 +179,15 @@ class PPOTrainer:
                 if meta.get("finished"):
                     logging.info("%s: finished at update %d; nothing to do", stage, start)
                     ckpt.close()
-                    return state.params, {"updates": start, "resumed": True}
+                    return parallel.host_complete(state.params), {"updates": start,
+                                                                  "resumed": True}
                 logging.info("%s: resuming at update %d of %d", stage, start, n)
                 if writer is not None:
                     writer.resume(stage, start)
-        state = dp.replicate(state)
+        if dp.mode == "pmap":  # mesh: already placed by dp.init or the restore
+            state = dp.replicate(state)
+        if online is not None:
+            rm_params = online.start(start)  # the newest online round's RM, on resume
         ref_r, rm_r = dp.replicate(ref_params), dp.replicate(rm_params if rm_params else {})
         progress = metrics_lib.Progress(n, stage, unit="update", initial=start)
         deferred = metrics_lib.DeferredMetrics()
@@ -194,6 +207,15 @@ class PPOTrainer:
 
         with PreemptionHandler() as preempt:
             while update < n:
+                if online is not None and online.due(update):
+                    if ckpt is not None:
+                        ckpt.wait()  # the checkpoint at `update` is the round's resume point
+                    new_rm = online.collect(update, dp.unreplicate(state).params,
+                                            preempt.should_stop)
+                    if new_rm is None:  # stopped (SIGTERM) mid-round; a relaunch redoes it
+                        break
+                    rm_r = dp.replicate(new_rm)
+                    t_last = time.perf_counter()
                 q_BxQ, qm_BxQ = queries.batch(update, cfg.ppo.batch_size)
                 ro, processed, gold_B = self.rollout(state, ref_r, rm_r, q_BxQ, qm_BxQ, gold_fn)
                 state, stats = self.update_fn(state, ro)
@@ -219,7 +241,8 @@ class PPOTrainer:
                 stopping = preempt.should_stop(update) or (
                     stop_after is not None and update - start >= stop_after)
                 if ckpt is not None and (update % cfg.ppo.checkpoint_every == 0 or update == n
-                                         or stopping):
+                                         or stopping or (online is not None
+                                                         and online.due(update))):
                     ready = deferred.flush()
                     if ready is not None and ready[1][2]:
                         log(ready[0], {**ready[1][0], **ready[1][1]})
@@ -237,8 +260,10 @@ class PPOTrainer:
             ckpt.wait()
             ckpt.close()
         final = dp.unreplicate(state)
-        return final.params, {"updates": update, "history": history, "kl_state": final.kl,
-                              "preempted": update < n}
+        # Multi-host FSDP: full host copies for export (a collective on every process).
+        return parallel.host_complete(final.params), {
+            "updates": update, "history": history, "kl_state": final.kl,
+            "preempted": update < n}
 
     def _log_samples(self, writer, update, ro, processed, gold_B, decode, stage, kl_coef):
         dp = self.dp

@@ -47,6 +47,11 @@ FULL_SIZES = {
     "tldr": {"reward_steps": 46000 // 16, "ppo_updates": 1_000_000 // 32},
     # 92,832 comparisons cut to whole batches of 64 -> 1450 steps; SFT 116,722 // 128.
     "stiennon_tldr": {"reward_steps": 1450, "ppo_updates": 1_000_000 // 512, "sft_steps": 911},
+    # TPU pod variants: the paper's PPO batch per size (512 / 256), on the slice's chips.
+    "stiennon_tldr_1b3_pod": {"reward_steps": 1450, "ppo_updates": 1_000_000 // 512,
+                              "sft_steps": 911, "devices": 16},
+    "stiennon_tldr_6b7_pod": {"reward_steps": 1450, "ppo_updates": 1_000_000 // 256,
+                              "sft_steps": 911, "devices": 32},
 }
 RUNLOCAL_SIZES = {
     "mock_sentiment": {"reward_steps": 128 // 16, "ppo_updates": 192 // 32},
@@ -56,6 +61,8 @@ RUNLOCAL_SIZES = {
     "cnndm": {"reward_steps": 4, "ppo_updates": 3},
     "tldr": {"reward_steps": 4, "ppo_updates": 3},
     "stiennon_tldr": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
+    "stiennon_tldr_1b3_pod": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
+    "stiennon_tldr_6b7_pod": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
 }
 
 
@@ -76,12 +83,14 @@ def test_full_config_loads_and_resolves(name):
     c = get_config(name)
     assert isinstance(c, ml_collections.ConfigDict)
     assert c.name == name
+    # A pod config names its slice's device count (its mesh needs it); others run anywhere.
+    device_counts = (c.parallel.num_devices,) if c.parallel.num_devices else (1, 4)
     if c.labels.source == "file":
         # No labels.path: the config names the missing field before any work.
         with pytest.raises(ValueError, match=r"labels\.path"):
-            config_lib.resolve(c, 1)
+            config_lib.resolve(c, device_counts[0])
         c = with_label_file(c)
-    for devices in (1, 4):
+    for devices in device_counts:
         derived = config_lib.resolve(c, devices)
         assert derived["devices"] == devices
         for key, value in FULL_SIZES[name].items():
@@ -181,6 +190,9 @@ SWITCH_CASES = {
                ("reward=rm", {"ppo.reward_source": "rm"})],
     "labels": [("labels=96", {"labels.num_train": 96})],
     "seed": [("seed=7", {"seed": 7})],
+    "online": [("online=mock", {"labels.online.enabled": True, "labels.online.labeler": "mock"}),
+               ("online=human", {"labels.online.enabled": True,
+                                 "labels.online.labeler": "human"})],
 }
 
 

@@ -57,6 +57,7 @@ class GPT2Config:
     dtype: Dtype = jnp.float32  # compute dtype (bfloat16 on TPU)
     param_dtype: Dtype = jnp.float32  # master weights
     remat: bool = False  # rematerialise each block in the backward pass
+    kv_cache_dtype: Dtype | None = None  # sampler's KV cache (None: the compute dtype)
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
@@ -91,8 +92,13 @@ class GPT2Output:
 
 
 def init_cache(config: GPT2Config, batch_size: int, max_length: int, dtype: Dtype | None = None):
-    """An empty KV cache: per layer `k`, `v` of shape [B, S, H, head_dim]."""
-    dtype = dtype or config.dtype
+    """An empty KV cache: per layer `k`, `v` of shape [B, S, H, head_dim].
+
+    dtype: `dtype`, else `config.kv_cache_dtype`, else the compute dtype. A
+    bfloat16 cache under float32 compute halves its memory; keys and values
+    are rounded to bfloat16 as they are written and read back in the compute dtype.
+    """
+    dtype = dtype or config.kv_cache_dtype or config.dtype
     shape = (batch_size, max_length, config.n_head, config.head_dim)
     return {
         f"h_{i}": {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
@@ -269,7 +275,8 @@ class GPT2Model(nn.Module):
         return GPT2Output(logits=None, hidden_states=tuple(hidden), cache=new_cache)
 
     def embedding(self):
-        return self.variables["params"]["wte"]["embedding"]
+        # Unboxed as `self.param` would be (an FSDP shard is gathered here).
+        return nn.unbox(self.variables["params"]["wte"]["embedding"])
 
 
 class GPT2LMHeadModel(nn.Module):
@@ -287,7 +294,8 @@ class GPT2LMHeadModel(nn.Module):
         return out.replace(logits=self.lm_logits(out.hidden_states[-1]))
 
     def lm_logits(self, h_BxTxD):
-        wte = self.transformer.variables["params"]["wte"]["embedding"]
+        # Unboxed as `self.param` would be (an FSDP shard is gathered here).
+        wte = nn.unbox(self.transformer.variables["params"]["wte"]["embedding"])
         return jnp.einsum("btd,vd->btv", h_BxTxD, wte.astype(self.config.dtype)).astype(
             jnp.float32
         )

@@ -138,7 +138,8 @@ class PolicyWithValueHead(nn.Module):
         return out.replace(logits=self.lm_logits(h_BxTxD)), self.value_head(h_BxTxD.astype(jnp.float32))[..., 0]
 
     def lm_logits(self, h_BxTxD):
-        wte = self.transformer.variables["params"]["wte"]["embedding"]
+        # Unboxed as `self.param` would be (an FSDP shard is gathered here).
+        wte = nn.unbox(self.transformer.variables["params"]["wte"]["embedding"])
         return jnp.einsum("btd,vd->btv", h_BxTxD, wte.astype(self.config.dtype)).astype(jnp.float32)
 
 

@@ -1,0 +1,326 @@
+"""Per-device memory of a config on its mesh, computed from shapes alone.
+
+`launch.py --dry_run` prints `format_report(report(cfg, num_devices))`: for
+each model of the PPO stage (policy, value, reference, reward model) its
+params and optimizer state per device after FSDP splitting, then the PPO
+update's activations, gradients and gathered weights, the rollout's KV cache,
+and the peak. Nothing is allocated: param shapes come from `jax.eval_shape`
+of the models' `init`, the split of each leaf from `fsdp.shard_dim`, the rest
+from the formulas below.
+
+The activation model counts, per token and block, 19 `D`-wide tensors in the
+compute dtype and 3 `H x T` float32 attention tensors (scores, masked scores,
+probabilities) kept for the backward pass. The backward pass's own inputs
+are 12 `D` (the block input, layer-norm outputs, q/k/v, the attention output,
+the residual, the 4D-wide input of the checkpointed gelu); XLA keeps about 7
+more (centred layer-norm inputs, pre-bias sums): 19 is the per-layer slope of
+XLA's CPU temp size, and `tests/test_memory.py` checks the whole update
+against `compiled.memory_analysis()`. TPU fuses more, so the estimate errs
+high there; XLA's CPU backend computes bfloat16 elementwise math in float32,
+so the halving bfloat16 compute brings is a TPU number too.
+
+Without remat the gradients are counted full size and, under FSDP, every
+trained weight gathered (all live until the update, as on CPU). With
+`model.remat` only each block's input is kept, one block is recomputed at a
+time, and (FSDP) a block's weights are gathered again in the backward pass and
+its gradients reduce-scattered as they are made: two blocks' weights and
+gradients in flight. XLA's CPU backend does not realise the remat saving (its
+temp size is the same with and without), so that half is modelled for TPU and
+is not checkable here; `compiled_update_step` asks the compiler of the
+machine it runs on (a TPU VM gives the TPU's numbers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import fsdp
+from rlhf_jax.models.gpt2 import _SIZES, GPT2Config, GPT2LMHeadModel
+from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel, ValueModel
+
+_BYTES = {"float32": 4, "bfloat16": 2}
+GPT2_VOCAB = 50257
+# Per token and layer: D-wide tensors kept for the backward pass, and H x T ones.
+BLOCK_D_TENSORS = 19
+BLOCK_HT_TENSORS = 3
+# The LM head's float32 [rows, R, V] tensors: logits, log-softmax, probabilities, gradient.
+HEAD_V_TENSORS = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelMemory:
+    """One model's per-device bytes: params and (trained models) Adam state."""
+
+    name: str
+    trained: bool
+    num_params: int
+    params: int  # bytes per device, after fsdp splitting
+    optimizer: int  # Adam m and v, split like the params; 0 when frozen
+    full_params: int  # bytes of one unsplit copy (what gathering materialises)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Per-device bytes of the PPO stage for a config on a (data x fsdp) mesh."""
+
+    mesh: tuple[int, int]  # (data, fsdp)
+    arch: str  # where the model dims came from
+    models: tuple[ModelMemory, ...]
+    update_rows: int  # PPO minibatch rows per device
+    rollout_rows: int  # rollout rows per device
+    context: int  # query + response tokens
+    activations: int  # PPO update: forward activations kept for the backward pass
+    gradients: int  # trained models' gradients (full size until reduce-scattered)
+    gathered: int  # FSDP: weights all-gathered for the update beyond the local slices
+    batch: int  # the rollout batch all-gathered for the minibatch permutation
+    kv_cache: int  # rollout sampling's KV cache
+    rollout_activations: int  # rollout: scoring passes' intermediates (+ gathered blocks)
+    remat: bool = False
+
+    @property
+    def params(self) -> int:
+        return sum(m.params for m in self.models)
+
+    @property
+    def optimizer(self) -> int:
+        return sum(m.optimizer for m in self.models)
+
+    @property
+    def update_step(self) -> int:
+        """The PPO update's footprint: its arguments (trained params, optimizer
+        state) plus its temporaries. What `memory_analysis()` of the compiled
+        update reports as argument + temp bytes."""
+        trained = sum(m.params + m.optimizer for m in self.models if m.trained)
+        return trained + self.activations + self.gradients + self.gathered + self.batch
+
+    @property
+    def peak(self) -> int:
+        """Every model resident, plus the larger of the update's and the rollout's temporaries."""
+        update_temp = self.activations + self.gradients + self.gathered + self.batch
+        rollout_temp = self.kv_cache + self.rollout_activations
+        return self.params + self.optimizer + max(update_temp, rollout_temp)
+
+
+def model_config(cfg) -> tuple[GPT2Config, str]:
+    """The GPT-2 architecture the config runs, without loading weights, and its source.
+
+    A known size name (`gpt2`, ..., `stiennon-6.7b`) or a local Hugging Face
+    directory gives the dims; otherwise (a random init, a pretrain stage, or a
+    hub name not on disk) the `model.*` fields do.
+    """
+    m = cfg.model
+    dtypes = dict(dtype=getattr(jnp, m.dtype), param_dtype=getattr(jnp, m.param_dtype),
+                  remat=m.remat)
+    stages = cfg.stages.split(",")
+    name = m.name_or_path
+    if m.init != "scratch" and "pretrain" not in stages and name:
+        if name in _SIZES:
+            return GPT2Config.from_name(name, **dtypes), f"{name} (known size)"
+        path = os.path.join(name, "config.json")
+        if os.path.isfile(path):
+            from rlhf_jax.models.hf import config_from_hf
+
+            with open(path) as f:
+                return config_from_hf(json.load(f), source=path, **dtypes), path
+    vocab = cfg.pretrain.vocab_size if m.tokenizer == "synthetic" else GPT2_VOCAB
+    config = GPT2Config(vocab_size=vocab, n_positions=m.n_positions, n_embd=m.n_embd,
+                        n_layer=m.n_layer, n_head=m.n_head, **dtypes)
+    return config, "model.n_embd / n_layer / n_head / n_positions"
+
+
+def param_shapes(module) -> dict:
+    """The params of a Flax model as `ShapeDtypeStruct`s (`jax.eval_shape`: no allocation)."""
+    ids = jnp.zeros((1, 2), jnp.int32)
+    return jax.eval_shape(module.init, jax.random.key(0), ids)["params"]
+
+
+def split_bytes(shapes, fsdp_size: int) -> tuple[int, int, int]:
+    """`(num_params, bytes per device after splitting, unsplit bytes)` of a param tree."""
+    count = per_device = full = 0
+    for x in jax.tree.leaves(shapes):
+        n = int(np.prod(x.shape))
+        nbytes = n * jnp.dtype(x.dtype).itemsize
+        count, full = count + n, full + nbytes
+        split = fsdp.shard_dim(x.shape, x.dtype, fsdp_size) is not None
+        per_device += nbytes // fsdp_size if split else nbytes
+    return count, per_device, full
+
+
+def _model(name, shapes, fsdp_size, trained) -> ModelMemory:
+    count, per_device, full = split_bytes(shapes, fsdp_size)
+    return ModelMemory(name=name, trained=trained, num_params=count, params=per_device,
+                       optimizer=2 * per_device if trained else 0, full_params=full)
+
+
+def block_bytes_per_token(config: GPT2Config, context: int) -> int:
+    """Bytes one transformer block keeps per token for its backward pass (no remat)."""
+    compute = jnp.dtype(config.dtype).itemsize
+    return (BLOCK_D_TENSORS * config.n_embd * compute
+            + BLOCK_HT_TENSORS * config.n_head * context * 4)
+
+
+def block_param_bytes(config: GPT2Config) -> int:
+    """Bytes of one block's weights in the param dtype."""
+    d = config.n_embd
+    return (12 * d * d + 13 * d) * jnp.dtype(config.param_dtype).itemsize
+
+
+def report(cfg, num_devices: int) -> Report:
+    """The per-device memory of the config's PPO stage on `num_devices` devices.
+
+    Reads `model.*`, `parallel.mode`, `parallel.fsdp`, `task.query_length`,
+    `task.response_length`, `ppo.batch_size`, `ppo.nminibatches`,
+    `ppo.value_model`, `ppo.reward_source`, `reward.head`. The config must have
+    passed `config_lib.resolve` (sizes divide).
+    """
+    f = cfg.parallel.fsdp if cfg.parallel.mode == "mesh" else 1
+    config, arch = model_config(cfg)
+    q, r = cfg.task.query_length, cfg.task.response_length
+    context = q + r
+    separate = cfg.ppo.value_model == "separate"
+    lm = param_shapes(GPT2LMHeadModel(config))  # {"transformer": ...}
+    if separate:  # Stiennon: the LM, and a value network from the reward model
+        models = [_model("policy", lm, f, True),
+                  _model("value", param_shapes(ValueModel(config, head=cfg.reward.head)), f,
+                         True)]
+    else:  # Ziegler: one trunk with the LM head and a value head
+        models = [_model("policy + value head", param_shapes(PolicyWithValueHead(config)), f,
+                         True)]
+    models.append(_model("reference", lm, f, False))
+    if cfg.ppo.reward_source == "rm":
+        models.append(_model("reward model",
+                             param_shapes(RewardModel(config, head=cfg.reward.head)), f, False))
+
+    compute = jnp.dtype(config.dtype).itemsize
+    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
+    trunks = 2 if separate else 1
+    batch = cfg.ppo.batch_size
+    rows = batch // cfg.ppo.nminibatches // num_devices
+    tokens = rows * context
+    per_block = block_bytes_per_token(config, context)
+    if config.remat:
+        kept = trunks * layers * tokens * d * compute + tokens * per_block
+    else:
+        kept = trunks * layers * tokens * per_block
+    # Embedding sum, final layer norm in and out, per trunk; the LM head on R positions.
+    activations = (kept + trunks * 3 * tokens * d * compute
+                   + HEAD_V_TENSORS * rows * r * vocab * 4)
+    trained = [m for m in models if m.trained]
+    param_bytes = jnp.dtype(config.param_dtype).itemsize
+    embeddings = (vocab + config.n_positions) * d * param_bytes  # wte + wpe, unsplit
+    # A block's weights gathered and prefetched, and its full-size gradients before
+    # the reduce-scatter: two blocks' worth per trained trunk, plus the embeddings.
+    in_flight = trunks * (2 * block_param_bytes(config) + embeddings)
+    if config.remat:  # backward block by block: gradients leave as they are made
+        gradients = sum(m.params for m in trained) + in_flight
+        gathered = in_flight if f > 1 else 0
+    else:  # everything kept for the backward pass, gradients full size until the update
+        gradients = sum(m.full_params for m in trained)
+        gathered = sum(m.full_params - m.params for m in trained)
+    # The rollout all-gathered for the global permutation: query, mask (int32),
+    # response, mask, logprobs, values, advantages, returns (4 bytes each).
+    batch_bytes = batch * (2 * q + 6 * r) * 4
+    rollout_rows = batch // num_devices
+    kv_dtype = getattr(jnp, cfg.model.kv_cache_dtype or cfg.model.dtype)
+    kv = 2 * layers * rollout_rows * context * d * jnp.dtype(kv_dtype).itemsize
+    # Scoring passes over the whole context keep about one block's intermediates at
+    # a time, plus the LM head on R positions.
+    rollout_act = rollout_rows * context * per_block + 3 * rollout_rows * r * vocab * 4
+    if f > 1:  # forward only: a block's weights are dropped after their use
+        rollout_act += 2 * block_param_bytes(config) + embeddings
+    return Report(mesh=(num_devices // f, f), arch=arch, models=tuple(models),
+                  update_rows=rows, rollout_rows=rollout_rows, context=context,
+                  activations=activations, gradients=gradients, gathered=gathered,
+                  batch=batch_bytes, kv_cache=kv, rollout_activations=rollout_act,
+                  remat=config.remat)
+
+
+def compiled_update_step(cfg, dp) -> tuple[int, object]:
+    """XLA's own per-device footprint of the config's PPO update on `dp`'s devices.
+
+    Compiles the real update step (`ppo.make_update_step` under `dp.compile`)
+    for abstract inputs: nothing is allocated, and on a TPU VM this gives the
+    TPU compiler's numbers for a pod config. Returns `(argument + temp bytes,
+    the `memory_analysis()` object)`.
+    """
+    from rlhf_jax import parallel
+    from rlhf_jax.ppo import Rollout, make_update_step
+    from rlhf_jax.rollout import PPOModels
+    from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+
+    config, _ = model_config(cfg)
+    if cfg.ppo.value_model == "separate":
+        lm = GPT2LMHeadModel(config)
+        value = ValueModel(config, head=cfg.reward.head)
+        models = PPOModels(policy=lm, reference=lm, value=value)
+        params = {"policy": param_shapes(lm), "value": param_shapes(value)}
+    else:
+        policy = PolicyWithValueHead(config)
+        models = PPOModels(policy=policy, reference=GPT2LMHeadModel(config))
+        params = {"policy": param_shapes(policy)}
+    optimizer = make_optimizer(cfg.ppo)
+    step = dp.compile(make_update_step(models.apply_policy_value, optimizer, hparams(cfg),
+                                       dp.batch_axes),
+                      (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP),
+                      donate_argnums=(0,))
+    state = jax.eval_shape(lambda p: init_state(p, optimizer, cfg), params)
+    b, q, r = cfg.ppo.batch_size, cfg.task.query_length, cfg.task.response_length
+    if dp.mode == "mesh":
+        state = dp.placed_shapes(state)
+        rows = jax.sharding.NamedSharding(dp.mesh, jax.sharding.PartitionSpec(dp.batch_axes))
+        lead = (b,)
+    else:  # pmap: a leading device axis
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((dp.num_devices, *x.shape), x.dtype),
+                             state)
+        rows, lead = None, (dp.num_devices, b // dp.num_devices)
+
+    def arr(*shape, dtype=jnp.float32):
+        return jax.ShapeDtypeStruct(lead + shape, dtype, sharding=rows)
+
+    i32 = jnp.int32
+    rollout = Rollout(query_BxQ=arr(q, dtype=i32), query_mask_BxQ=arr(q, dtype=i32),
+                      response_BxR=arr(r, dtype=i32), response_mask_BxR=arr(r, dtype=i32),
+                      logprobs_BxR=arr(r), ref_logprobs_BxR=arr(r), values_BxR=arr(r),
+                      scores_B=arr(), score_index_B=arr(dtype=i32))
+    analysis = step.lower(state, rollout).compile().memory_analysis()
+    return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
+
+
+def format_report(rep: Report) -> str:
+    """The table `launch.py --dry_run` prints (GiB, or MiB when the peak is under 1 GiB)."""
+    scale, unit = (2**30, "GiB") if rep.peak >= 2**30 else (2**20, "MiB")
+
+    def size(n: int) -> str:
+        return f"{n / scale:10.2f} {unit}"
+
+    data, f = rep.mesh
+    lines = [f"memory per device, PPO stage, mesh data={data} x fsdp={f} "
+             f"(dims from {rep.arch}):",
+             f"  {'model':<22}{'params':>15}{'Adam state':>15}{'parameters':>16}"]
+    for m in rep.models:
+        lines.append(f"  {m.name:<22}{size(m.params):>15}{size(m.optimizer):>15}"
+                     f"{m.num_params:>16,}")
+    lines += [
+        f"  {'all models':<22}{size(rep.params):>15}{size(rep.optimizer):>15}",
+        f"  update activations    {size(rep.activations)}   {rep.update_rows} rows x "
+        f"{rep.context} tokens per device",
+        f"  update gradients      {size(rep.gradients)}   "
+        + ("local slices + two blocks in flight (remat)" if rep.remat
+           else "full size until the update"),
+        f"  fsdp gathered weights {size(rep.gathered)}   "
+        + ("two blocks + embeddings per trunk (remat)" if rep.remat
+           else "every trained weight, kept for the backward pass"),
+        f"  gathered rollout      {size(rep.batch)}",
+        f"  rollout KV cache      {size(rep.kv_cache)}   {rep.rollout_rows} rows x "
+        f"{rep.context} tokens per device",
+        f"  rollout activations   {size(rep.rollout_activations)}",
+        f"  update step           {size(rep.update_step)}   trained state + update temporaries",
+        f"  peak                  {size(rep.peak)}   all models + the larger phase",
+    ]
+    return "\n".join(lines)

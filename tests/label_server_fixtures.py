@@ -1,0 +1,83 @@
+"""Helpers for the label server tests: a live server on 127.0.0.1, an HTTP client, items."""
+
+import contextlib
+import http.cookiejar
+import json
+import threading
+import urllib.error
+import urllib.request
+
+from werkzeug.serving import make_server
+
+from rlhf_jax.label_server import Item, Response, create_app
+
+
+@contextlib.contextmanager
+def serve(db, **app_kwargs):
+    """The app on a free port of 127.0.0.1 (werkzeug, threaded); yields its base URL."""
+    server = make_server("127.0.0.1", 0, create_app(db, **app_kwargs), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+class Client:
+    """A small HTTP client with its own cookie jar. `call` returns (status, body,
+    headers); bodies of JSON responses are parsed."""
+
+    def __init__(self, base: str):
+        self.base = base
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+
+    def call(self, method: str, path: str, body=None, *, headers=None, raw: bytes | None = None):
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        hdrs = dict(headers or {})
+        if body is not None:
+            hdrs.setdefault("Content-Type", "application/json")
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=hdrs)
+        try:
+            with self.opener.open(req, timeout=30) as res:
+                status, payload, res_headers = res.status, res.read(), res.headers
+        except urllib.error.HTTPError as e:
+            status, payload, res_headers = e.code, e.read(), e.headers
+        if res_headers.get_content_type() == "application/json":
+            payload = json.loads(payload)
+        else:
+            payload = payload.decode()
+        return status, payload, res_headers
+
+    def get(self, path, **kw):
+        return self.call("GET", path, **kw)
+
+    def post(self, path, body=None, **kw):
+        return self.call("POST", path, body, **kw)
+
+
+def piece(t: int) -> str:
+    """The display text of token t in these tests."""
+    return f" w{t}"
+
+
+def decode(ids) -> str:
+    return "".join(piece(t) for t in ids)
+
+
+def token_item(query, responses, label_type="best_of_n") -> Item:
+    """A token item whose pieces are `piece(t)`."""
+    return Item(label_type, decode(query),
+                tuple(Response(decode(r), tuple(piece(t) for t in r), tuple(r))
+                      for r in responses),
+                query_tokens=tuple(query))
+
+
+def best_of_4_items(n: int, start: int = 0) -> list[Item]:
+    """n best-of-4 token items with distinct tokens (< 1000)."""
+    return [token_item([10 + i, 11 + i, 12 + i],
+                       [[100 + 10 * i + j, 200 + j, 300 + i][: 1 + (i + j) % 3] for j in range(4)])
+            for i in range(start, start + n)]
