@@ -569,15 +569,21 @@ def write_labels_jsonl(path, labels: Labels) -> None:
     pass it again to `read_labels_jsonl`. Floats are written exactly (float32
     values survive the round trip bit for bit).
     """
+    write_text_atomic(path, "".join(
+        json.dumps(_record_to_json(labels, i), separators=(",", ":")) + "\n"
+        for i in range(len(labels))))
+
+
+def write_text_atomic(path, text: str) -> None:
+    """`text` to `path` via a temporary file in the same directory and
+    `os.replace`: a crash leaves the old file or the new one, never a partial one."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
                                suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for i in range(len(labels)):
-                f.write(json.dumps(_record_to_json(labels, i), separators=(",", ":")))
-                f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

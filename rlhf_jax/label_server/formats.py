@@ -28,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from typing import Callable, Iterable, Optional
 
 from rlhf_jax.data import labels as labels_lib
@@ -37,24 +36,6 @@ from rlhf_jax.label_server.db import (Answer, Conflict, Item, LabelDB, LabelErro
                                       word_pieces)
 
 IMPORT_LABELER = "import"  # labeller id of imported answers that name none
-
-
-def _write_atomic(path, text: str) -> None:
-    """`text` to `path` via a temporary file and `os.replace`: never a partial file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _spans_by_response(answer: Answer, k: int) -> list[list[dict]]:
@@ -177,7 +158,7 @@ def export_lhp(db: LabelDB, path, *, batch: Optional[str] = None, **kwargs) -> i
     Returns the number of records.
     """
     records = lhp_records(db.answers(batch=batch), **kwargs)
-    _write_atomic(path, json.dumps(records, separators=(",", ":")) + "\n")
+    labels_lib.write_text_atomic(path, json.dumps(records, separators=(",", ":")) + "\n")
     return len(records)
 
 
@@ -190,7 +171,7 @@ def export_sff(db: LabelDB, path, *, batch: Optional[str] = None, split: str = "
     if not pairs:
         raise ValueError("no answered items to export")
     records = sff_records(pairs, split=split)
-    _write_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    labels_lib.write_text_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     return len(records)
 
 
