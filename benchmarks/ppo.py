@@ -281,8 +281,17 @@ def _word_level_tokenizer(vocab: int):
                                    eos_token=str(vocab - 1))
 
 
-def bench_trl(cfg, hf_lm, head_Dx1, shape: Shape, queries_BxQ, value: str, iters: int) -> Clock:
-    """TRL's last PPO iteration of `iters` (its `train()` loop, one batch each)."""
+def bench_trl(cfg, hf_lm, head_Dx1, shape: Shape, queries_BxQ, value: str, iters: int,
+              micro_batch: int | None = None) -> Clock:
+    """TRL's last PPO iteration of `iters` (its `train()` loop, one batch each).
+
+    `micro_batch` < the minibatch runs each minibatch as gradient accumulation
+    over micro-batches: the same update, less activation memory.
+    """
+    micro = micro_batch or shape.batch // shape.nminibatches
+    if (shape.batch // shape.nminibatches) % micro:
+        raise ValueError(f"--trl_micro_batch={micro} does not divide the minibatch "
+                         f"{shape.batch // shape.nminibatches}")
     from transformers import TrainerCallback
 
     PPOConfig, PPOTrainer = trl_ppo()
@@ -305,7 +314,8 @@ def bench_trl(cfg, hf_lm, head_Dx1, shape: Shape, queries_BxQ, value: str, iters
 
     with tempfile.TemporaryDirectory() as out:
         args = PPOConfig(
-            output_dir=out, per_device_train_batch_size=shape.batch, gradient_accumulation_steps=1,
+            output_dir=out, per_device_train_batch_size=micro,
+            gradient_accumulation_steps=shape.batch // shape.nminibatches // micro,
             num_mini_batches=shape.nminibatches, num_ppo_epochs=shape.noptepochs,
             total_episodes=shape.batch * iters, local_rollout_forward_batch_size=shape.batch,
             response_length=shape.response, temperature=shape.temperature, stop_token=None,
@@ -424,10 +434,13 @@ def run_ours(cfg, shape: Shape, value: str, iters: int) -> dict:
     return bench_ours(cfg, trunk, head, shape, make_queries(cfg, shape), value, iters)
 
 
-def run_baseline(kind: str, cfg, shape: Shape, value: str, iters: int) -> Clock:
+def run_baseline(kind: str, cfg, shape: Shape, value: str, iters: int,
+                 trl_micro_batch: int | None = None) -> Clock:
     hf_lm, _, head = build_weights(cfg)
-    bench = bench_trl if kind == "trl" else bench_torch
-    return bench(cfg, hf_lm, head, shape, make_queries(cfg, shape), value, iters)
+    if kind == "trl":
+        return bench_trl(cfg, hf_lm, head, shape, make_queries(cfg, shape), value, iters,
+                         trl_micro_batch)
+    return bench_torch(cfg, hf_lm, head, shape, make_queries(cfg, shape), value, iters)
 
 
 def in_subprocess(fn, *args):
@@ -444,13 +457,17 @@ def main():
                         help="a tiny model: a seconds-long smoke run")
     parser.add_argument("--value", choices=("shared", "separate"), default="shared",
                         help="our value model: Ziegler's shared head or Stiennon's separate "
-                             "net (at the full shape the separate net's update alone needs "
-                             "~16 GB of XLA temp buffers on CPU; shared: ~10 GB)")
+                             "net (at the full shape the separate net's update needs ~14 GB "
+                             "of XLA temp buffers on CPU; shared: ~7.5 GB)")
     parser.add_argument("--iters", type=int, default=None,
                         help="iterations per side, the last one timed (default: 1, --small: 2)")
     parser.add_argument("--baseline", choices=("trl", "torch"), default="trl",
                         help="trl: TRL's PPOTrainer (falls back to torch if it cannot run); "
                              "torch: the hand-written PyTorch iteration")
+    parser.add_argument("--trl_micro_batch", type=int, default=None,
+                        help="TRL: gradient accumulation over micro-batches of this size "
+                             "(the same update; at the full shape TRL's 64-row minibatch "
+                             "needs more than 23 GB, so 16 fits a 24 GB machine)")
     args = parser.parse_args()
 
     import torch
@@ -497,10 +514,12 @@ def main():
         import trl
 
         name = f"TRL {trl.__version__} PPOTrainer (separate value model, always)"
+        if args.trl_micro_batch:
+            name += f", micro-batches of {args.trl_micro_batch}"
     else:
         name = f"hand-written PyTorch PPO ({args.value} value)"
     print(f"load average {os.getloadavg()[0]:.1f}; running {name} ...", flush=True)
-    base = run(run_baseline, baseline, cfg, shape, args.value, iters)
+    base = run(run_baseline, baseline, cfg, shape, args.value, iters, args.trl_micro_batch)
     print(f"{name}, iteration {iters} of {iters}: {base.wall:.2f} s wall, {base.cpu:.2f} CPU s "
           f"=> {shape.batch / base.wall:.3f} episodes/s, "
           f"{shape.batch / base.cpu:.3f} episodes per CPU-second")
