@@ -4,7 +4,9 @@ With no flags it runs the offline default, `configs/mock_sentiment.py`
 (Ziegler's mock-sentiment experiment in miniature, no network), into a fresh
 directory under ./runs/. Relaunching with the same --workdir resumes; a
 finished workdir does no new work. `--dry_run` prints the resolved config and
-derived sizes and exits.
+derived sizes and exits. `--sweep=configs/sweeps/NAME.py[:runlocal]` runs a
+sweep's members (each resumable the same way) and aggregates its figures
+(`rlhf_jax/sweep.py`).
 """
 
 import datetime
@@ -23,6 +25,9 @@ config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config fi
 flags.DEFINE_string("workdir", None, "Output directory (default: ./runs/<config>-<time>).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and derived sizes, then exit.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config or data error.")
+flags.DEFINE_string("sweep", None, "Sweep file[:runlocal] (configs/sweeps/NAME.py): run its "
+                    "members under --workdir/runs, aggregate into --workdir/NAME and "
+                    "results/NAME; --config is not used (see rlhf_jax/sweep.py).")
 
 
 def main(argv):
@@ -37,6 +42,15 @@ def main(argv):
     workdir = flags.FLAGS.workdir or os.path.join(
         "runs", f"{cfg.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     try:
+        if flags.FLAGS.sweep:
+            from rlhf_jax import sweep as sweep_lib
+
+            spec = sweep_lib.load_sweep(flags.FLAGS.sweep)
+            sweep_dir = flags.FLAGS.workdir or os.path.join("runs", "sweeps")
+            print(f"sweep {spec.name}: workdir {os.path.abspath(sweep_dir)}", flush=True)
+            sweep_lib.run_sweep(spec, sweep_dir, dry_run=flags.FLAGS.dry_run,
+                                results_dir=os.path.join(_HERE, "results"))
+            return
         if flags.FLAGS.dry_run:
             import jax
 

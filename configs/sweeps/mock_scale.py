@@ -1,0 +1,184 @@
+"""The "sweep scale" every sweep in this directory shares (a helper, not a sweep).
+
+The offline default (`configs/mock_sentiment.py`) takes ~15-25 min a run on
+2 CPU cores; the figures need ~90 runs. So the sweeps run the same pipeline
+and task at a smaller scale, and share work through runs every sweep names
+identically (`rlhf_jax.sweep`: a run is trained once per --workdir):
+
+  base            tokenizer + GPT-2 (width 64, 2 layers) pretrained on 10k
+                  synthetic stories, and one pool of mock best-of-4 labels
+                  (VADER gold) of the largest N plus a held-out set, sampled
+                  from that model. Smaller N are the pool's first N records.
+  pretrain-w<W>   the same corpus and tokenizer at width W (RM scaling).
+  rm-n<N>-w<W>[-scalar_mix]-s<seed>
+                  a reward model on the first N labels, from the width-W
+                  model; at the main width and the largest N it also
+                  evaluates best-of-N against the initial policy.
+  PPO / DPO runs  start from `base`'s model; PPO copies the reward model of
+                  its own seed (`models/reward`).
+
+Seeds change RM and PPO initialisation, data order and sampling; the
+pretrained model and the label pool are shared (one pool, as Ziegler's
+offline labels), so the seed band measures training noise, not label noise.
+`runlocal` shrinks everything to a seconds-long CI run of the same graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlhf_jax.sweep import Ref, Run, grid
+
+CONFIG = "configs/mock_sentiment.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    runlocal: bool
+    seeds: tuple[int, ...]
+    width: int  # the policy's width (base model)
+    rm_widths: tuple[int, ...]  # RM scaling grid
+    label_counts: tuple[int, ...]  # Ziegler Fig. 2's N; the last is the pool size
+    rm_label_counts: tuple[int, ...]  # RM scaling grid (a subset of label_counts)
+    num_val: int
+    num_docs: int
+    rm_epochs: int
+    normalize_samples: int
+    ppo_batch: int
+    ppo_updates: int
+    kl_horizon: int
+    eval_queries: int
+    eval_batch: int
+    best_of_n: tuple[int, ...]
+    kl_coefs: tuple[float, ...]  # fixed KL coefficients (over-optimisation)
+    dpo_betas: tuple[float, ...]
+    dpo_lr: float
+    adam_updates: int  # updates shown in the Adam ablation
+
+    @property
+    def config(self) -> str:
+        return CONFIG + (":runlocal" if self.runlocal else "")
+
+    @property
+    def max_labels(self) -> int:
+        return self.label_counts[-1]
+
+
+FULL = Scale(runlocal=False, seeds=(0, 1, 2), width=64, rm_widths=(16, 32, 48, 64),
+             label_counts=(128, 256, 512, 1024), rm_label_counts=(256, 512, 1024), num_val=256,
+             num_docs=10000, rm_epochs=2, normalize_samples=128, ppo_batch=32, ppo_updates=60,
+             kl_horizon=2000, eval_queries=128, eval_batch=64, best_of_n=(1, 2, 4, 8, 16),
+             kl_coefs=(0.0, 0.02, 0.1, 0.5), dpo_betas=(0.1, 0.3, 1.0), dpo_lr=1e-4,
+             adam_updates=10)
+
+# Two seeds, tiny models: the same run graph in a couple of minutes (CI).
+RUNLOCAL = Scale(runlocal=True, seeds=(0, 1), width=32, rm_widths=(16, 32),
+                 label_counts=(32, 64), rm_label_counts=(32, 64), num_val=32, num_docs=600,
+                 rm_epochs=1, normalize_samples=32, ppo_batch=16, ppo_updates=3, kl_horizon=200,
+                 eval_queries=32, eval_batch=16, best_of_n=(1, 2), kl_coefs=(0.0, 0.1),
+                 dpo_betas=(0.1, 1.0), dpo_lr=1e-4, adam_updates=2)
+
+
+def scale(arg: str | None) -> Scale:
+    """`None` -> the sweep scale; `"runlocal"` -> the CI scale; else ValueError."""
+    if not arg:
+        return FULL
+    if arg == "runlocal":
+        return RUNLOCAL
+    raise ValueError(f"sweep argument {arg!r}: expected nothing or 'runlocal'")
+
+
+def _common(s: Scale) -> dict:
+    return {"pretrain.num_docs": s.num_docs, "model.n_layer": 2, "model.n_head": 2,
+            "log.tensorboard": False}
+
+
+def _from_base(s: Scale) -> dict:
+    """Overrides of a run that starts from a pretrained model instead of pretraining."""
+    return {**_common(s), "model.n_embd": s.width, "model.init": "pretrained",
+            "model.name_or_path": Ref("base", "models/pretrained"),
+            "model.tokenizer": Ref("base", "tokenizer")}
+
+
+def _label_pool(s: Scale, n: int) -> dict:
+    return {"labels.source": "file", "labels.format": "jsonl",
+            "labels.path": Ref("base", "labels/train.jsonl"),
+            "labels.val_path": Ref("base", "labels/val.jsonl"),
+            "labels.num_train": n, "labels.num_val": s.num_val}
+
+
+def base_run(s: Scale) -> Run:
+    return Run("base", s.config, {**_common(s), "stages": "pretrain,labels",
+                                  "model.n_embd": s.width, "labels.num_train": s.max_labels,
+                                  "labels.num_val": s.num_val})
+
+
+def width_run(s: Scale, width: int) -> Run:
+    """The pretrained model of another width (same corpus and tokenizer)."""
+    return Run(f"pretrain-w{width}", s.config,
+               {**_common(s), "stages": "pretrain", "model.n_embd": width,
+                "model.tokenizer": Ref("base", "tokenizer")})
+
+
+def rm_name(n: int, width: int, head: str = "linear") -> str:
+    return f"rm-n{n}-w{width}" + ("" if head == "linear" else f"-{head}")
+
+
+def with_bon(s: Scale, n: int, width: int, head: str) -> bool:
+    """The reward model whose eval also measures best-of-N (PPO's RM in every figure)."""
+    return n == s.max_labels and width == s.width and head == "linear"
+
+
+def rm_runs(s: Scale, n: int, width: int, head: str = "linear") -> list[Run]:
+    """Reward models on the first `n` pool labels from the width-`width` model, per seed."""
+    model = "base" if width == s.width else f"pretrain-w{width}"
+    bon = with_bon(s, n, width, head)
+    ov = {**_from_base(s), **_label_pool(s, n), "model.n_embd": width,
+          "model.name_or_path": Ref(model, "models/pretrained"),
+          "stages": "labels,reward" + (",eval" if bon else ""),
+          "reward.epochs": s.rm_epochs, "reward.head": head,
+          "reward.normalize_samples": s.normalize_samples,
+          "eval.num_queries": s.eval_queries, "eval.batch_size": s.eval_batch,
+          "eval.best_of_n": s.best_of_n if bon else ()}
+    runs = grid(rm_name(n, width, head), s.config, s.seeds, ov)
+    prereq = [base_run(s)] + ([] if width == s.width else [width_run(s, width)])
+    return prereq + runs
+
+
+def ppo_runs(s: Scale, name: str, *, rm: tuple[int, str] | None = (None, "linear"),
+             overrides: dict | None = None, stages: str = "ppo,eval") -> list[Run]:
+    """PPO from the base model, per seed; `rm=(N, head)` copies that RM of the
+    same seed (N None: the largest), `rm=None` optimises the gold reward."""
+    ov = {**_from_base(s), "stages": stages, "ppo.batch_size": s.ppo_batch,
+          "ppo.total_episodes": s.ppo_batch * s.ppo_updates, "ppo.log_every": 1,
+          "ppo.checkpoint_every": 20, "kl.horizon": s.kl_horizon,
+          "eval.num_queries": s.eval_queries, "eval.batch_size": s.eval_batch,
+          "eval.best_of_n": (), **(overrides or {})}
+    prereq = [base_run(s)]
+    copies = None
+    if rm is None:
+        ov["ppo.reward_source"] = "gold"
+    else:
+        n, head = rm[0] or s.max_labels, rm[1]
+        rm_run = rm_name(n, s.width, head)
+        prereq += rm_runs(s, n, s.width, head)
+        copies = _reward_of_seed(rm_run)
+    return prereq + grid(name, s.config, s.seeds, ov, copies=copies)
+
+
+def _reward_of_seed(rm_run: str):
+    """`copies(seed)` for `grid`: the reward model of run `rm_run` of the same seed."""
+    return lambda seed: {"models/reward": Ref(f"{rm_run}-s{seed}", "models/reward")}
+
+
+def dpo_runs(s: Scale, beta: float) -> list[Run]:
+    """DPO on the same label pool (the largest N), from the base model, per seed."""
+    ov = {**_from_base(s), **_label_pool(s, s.max_labels), "stages": "labels,dpo,eval",
+          "dpo.beta": beta, "dpo.lr": s.dpo_lr, "dpo.batch_size": s.ppo_batch,
+          "eval.num_queries": s.eval_queries, "eval.batch_size": s.eval_batch,
+          "eval.best_of_n": ()}
+    return [base_run(s)] + grid(f"dpo-beta{beta:g}", s.config, s.seeds, ov)
+
+
+def coef_name(coef: float) -> str:
+    return f"ppo-klfixed{coef:g}"

@@ -1,0 +1,64 @@
+"""Stiennon et al. 2020 Fig. 5 in miniature: over-optimising a learned reward model.
+
+    python launch.py --sweep=configs/sweeps/overoptimization.py --workdir=runs/sweeps
+    python launch.py --sweep=configs/sweeps/overoptimization.py:runlocal --workdir=/tmp/sweep_local
+
+PPO against the reward model of the largest label count with a fixed KL
+coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 3
+seeds each. RM score and gold (VADER) score against KL(policy || initial),
+along training and at the final held-out evaluation. Paper: the RM score
+keeps rising with KL while the true preference peaks and then falls. For
+coefficient 0 the run's highest-RM-score samples, with their gold score,
+go to `results/overoptimization/reward_hacking_kl0.txt`.
+"""
+
+from configs.sweeps import mock_scale
+from rlhf_jax.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point, metric,
+                            seeds_of)
+
+
+def coef_runs(s):
+    """(coef, run name, runs) per fixed KL coefficient."""
+    out = []
+    for c in s.kl_coefs:
+        name = mock_scale.coef_name(c)
+        out.append((c, name, mock_scale.ppo_runs(
+            s, name, overrides={"kl.adaptive": False, "kl.coef": c})))
+    return out
+
+
+def final_curve(s, label, coefs, y):
+    """One point per coefficient (the final eval), joined in KL order."""
+    return Curve(label, tuple(Points(seeds_of(name, s.seeds), eval_point("ppo", "kl", y))
+                              for _, name, _ in coefs))
+
+
+def get_sweep(arg=None):
+    s = mock_scale.scale(arg)
+    coefs = coef_runs(s)
+    runs = [r for _, _, rs in coefs for r in rs]
+    window = 1 if s.runlocal else 5
+
+    def along(y):
+        return tuple(Curve(f"beta = {c:g}", (Points(seeds_of(name, s.seeds),
+                                                    metric("ppo", "objective/kl", y,
+                                                           window=window)),))
+                     for c, name, _ in coefs)
+
+    fig = Figure("overoptimization",
+                 "Stiennon Fig. 5 style: fixed KL coefficients against a learned RM",
+                 (Panel("RM score vs KL (training)", "KL(policy || initial) [nats]",
+                        "reward model score", along("objective/score")),
+                  Panel("gold score vs KL (training)", "KL(policy || initial) [nats]",
+                        "gold (VADER) score", along("objective/gold_score")),
+                  Panel("held-out eval, one point per beta", "KL(policy || initial) [nats]",
+                        "score", (final_curve(s, "RM score", coefs, "score"),
+                                  final_curve(s, "gold score", coefs, "gold_score")))))
+    zero = [name for c, name, _ in coefs if c == 0.0]
+    texts = tuple(TopSamples("reward_hacking_kl0", seeds_of(name, s.seeds), stage="ppo",
+                             key="score", k=15,
+                             title="KL coefficient 0: the PPO samples with the highest reward-"
+                                   "model score (all seeds, all logged updates), with their "
+                                   "gold (VADER) score")
+                  for name in zero)
+    return Sweep("overoptimization", tuple(runs), (fig,), texts, runlocal=s.runlocal)
