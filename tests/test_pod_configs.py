@@ -17,8 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def dry_run(config, *overrides):
     """`launch.py --dry_run` in a subprocess; returns (stdout, its peak RSS in MiB)."""
-    code = ("import atexit, resource, runpy, sys; atexit.register(lambda: print('MAXRSS_KB', "
-            "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)); "
+    # VmHWM, the peak RSS of this process's own address space: getrusage's
+    # ru_maxrss would carry over the forking parent's (pytest's) peak, since
+    # Linux keeps the pre-exec high-water mark.
+    code = ("import atexit, re, runpy, sys; atexit.register(lambda: print('MAXRSS_KB', "
+            "re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))); "
             "sys.argv = ['launch.py'] + sys.argv[1:]; runpy.run_path('launch.py', "
             "run_name='__main__')")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
