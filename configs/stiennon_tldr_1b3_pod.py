@@ -48,10 +48,10 @@ def get_config(arg=None):
     c.parallel.mode = "mesh"
     c.parallel.num_devices = 16  # TPU v4-32: 16 chips (validation and --dry_run use it)
     c.parallel.fsdp = 8  # mesh 2 (data) x 8 (fsdp)
-    return config_lib.apply_switches(c, arg, runlocal=_runlocal)
+    return config_lib.apply_switches(c, arg, runlocal=runlocal)
 
 
-def _runlocal(c):
+def runlocal(c):
     """The paper config's toy sizes, in mesh mode on whatever devices there are."""
     stiennon_tldr._runlocal(c)
     c.parallel.num_devices = 0

@@ -28,32 +28,19 @@ are 3,906 PPO updates. Expected result: as `stiennon_tldr.py` at the paper's
 largest scale.
 """
 
-from configs import stiennon_tldr
+from configs import stiennon_tldr_1b3_pod
 from rlhf_jax import config_lib
 
 
 def get_config(arg=None):
-    c = stiennon_tldr.get_config()
+    # The 1.3B pod config (bf16 compute over f32 master weights, remat, bf16 KV
+    # cache, mesh mode) at the 6.7B shape, batch and slice.
+    c = stiennon_tldr_1b3_pod.get_config()
     c.name = "stiennon_tldr_6b7_pod"
-    c.model.name_or_path = ""  # a 6.7B GPT-2-architecture checkpoint, given on the command line
-    c.model.tokenizer = "gpt2"  # GPT-2's BPE, as the paper's models
     c.model.n_embd = 4096  # the 6.7B shape; the checkpoint's config.json wins at run time
     c.model.n_layer = 32
     c.model.n_head = 32
-    c.model.n_positions = 2048
-    c.model.dtype = "bfloat16"  # compute
-    c.model.param_dtype = "float32"  # master weights and Adam state
-    c.model.remat = True  # keep only each block's input for the backward pass
-    c.model.kv_cache_dtype = "bfloat16"
     c.ppo.batch_size = 256  # Stiennon's 6.7B
-    c.parallel.mode = "mesh"
     c.parallel.num_devices = 32  # TPU v4-64: 32 chips (validation and --dry_run use it)
     c.parallel.fsdp = 32  # mesh 1 (data) x 32 (fsdp)
-    return config_lib.apply_switches(c, arg, runlocal=_runlocal)
-
-
-def _runlocal(c):
-    """The paper config's toy sizes, in mesh mode on whatever devices there are."""
-    stiennon_tldr._runlocal(c)
-    c.parallel.num_devices = 0
-    c.parallel.fsdp = 1
+    return config_lib.apply_switches(c, arg, runlocal=stiennon_tldr_1b3_pod.runlocal)
