@@ -49,9 +49,12 @@ from typing import Callable
 import jax
 import numpy as np
 
-from rlhf_jax import parallel, pipeline, reward
+from rlhf_jax import parallel, reward
+from rlhf_jax.batched import postprocess, sample_responses
+from rlhf_jax.context import Context, stage_key
 from rlhf_jax.data import labels as labels_lib
 from rlhf_jax.metrics import MetricsWriter
+from rlhf_jax.models import loading
 
 STAGE = "online"
 # Fold-in constants: the policy samples and the retrain of round r.
@@ -98,7 +101,7 @@ class OnlineCollector:
         reward stage's).
     """
 
-    def __init__(self, ctx: pipeline.Context, *, policy_model, rm_model, rm_params):
+    def __init__(self, ctx: Context, *, policy_model, rm_model, rm_params):
         cfg = ctx.cfg
         self.ctx, self.cfg, self.online = ctx, cfg, cfg.labels.online
         self.kind, self.k = labels_lib.parse_label_type(cfg.labels.type)
@@ -142,7 +145,7 @@ class OnlineCollector:
         self.rm_params = self.initial_rm_params
         for r in range(last, 0, -1):
             if os.path.exists(self._done_path(r)):
-                self.rm_params = pipeline.load_reward_model(self.cfg, self._rm_dir(r))[1]
+                self.rm_params = loading.load_reward_model(self.cfg, self._rm_dir(r))[1]
                 break
         return self.rm_params
 
@@ -155,7 +158,7 @@ class OnlineCollector:
         """
         r = update // self.online.every
         if os.path.exists(self._done_path(r)):
-            self.rm_params = pipeline.load_reward_model(self.cfg, self._rm_dir(r))[1]
+            self.rm_params = loading.load_reward_model(self.cfg, self._rm_dir(r))[1]
             return self.rm_params
         os.makedirs(self.round_dir(r), exist_ok=True)
         t0 = time.time()
@@ -188,7 +191,7 @@ class OnlineCollector:
             with np.load(path) as z:
                 arrays = {name: z[name] for name in z.files}
         else:
-            qs = pipeline.queries(ctx, "train")
+            qs = ctx.queries("train")
             n = self.online.num_queries
             if n > len(qs):
                 raise ValueError(f"labels.online.num_queries={n} exceeds the {len(qs)} "
@@ -197,14 +200,14 @@ class OnlineCollector:
                 len(qs), size=n, replace=False)
             q, m = qs.query_NxQ[rows], qs.query_mask_NxQ[rows]
             lm_params = {"transformer": ppo_params["policy"]["transformer"]}
-            key = jax.random.fold_in(jax.random.fold_in(pipeline.stage_key(cfg, "ppo"),
-                                                        _SAMPLE_STREAM), r)
+            key = jax.random.fold_in(jax.random.fold_in(stage_key(cfg, "ppo"), _SAMPLE_STREAM),
+                                     r)
             # K copies of the queries in one call (one compile); rows j*n + i hold
             # response j to query i, each row with its own key.
-            raw, _ = pipeline.sample_responses(ctx, self.policy_model, lm_params,
-                                               np.tile(q, (self.k, 1)), np.tile(m, (self.k, 1)),
-                                               key, cfg.labels.batch_size)
-            processed, pmask = pipeline.postprocess(ctx, raw)
+            raw, _ = sample_responses(ctx, self.policy_model, lm_params,
+                                      np.tile(q, (self.k, 1)), np.tile(m, (self.k, 1)),
+                                      key, cfg.labels.batch_size)
+            processed, pmask = postprocess(ctx, raw)
             arrays = {"query": q, "query_mask": m,
                       "responses": processed.reshape(self.k, n, -1).transpose(1, 0, 2),
                       "response_mask": pmask.reshape(self.k, n, -1).transpose(1, 0, 2)}
@@ -264,10 +267,10 @@ class OnlineCollector:
         rcfg = cfg.copy_and_resolve_references()
         rcfg.labels.num_train = n_used
         rcfg.reward.epochs = o.reward_epochs
-        policy_model, policy_params = pipeline.initial_policy(ctx)
+        policy_model, policy_params = ctx.initial_policy()
         if o.retrain == "reinit":
-            rm_model, start = pipeline.init_reward_model(
-                cfg, jax.random.fold_in(pipeline.stage_key(cfg, "reward"), r), policy_model,
+            rm_model, start = loading.init_reward_model(
+                cfg, jax.random.fold_in(stage_key(cfg, "reward"), r), policy_model,
                 policy_params)
         else:
             rm_model, start = self.rm_model, self.rm_params
@@ -277,16 +280,16 @@ class OnlineCollector:
         try:
             params, summary = reward.train_reward_model(
                 rcfg, rm_model=rm_model, rm_params=start, train=train, val=val, dp=ctx.dp,
-                rng=jax.random.fold_in(jax.random.fold_in(pipeline.stage_key(cfg, "reward"),
+                rng=jax.random.fold_in(jax.random.fold_in(stage_key(cfg, "reward"),
                                                           _RETRAIN_STREAM), r),
                 workdir=self.round_dir(r), writer=writer,
-                normalizer=pipeline.reward_normalizer(ctx, policy_model, policy_params))
+                normalizer=reward.reference_normalizer(ctx, policy_model, policy_params))
         finally:
             writer.close()
         if summary.get("stopped_early") or should_stop():
             return None
         if parallel.process_is_main():
-            pipeline.save_reward_model(self._rm_dir(r), rm_model, params)
+            loading.save_reward_model(self._rm_dir(r), rm_model, params)
         row = {f"{STAGE}/round": r, f"{STAGE}/labels_new": 0 if new is None else len(new),
                f"{STAGE}/labels_total": n_total, f"{STAGE}/labels_used": n_used}
         for name, value in (summary.get("train") or {}).items():

@@ -258,6 +258,29 @@ def fixed_reference_sampler(query_NxQ, query_mask_NxQ, response_NxR, response_ma
     return sampler
 
 
+def reference_normalizer(ctx, policy_model, policy_params
+                         ) -> Callable[[int, jax.Array], ReferenceSamples]:
+    """The `normalizer` the reward stage (and each online retrain) normalises on.
+
+    `reward.normalize_mode="bias_only"` (Stiennon): the dataset's reference
+    responses; otherwise samples of the policy on training queries. `ctx` is
+    the pipeline's `Context` (its config and `queries`).
+    """
+    cfg = ctx.cfg
+    if cfg.reward.normalize_mode == "bias_only":
+        ref = ctx.queries("train", limit=cfg.reward.normalize_samples)
+        if ref.reference_NxR is None:
+            raise ValueError("reward.normalize_mode='bias_only' needs reference responses "
+                             f"(task.query_dataset={cfg.task.query_dataset!r} has none)")
+        return fixed_reference_sampler(ref.query_NxQ, ref.query_mask_NxQ, ref.reference_NxR,
+                                       ref.reference_mask_NxR)
+    qs = ctx.queries("train")
+    rows = qs.indices(1 << 16, max(cfg.reward.normalize_samples * 2, 1))
+    return make_reference_sampler(cfg, policy_model=policy_model, policy_params=policy_params,
+                                  query_NxQ=qs.query_NxQ[rows],
+                                  query_mask_NxQ=qs.query_mask_NxQ[rows])
+
+
 def label_target_moments(labels: Labels) -> tuple[float, float]:
     """LHP's `target_scales` moments for normalising before training.
 

@@ -200,15 +200,19 @@ def best_of_n_kl(n: int) -> float:
 
 
 def make_best_of_n(models: PPOModels, task: TaskSpec, n: int) -> Callable:
-    """Per-shard `best_of_n(policy_params, rm_params, query, mask, rng) -> (best_BxR, best_score_B, all_scores_BxN)`.
+    """Per-shard `best_of_n(ref_params, rm_params, query, mask, rng, row_offset=None) -> (best_BxR, best_score_B, all_scores_BxN)`.
 
     Samples n responses per query from `models.reference` (the initial policy)
-    and keeps the one the RM scores highest (after the penalty).
+    and keeps the one the RM scores highest (after the penalty). Row i of the
+    shard is global row `row_offset + i`: by default its place in the global
+    batch; a caller that feeds a long list in batches passes the index of the
+    shard's first row in that list, so the samples do not depend on the batch
+    size either.
     """
 
-    def run(ref_params, rm_params, query_BxQ, query_mask_BxQ, rng):
+    def run(ref_params, rm_params, query_BxQ, query_mask_BxQ, rng, row_offset=None):
         b = query_BxQ.shape[0]
-        offset = parallel.global_row_offset(b)
+        offset = parallel.global_row_offset(b) if row_offset is None else row_offset
 
         def one_candidate(j):
             # Candidate j of global query i draws with key index j * 2^20 + i:
@@ -225,7 +229,8 @@ def make_best_of_n(models: PPOModels, task: TaskSpec, n: int) -> Callable:
                                  processed_BxR, task)
             return processed_BxR, penalize(scores_B, s.tokens, task)
 
-        processed_NxBxR, scores_NxB = jax.vmap(one_candidate)(jnp.arange(n))
+        # One candidate at a time: memory of one sampled batch whatever n is.
+        processed_NxBxR, scores_NxB = jax.lax.map(one_candidate, jnp.arange(n))
         scores_BxN = scores_NxB.T
         best_B = jnp.argmax(scores_BxN, axis=1)
         processed_BxNxR = processed_NxBxR.transpose(1, 0, 2)

@@ -34,6 +34,7 @@ from rlhf_jax import reward as reward_lib
 from rlhf_jax.checkpoint import PreemptionHandler
 from rlhf_jax.label_server import LabelDB
 from rlhf_jax.metrics import MetricsWriter
+from rlhf_jax.models import loading
 from tests.label_server_fixtures import Client, serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -273,13 +274,13 @@ def test_human_labels_wait_stop_and_resume_with_answers_given_meanwhile(base, tm
 
     # retrain="reinit" (Ziegler): the retrain starts from a fresh head.
     fresh = []
-    original_init = pipeline.init_reward_model
+    original_init = loading.init_reward_model
 
     def init_reward_model(*args):
         fresh.append(original_init(*args))
         return fresh[-1]
 
-    monkeypatch.setattr(pipeline, "init_reward_model", init_reward_model)
+    monkeypatch.setattr(loading, "init_reward_model", init_reward_model)
     starts = recording_retrain_starts(monkeypatch.setattr)
     with serve(db) as url:
         label(Client(url), "ann", 6)

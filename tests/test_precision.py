@@ -14,8 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib, pipeline
+from rlhf_jax import config_lib
 from rlhf_jax.models import GPT2LMHeadModel, init_cache
+from rlhf_jax.models import loading
 from rlhf_jax.models.heads import ValueModel
 from rlhf_jax.ppo import make_update_step
 from rlhf_jax.rollout import PPOModels
@@ -38,9 +39,9 @@ def test_cache_dtype_follows_the_config():
     # The pipeline builds its models with `model.kv_cache_dtype`.
     c = config_lib.base_config()
     c.model.kv_cache_dtype = "bfloat16"
-    assert pipeline._model_config(c, 16).kv_cache_dtype == jnp.bfloat16
+    assert loading.model_config(c, 16).kv_cache_dtype == jnp.bfloat16
     c.model.kv_cache_dtype = ""
-    assert pipeline._model_config(c, 16).kv_cache_dtype is None
+    assert loading.model_config(c, 16).kv_cache_dtype is None
 
 
 def test_bf16_kv_cache_samples_like_the_f32_cache():

@@ -353,6 +353,25 @@ def test_best_of_n_does_not_depend_on_the_device_count(best_of_4):
     np.testing.assert_allclose(all4, all1, atol=1e-6)
 
 
+def test_best_of_n_fed_in_batches_matches_one_call(best_of_4):
+    # The eval stage feeds a long query list in batches, passing each shard's
+    # first row index in the list: the samples then match one call over all rows.
+    (best1, score1, all1), (q, qm, rng) = best_of_4
+    models, _, ref_params, rm_params = models_and_params()
+    dp = parallel.DataParallel("pmap", 2)
+    run = make_best_of_n(models, ZIEGLER, 4)
+    fn = dp.compile(lambda *args: run(*args[:5], row_offset=args[5][0]),
+                    (REP, REP, SHARD, SHARD, REP, SHARD), (SHARD, SHARD, SHARD))
+    rows = np.arange(len(q), dtype=np.int32)
+    outs = [dp.unshard(fn(dp.replicate(ref_params), dp.replicate(rm_params), dp.shard(q[s:s + 8]),
+                          dp.shard(qm[s:s + 8]), dp.replicate(rng), dp.shard(rows[s:s + 8])))
+            for s in range(0, len(q), 8)]
+    best, score, all_ = (np.concatenate([np.asarray(o[i]) for o in outs]) for i in range(3))
+    np.testing.assert_array_equal(best, best1)
+    np.testing.assert_allclose(score, score1, atol=1e-6)
+    np.testing.assert_allclose(all_, all1, atol=1e-6)
+
+
 def test_best_of_n_kl_hand_numbers():
     assert best_of_n_kl(1) == 0.0
     np.testing.assert_allclose(best_of_n_kl(4), math.log(4) - 0.75, rtol=1e-12)

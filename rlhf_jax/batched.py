@@ -1,0 +1,85 @@
+"""Device-parallel sampling over host arrays, in fixed-size batches, for the stages.
+
+The labels stage, the online rounds and the evaluation sample N responses for
+N queries held on the host. `sample_responses` pads N up to whole batches (one
+compilation), runs the sampler sharded across devices, and returns host arrays;
+`postprocess` truncates them as labellers and the reward model see them;
+`gold_function` scores them with the gold reward on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import parallel
+from rlhf_jax.context import Context
+from rlhf_jax.data import tasks
+from rlhf_jax.sampling import sample
+
+
+def _sampler(ctx: Context, model) -> Callable:
+    t = ctx.cfg.task
+    R, S = parallel.REP, parallel.SHARD
+
+    def fn(params, q_BxQ, m_BxQ, rng):
+        out = sample(model, params, q_BxQ, m_BxQ, rng, response_length=t.response_length,
+                     temperature=t.temperature, stop_at_eos=t.stop_at_eos,
+                     eos_token_id=t.eos_token, pad_token_id=t.pad_token,
+                     row_offset=parallel.global_row_offset(q_BxQ.shape[0]))
+        return out.tokens, out.mask
+
+    return ctx.dp.compile(fn, (R, S, S, R), (S, S))
+
+
+def pad_to_batches(batch_size: int, *arrays_NxD):
+    """Each array with its last row repeated up to a multiple of `batch_size` rows."""
+    n = len(arrays_NxD[0])
+    extra = -(-n // batch_size) * batch_size - n
+    return [np.concatenate([a, np.repeat(a[-1:], extra, 0)]) for a in arrays_NxD]
+
+
+def sample_responses(ctx: Context, model, params, q_NxQ, m_NxQ, rng, batch_size: int):
+    """Samples for N queries in device-parallel batches; host arrays [N,R].
+
+    Batch i samples with `fold_in(rng, i)`.
+    """
+    dp = ctx.dp
+    fn = _sampler(ctx, model)
+    params_r = dp.replicate(params)
+    toks, masks = [], []
+    n = len(q_NxQ)
+    q, m = pad_to_batches(batch_size, q_NxQ, m_NxQ)
+    for i in range(0, len(q), batch_size):
+        key = jax.random.fold_in(rng, i // batch_size)
+        tk, mk = fn(params_r, dp.shard(q[i:i + batch_size]), dp.shard(m[i:i + batch_size]),
+                    dp.replicate(key))
+        toks.append(np.asarray(dp.unshard(tk)))
+        masks.append(np.asarray(dp.unshard(mk)))
+    return np.concatenate(toks)[:n], np.concatenate(masks)[:n]
+
+
+def postprocess(ctx: Context, responses_NxR: np.ndarray):
+    """Truncated responses and their masks (what labellers and the RM see)."""
+    t = ctx.cfg.task
+    processed = np.asarray(tasks.postprocess_responses(
+        jnp.asarray(responses_NxR), t.truncate_token, t.truncate_after, t.pad_token))
+    return processed, (processed != t.pad_token).astype(np.int32)
+
+
+def gold_function(ctx: Context) -> Callable | None:
+    """`gold(query, query_mask, processed) -> [B]` on the host, or None without a gold reward."""
+    if ctx.cfg.labels.gold != "vader":
+        return None
+    from rlhf_jax.labelers import VaderGold
+
+    vader = VaderGold()
+    pad = ctx.cfg.task.pad_token
+
+    def gold(q_BxQ, m_BxQ, processed_BxR):
+        return vader([ctx.decode(r[r != pad]) for r in np.asarray(processed_BxR)])
+
+    return gold

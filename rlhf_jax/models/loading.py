@@ -1,0 +1,75 @@
+"""Models from a config: GPT-2 shapes and dtypes, LM checkpoints, the reward model on disk.
+
+The stages load and save through these so every model a run builds gets the
+dtypes, rematerialisation and KV-cache dtype the config's `model` group names.
+LMs are Hugging Face GPT-2 directories (`hf.load_pretrained` / `save_pretrained`);
+the reward model is `params.msgpack` beside `reward_config.json` (its head and
+GPT-2 shape).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+
+from rlhf_jax.models.gpt2 import GPT2Config
+from rlhf_jax.models.heads import RewardModel
+from rlhf_jax.models.hf import config_from_hf, config_to_hf, load_pretrained
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+REWARD_PARAMS = "params.msgpack"
+
+
+def kv_cache_dtype(cfg):
+    return DTYPES[cfg.model.kv_cache_dtype] if cfg.model.kv_cache_dtype else None
+
+
+def model_config(cfg, vocab_size: int) -> GPT2Config:
+    """The GPT-2 shape and precision `cfg.model` names, at `vocab_size`."""
+    m = cfg.model
+    return GPT2Config(vocab_size=vocab_size, n_positions=m.n_positions, n_embd=m.n_embd,
+                      n_layer=m.n_layer, n_head=m.n_head, dtype=DTYPES[m.dtype],
+                      param_dtype=DTYPES[m.param_dtype], remat=m.remat,
+                      kv_cache_dtype=kv_cache_dtype(cfg))
+
+
+def load_lm(cfg, path: str):
+    """(GPT2LMHeadModel, params) of a Hugging Face GPT-2 directory, at `cfg.model`'s precision."""
+    return load_pretrained(path, dtype=DTYPES[cfg.model.dtype],
+                           param_dtype=DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
+                           kv_cache_dtype=kv_cache_dtype(cfg))
+
+
+def init_reward_model(cfg, key: jax.Array, policy_model, policy_params):
+    """`(rm_model, rm_params)`: a fresh reward head on the policy's language model (Ziegler)."""
+    rm_model = RewardModel(policy_model.config, head=cfg.reward.head)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    rm_params = rm_model.init(key, ids)["params"]
+    return rm_model, {**rm_params, "transformer": policy_params["transformer"]}
+
+
+def save_reward_model(path: str, rm_model: RewardModel, rm_params) -> None:
+    os.makedirs(path, exist_ok=True)
+    meta = {"head": rm_model.head, "gpt2": config_to_hf(rm_model.config)}
+    tmp = os.path.join(path, REWARD_PARAMS + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(flax.serialization.msgpack_serialize(jax.device_get(rm_params)))
+    os.replace(tmp, os.path.join(path, REWARD_PARAMS))
+    with open(os.path.join(path, "reward_config.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_reward_model(cfg, path: str):
+    """(RewardModel, params) saved by `save_reward_model`, at `cfg.model`'s precision."""
+    with open(os.path.join(path, "reward_config.json")) as f:
+        meta = json.load(f)
+    config = config_from_hf(meta["gpt2"], source=path, dtype=DTYPES[cfg.model.dtype],
+                            param_dtype=DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
+                            kv_cache_dtype=kv_cache_dtype(cfg))
+    with open(os.path.join(path, REWARD_PARAMS), "rb") as f:
+        params = flax.serialization.msgpack_restore(f.read())
+    return RewardModel(config, head=meta["head"]), jax.tree.map(jnp.asarray, params)
