@@ -3,19 +3,20 @@
 import contextlib
 import http.cookiejar
 import json
+import os
+import subprocess
 import threading
 import urllib.error
 import urllib.request
 
-from werkzeug.serving import make_server
-
-from rlhf_jax.label_server import Item, Response, create_app
+from rlhf_jax.label_server import Item, Response, create_app, make_server
 
 
 @contextlib.contextmanager
-def serve(db, **app_kwargs):
-    """The app on a free port of 127.0.0.1 (werkzeug, threaded); yields its base URL."""
-    server = make_server("127.0.0.1", 0, create_app(db, **app_kwargs), threaded=True)
+def serve(db, *, request_timeout=30.0, max_connections=64, **app_kwargs):
+    """The app on a free port of 127.0.0.1 (the CLI's threaded server); yields its base URL."""
+    server = make_server(create_app(db, **app_kwargs), "127.0.0.1", 0,
+                         request_timeout=request_timeout, max_connections=max_connections)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -24,6 +25,29 @@ def serve(db, **app_kwargs):
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@contextlib.contextmanager
+def read_only(path):
+    """Makes the file or directory `path` read-only for this process while inside.
+
+    As root, whom file modes do not stop, with a read-only bind mount; else
+    by clearing the write bits (of a directory: no new files in it)."""
+    path = os.fspath(path)
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "--bind", path, path], check=True)
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", path], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", path], check=True)
+    else:
+        mode = os.stat(path).st_mode
+        os.chmod(path, mode & ~0o222)
+        try:
+            yield
+        finally:
+            os.chmod(path, mode)
 
 
 class Client:

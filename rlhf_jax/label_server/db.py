@@ -12,7 +12,15 @@ and threads share it safely:
   or racing second answer is a `Conflict` (HTTP 409) and nothing is stored;
   `skips` is UNIQUE on (item, labeller);
 * items are UNIQUE on (batch, idx), so re-posting a batch after a restart
-  (`add_items`) stores nothing twice.
+  (`add_items`) stores nothing twice;
+* `LabelDB(path, readonly=True)` (export, status) never writes, so it reads a
+  read-only copy; a write that the file system refuses is one `StorageError`
+  (HTTP 503) naming the file, and the next write after the cause is gone
+  succeeds (see `_repair_sidecars`).
+
+Registered labellers (`add_labeler`) each get a token of their own; the
+database keeps only its SHA-256. When any are registered the web app accepts
+only their tokens and takes the labeller id from the token.
 
 An item is a query and its K responses, each response cut into display
 pieces (one per token for token items; words for text-only imports); span
@@ -27,14 +35,19 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import re
+import secrets
 import sqlite3
+import stat
 import time
+import urllib.parse
 from typing import Any, Iterator, Optional, Sequence
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added `labelers`; a version-1 file is upgraded when opened for writing
+MAX_ITEM_ID = 2 ** 63 - 1  # SQLite's INTEGER range
 ITEM_LABEL_TYPES = ("best_of_n", "pairwise")
 # Labeller ids: short, printable, safe in logs, files and HTML attributes.
 LABELER_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
@@ -77,6 +90,11 @@ CREATE TABLE IF NOT EXISTS skips (
     created_at TEXT NOT NULL,
     UNIQUE (item_id, labeler)
 );
+CREATE TABLE IF NOT EXISTS labelers (
+    name TEXT PRIMARY KEY,
+    token_sha256 TEXT NOT NULL UNIQUE,   -- hex SHA-256 of the labeller's token
+    created_at TEXT NOT NULL
+);
 """
 
 
@@ -98,6 +116,23 @@ class Conflict(LabelError):
     status = 409
 
 
+class StorageError(LabelError):
+    """The database file cannot be opened or written (read-only, disk full, locked)."""
+
+    status = 503
+
+
+def short(value: Any, limit: int = 60) -> str:
+    """`repr(value)`, cut to `limit` characters: error messages never echo a huge input."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's 4300-digit str limit
+        return f"<an integer of {value.bit_length()} bits>"
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 def now_iso() -> str:
     """UTC time with milliseconds, e.g. 2024-05-01T12:00:00.123+00:00."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
@@ -106,7 +141,7 @@ def now_iso() -> str:
 def check_labeler(labeler: Any) -> str:
     """The labeller id, or InvalidAnswer: 1-64 of letters, digits and `_.@+-`."""
     if not isinstance(labeler, str) or not LABELER_RE.fullmatch(labeler):
-        raise InvalidAnswer(f"field 'labeler'={labeler!r} must be 1-64 characters from "
+        raise InvalidAnswer(f"field 'labeler'={short(labeler)} must be 1-64 characters from "
                             "letters, digits and _.@+-")
     return labeler
 
@@ -217,11 +252,12 @@ def check_spans(spans: Any, item: Item) -> tuple[dict, ...]:
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (j, a, b)):
             raise InvalidAnswer(f"field 'spans[{n}]' must hold integers")
         if not 0 <= j < item.k:
-            raise InvalidAnswer(f"field 'spans[{n}].response'={j} is outside 0..{item.k - 1}")
+            raise InvalidAnswer(f"field 'spans[{n}].response'={short(j)} is outside "
+                                f"0..{item.k - 1}")
         size = len(item.responses[j].pieces)
         if not 0 <= a < b <= size:
-            raise InvalidAnswer(f"field 'spans[{n}]'=[{a}, {b}) is not a non-empty range "
-                                f"inside response {j}'s {size} tokens")
+            raise InvalidAnswer(f"field 'spans[{n}]'=[{short(a)}, {short(b)}) is not a "
+                                f"non-empty range inside response {j}'s {size} tokens")
         out.append({"response": j, "start": a, "end": b})
     out.sort(key=lambda s: (s["response"], s["start"]))
     for prev, cur in zip(out, out[1:]):
@@ -234,7 +270,7 @@ def check_spans(spans: Any, item: Item) -> tuple[dict, ...]:
 
 def check_choice(choice: Any, item: Item) -> int:
     if not isinstance(choice, int) or isinstance(choice, bool) or not 0 <= choice < item.k:
-        raise InvalidAnswer(f"field 'choice'={choice!r} is not an integer in 0..{item.k - 1} "
+        raise InvalidAnswer(f"field 'choice'={short(choice)} is not an integer in 0..{item.k - 1} "
                             f"(item {item.id} has {item.k} responses)")
     return choice
 
@@ -243,41 +279,155 @@ class LabelDB:
     """The label database at `path` (created, with its schema, if missing).
 
     Thread- and process-safe: each method opens its own connection.
+    `readonly=True` opens an existing file without ever writing to it (export
+    and status on a read-only copy); its write methods raise StorageError.
     """
 
-    def __init__(self, path, *, timeout: float = 30.0):
+    def __init__(self, path, *, timeout: float = 30.0, readonly: bool = False):
         self.path = os.fspath(path)
         self.timeout = timeout
+        self.readonly = readonly
+        if self.path in ("", ":memory:") or self.path.startswith("file:"):
+            raise ValueError(f"label database {self.path!r}: give a file path (the database "
+                             "is shared by the server, the run and the exports)")
+        if os.path.isdir(self.path):
+            raise ValueError(f"{self.path}: is a directory, not a label database file")
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise ValueError(f"{self.path}: directory {directory} does not exist")
+        if readonly and not os.path.exists(self.path):
+            raise ValueError(f"{self.path}: no such label database")
         try:
-            with self._connect() as con:
-                con.execute("PRAGMA journal_mode=WAL")
-                # IF NOT EXISTS throughout: safe to run again, and from several processes.
-                con.executescript(_SCHEMA)
-                with _write(con):
-                    con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                                (str(SCHEMA_VERSION),))
-                    row = con.execute(
-                        "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            with self._connect(write=not readonly) as con:
+                if not readonly:
+                    self._create(con)
+                version = self._schema_version(con)
+        except StorageError as e:
+            raise ValueError(str(e)) from None
         except sqlite3.DatabaseError as e:
             raise ValueError(f"{self.path}: not a usable label database ({e})") from None
-            if int(row[0]) != SCHEMA_VERSION:
-                raise ValueError(f"{self.path}: schema version {row[0]}, this code reads "
-                                 f"{SCHEMA_VERSION}")
+        # A read-only open also reads version 1 (it has no registered labellers).
+        if version != SCHEMA_VERSION and not (readonly and version == 1):
+            raise ValueError(f"{self.path}: label database schema version {version}; this code "
+                             f"reads version {SCHEMA_VERSION}")
+
+    def _create(self, con: sqlite3.Connection) -> None:
+        version = self._schema_version(con, missing=None)
+        if version is not None and version > SCHEMA_VERSION:
+            return  # refused by the caller, before anything is changed
+        con.execute("PRAGMA journal_mode=WAL")
+        # IF NOT EXISTS throughout: safe to run again, and from several processes.
+        con.executescript(_SCHEMA)
+        with _write(con):
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                        (str(SCHEMA_VERSION),))
+            # Version 1 -> 2 only added the `labelers` table (created just above).
+            con.execute("UPDATE meta SET value=? WHERE key='schema_version' AND value='1'",
+                        (str(SCHEMA_VERSION),))
+
+    def _schema_version(self, con: sqlite3.Connection, missing: Any = "error"):
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:  # no `meta` table: an empty or foreign file
+            row = None
+        if row is None:
+            if missing != "error":
+                return missing
+            raise ValueError(f"{self.path}: not a label database (no schema_version)")
+        try:
+            return int(row[0])
+        except ValueError:
+            raise ValueError(f"{self.path}: schema version {short(row[0])} is not a "
+                             "number") from None
 
     @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # Autocommit mode: transactions are explicit (`_write`).
-        con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
-        con.row_factory = sqlite3.Row
-        con.execute("PRAGMA foreign_keys=ON")
-        con.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+    def _connect(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection (autocommit mode: transactions are explicit, `_write`).
+
+        SQLite errors from the file system (read-only, full disk, locked) become
+        one StorageError naming the file.
+        """
+        if write and self.readonly:
+            raise StorageError(f"{self.path}: opened read-only; nothing can be written")
+        if write:
+            _repair_sidecars(self.path)
         try:
+            con = self._open()
+        except sqlite3.OperationalError as e:
+            raise StorageError(f"{self.path}: cannot open the label database ({e})") from None
+        con.row_factory = sqlite3.Row
+        try:
+            con.execute("PRAGMA foreign_keys=ON")
+            con.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             yield con
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e) or "no such column" in str(e):
+                raise  # a foreign file: the caller says so
+            raise StorageError(f"{self.path}: the label database cannot be "
+                               f"{'written' if write else 'read'} ({e})") from None
         finally:
             con.close()
+
+    def _open(self) -> sqlite3.Connection:
+        if not self.readonly:
+            return sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None)
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?mode=ro"
+        con = sqlite3.connect(uri, timeout=self.timeout, isolation_level=None, uri=True)
+        try:
+            con.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+            return con
+        except sqlite3.OperationalError:
+            con.close()
+        # A read-only directory without the WAL index (-shm), which SQLite cannot
+        # create there: nobody can be writing the file, so read it as immutable.
+        return sqlite3.connect(uri + "&immutable=1", timeout=self.timeout,
+                               isolation_level=None, uri=True)
+
+    # -- registered labellers ----------------------------------------------------
+
+    def add_labeler(self, name: str) -> str:
+        """Registers labeller `name`; returns their new token (stored only hashed).
+
+        ValueError if `name` is already registered (remove it first to give a
+        new token).
+        """
+        check_labeler(name)
+        token = secrets.token_urlsafe(24)
+        with self._connect(write=True) as con, _write(con):
+            try:
+                con.execute("INSERT INTO labelers VALUES (?, ?, ?)",
+                            (name, _token_hash(token), now_iso()))
+            except sqlite3.IntegrityError:
+                raise ValueError(f"labeller {name!r} is already registered") from None
+        return token
+
+    def remove_labeler(self, name: str) -> None:
+        """Unregisters `name` (their token stops working; their answers stay)."""
+        with self._connect(write=True) as con, _write(con):
+            if con.execute("DELETE FROM labelers WHERE name=?", (name,)).rowcount == 0:
+                raise ValueError(f"labeller {name!r} is not registered")
+
+    def labelers(self) -> list[tuple[str, str]]:
+        """(name, registration time) of the registered labellers, by name."""
+        with self._connect() as con:
+            if not _has_table(con, "labelers"):
+                return []
+            return [tuple(r) for r in con.execute(
+                "SELECT name, created_at FROM labelers ORDER BY name")]
+
+    def has_labelers(self) -> bool:
+        with self._connect() as con:
+            return (_has_table(con, "labelers")
+                    and con.execute("SELECT 1 FROM labelers LIMIT 1").fetchone() is not None)
+
+    def labeler_for_token(self, token: str) -> Optional[str]:
+        """The registered labeller whose token this is, or None."""
+        with self._connect() as con:
+            if not _has_table(con, "labelers"):
+                return None
+            row = con.execute("SELECT name FROM labelers WHERE token_sha256=?",
+                              (_token_hash(token),)).fetchone()
+        return None if row is None else row[0]
 
     # -- posting ---------------------------------------------------------------
 
@@ -292,7 +442,7 @@ class LabelDB:
             raise ValueError(f"max_skips={max_skips!r} must be an int >= 1")
         ids = []
         created = now_iso()
-        with self._connect() as con, _write(con):
+        with self._connect(write=True) as con, _write(con):
             for i, item in enumerate(items):
                 idx = start_idx + i
                 con.execute(
@@ -367,7 +517,7 @@ class LabelDB:
         """
         check_labeler(labeler)
         now = time.time() if now is None else now
-        with self._connect() as con, _write(con):
+        with self._connect(write=True) as con, _write(con):
             row = con.execute(
                 "SELECT * FROM items WHERE status='open' AND lease_labeler=? AND lease_until>? "
                 "ORDER BY id LIMIT 1", (labeler, now)).fetchone()
@@ -394,7 +544,7 @@ class LabelDB:
         """
         check_labeler(labeler)
         created = now_iso() if created_at is None else created_at
-        with self._connect() as con, _write(con):
+        with self._connect(write=True) as con, _write(con):
             item = _get_item(con, item_id)
             choice = check_choice(choice, item)
             spans = check_spans(spans, item)
@@ -417,7 +567,7 @@ class LabelDB:
         Conflict (answered, retired, or already skipped by this labeller).
         """
         check_labeler(labeler)
-        with self._connect() as con, _write(con):
+        with self._connect(write=True) as con, _write(con):
             item = _get_item(con, item_id)
             _check_open(con, item)
             try:
@@ -445,9 +595,42 @@ def _write(con: sqlite3.Connection):
     try:
         yield
     except BaseException:
-        con.execute("ROLLBACK")
+        if con.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+            con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _has_table(con, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?",
+                       (name,)).fetchone() is not None
+
+
+def _repair_sidecars(path: str) -> None:
+    """Gives the WAL files (-wal, -shm) the write permission the database has.
+
+    SQLite creates them with the database file's mode. Opened while the file
+    was read-only, they stay read-only after it is writable again, and every
+    later write fails ("attempt to write a readonly database"), even after a
+    restart. Only permission bits change, so it is safe beside open
+    connections; a file we may not chmod is left for the write to report.
+    """
+    try:
+        db_mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return
+    writable = db_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
+    for suffix in ("-wal", "-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(path + suffix).st_mode)
+            if writable & ~mode:
+                os.chmod(path + suffix, mode | writable)
+        except OSError:
+            pass
 
 
 def _where(*, batch=None, status=None, prefix="") -> tuple[str, tuple]:
@@ -478,7 +661,9 @@ def _row_to_item(row) -> Item:
 
 def _get_item(con, item_id) -> Item:
     if not isinstance(item_id, int) or isinstance(item_id, bool):
-        raise InvalidAnswer(f"field 'item_id'={item_id!r} is not an integer")
+        raise InvalidAnswer(f"field 'item_id'={short(item_id)} is not an integer")
+    if not 0 <= item_id <= MAX_ITEM_ID:
+        raise InvalidAnswer(f"field 'item_id'={short(item_id)} is outside 0..{MAX_ITEM_ID}")
     row = con.execute("SELECT * FROM items WHERE id=?", (item_id,)).fetchone()
     if row is None:
         raise UnknownItem(f"item {item_id} does not exist")

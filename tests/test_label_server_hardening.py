@@ -1,0 +1,376 @@
+"""The label server under hostile or careless use: tokens, bad input, slow clients,
+read-only and foreign databases, who may label, bad settings, the Host header."""
+
+import json
+import os
+import pathlib
+import shutil
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from rlhf_jax.label_server import LabelDB
+from rlhf_jax.label_server import __main__ as cli
+from rlhf_jax.label_server.db import _repair_sidecars
+from tests.label_server_fixtures import Client, best_of_4_items, read_only, serve
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SECRET = "s3cret-token-value"
+
+
+@pytest.fixture
+def db(tmp_path):
+    db = LabelDB(tmp_path / "labels.sqlite")
+    db.add_items("b", best_of_4_items(3))
+    return db
+
+
+def run_cli(argv) -> tuple[int, str]:
+    """(exit code, stderr) of the CLI, run in this process."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:
+            rc = e.code
+    return rc, err.getvalue()
+
+
+def raw_http(base: str, head: bytes, body: bytes = b"", *, timeout: float = 10.0) -> bytes:
+    """Sends `head` (request line and headers, CRLF-separated, no blank line) and
+    `body` on one connection; returns everything the server sends back."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head + b"\r\n\r\n" + body)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def start_server(db_path, *args, env=None):
+    """The CLI's server on a free port; returns (process, base URL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_jax.label_server", "--db", str(db_path), "--port", "0",
+         *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("label server: "), (line, proc.stderr.read() if proc.poll() else "")
+    return proc, line.split(" at ")[1].split("/?")[0].strip().rstrip("/")
+
+
+# --------------------------------------------------------------------------
+# 1. The token stays out of logs and the process table.
+
+
+def test_token_is_never_logged_nor_on_the_command_line(db, tmp_path):
+    proc, base = start_server(db.path, env={"LABEL_SERVER_TOKEN": SECRET})
+    try:
+        c = Client(base)
+        status, html, _ = c.get(f"/?token={SECRET}&labeler=alice")  # the onboarding link
+        assert status == 200 and 'data-item-id="1"' in html
+        assert c.get("/?token=wrong-guess")[0] == 401
+        assert SECRET not in pathlib.Path(f"/proc/{proc.pid}/cmdline").read_text()
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    log = out + err
+    assert "GET /?token=<redacted>&labeler=alice" in log, log
+    assert SECRET not in log and "wrong-guess" not in log
+
+    # From a file instead of the environment; --token itself is refused in one line.
+    token_file = tmp_path / "token.txt"
+    token_file.write_text(SECRET + "\n")
+    proc, base = start_server(db.path, "--token-file", str(token_file))
+    try:
+        assert Client(base).get("/api/progress")[0] == 401
+        assert Client(base).get("/api/progress", headers={"X-Label-Token": SECRET})[0] == 200
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+    rc, err = run_cli(["--db", db.path, "--token", SECRET])
+    assert rc == 2 and err.count("\n") == 1 and "LABEL_SERVER_TOKEN" in err, err
+    assert SECRET not in err
+
+
+# --------------------------------------------------------------------------
+# 2. Input that used to be an HTML 500 is a JSON 4xx.
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/api/answer", {"item_id": 2 ** 63, "labeler": "alice", "choice": 0}),
+    ("/api/answer", {"item_id": 10 ** 30, "labeler": "alice", "choice": 0}),
+    ("/api/skip", {"item_id": 2 ** 63, "labeler": "alice"}),
+    ("/api/skip", {"item_id": -1, "labeler": "alice"}),
+])
+def test_item_id_outside_sqlite_integers_is_400(db, path, body):
+    with serve(db) as base:
+        status, reply, headers = Client(base).post(path, body)
+    assert (status, headers.get_content_type()) == (400, "application/json"), reply
+    assert "field 'item_id'" in reply["error"] and "outside 0..9223372036854775807" in reply["error"]
+    assert db.progress()["open"] == 3 and db.skips() == []
+
+
+def test_deep_json_and_unknown_routes_are_json_errors(db):
+    deep = b"[" * 1000 + b"]" * 1000
+    with serve(db) as base:
+        c = Client(base)
+        status, reply, _ = c.post("/api/answer", raw=deep,
+                                  headers={"Content-Type": "application/json"})
+        assert status == 400 and reply["error"] == "the body is JSON nested too deeply"
+        for method, path, code in (("GET", "/api/nosuch", 404), ("GET", "/api/answer", 405),
+                                   ("POST", "/api/next", 405), ("DELETE", "/api/skip", 405)):
+            status, reply, headers = c.call(method, path, {} if method == "POST" else None)
+            assert (status, headers.get_content_type()) == (code, "application/json"), reply
+            assert reply["error"].endswith(f"{method} {path}")
+        assert c.get("/nosuch")[0] == 404  # pages stay HTML
+
+
+# --------------------------------------------------------------------------
+# 3. Body size, echoed values, slow bodies.
+
+
+def test_large_bodies_are_413_and_errors_echo_little(db):
+    with serve(db) as base:
+        port = base.rsplit(":", 1)[1]
+        reply = raw_http(base, b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1:" + port.encode()
+                         + b"\r\nContent-Type: application/json\r\nContent-Length: 52428800")
+        head, _, payload = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 413"), reply[:200]
+        assert json.loads(payload) == {"error": "the request body is larger than 1048576 bytes"}
+        long_id = "x" * 500_000
+        status, reply, _ = Client(base).post("/api/answer", {"item_id": 1, "labeler": long_id,
+                                                             "choice": 0})
+        assert status == 400 and len(json.dumps(reply)) < 300, len(json.dumps(reply))
+        assert "(500002 characters)" in reply["error"]
+        status, reply, _ = Client(base).post("/api/answer", {"item_id": 1, "choice": 0,
+                                                             long_id: 1, "labeler": "a"})
+        assert status == 400 and len(reply["error"]) < 400
+    assert db.answers() == []
+
+
+def test_stalled_bodies_time_out_and_hold_at_most_max_connections_threads(db):
+    baseline = threading.active_count()
+    n_stalled, max_connections = 20, 4
+    with serve(db, request_timeout=0.5, max_connections=max_connections) as base:
+        host, port = base.split("//")[1].split(":")
+        socks = []
+        for _ in range(n_stalled):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      b"application/json\r\nContent-Length: 1000\r\n\r\n{\"item_id\": ")
+            socks.append(s)
+        t0 = time.monotonic()
+        peak = 0
+        closed = 0
+        for s in socks:  # every stalled request is cut off by the server
+            s.settimeout(0.05)
+            while time.monotonic() - t0 < 15:
+                peak = max(peak, threading.active_count())
+                try:
+                    if s.recv(65536) == b"":
+                        closed += 1
+                        break
+                except socket.timeout:
+                    continue
+                except ConnectionResetError:
+                    closed += 1
+                    break
+            s.close()
+        waited = time.monotonic() - t0
+        # A well-behaved client is served once the stalled ones are gone.
+        assert Client(base).get("/api/progress")[0] == 200
+    assert closed == n_stalled
+    # 20 stalled requests, 4 at a time, each cut after 0.5 s: about 2.5 s, not 20 x 0.5.
+    assert waited < 10, waited
+    # serve()'s own thread + the reaper + the connection threads.
+    assert peak <= baseline + 2 + max_connections, (peak, baseline)
+
+
+# --------------------------------------------------------------------------
+# 4. Read-only databases.
+
+
+def test_export_and_status_read_a_read_only_copy(db, tmp_path):
+    db.answer(1, "alice", 2)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    copy = str(folder / "labels.sqlite")
+    shutil.copy(db.path, copy)
+    with read_only(folder):
+        assert run_cli(["--db", copy, "status"]) == (0, "")
+        rc, err = run_cli(["--db", copy, "export", "--format", "lhp",
+                           "--out", str(tmp_path / "labels.json")])
+        assert (rc, err) == (0, "")
+        assert json.loads((tmp_path / "labels.json").read_text())[0]["best"] == 2
+        rc, err = run_cli(["--db", copy, "labelers", "add", "bob"])
+        assert rc == 2 and err.count("\n") == 1 and copy in err, err
+    assert os.listdir(folder) == ["labels.sqlite"]
+
+
+def test_write_failure_under_a_running_server_is_one_503_then_recovers(db):
+    with serve(db) as base:
+        c = Client(base)
+        with read_only(db.path):
+            status, reply, headers = c.post("/api/answer", {"item_id": 1, "labeler": "alice",
+                                                            "choice": 0})
+            assert (status, headers.get_content_type()) == (503, "application/json"), reply
+            assert reply["error"].startswith(f"{db.path}: the label database cannot be written")
+            assert "\n" not in reply["error"]
+            assert c.get("/api/progress")[1]["open"] == 3  # reads still work
+        assert c.post("/api/answer", {"item_id": 1, "labeler": "alice", "choice": 0})[0] == 201
+    assert [a.labeler for _, a in db.answers()] == ["alice"]
+
+
+def test_wal_files_left_read_only_are_made_writable_again(db):
+    # SQLite creates -wal/-shm with the database's mode: opened while the file was
+    # read-only they stay 0444, and for a server not running as root every later
+    # write fails, restarts included (the test above shows it end to end when not
+    # root; as root SQLite reopens them itself, so here the repair is checked alone).
+    for suffix in ("-wal", "-shm"):
+        pathlib.Path(db.path + suffix).touch()
+        os.chmod(db.path + suffix, 0o444)
+    _repair_sidecars(db.path)
+    for suffix in ("-wal", "-shm"):
+        assert stat.S_IMODE(os.stat(db.path + suffix).st_mode) == 0o644, suffix
+    os.chmod(db.path, 0o444)  # a read-only database keeps read-only WAL files
+    os.chmod(db.path + "-shm", 0o444)
+    _repair_sidecars(db.path)
+    assert stat.S_IMODE(os.stat(db.path + "-shm").st_mode) == 0o444
+
+
+# --------------------------------------------------------------------------
+# 5. The schema version is checked.
+
+
+def test_unknown_schema_version_is_refused_and_version_1_upgraded(tmp_path):
+    path = tmp_path / "future.sqlite"
+    LabelDB(path)
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(ValueError, match="schema version 99; this code reads version 2"):
+        LabelDB(path)
+    rc, err = run_cli(["--db", str(path), "status"])
+    assert rc == 2 and err.count("\n") == 1 and "schema version 99" in err
+    with sqlite3.connect(path) as con:  # refused before anything was changed
+        assert con.execute("SELECT value FROM meta").fetchone()[0] == "99"
+    # A version-1 file (no labelers table) opens read-only, and is upgraded for writing.
+    old = tmp_path / "v1.sqlite"
+    LabelDB(old).add_items("b", best_of_4_items(1))
+    with sqlite3.connect(old) as con:
+        con.execute("DROP TABLE labelers")
+        con.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    assert LabelDB(old, readonly=True).labelers() == []
+    assert LabelDB(old).labelers() == [] and LabelDB(old).progress()["open"] == 1
+    with sqlite3.connect(old) as con:
+        assert con.execute("SELECT value FROM meta").fetchone()[0] == "2"
+
+
+# --------------------------------------------------------------------------
+# 6. Registered labellers: a token says who labels.
+
+
+def test_registered_labellers_cannot_act_as_anyone_else(db, capsys):
+    assert cli.main(["--db", db.path, "labelers", "add", "alice", "bob"]) == 0
+    tokens = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    assert sorted(tokens) == ["alice", "bob"] and tokens["alice"] != tokens["bob"]
+    alice = {"X-Label-Token": tokens["alice"]}
+    with serve(db) as base:
+        c = Client(base)
+        assert c.get("/api/next?labeler=alice")[0] == 401  # no token: no access
+        # Invented ids cannot lease or skip anything.
+        for i in range(20):
+            status, reply, _ = c.get(f"/api/next?labeler=fake{i}", headers=alice)
+            assert status == 403 and "it cannot act as 'fake" in reply["error"]
+        for i in range(3):
+            assert c.post("/api/skip", {"item_id": 1, "labeler": f"fake{i}"},
+                          headers=alice)[0] == 403
+        assert db.skips() == [] and db.progress()["open"] == 3
+        # Each gets an item of their own; the labeller id comes from the token.
+        status, reply, _ = c.get("/api/next", headers=alice)
+        assert status == 200 and reply["item"]["id"] == 1
+        bob_item = c.get("/api/next", headers={"Authorization": f"Bearer {tokens['bob']}"})
+        assert bob_item[1]["item"]["id"] == 2
+        status, reply, _ = c.post("/api/answer", {"item_id": 1, "choice": 3}, headers=alice)
+        assert status == 201 and reply["labeler"] == "alice"
+        assert c.post("/api/answer", {"item_id": 2, "labeler": "bob", "choice": 0},
+                      headers=alice)[0] == 403
+        # The link with the token is the whole onboarding: no id form.
+        page = Client(base)
+        status, html, _ = page.get(f"/?token={tokens['bob']}")
+        assert status == 200 and '<b id="who">bob</b>' in html and 'data-item-id="2"' in html
+        # A removed labeller's token stops working at once.
+        assert cli.main(["--db", db.path, "labelers", "remove", "bob"]) == 0
+        assert page.get("/api/progress")[0] == 401
+    assert [(a.labeler, a.choice) for _, a in db.answers()] == [("alice", 3)]
+    # A shared token on top of registered labellers is refused.
+    os.environ["LABEL_SERVER_TOKEN"] = SECRET
+    try:
+        rc, err = run_cli(["--db", db.path, "--port", "0"])
+    finally:
+        del os.environ["LABEL_SERVER_TOKEN"]
+    assert rc == 2 and "has registered labellers" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------
+# 7. Bad settings: one line, exit 2, nothing served.
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--lease-seconds", "-5"], "--lease-seconds=-5.0"),
+    (["--lease-seconds", "0"], "--lease-seconds=0.0"),
+    (["--lease-seconds", "nan"], "--lease-seconds=nan"),
+    (["--request-timeout", "0"], "--request-timeout=0.0"),
+    (["--port", "-1"], "--port=-1"),
+    (["--port", "99999"], "--port=99999"),
+    (["--port", "eighty"], "argument --port"),
+    (["--db", ""], "label database ''"),
+    (["--db", ":memory:"], "label database ':memory:'"),
+    (["--host", "no.such.host.invalid"], "cannot serve on no.such.host.invalid"),
+])
+def test_bad_settings_are_one_line_errors(tmp_path, monkeypatch, args, named):
+    argv = ["--db", str(tmp_path / "l.sqlite"), *args]
+    if "--host" not in args:
+        monkeypatch.setattr(cli, "serve", lambda *a, **k: pytest.fail("served"))
+    rc, err = run_cli(argv)
+    assert rc == 2 and err.count("\n") == 1 and named in err, err
+
+
+def test_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        rc, err = run_cli(["--db", str(tmp_path / "l.sqlite"), "--port", str(port)])
+    assert rc == 2 and err.count("\n") == 1 and f"cannot serve on 127.0.0.1:{port}" in err
+
+
+# --------------------------------------------------------------------------
+# 8. Without a token, only the hosts the server was started for.
+
+
+def test_host_header_is_checked_without_a_token(db):
+    with serve(db, allowed_hosts=("labels.lan",)) as base:
+        port = base.rsplit(":", 1)[1]
+        c = Client(base)
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", "labels.lan", "LOCALHOST"):
+            assert c.get("/api/progress", headers={"Host": host})[0] == 200, host
+        for host in (f"evil.example:{port}", "127.0.0.1.evil.example", "attacker"):
+            status, reply, _ = c.get("/api/progress", headers={"Host": host})
+            assert status == 400 and "is not one this server was started for" in reply["error"]
+            assert c.post("/api/answer", {"item_id": 1, "labeler": "a", "choice": 0},
+                          headers={"Host": host})[0] == 400
+    assert db.answers() == []
+    with serve(db, token=SECRET) as base:  # the token is the guard then
+        status, _, _ = Client(base).get("/api/progress", headers={"Host": "labels.example.org",
+                                                                   "X-Label-Token": SECRET})
+        assert status == 200
