@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rlhf_jax.logprobs import masked_token_logprobs
+
 Array = jax.Array
 
 
@@ -55,12 +57,6 @@ def _check_same_shape(names: tuple[str, ...], *xs: Array) -> None:
 def _pairwise_accuracy(gap_B: Array) -> Array:
     """Mean of 1[gap > 0], with exact ties (gap == 0) counting 0.5."""
     return jnp.mean(jnp.where(gap_B > 0, 1.0, jnp.where(gap_B == 0, 0.5, 0.0)))
-
-
-def _check_temperature(temperature) -> None:
-    # Only a concrete Python number can be checked; a traced one is trusted.
-    if isinstance(temperature, (int, float)) and not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
 
 
 # --------------------------------------------------------------------------
@@ -253,7 +249,7 @@ def dpo_loss(
 
     Args:
       pi_chosen_B: [B] summed log-probs of the chosen responses under the
-        policy (see `sequence_logprobs`).
+        policy (see `logprobs.sequence_logprobs`).
       pi_rejected_B: [B] same for the rejected responses.
       ref_chosen_B: [B] summed log-probs of the chosen responses under the
         frozen reference.
@@ -295,79 +291,8 @@ def dpo_metrics(
 
 
 # --------------------------------------------------------------------------
-# Token log-probs and SFT.
+# SFT.
 # --------------------------------------------------------------------------
-
-
-def token_logprobs(logits_BxTxV: Array, targets_BxT: Array, temperature: float = 1.0) -> Array:
-    """Per-token log-probs of `targets` under `softmax(logits / temperature)`.
-
-    Every policy and reference log-prob must use the same temperature as the
-    sampler (PAPER_DETAILS item 7). `logits[:, t]` is the distribution of
-    `targets[:, t]`: the caller does the shift by one.
-
-    Args:
-      logits_BxTxV: [B, T, V] logits (any float dtype; computed in >= float32).
-      targets_BxT: [B, T] integer token ids.
-      temperature: > 0; a float or a traced scalar.
-
-    Returns:
-      [B, T] float log-probs. Targets outside [0, V) (e.g. LHP's pad id 50259)
-      are read at id 0 so the result stays finite; such positions are
-      meaningless and must be masked by the caller.
-    """
-    _check_temperature(temperature)
-    logits_BxTxV = _float(logits_BxTxV)
-    targets_BxT = jnp.asarray(targets_BxT)
-    _check_rank("logits_BxTxV", logits_BxTxV, 3, "[B, T, V]")
-    if targets_BxT.shape != logits_BxTxV.shape[:2]:
-        raise ValueError(
-            f"targets_BxT must have shape {logits_BxTxV.shape[:2]} to match "
-            f"logits_BxTxV {tuple(logits_BxTxV.shape)}, got {tuple(targets_BxT.shape)}"
-        )
-    vocab = logits_BxTxV.shape[-1]
-    # An out-of-range index would gather NaN (jnp's default fill), and
-    # NaN * 0 survives masking; clamp pads to a real id instead.
-    in_vocab_BxT = (targets_BxT >= 0) & (targets_BxT < vocab)
-    safe_targets_BxT = jnp.where(in_vocab_BxT, targets_BxT, 0)
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV / temperature, axis=-1)
-    return jnp.take_along_axis(logp_BxTxV, safe_targets_BxT[..., None], axis=-1, mode="clip")[
-        ..., 0
-    ]
-
-
-def _masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, temperature):
-    """[B, T] token log-probs with masked positions set to exactly 0, and the
-    float mask."""
-    logp_BxT = token_logprobs(logits_BxTxV, targets_BxT, temperature)
-    mask_BxT = jnp.asarray(mask_BxT)
-    if mask_BxT.shape != logp_BxT.shape:
-        raise ValueError(
-            f"mask_BxT must have shape {logp_BxT.shape} to match targets_BxT, "
-            f"got {tuple(mask_BxT.shape)}"
-        )
-    # `where`, not multiply: masked positions contribute no value and no
-    # gradient, whatever the logits hold there.
-    logp_BxT = jnp.where(mask_BxT != 0, logp_BxT, 0.0)
-    return logp_BxT, (mask_BxT != 0).astype(logp_BxT.dtype)
-
-
-def sequence_logprobs(
-    logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array, temperature: float = 1.0
-) -> Array:
-    """Summed log-prob of each target sequence over the positions where mask is 1.
-
-    Args:
-      logits_BxTxV: [B, T, V] logits, `logits[:, t]` predicting `targets[:, t]`.
-      targets_BxT: [B, T] integer token ids.
-      mask_BxT: [B, T] 1 (or True) for response tokens to count, 0 elsewhere.
-      temperature: > 0; logits are divided by it.
-
-    Returns:
-      [B] `sum_t mask * log softmax(logits / temperature)[target]`.
-    """
-    logp_BxT, _ = _masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, temperature)
-    return jnp.sum(logp_BxT, axis=-1)
 
 
 def sft_loss(logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array) -> Array:
@@ -385,5 +310,5 @@ def sft_loss(logits_BxTxV: Array, targets_BxT: Array, mask_BxT: Array) -> Array:
     Returns:
       Scalar loss; 0 (with zero gradient) when the mask is all zero.
     """
-    logp_BxT, mask_BxT = _masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, 1.0)
+    logp_BxT, mask_BxT = masked_token_logprobs(logits_BxTxV, targets_BxT, mask_BxT, 1.0)
     return -jnp.sum(logp_BxT) / jnp.maximum(jnp.sum(mask_BxT), 1.0)

@@ -25,6 +25,7 @@ import optax
 
 from rlhf_jax import fsdp
 from rlhf_jax.kl import KLState, update_kl_state
+from rlhf_jax.logprobs import logprobs_and_entropy
 
 Array = jax.Array
 
@@ -261,19 +262,6 @@ def value_loss(
     return loss, stats
 
 
-def entropy_from_logits(logits_BxTxV: Array) -> Array:
-    """Entropy of the categorical distribution at each position, [B, T].
-
-    Pass temperature-scaled logits to get the sampling distribution's entropy.
-    Logits of -inf (a vocabulary entry masked out, e.g. the pad token) are
-    allowed: they contribute 0, not NaN.
-    """
-    logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-    p_BxTxV = jnp.exp(logp_BxTxV)
-    plogp_BxTxV = jnp.where(p_BxTxV > 0, p_BxTxV * logp_BxTxV, 0.0)
-    return -jnp.sum(plogp_BxTxV, axis=-1)
-
-
 def var_explained(
     values_BxT: Array, returns_BxT: Array, mask: Optional[Array] = None
 ) -> Array:
@@ -354,11 +342,9 @@ def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, 
     ids_BxT = jnp.concatenate([query_BxQ, response_BxR], axis=1)
     mask_BxT = jnp.concatenate([query_mask_BxQ, response_mask_BxR], axis=1)
     logits_BxRxV, values_BxT = apply_policy_value(params, ids_BxT, mask_BxT, slice(q - 1, q + r - 1))
-    logits_BxRxV = logits_BxRxV / temperature
-    logp_BxRxV = jax.nn.log_softmax(logits_BxRxV.astype(jnp.float32), axis=-1)
+    # Masked positions are read at id 0, whatever token they hold (their value is unused).
     safe_BxR = jnp.where(response_mask_BxR > 0, response_BxR, 0)
-    logp_BxR = jnp.take_along_axis(logp_BxRxV, safe_BxR[..., None], axis=-1)[..., 0]
-    entropy_BxR = -jnp.sum(jnp.exp(logp_BxRxV) * logp_BxRxV, axis=-1)
+    logp_BxR, entropy_BxR = logprobs_and_entropy(logits_BxRxV, safe_BxR, temperature)
     return logp_BxR, entropy_BxR, values_BxT[:, q - 1 : q + r - 1]
 
 

@@ -19,6 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.logprobs import token_logprobs
 from rlhf_jax.models.gpt2 import init_cache
 
 
@@ -58,14 +59,13 @@ def _filter_logits(logits_BxV, top_k: int, top_p: float):
 def _draw(keys_B, logits_BxV, temperature, greedy, top_k, top_p):
     """One token per row (row i uses keys_B[i]) and its logprob under the tempered full distribution."""
     scaled_BxV = logits_BxV / temperature
-    logp_BxV = jax.nn.log_softmax(scaled_BxV, axis=-1)
     if greedy:
         tok_B = jnp.argmax(scaled_BxV, axis=-1)
     else:
         filtered_BxV = _filter_logits(scaled_BxV, top_k, top_p)
         tok_B = jax.vmap(jax.random.categorical)(keys_B, filtered_BxV)
     tok_B = tok_B.astype(jnp.int32)
-    return tok_B, jnp.take_along_axis(logp_BxV, tok_B[:, None], axis=-1)[:, 0]
+    return tok_B, token_logprobs(logits_BxV, tok_B, temperature)
 
 
 @functools.partial(

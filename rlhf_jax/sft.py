@@ -19,7 +19,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import losses, parallel, supervised
+from rlhf_jax import logprobs, parallel, supervised
 
 LOSS_ON = ("response", "all")
 
@@ -110,7 +110,7 @@ def token_nll(model, params, query_BxQ, query_mask_BxQ, response_BxR, response_m
                                 response_mask_BxR.astype(jnp.int32)], axis=1)
     tmask_BxT1 = target_mask(query_mask_BxQ, response_mask_BxR, loss_on)
     logits_BxTxV = causal_logits(model, params, ids_BxT, mask_BxT)
-    logp_B = losses.sequence_logprobs(logits_BxTxV[:, :-1], ids_BxT[:, 1:], tmask_BxT1)
+    logp_B = logprobs.sequence_logprobs(logits_BxTxV[:, :-1], ids_BxT[:, 1:], tmask_BxT1)
     return -logp_B, jnp.sum(tmask_BxT1, axis=1).astype(jnp.float32)
 
 
@@ -128,7 +128,7 @@ def response_logprobs(model, params, query_BxQ, query_mask_BxQ, response_BxR,
     mask_BxT = jnp.concatenate([query_mask_BxQ.astype(jnp.int32),
                                 response_mask_BxR.astype(jnp.int32)], axis=1)
     logits_BxTxV = causal_logits(model, params, ids_BxT, mask_BxT)
-    return losses.sequence_logprobs(logits_BxTxV[:, q - 1:q + r - 1], response_BxR,
+    return logprobs.sequence_logprobs(logits_BxTxV[:, q - 1:q + r - 1], response_BxR,
                                     response_mask_BxR, temperature)
 
 

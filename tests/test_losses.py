@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import losses
+from rlhf_jax import logprobs, losses
 
 LOG2 = math.log(2.0)
 
@@ -245,27 +245,40 @@ _TARGETS = jnp.array([[1, 2, 2]])  # probs .5, .25, .5
 
 
 def test_token_logprobs_hand_worked():
-    logp = losses.token_logprobs(_LOGITS, _TARGETS)
+    logp = logprobs.token_logprobs(_LOGITS, _TARGETS)
     np.testing.assert_allclose(logp, np.log([[0.5, 0.25, 0.5]]), rtol=1e-6)
 
 
 def test_token_logprobs_temperature():
     # T=2 halves the log-odds: row 0 becomes [1, sqrt 2, 1] / (2 + sqrt 2).
-    logp = losses.token_logprobs(_LOGITS, _TARGETS, temperature=2.0)
+    logp = logprobs.token_logprobs(_LOGITS, _TARGETS, temperature=2.0)
     s2 = math.sqrt(2.0)
     np.testing.assert_allclose(logp[0, 0], math.log(s2 / (2 + s2)), rtol=1e-6)
     with pytest.raises(ValueError, match="temperature must be > 0"):
-        losses.token_logprobs(_LOGITS, _TARGETS, temperature=0.0)
+        logprobs.token_logprobs(_LOGITS, _TARGETS, temperature=0.0)
+
+
+def test_token_logprobs_upcast_before_the_temperature():
+    # bf16 logits are divided by T in float32: the result is the float32 answer
+    # to the bits, where dividing in bf16 first rounds the tempered logits.
+    logits = jnp.asarray(np.random.default_rng(3).normal(size=(4, 50)) * 8, jnp.bfloat16)
+    targets = jnp.arange(4)
+    want = jax.nn.log_softmax(logits.astype(jnp.float32) / 0.7)[jnp.arange(4), targets]
+    got = logprobs.token_logprobs(logits, targets, 0.7)
+    assert got.dtype == jnp.float32
+    np.testing.assert_array_equal(got, want)
+    rounded = jax.nn.log_softmax((logits / 0.7).astype(jnp.float32))[jnp.arange(4), targets]
+    assert not np.array_equal(np.asarray(rounded), np.asarray(want))
 
 
 def test_sequence_logprobs_masked_sum():
     # mask [1, 0, 1]: log .5 + log .5 = -1.3862944
     mask = jnp.array([[1, 0, 1]])
     np.testing.assert_allclose(
-        losses.sequence_logprobs(_LOGITS, _TARGETS, mask), [2 * math.log(0.5)], rtol=1e-6
+        logprobs.sequence_logprobs(_LOGITS, _TARGETS, mask), [2 * math.log(0.5)], rtol=1e-6
     )
     np.testing.assert_allclose(
-        losses.sequence_logprobs(_LOGITS, _TARGETS, mask.astype(bool)),
+        logprobs.sequence_logprobs(_LOGITS, _TARGETS, mask.astype(bool)),
         [2 * math.log(0.5)],
         rtol=1e-6,
     )
@@ -290,8 +303,8 @@ def test_sft_mask_respected():
     noisy = losses.sft_loss(noisy_logits, noisy_targets, mask)
     np.testing.assert_allclose(noisy, base, rtol=1e-6)
     np.testing.assert_allclose(
-        losses.sequence_logprobs(noisy_logits, noisy_targets, mask),
-        losses.sequence_logprobs(logits, targets, mask),
+        logprobs.sequence_logprobs(noisy_logits, noisy_targets, mask),
+        logprobs.sequence_logprobs(logits, targets, mask),
         rtol=1e-6,
     )
     # Masked positions get exactly zero gradient.
@@ -299,7 +312,7 @@ def test_sft_mask_respected():
     assert np.all(np.isfinite(g))
     np.testing.assert_array_equal(np.asarray(g)[np.asarray(mask) == 0], 0.0)
     # The loss is the mean over the 4 unmasked tokens, not per sequence.
-    logp = losses.token_logprobs(logits, targets)
+    logp = logprobs.token_logprobs(logits, targets)
     np.testing.assert_allclose(base, -float(jnp.sum(logp * mask)) / 4, rtol=1e-6)
 
 
@@ -312,7 +325,7 @@ def test_sft_all_zero_mask_is_zero_not_nan():
 
 def test_logprob_shape_errors():
     with pytest.raises(ValueError, match="targets_BxT must have shape"):
-        losses.token_logprobs(_LOGITS, jnp.zeros((1, 2), jnp.int32))
+        logprobs.token_logprobs(_LOGITS, jnp.zeros((1, 2), jnp.int32))
     with pytest.raises(ValueError, match="mask_BxT must have shape"):
         losses.sft_loss(_LOGITS, _TARGETS, jnp.ones((1, 2)))
 
@@ -340,8 +353,8 @@ def test_all_losses_jit():
         (losses.dpo_loss, (c, r, r, c, 0.1)),
         (losses.dpo_metrics, (c, r, r, c, 0.1)),
         (losses.sft_loss, (_LOGITS, _TARGETS, mask)),
-        (losses.sequence_logprobs, (_LOGITS, _TARGETS, mask, 0.7)),
-        (losses.token_logprobs, (_LOGITS, _TARGETS, 0.7)),
+        (logprobs.sequence_logprobs, (_LOGITS, _TARGETS, mask, 0.7)),
+        (logprobs.token_logprobs, (_LOGITS, _TARGETS, 0.7)),
     ]
     for fn, args in cases:
         eager = fn(*args)

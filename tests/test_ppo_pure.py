@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import ppo
+from rlhf_jax.logprobs import logprobs_and_entropy
 
 
 def gae_loop(rewards, values, gamma, lam):
@@ -253,14 +254,22 @@ def test_masked_mean_and_var():
 
 
 def test_entropy_from_logits():
+    # The entropy PPO logs comes from the one log-prob function (any target).
+    def entropy(logits):
+        return logprobs_and_entropy(logits, jnp.zeros(logits.shape[:-1], jnp.int32))[1]
+
     logits = jnp.zeros((1, 2, 4)).at[0, 1].set(jnp.array([0.0, -jnp.inf, -jnp.inf, -jnp.inf]))
-    ent = np.asarray(ppo.entropy_from_logits(logits))
+    ent = np.asarray(entropy(logits))
     np.testing.assert_allclose(ent, [[np.log(4.0), 0.0]], rtol=1e-6, atol=1e-7)
     rng = np.random.default_rng(4)
     z = rng.normal(size=(2, 3, 5))
     p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    np.testing.assert_allclose(ppo.entropy_from_logits(jnp.asarray(z)),
-                               -(p * np.log(p)).sum(-1), rtol=1e-5)
+    np.testing.assert_allclose(entropy(jnp.asarray(z)), -(p * np.log(p)).sum(-1), rtol=1e-5)
+    # At temperature 2 the entropy is that of softmax(z / 2).
+    p2 = np.exp(z / 2) / np.exp(z / 2).sum(-1, keepdims=True)
+    np.testing.assert_allclose(
+        logprobs_and_entropy(jnp.asarray(z), jnp.zeros((2, 3), jnp.int32), 2.0)[1],
+        -(p2 * np.log(p2)).sum(-1), rtol=1e-5)
 
 
 def test_var_explained_hand_numbers():
@@ -286,7 +295,8 @@ def test_everything_jits():
         (ppo.policy_loss, (a, b, c, 0.2, mask), {}),
         (ppo.value_loss, (a, b, c, 0.2, mask), {}),
         (ppo.var_explained, (a, b, mask), {}),
-        (ppo.entropy_from_logits, (a[:, :, None] * jnp.arange(3.0),), {}),
+        (logprobs_and_entropy, (a[:, :, None] * jnp.arange(3.0), jnp.zeros((2, 4), jnp.int32)),
+         {}),
     ]
     for fn, args, kwargs in calls:
         eager = fn(*args, **kwargs)
