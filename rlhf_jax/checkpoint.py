@@ -22,7 +22,8 @@ PRNG keys: new-style typed keys (`jax.random.key`) are stored as their
 legacy raw uint32 keys (`jax.random.PRNGKey`) are plain arrays.
 
 Finished stages: the stage's last save carries `meta["finished"] = True`
-(`mark_finished`), so a relaunch sees `is_finished()` and does no new work.
+(`mark_finished`); a relaunch finds it in the meta `restore` returns and does
+no new work.
 
 Preemption: `PreemptionHandler` turns SIGTERM into a flag the loop polls;
 the loop then saves (force=True), `wait()`s for the save and exits.
@@ -150,28 +151,6 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         """Committed steps on disk, ascending."""
         return sorted(self._manager.all_steps())
-
-    def latest_meta(self) -> dict | None:
-        """The meta dict of the newest step whose meta reads; None if none do."""
-        for step in reversed(self.all_steps()):
-            try:
-                restored = self._manager.restore(
-                    step, args=ocp.args.Composite(**{META_ITEM: ocp.args.JsonRestore()}))
-                return dict(restored[META_ITEM])
-            except Exception as e:  # pylint: disable=broad-except
-                logging.warning("checkpoint %s step %d: meta unreadable (%s: %s)",
-                                self.directory, step, type(e).__name__, e)
-        return None
-
-    def is_finished(self) -> bool:
-        """Whether the stage's newest checkpoint was saved with `finished=True`.
-
-        Reads only the meta item (cheap). A caller that restores the state
-        anyway should trust the meta `restore` returns, which comes from the
-        step actually restored.
-        """
-        meta = self.latest_meta()
-        return bool(meta is not None and meta.get("finished") is True)
 
     # -- save / restore -------------------------------------------------------
 

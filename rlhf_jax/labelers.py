@@ -115,21 +115,6 @@ class Gold(Protocol):
         ...
 
 
-class Labeler(Protocol):
-    """Anything that answers label requests (mock, online loop, human queue).
-
-    `label_type` is the kind of answer given (`Labels.label_type`), and
-    `label(request)` returns Labels holding the request's tokens and one
-    answer per query: `best_N` for best_of_n / pairwise, `score_N` for
-    scalar_rating, `difference_N` for scalar_compare.
-    """
-
-    label_type: str
-
-    def label(self, request: LabelRequest) -> Labels:
-        ...
-
-
 # --------------------------------------------------------------------------
 # Gold rewards.
 

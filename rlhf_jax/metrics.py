@@ -1,4 +1,4 @@
-"""Metrics: JSONL, TensorBoard and W&B writers, NaN checks, readable progress.
+"""Metrics: JSONL, TensorBoard and W&B writers, NaN checks, log lines with rate and ETA.
 
 What a run leaves in its workdir:
 
@@ -28,12 +28,13 @@ import json
 import logging
 import math
 import os
-import sys
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence, TextIO
+from typing import Any, Iterable, Mapping, Sequence, TextIO
 
 import jax
 import numpy as np
+
+from rlhf_jax.files import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -159,12 +160,7 @@ def _truncate_jsonl_after(path: str, stage: str, step: int) -> int:
             dropped += 1
         else:
             kept.append(line)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in kept))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)  # Atomic: a kill leaves either the old or the new file.
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
     return dropped
 
 
@@ -456,97 +452,15 @@ def format_log_line(step: int, total: int, metrics: Mapping[str, Any],
     return " | ".join(parts)
 
 
-class Progress:
-    """A progress line with count/total, percent, rate, elapsed time and ETA.
+def rate_and_eta(step: int, total: int, start: int, elapsed_s: float
+                 ) -> tuple[float | None, float | None]:
+    """(steps per second, seconds left) of a stage at `step` of `total`.
 
-    On a terminal the line is redrawn in place; on a log file (not a TTY) a
-    full line is printed at most every `min_interval_s` seconds and at the
-    end, so logs stay readable. `initial` is where a resumed stage starts;
-    the rate counts only this process's work.
-
-        with Progress(total=50, desc="ppo") as bar:
-            for ...:
-                bar.update(1, kl=2.4)
+    The rate counts only this process's steps (from `start`, where a resumed
+    stage began) over `elapsed_s`; both are None before any progress.
     """
-
-    def __init__(self, total: int, desc: str, *, unit: str = "step",
-                 stream: TextIO = sys.stderr, enabled: bool | None = None,
-                 initial: int = 0, min_interval_s: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
-        if total <= 0:
-            raise ValueError(f"Progress({desc!r}): total must be positive, got {total}")
-        self.total, self.desc, self.unit = int(total), desc, unit
-        self.stream = stream
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.count = self._initial = int(initial)
-        self._clock = clock
-        self._start = clock()
-        self._last_print_time = -math.inf
-        self._printed_count: int | None = None
-        self._min_interval_s = min_interval_s
-        self._postfix: dict[str, Any] = {}
-        self._isatty = bool(getattr(stream, "isatty", lambda: False)())
-        self._closed = False
-
-    def rate(self) -> float | None:
-        """Units per second since this process started counting."""
-        elapsed = self._clock() - self._start
-        done = self.count - self._initial
-        return done / elapsed if elapsed > 0 and done > 0 else None
-
-    def eta_s(self) -> float | None:
-        """Seconds left at the current rate; None before any progress."""
-        rate = self.rate()
-        return (self.total - self.count) / rate if rate else None
-
-    def line(self) -> str:
-        """The current progress line, without a line ending."""
-        rate = self.rate()
-        parts = [
-            f"{self.desc} {self.count}/{self.total} "
-            f"({100.0 * self.count / self.total:.0f}%)",
-            f"{format_value(rate) if rate else '?'} {self.unit}/s",
-            f"elapsed {format_duration(self._clock() - self._start)}",
-            f"eta {format_duration(self.eta_s())}",
-        ]
-        for k, v in self._postfix.items():
-            is_number = isinstance(v, (int, float, np.generic))
-            parts.append(f"{k} {format_value(v) if is_number else v}")
-        return " | ".join(parts)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        """Advances by `n`; keyword values are shown after the ETA."""
-        self.count += n
-        self._postfix.update(postfix)
-        if not self.enabled:
-            return
-        now = self._clock()
-        if self.count >= self.total or now - self._last_print_time >= self._min_interval_s:
-            self._print()
-            self._last_print_time = now
-
-    def _print(self) -> None:
-        prefix = "\r\033[K" if self._isatty else ""
-        suffix = "" if self._isatty else "\n"
-        self.stream.write(prefix + self.line() + suffix)
-        self.stream.flush()
-        self._printed_count = self.count
-
-    def close(self) -> None:
-        """Prints the final state once, ending a redrawn terminal line."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self.enabled:
-            return
-        if self._printed_count != self.count or self._isatty:
-            self._print()
-        if self._isatty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    done = step - start
+    if elapsed_s <= 0 or done <= 0:
+        return None, None
+    rate = done / elapsed_s
+    return rate, (total - step) / rate

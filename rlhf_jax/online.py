@@ -41,7 +41,6 @@ checks).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Callable
@@ -53,6 +52,7 @@ from rlhf_jax import parallel, reward
 from rlhf_jax.batched import postprocess, sample_responses
 from rlhf_jax.context import Context, stage_key
 from rlhf_jax.data import labels as labels_lib
+from rlhf_jax.files import savez_atomic, write_json_atomic
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import loading
 
@@ -64,20 +64,6 @@ _SAMPLE_STREAM, _RETRAIN_STREAM = 0x6F6E, 0x726D
 def _log(text: str) -> None:
     if parallel.process_is_main():
         print(text, flush=True)
-
-
-def _atomic_savez(path: str, **arrays) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def _for_concatenation(labels: labels_lib.Labels) -> labels_lib.Labels:
@@ -211,7 +197,7 @@ class OnlineCollector:
             arrays = {"query": q, "query_mask": m,
                       "responses": processed.reshape(self.k, n, -1).transpose(1, 0, 2),
                       "response_mask": pmask.reshape(self.k, n, -1).transpose(1, 0, 2)}
-            _atomic_savez(path, **arrays)
+            savez_atomic(path, **arrays)
         return LabelRequest.from_tokens(arrays["query"], arrays["query_mask"],
                                         arrays["responses"], arrays["response_mask"],
                                         pad_token=cfg.task.pad_token, decode=ctx.decode)
@@ -305,7 +291,7 @@ class OnlineCollector:
                 np.mean(best_gold_N == new.gold_NxK.max(1)))
         ctx.writer.write(update, STAGE, row)
         if parallel.process_is_main():
-            _write_json(self._done_path(r), {"update": update, **row})
+            write_json_atomic(self._done_path(r), {"update": update, **row})
         _log(f"online | round {r} done: " + " | ".join(
             f"{k.split('/', 1)[1]} {v:.4g}" for k, v in row.items())
             + f" | {time.time() - t0:.0f}s")

@@ -397,20 +397,6 @@ def host_complete(tree):
     return jax.tree.map(full, tree)
 
 
-def tree_size(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 @functools.lru_cache(maxsize=None)
 def process_is_main() -> bool:
     return jax.process_index() == 0
-
-
-def global_batch_size(local: int) -> int:
-    return local * jax.process_count()
-
-
-def to_host(tree):
-    return jax.tree.map(np.asarray, jax.device_get(tree))
-
-

@@ -35,6 +35,7 @@ from rlhf_jax import config_lib, parallel
 from rlhf_jax.batched import gold_function, postprocess, sample_responses
 from rlhf_jax.context import Context, resolve_task, setup_tokenizer, stage_key
 from rlhf_jax.data import labels as labels_lib
+from rlhf_jax.files import write_json_atomic
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import GPT2LMHeadModel, loading
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
@@ -292,13 +293,6 @@ def _scalars(summary: dict) -> dict:
     return out
 
 
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(tmp, path)
-
-
 def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) every stage the config names; returns their summaries."""
     parallel.initialize_distributed()
@@ -313,7 +307,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     setup_tokenizer(ctx)
     resolve_task(ctx)
     if parallel.process_is_main():
-        _write_json(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
+        write_json_atomic(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
     logging.info("derived sizes: %s", derived)
     results = {}
     t0 = time.time()
@@ -330,7 +324,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             out = STAGE_FNS[stage](ctx)  # raises Preempted on SIGTERM: no marker
             out = {**(out or {}), "seconds": round(time.time() - ts, 1)}
             if parallel.process_is_main():
-                _write_json(marker, out)
+                write_json_atomic(marker, out)
             results[stage] = out
             print(f"[{stage}] done in {out['seconds']:.0f}s", flush=True)
     finally:

@@ -22,7 +22,6 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rlhf_jax import parallel
 from rlhf_jax.data import tasks
@@ -238,13 +237,3 @@ def make_best_of_n(models: PPOModels, task: TaskSpec, n: int) -> Callable:
         return best_BxR, jnp.max(scores_BxN, axis=1), scores_BxN
 
     return run
-
-
-def host_gold_scores(gold_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
-                     query_BxQ, query_mask_BxQ, processed_BxR) -> np.ndarray | None:
-    """The gold reward of post-processed responses, on the host (None without one)."""
-    if gold_fn is None:
-        return None
-    return np.asarray(gold_fn(np.asarray(query_BxQ), np.asarray(query_mask_BxQ),
-                              np.asarray(processed_BxR)), np.float32)
-

@@ -49,7 +49,8 @@ import optax
 
 from rlhf_jax import parallel
 from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
-from rlhf_jax.metrics import DeferredMetrics, MetricsWriter, check_finite, format_log_line
+from rlhf_jax.metrics import (DeferredMetrics, MetricsWriter, check_finite, format_log_line,
+                              rate_and_eta)
 from rlhf_jax.optim import make_optimizer, make_schedule
 
 # Fold-in constants that split the base key into independent streams.
@@ -441,11 +442,9 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
         step, metrics = done[0], _host_metrics(done[1])
         row = {f"{stage}/{k}": v for k, v in metrics.items()}
         row[f"{stage}/lr"] = float(lr_schedule(step - 1))  # the lr of update `step`
-        elapsed = time.monotonic() - t0
-        rate = (step - start) / elapsed if elapsed > 0 else 0.0
-        row[f"{stage}/steps_per_s"] = rate
-        _write(writer, step, stage, row, total_steps,
-               eta_s=(total_steps - step) / rate if rate > 0 else None)
+        rate, eta_s = rate_and_eta(step, total_steps, start, time.monotonic() - t0)
+        row[f"{stage}/steps_per_s"] = rate or 0.0
+        _write(writer, step, stage, row, total_steps, eta_s=eta_s)
         summary["train"] = {k.split("/", 1)[1]: v for k, v in row.items()
                             if not k.endswith("/steps_per_s")}  # deterministic values only
 

@@ -43,6 +43,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from rlhf_jax.files import write_json_atomic
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS_DIR = "runs"
 RUN_RECORD = "sweep_run.json"
@@ -501,7 +503,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                "wall_seconds_this_launch": round(time.time() - t0, 1),
                "run_seconds_total": round(sum(r["seconds"] or 0 for r in summary_runs.values()), 1),
                "runs": summary_runs, "outputs": [os.path.basename(p) for p in outputs]}
-    _write_json(os.path.join(out_dir, "summary.json"), summary)
+    write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     if results_dir and not sweep.runlocal:
         dest = os.path.join(results_dir, sweep.name)
         os.makedirs(dest, exist_ok=True)
@@ -556,14 +558,6 @@ def _run_seconds(run_dir: str) -> float | None:
         with open(os.path.join(stages, name)) as f:
             total += float(json.load(f).get("seconds", 0.0))
     return round(total, 1)
-
-
-def _write_json(path: str, obj) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------

@@ -189,7 +189,7 @@ class PPOTrainer:
         if online is not None:
             rm_params = online.start(start)  # the newest online round's RM, on resume
         ref_r, rm_r = dp.replicate(ref_params), dp.replicate(rm_params if rm_params else {})
-        progress = metrics_lib.Progress(n, stage, unit="update", initial=start)
+        t_start = time.monotonic()
         deferred = metrics_lib.DeferredMetrics()
         t_last = time.perf_counter()
         history = []
@@ -202,8 +202,9 @@ class PPOTrainer:
             if writer is not None:
                 writer.write(step_done, stage, check)
             if parallel.process_is_main():
+                _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
                 print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS, stage=stage,
-                                                  eta_s=progress.eta_s()), flush=True)
+                                                  eta_s=eta_s), flush=True)
 
         with PreemptionHandler() as preempt:
             while update < n:
@@ -227,7 +228,6 @@ class PPOTrainer:
                 t_last = now
                 if gold_B is not None:
                     extra["objective/gold_score"] = float(np.mean(gold_B))
-                progress.update(1)
                 is_log = update % cfg.ppo.log_every == 0 or update == n
                 if is_log and writer is not None and decode is not None:
                     # The beta this rollout was penalised with (before this update's change).
@@ -255,7 +255,6 @@ class PPOTrainer:
             ready = deferred.flush()
             if ready is not None and ready[1][2]:
                 log(ready[0], {**ready[1][0], **ready[1][1]})
-        progress.close()
         if ckpt is not None:
             ckpt.wait()
             ckpt.close()

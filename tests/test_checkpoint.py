@@ -176,18 +176,18 @@ def test_structure_mismatch_is_not_a_silent_restart(tmp_path):
 
 def test_finished_flag(tmp_path):
     with Checkpointer(str(tmp_path / "rm")) as ckpt:
-        assert not ckpt.is_finished()
+        assert ckpt.restore(make_state()) is None
         meta = {"cursor": 3, "finished": False}
         ckpt.save(1, make_state(), meta)
         ckpt.wait()
-        assert not ckpt.is_finished()
+        assert ckpt.restore(make_state())[2]["finished"] is False
         assert mark_finished(meta) == {"cursor": 3, "finished": True}
         assert meta["finished"] is False  # not mutated
         ckpt.save(2, make_state(), mark_finished(meta), force=True)
     # A relaunch sees the finished stage.
     with Checkpointer(str(tmp_path / "rm")) as ckpt:
-        assert ckpt.is_finished()
-        assert ckpt.latest_meta() == {"cursor": 3, "finished": True}
+        step, _, meta = ckpt.restore(make_state())
+        assert step == 2 and meta == {"cursor": 3, "finished": True}
 
 
 def test_sigterm_sets_flag_and_restores_handler():

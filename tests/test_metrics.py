@@ -1,7 +1,6 @@
 """Metrics writers, readers, NaN checks, deferred fetching and progress lines."""
 
 import glob
-import io
 import json
 import os
 import struct
@@ -192,27 +191,12 @@ def test_format_log_line():
         "0s", "45s", "1m20s", "2h03m", "?"]
 
 
-def test_progress_line_rate_and_eta():
-    now = [100.0]
-    stream = io.StringIO()
-    bar = M.Progress(10, "ppo", unit="ep", stream=stream, enabled=True,
-                     initial=2, min_interval_s=5.0, clock=lambda: now[0])
-    now[0] = 102.0
-    bar.update(4, kl=2.5)  # 4 ep in 2 s: 2 ep/s, 4 left -> 2 s
-    assert bar.eta_s() == pytest.approx(2.0)
-    assert stream.getvalue() == (
-        "ppo 6/10 (60%) | 2.00 ep/s | elapsed 2s | eta 2s | kl 2.50\n")
-    now[0] = 103.0
-    bar.update(1)  # within min_interval_s: not printed
-    assert stream.getvalue().count("\n") == 1
-    bar.close()
-    assert stream.getvalue().splitlines()[-1].startswith("ppo 7/10 (70%) | 1.67 ep/s")
-    bar.close()
-    assert stream.getvalue().count("\n") == 2
-    quiet = io.StringIO()
-    with M.Progress(3, "x", stream=quiet, enabled=False) as q:
-        q.update(3)
-    assert quiet.getvalue() == ""
+def test_rate_and_eta():
+    # A stage resumed at step 2 reaches step 6 of 10 in 2 s: 2 steps/s, 4 left -> 2 s.
+    assert M.rate_and_eta(6, 10, 2, 2.0) == (pytest.approx(2.0), pytest.approx(2.0))
+    assert M.rate_and_eta(7, 10, 2, 3.0) == (pytest.approx(5 / 3), pytest.approx(1.8))
+    assert M.rate_and_eta(2, 10, 2, 3.0) == (None, None)  # nothing done yet this process
+    assert M.rate_and_eta(3, 10, 2, 0.0) == (None, None)
 
 
 def test_deferred_metrics_ordering():

@@ -74,14 +74,10 @@ def test_truncate_after_out_of_range_raises():
         tasks.penalize_scores(jnp.zeros(5), RESPONSES, DOT, -1, -1.0)
 
 
-def test_first_eos_index_and_mask():
+def test_first_eos_index():
     eos = 0
     responses = jnp.array([[5, 0, 3, 0], [1, 2, 3, 4], [0, 1, 1, 1]])
     np.testing.assert_array_equal(tasks.first_eos_index(responses, eos), [1, 3, 0])
-    np.testing.assert_array_equal(tasks.mask_after_eos(responses, eos),
-                                  [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
-    np.testing.assert_array_equal(jax.jit(tasks.mask_after_eos, static_argnums=1)(responses, eos),
-                                  tasks.mask_after_eos(responses, eos))
 
 
 # ---------------------------------------------------------------- queries

@@ -31,12 +31,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from rlhf_jax.data.tasks import pad_left, pad_right
+from rlhf_jax.files import write_text_atomic
 
 # The kinds of answer a label holds (Labels.label_type).
 LABEL_TYPES = ("best_of_n", "pairwise", "scalar_rating", "scalar_compare")
@@ -572,25 +572,6 @@ def write_labels_jsonl(path, labels: Labels) -> None:
     write_text_atomic(path, "".join(
         json.dumps(_record_to_json(labels, i), separators=(",", ":")) + "\n"
         for i in range(len(labels))))
-
-
-def write_text_atomic(path, text: str) -> None:
-    """`text` to `path` via a temporary file in the same directory and
-    `os.replace`: a crash leaves the old file or the new one, never a partial one."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_token: int,

@@ -98,13 +98,6 @@ def first_eos_index(responses_BxR: Array, eos_token: int) -> Array:
                      jnp.argmax(is_eos_BxR, axis=1), last).astype(jnp.int32)
 
 
-def mask_after_eos(responses_BxR: Array, eos_token: int) -> Array:
-    """int32 mask: 1 up to and including the first EOS, 0 after (all 1 with no EOS)."""
-    idx_R = jnp.arange(responses_BxR.shape[1])
-    eos_B = first_eos_index(responses_BxR, eos_token)
-    return (idx_R[None, :] <= eos_B[:, None]).astype(jnp.int32)
-
-
 # --------------------------------------------------------------------------
 # Host side: queries.
 

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Optional
 
 from rlhf_jax.data import labels as labels_lib
 from rlhf_jax.data.labels import LHP_PAD_TOKEN
+from rlhf_jax.files import write_text_atomic
 from rlhf_jax.label_server.db import (Answer, Conflict, Item, LabelDB, LabelError, Response,
                                       word_pieces)
 
@@ -158,7 +159,7 @@ def export_lhp(db: LabelDB, path, *, batch: Optional[str] = None, **kwargs) -> i
     Returns the number of records.
     """
     records = lhp_records(db.answers(batch=batch), **kwargs)
-    labels_lib.write_text_atomic(path, json.dumps(records, separators=(",", ":")) + "\n")
+    write_text_atomic(path, json.dumps(records, separators=(",", ":")) + "\n")
     return len(records)
 
 
@@ -171,7 +172,7 @@ def export_sff(db: LabelDB, path, *, batch: Optional[str] = None, split: str = "
     if not pairs:
         raise ValueError("no answered items to export")
     records = sff_records(pairs, split=split)
-    labels_lib.write_text_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    write_text_atomic(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     return len(records)
 
 
