@@ -14,6 +14,7 @@ positions hold `pad_token_id`, logprob 0 and mask 0.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.struct
 import jax
@@ -56,14 +57,48 @@ def _filter_logits(logits_BxV, top_k: int, top_p: float):
     return logits_BxV
 
 
+def _inverse_cdf(u_B, weights_BxV):
+    """Index i with probability weights[i] / sum(weights), by inverting the CDF at u in [0, 1).
+
+    Two levels (blocks of about sqrt(V) tokens, then a token within the chosen
+    block), so one uniform per row draws from 50k tokens with two short cumsums.
+    """
+    b, v = weights_BxV.shape
+    c = -(-(math.isqrt(v - 1) + 1) // 8) * 8  # block length: ceil(sqrt(V)), rounded up to 8
+    n = -(-v // c)
+    w_BxNxC = jnp.pad(weights_BxV, ((0, 0), (0, n * c - v))).reshape(b, n, c)
+    cum_BxN = jnp.cumsum(jnp.sum(w_BxNxC, axis=-1), axis=-1)
+    # Clamped below the total so rounding cannot step past the last token with mass.
+    x_B = jnp.minimum(u_B * cum_BxN[:, -1], cum_BxN[:, -1] * (1 - 2.0**-20))
+    # The first block whose cumulative mass exceeds x (a block of zero mass never does).
+    blk_B = jnp.sum(cum_BxN <= x_B[:, None], axis=-1)
+    blk_B = jnp.minimum(blk_B, n - 1)
+    prev_B = jnp.take_along_axis(cum_BxN, jnp.maximum(blk_B - 1, 0)[:, None], axis=-1)[:, 0]
+    before_B = jnp.where(blk_B > 0, prev_B, 0.0)  # mass of the blocks before blk
+    block_BxC = jnp.take_along_axis(w_BxNxC, blk_B[:, None, None], axis=1)[:, 0]
+    cum_BxC = jnp.cumsum(block_BxC, axis=-1)
+    rest_B = jnp.minimum(x_B - before_B, cum_BxC[:, -1] * (1 - 2.0**-20))
+    within_B = jnp.minimum(jnp.sum(cum_BxC <= rest_B[:, None], axis=-1), c - 1)
+    return blk_B * c + within_B
+
+
 def _draw(keys_B, logits_BxV, temperature, greedy, top_k, top_p):
-    """One token per row (row i uses keys_B[i]) and its logprob under the tempered full distribution."""
+    """One token per row (row i uses keys_B[i]) and its logprob under the tempered full distribution.
+
+    Sampling inverts the CDF of softmax(filtered logits / T) at one uniform per
+    row: the same law as Gumbel-max, whose 50k random numbers per row and step
+    cost more on a CPU than the rest of the draw.
+    """
     scaled_BxV = logits_BxV / temperature
     if greedy:
         tok_B = jnp.argmax(scaled_BxV, axis=-1)
     else:
-        filtered_BxV = _filter_logits(scaled_BxV, top_k, top_p)
-        tok_B = jax.vmap(jax.random.categorical)(keys_B, filtered_BxV)
+        exp_BxV = jnp.exp(scaled_BxV - jnp.max(scaled_BxV, axis=-1, keepdims=True))
+        if top_k or top_p < 1.0:
+            keep_BxV = _filter_logits(scaled_BxV, top_k, top_p) > jnp.finfo(scaled_BxV.dtype).min
+            exp_BxV = jnp.where(keep_BxV, exp_BxV, 0.0)
+        u_B = jax.vmap(jax.random.uniform)(keys_B)
+        tok_B = _inverse_cdf(u_B, exp_BxV)
     tok_B = tok_B.astype(jnp.int32)
     return tok_B, token_logprobs(logits_BxV, tok_B, temperature)
 

@@ -183,6 +183,35 @@ def test_token_frequencies_match_softmax_of_tempered_logits(temperature):
     np.testing.assert_allclose(np.asarray(out.logprobs[:, 0]), np.log(p_V)[tokens_N], atol=1e-5)
 
 
+def test_inverse_cdf_hand_worked_across_blocks():
+    # V=100: blocks of 16 (ceil(sqrt(100)) rounded up to 8), block 1 holds no mass.
+    w_V = np.zeros(100, np.float32)
+    w_V[[3, 40, 99]] = [1.0, 2.0, 1.0]  # CDF steps at 1/4 and 3/4
+    u_B = jnp.array([0.0, 0.2499, 0.25, 0.7, 0.75, 1 - 2**-24], jnp.float32)
+    got = sampling._inverse_cdf(u_B, jnp.tile(jnp.asarray(w_V), (6, 1)))
+    np.testing.assert_array_equal(np.asarray(got), [3, 3, 40, 40, 99, 99])
+
+
+def test_draw_frequencies_on_a_large_vocabulary():
+    # 1000 tokens (32 blocks of 32): the two-level draw against softmax(logits / T).
+    logits_V = 3.0 * jax.random.normal(jax.random.key(5), (1000,))
+    n, t = 20000, 0.7
+    keys_N = jax.random.split(jax.random.key(6), n)
+    tok_N, logp_N = jax.jit(
+        lambda k, l: sampling._draw(k, l, t, False, 0, 1.0)
+    )(keys_N, jnp.broadcast_to(logits_V, (n, 1000)))
+    p_V = np.asarray(jax.nn.softmax(np.asarray(logits_V, np.float64) / t))
+    assert p_V.max() > 0.1  # far from uniform
+    freq_V = np.bincount(np.asarray(tok_N), minlength=1000) / n
+    # Per token where 20+ draws are expected (normal approximation); the rest pooled.
+    big_V = n * p_V >= 20
+    assert big_V.sum() > 20 and p_V[~big_V].sum() > 0.01
+    f_K = np.append(freq_V[big_V], freq_V[~big_V].sum())
+    p_K = np.append(p_V[big_V], p_V[~big_V].sum())
+    np.testing.assert_array_less(np.abs(f_K - p_K), 5 * np.sqrt(p_K * (1 - p_K) / n))
+    np.testing.assert_allclose(np.asarray(logp_N), np.log(p_V)[np.asarray(tok_N)], atol=1e-5)
+
+
 def _rank_and_mass_above(logits_BxRxV, tokens_BxR, temperature):
     """Per sampled token: how many tokens are strictly likelier, and their total mass."""
     p_BxRxV = np.asarray(jax.nn.softmax(logits_BxRxV / temperature, axis=-1), np.float64)

@@ -156,14 +156,26 @@ class Attention(nn.Module):
             )
             new_cache = {"k": k_BxSxHxd, "v": v_BxSxHxd}
             k_BxTxHxd, v_BxTxHxd = k_BxSxHxd.astype(cfg.dtype), v_BxSxHxd.astype(cfg.dtype)
-        scores_BxHxTxS = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxd, k_BxTxHxd).astype(jnp.float32)
-        scores_BxHxTxS = scores_BxHxTxS / math.sqrt(hd)
         # `where`, not an additive bias: a row with every key masked (a pad
         # query) then softmaxes to uniform instead of NaN, as in HF.
         neg = jnp.finfo(jnp.float32).min
-        scores_BxHxTxS = jnp.where(allowed_BxTxS[:, None], scores_BxHxTxS, neg)
-        probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(cfg.dtype)
-        out_BxTxHxd = jnp.einsum("bhqk,bkhd->bqhd", probs, v_BxTxHxd)
+        if t == 1 and layer_cache is not None:
+            # One decode step: multiply-and-reduce over the cache in its own
+            # [B, S, H, hd] layout. As an einsum, XLA:CPU transposes both
+            # caches of every layer at every step into a batched-matmul layout
+            # (measured: 12 layers at batch 16 x 88, about 5x slower).
+            scores_BxSxH = jnp.sum(
+                (q_BxTxHxd * k_BxTxHxd).astype(jnp.float32), axis=-1
+            ) / math.sqrt(hd)
+            scores_BxSxH = jnp.where(allowed_BxTxS[:, 0, :, None], scores_BxSxH, neg)
+            probs_BxSxH = jax.nn.softmax(scores_BxSxH, axis=1).astype(cfg.dtype)
+            out_BxTxHxd = jnp.sum(probs_BxSxH[..., None] * v_BxTxHxd, axis=1, keepdims=True)
+        else:
+            scores_BxHxTxS = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxd, k_BxTxHxd).astype(jnp.float32)
+            scores_BxHxTxS = scores_BxHxTxS / math.sqrt(hd)
+            scores_BxHxTxS = jnp.where(allowed_BxTxS[:, None], scores_BxHxTxS, neg)
+            probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(cfg.dtype)
+            out_BxTxHxd = jnp.einsum("bhqk,bkhd->bqhd", probs, v_BxTxHxd)
         out = _dense(cfg, cfg.n_embd, "c_proj", proj_std)(out_BxTxHxd.reshape(b, t, cfg.n_embd))
         return out, new_cache
 
