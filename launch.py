@@ -25,6 +25,11 @@ config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config fi
 flags.DEFINE_string("workdir", None, "Output directory (default: ./runs/<config>-<time>).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and derived sizes, then exit.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config or data error.")
+flags.DEFINE_bool("compile_cache", True, "Keep compiled programs in a persistent cache, so a "
+                  "relaunch or a similar run loads them (--nocompile_cache: off).")
+flags.DEFINE_string("compile_cache_dir", None, "Compilation cache directory (default: "
+                    "$RLHF_JAX_COMPILE_CACHE, $JAX_COMPILATION_CACHE_DIR, else "
+                    "~/.cache/rlhf_jax/jax; see rlhf_jax/compile_cache.py).")
 flags.DEFINE_string("sweep", None, "Sweep file[:runlocal] (configs/sweeps/NAME.py): run its "
                     "members under --workdir/runs, aggregate into --workdir/NAME and "
                     "results/NAME; --config is not used (see rlhf_jax/sweep.py).")
@@ -41,6 +46,10 @@ def main(argv):
     cfg = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or os.path.join(
         "runs", f"{cfg.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+    if not flags.FLAGS.dry_run:
+        from rlhf_jax import compile_cache
+
+        compile_cache.enable(flags.FLAGS.compile_cache_dir, off=not flags.FLAGS.compile_cache)
     try:
         if flags.FLAGS.sweep:
             from rlhf_jax import sweep as sweep_lib

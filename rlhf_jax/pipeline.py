@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rlhf_jax import config_lib, parallel
+from rlhf_jax import compile_cache, config_lib, parallel
 from rlhf_jax.batched import gold_function, postprocess, sample_responses
 from rlhf_jax.context import Context, resolve_task, setup_tokenizer, stage_key
 from rlhf_jax.data import labels as labels_lib
@@ -311,6 +311,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("derived sizes: %s", derived)
     results = {}
     t0 = time.time()
+    compile_cache.track()
     try:
         for stage in ctx.stages:
             marker = ctx.path("stages", f"{stage}.json")
@@ -320,13 +321,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 print(f"[{stage}] done earlier; skipping", flush=True)
                 continue
             print(f"[{stage}] starting", flush=True)
-            ts = time.time()
+            ts, cs = time.time(), compile_cache.stats()
             out = STAGE_FNS[stage](ctx)  # raises Preempted on SIGTERM: no marker
-            out = {**(out or {}), "seconds": round(time.time() - ts, 1)}
+            compiled = compile_cache.stats() - cs
+            out = {**(out or {}), "seconds": round(time.time() - ts, 1),
+                   "compile_seconds": round(compiled.seconds, 1)}
             if parallel.process_is_main():
                 write_json_atomic(marker, out)
             results[stage] = out
-            print(f"[{stage}] done in {out['seconds']:.0f}s", flush=True)
+            print(f"[{stage}] done in {out['seconds']:.0f}s ({compiled.describe()})", flush=True)
     finally:
         writer.close()
     results["total_seconds"] = round(time.time() - t0, 1)

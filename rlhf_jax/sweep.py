@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from rlhf_jax import compile_cache
 from rlhf_jax.files import write_json_atomic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -420,16 +421,6 @@ def _copy_inputs(run: Run, runs_dir: str, run_dir: str) -> None:
         os.replace(tmp, target)
 
 
-def _enable_compilation_cache(workdir: str) -> None:
-    """Runs of one sweep compile the same functions: a persistent cache (unless
-    the environment names one) makes every run after the first load them."""
-    import jax
-
-    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "jit_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
               dry_run: bool = False, log: Callable[[str], None] = print) -> dict | None:
     """Runs (or resumes) every run of `sweep` under `workdir`, then aggregates.
@@ -455,7 +446,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                     if not isinstance(run.overrides[k], Ref)))
         log(f"{len(plan)} runs; {len(sweep.figures)} figures")
         return None
-    _enable_compilation_cache(workdir)
+    compile_cache.enable()  # unless the launch configured it: runs share compiled programs
     os.makedirs(runs_dir, exist_ok=True)
     cfgs = {run.name: cfg for run, cfg in plan}
     pending = list(plan)

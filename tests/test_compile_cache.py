@@ -1,0 +1,89 @@
+"""The persistent compilation cache: where it lives, and that a relaunch loads instead of compiling.
+
+Two `launch.py` runs of the offline default's first stages (pretrain and
+labels, at a smaller corpus) into fresh workdirs share a cache directory: the
+first fills it, the second loads every program from it. Counted from the
+progress lines each stage prints, not timed.
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rlhf_jax import compile_cache
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STAGE_RE = re.compile(r"^\[(\w+)\] done in \d+s \(compile [\d.]+s: (\d+) programs, (\d+) from the cache\)$")
+
+
+def test_cache_dir_precedence(monkeypatch):
+    for var in ("RLHF_JAX_COMPILE_CACHE", "JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", "/home/u")
+    assert compile_cache.resolve_dir() == "/home/u/.cache/rlhf_jax/jax"
+    monkeypatch.setenv("XDG_CACHE_HOME", "/x")
+    assert compile_cache.resolve_dir() == "/x/rlhf_jax/jax"
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/j")
+    assert compile_cache.resolve_dir() == "/j"
+    monkeypatch.setenv("RLHF_JAX_COMPILE_CACHE", "/r")
+    assert compile_cache.resolve_dir() == "/r"
+    assert compile_cache.resolve_dir("/flag") == "/flag"
+
+
+def test_stats_difference_and_description():
+    a = compile_cache.CompileStats(seconds=5.0, programs=12, cache_hits=4)
+    b = compile_cache.CompileStats(seconds=1.5, programs=2, cache_hits=1)
+    assert (a - b) == compile_cache.CompileStats(seconds=3.5, programs=10, cache_hits=3)
+    assert (a - b).describe() == "compile 3.5s: 10 programs, 3 from the cache"
+    assert compile_cache.CompileStats().describe() == "compile 0.0s, no new programs"
+
+
+def _launch(workdir, *flags) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    args = [sys.executable, os.path.join(ROOT, "launch.py"),
+            "--config=configs/mock_sentiment.py:runlocal", "--config.stages=pretrain,labels",
+            "--config.pretrain.num_docs=300", "--config.labels.num_train=32",
+            "--config.labels.num_val=16", f"--workdir={workdir}", *flags]
+    out = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    stages = {}
+    for line in out.stdout.splitlines():
+        m = STAGE_RE.match(line)
+        if m:
+            stages[m[1]] = (int(m[2]), int(m[3]))
+    assert sorted(stages) == ["labels", "pretrain"], out.stdout[-2000:]
+    return stages
+
+
+@pytest.fixture(scope="module")
+def two_launches(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compile_cache")
+    cache = tmp / "cache"
+    first = _launch(tmp / "first", f"--compile_cache_dir={cache}")
+    entries = len(os.listdir(cache))
+    second = _launch(tmp / "second", f"--compile_cache_dir={cache}")
+    return first, entries, second, cache
+
+
+def test_relaunch_into_a_fresh_workdir_loads_every_program(two_launches):
+    first, entries, second, cache = two_launches
+    # The first launch compiles (a few programs repeat across its stages: hits).
+    for stage, (programs, hits) in first.items():
+        assert programs > 5 and hits < programs / 2, (stage, programs, hits)
+    assert entries >= sum(p - h for p, h in first.values())
+    # The same programs again, all from the cache; nothing new is written.
+    for stage, (programs, hits) in second.items():
+        assert hits == programs == first[stage][0], (stage, programs, hits)
+    assert len(os.listdir(cache)) == entries
+
+
+def test_nocompile_cache_compiles_everything(two_launches, tmp_path):
+    first, entries, _, cache = two_launches
+    off = _launch(tmp_path / "off", f"--compile_cache_dir={cache}", "--nocompile_cache")
+    assert {stage: hits for stage, (_, hits) in off.items()} == {"pretrain": 0, "labels": 0}
+    assert len(os.listdir(cache)) == entries
