@@ -63,7 +63,8 @@ def stage_pretrain(ctx: Context) -> dict:
     train, val = tokens[:n_train], tokens[n - n_val:]
     config = loading.model_config(cfg, len(ctx.tokenizer))
     model = GPT2LMHeadModel(config)
-    params = model.init(stage_key(cfg, "pretrain"), jnp.zeros((1, 8), jnp.int32))["params"]
+    # Jitted: an eager init compiles one tiny program per op (about 80 here).
+    params = jax.jit(model.init)(stage_key(cfg, "pretrain"), jnp.zeros((1, 8), jnp.int32))["params"]
     params, summary = sft.train_lm(cfg, model=model, params=params, tokens_NxT=train,
                                    mask_NxT=np.ones_like(train), val_tokens_NxT=val,
                                    val_mask_NxT=np.ones_like(val), dp=ctx.dp,
@@ -195,7 +196,7 @@ def _ppo_models_and_params(ctx: Context):
 
     if cfg.ppo.value_model == "shared":
         policy = PolicyWithValueHead(ref_model.config)
-        init = policy.init(stage_key(cfg, "ppo"), jnp.zeros((1, 8), jnp.int32))["params"]
+        init = jax.jit(policy.init)(stage_key(cfg, "ppo"), jnp.zeros((1, 8), jnp.int32))["params"]
         params = {"policy": {"transformer": ref_params["transformer"],
                              "value_head": init["value_head"]}}
         models = PPOModels(policy=policy, reference=ref_model, reward=rm_model)

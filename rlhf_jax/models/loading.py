@@ -48,7 +48,7 @@ def init_reward_model(cfg, key: jax.Array, policy_model, policy_params):
     """`(rm_model, rm_params)`: a fresh reward head on the policy's language model (Ziegler)."""
     rm_model = RewardModel(policy_model.config, head=cfg.reward.head)
     ids = jnp.zeros((1, 8), jnp.int32)
-    rm_params = rm_model.init(key, ids)["params"]
+    rm_params = jax.jit(rm_model.init)(key, ids)["params"]  # one program, not one per op
     return rm_model, {**rm_params, "transformer": policy_params["transformer"]}
 
 
