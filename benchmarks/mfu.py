@@ -1,0 +1,215 @@
+"""PPO model-FLOPs utilisation (MFU) on one accelerator: GPT-2 774M in bfloat16.
+
+One PPO iteration at the issue's shape: random GPT-2 774M weights (float32
+master params, bfloat16 compute), Ziegler's shared value head, a reward model
+on the same trunk, batch 512 episodes of query 64 + response 24 tokens,
+4 epochs x 4 minibatches. The rollout (sample, policy and reference forwards,
+reward-model score) and the update run through `PPOTrainer`'s own compiled
+steps, each compiled first and then timed over `--iters` calls (median).
+
+FLOP count (stated, so the number can be checked): model FLOPs of the update,
+recomputation not counted (standard MFU):
+
+    3 x noptepochs x [ B*T * 2*N_blocks        (dense matmuls, N_blocks = 12*L*d^2)
+                     + B * L * 4*T^2*d         (attention scores and weighted sum)
+                     + B*R * 2*d*V ]           (LM head at the R response positions)
+
+(the factor 3: forward + backward = 3 forwards). XLA's own count
+(`compiled.cost_analysis()["flops"]`, recomputation included) is printed beside
+it. MFU = model FLOPs / update time / the datasheet dense bf16 peak of the
+detected device (H100 SXM and H200: 989 TFLOP/s); the matmul peak measured in
+the same run (an 8192^3 bf16 matmul) is printed too.
+
+    python benchmarks/mfu.py            # GPT-2 774M, 512 x 88, 4 x 4: on one GPU, ~3 min
+    python benchmarks/mfu.py --small    # a tiny model on the CPU: a smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Dense bfloat16 tensor-core peaks from the vendors' datasheets (TFLOP/s, no sparsity),
+# matched against `device_kind` in this order.
+DATASHEET_BF16_TFLOPS = (
+    ("H200", 989.0),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM (device_kind "NVIDIA H100 80GB HBM3")
+    ("A100", 312.0),
+)
+
+
+def datasheet_peak(device_kind: str) -> float | None:
+    for name, tflops in DATASHEET_BF16_TFLOPS:
+        if name.lower() in device_kind.lower():
+            return tflops * 1e12
+    return None
+
+
+def measured_matmul_peak(n: int, dtype=jnp.bfloat16, reps: int = 10) -> float:
+    a = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def update_model_flops(cfg, batch: int, query: int, response: int, noptepochs: int) -> float:
+    """Model FLOPs of one PPO update (see the module docstring)."""
+    d, l, v = cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    t = query + response
+    forward = (batch * t * 2 * 12 * l * d * d + batch * l * 4 * t * t * d
+               + batch * response * 2 * d * v)
+    return 3 * noptepochs * forward
+
+
+def xla_flops(compiled) -> float | None:
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def fmt_flops(x: float) -> str:
+    """FLOPs (or FLOP/s) in the largest unit that keeps a digit before the point."""
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.2f} {unit}"
+    return f"{x:.0f} "
+
+
+def median_time(fn, iters: int) -> float:
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="a tiny model: a CPU smoke run")
+    parser.add_argument("--model", default="gpt2-large", help="GPT-2 size (gpt2-large: 774M)")
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--query", type=int, default=64)
+    parser.add_argument("--response", type=int, default=24)
+    parser.add_argument("--noptepochs", type=int, default=4)
+    parser.add_argument("--nminibatches", type=int, default=4)
+    parser.add_argument("--iters", type=int, default=3, help="timed calls of each step (median)")
+    parser.add_argument("--remat", action="store_true", help="rematerialise each block")
+    args = parser.parse_args()
+
+    from benchmarks.ppo import Shape, run_config
+    from rlhf_jax import parallel
+    from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
+    from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel
+    from rlhf_jax.rollout import PPOModels
+    from rlhf_jax.train_ppo import PPOTrainer, init_state
+
+    if args.small:
+        cfg = GPT2Config(vocab_size=512, n_positions=64, n_embd=64, n_layer=1, n_head=4)
+        args.batch, args.query, args.response, args.iters = 16, 8, 4, 1
+        args.noptepochs, args.nminibatches = 2, 2
+    else:
+        cfg = GPT2Config.from_name(args.model)
+    cfg = cfg.replace(dtype=jnp.bfloat16, param_dtype=jnp.float32, remat=args.remat)
+    shape = Shape(batch=args.batch, query=args.query, response=args.response,
+                  nminibatches=args.nminibatches, noptepochs=args.noptepochs, temperature=0.7)
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}")
+    print(f"model: {args.model if not args.small else 'tiny'} {cfg.num_params() / 1e6:.0f}M params, "
+          f"bf16 compute / f32 params{', remat' if args.remat else ''}; batch {shape.batch} x "
+          f"({shape.query} + {shape.response}), {shape.noptepochs} epochs x "
+          f"{shape.nminibatches} minibatches", flush=True)
+
+    t_setup = time.perf_counter()
+    # Random weights made on the device, one compiled init (no host copy of 774M params).
+    lm = GPT2LMHeadModel(cfg)
+    trunk = jax.jit(lambda k: lm.init(k, jnp.zeros((1, 8), jnp.int32))["params"]["transformer"])(
+        jax.random.key(0))
+    d = cfg.n_embd
+    rm_params = {"transformer": jax.tree.map(jnp.copy, trunk),
+                 "reward_head": {"kernel": jnp.full((d, 1), 0.02), "bias": jnp.zeros((1,))},
+                 "reward_gain": jnp.ones(()), "reward_bias": jnp.zeros(())}
+    models = PPOModels(policy=PolicyWithValueHead(cfg), reference=lm, reward=RewardModel(cfg))
+    params = {"policy": {"transformer": trunk,
+                         "value_head": {"kernel": jnp.zeros((d, 1)), "bias": jnp.zeros((1,))}}}
+    ref_params = {"transformer": jax.tree.map(jnp.copy, trunk)}
+    run_cfg = run_config(shape, cfg.vocab_size)
+    dp = parallel.DataParallel("mesh", 1)
+    trainer = PPOTrainer(run_cfg, models, dp)
+    state = dp.replicate(init_state(params, trainer.optimizer, run_cfg))
+    ref_r, rm_r = dp.replicate(ref_params), dp.replicate(rm_params)
+    q_BxQ = np.random.default_rng(0).integers(0, cfg.vocab_size, (shape.batch, shape.query))
+    q_BxQ = q_BxQ.astype(np.int32)
+    qm_BxQ = np.ones_like(q_BxQ)
+    key = dp.replicate(jax.random.key(1))
+
+    t0 = time.perf_counter()
+    trainer.rollout_fn = trainer.rollout_fn.lower(
+        state.params, ref_r, rm_r, dp.shard(q_BxQ), dp.shard(qm_BxQ), key).compile()
+    t_compile_rollout = time.perf_counter() - t0
+    ro, _, _ = trainer.rollout(state, ref_r, rm_r, q_BxQ, qm_BxQ, None)
+    t0 = time.perf_counter()
+    update = trainer.update_fn.lower(state, ro).compile()
+    t_compile_update = time.perf_counter() - t0
+    flops_xla = xla_flops(update)
+    print(f"setup {t0 - t_setup - t_compile_rollout:.0f}s; compile: rollout "
+          f"{t_compile_rollout:.0f}s, update {t_compile_update:.0f}s", flush=True)
+
+    holder = {"state": state}
+
+    def rollout():
+        return trainer.rollout(holder["state"], ref_r, rm_r, q_BxQ, qm_BxQ, None)[0]
+
+    def step():
+        # The update donates its state: carry the new one forward.
+        holder["state"], stats = update(holder["state"], ro)
+        return stats
+
+    step()  # warm-up (first-call allocations)
+    t_rollout = median_time(rollout, args.iters)
+    t_update = median_time(step, args.iters)
+
+    flops = update_model_flops(cfg, shape.batch, shape.query, shape.response, shape.noptepochs)
+    peak = datasheet_peak(device.device_kind)
+    matmul = measured_matmul_peak(512 if args.small else 8192)
+    achieved = flops / t_update
+    tokens = shape.batch * (shape.query + shape.response)
+    print(f"rollout: {t_rollout:.3f} s ({shape.batch * shape.response / t_rollout:,.0f} new tokens/s; "
+          f"sample + policy, reference and reward forwards)")
+    print(f"update:  {t_update:.3f} s ({shape.noptepochs * tokens / t_update:,.0f} tokens/s "
+          f"trained, {shape.noptepochs} epochs)")
+    print(f"iteration: {t_rollout + t_update:.3f} s = rollout {t_rollout / (t_rollout + t_update):.0%}"
+          f" + update {t_update / (t_rollout + t_update):.0%}")
+    print(f"update model FLOPs: {fmt_flops(flops)}FLOP (formula above)"
+          + (f"; XLA cost_analysis: {fmt_flops(flops_xla)}FLOP" if flops_xla else ""))
+    print(f"achieved: {fmt_flops(achieved)}FLOP/s")
+    print(f"measured matmul peak (bf16, same run): {fmt_flops(matmul)}FLOP/s "
+          f"-> {achieved / matmul:.1%} of it")
+    if peak:
+        print(f"datasheet dense bf16 peak ({device.device_kind}): {peak / 1e12:.0f} TFLOP/s "
+              f"-> MFU {achieved / peak:.1%}")
+    else:
+        print(f"datasheet peak: unknown for {device.device_kind!r}; MFU vs the measured "
+              f"matmul peak only")
+
+
+if __name__ == "__main__":
+    main()

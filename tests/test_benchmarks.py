@@ -1,0 +1,41 @@
+"""The MFU benchmark's smoke run (`--small`, CPU) and its FLOP count."""
+
+import os
+import re
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from benchmarks import mfu  # noqa: E402
+from rlhf_jax.models import GPT2Config  # noqa: E402
+
+
+def test_update_flops_formula_by_hand():
+    # d=2, L=1, V=3, B=1, Q=1, R=1 (T=2), 1 epoch:
+    # dense 1*2*2*12*1*4 = 192, attention 1*1*4*4*2 = 32, LM head 1*1*2*2*3 = 12 -> x3 = 708.
+    cfg = GPT2Config(vocab_size=3, n_positions=4, n_embd=2, n_layer=1, n_head=1)
+    assert mfu.update_model_flops(cfg, batch=1, query=1, response=1, noptepochs=1) == 708
+    assert mfu.update_model_flops(cfg, batch=2, query=1, response=1, noptepochs=4) == 8 * 708
+
+
+def test_datasheet_peaks():
+    assert mfu.datasheet_peak("NVIDIA H200") == 989e12
+    assert mfu.datasheet_peak("NVIDIA H100 80GB HBM3") == 989e12
+    assert mfu.datasheet_peak("NVIDIA H100 PCIe") == 756e12
+    assert mfu.datasheet_peak("cpu") is None
+
+
+def test_small_run_prints_the_breakdown_and_utilisation():
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "mfu.py"), "--small"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    for pattern in (r"^rollout: [\d.]+ s", r"^update: +[\d.]+ s", r"^iteration: .* rollout \d+% "
+                    r"\+ update \d+%", r"^update model FLOPs: [\d.]+ [TGM]FLOP",
+                    r"^achieved: [\d.]+ [TGM]FLOP/s", r"^measured matmul peak .* of it$",
+                    r"^datasheet peak: unknown for 'cpu'"):
+        assert re.search(pattern, text, re.M), (pattern, text)
