@@ -22,7 +22,7 @@ v4 chip's 32 GiB. On a v5e-16 (16 chips of 16 GiB) add
 public: `model.name_or_path` takes any GPT-2-architecture checkpoint
 (gelu_new) of this shape in Hugging Face layout, on storage every worker sees
 (its config.json overrides the dims below at run time); the workdir must be
-shared too (a gcsfuse mount or NFS). 1M episodes are 1,953 PPO updates.
+shared too (a gcsfuse mount or NFS). 1M episodes are 1,954 PPO updates.
 Expected result: as `stiennon_tldr.py` at the paper's scale (policies the
 reward model prefers to SFT's at a KL of a few nats).
 """

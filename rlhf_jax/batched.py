@@ -43,10 +43,12 @@ def pad_to_batches(batch_size: int, *arrays_NxD):
 
 
 def sample_responses(ctx: Context, model, params, q_NxQ, m_NxQ, rng, batch_size: int):
-    """Samples for N queries in device-parallel batches; host arrays [N,R].
+    """Samples for N stored (raw) queries in device-parallel batches; host arrays [N,R].
 
-    Batch i samples with `fold_in(rng, i)`.
+    The policy reads the queries formatted (`Context.policy_queries`). Batch i
+    samples with `fold_in(rng, i)`.
     """
+    q_NxQ, m_NxQ = ctx.policy_queries(np.asarray(q_NxQ), np.asarray(m_NxQ))
     dp = ctx.dp
     fn = _sampler(ctx, model)
     params_r = dp.replicate(params)

@@ -56,9 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     t.name = ""
     t.query_dataset = "books"  # synthetic | books | tldr | cnndm
     t.dataset_path = "bookcorpus"  # local file/dir or HF dataset name
-    t.query_length = 64
+    t.query_format = "lhp"  # lhp: raw text queries (the RM reads them raw) | sff: Stiennon's template
+    t.query_length = 64  # tokens of the raw query (LHP: prefix and suffix come on top)
     t.response_length = 24
-    t.query_prefix = ""
+    t.query_prefix = ""  # policy and reference only, never the RM (LHP query_formatter)
     t.query_suffix = ""
     t.start_text = "."
     t.end_text = "."
@@ -155,7 +156,7 @@ def base_config() -> ml_collections.ConfigDict:
     q.gamma = 1.0
     q.lam = 0.95
     q.whiten_rewards = True
-    q.whiten_scope = "global"  # global (device-count independent) | device (LHP per-rank)
+    q.whiten_scope = "global"  # global (device-count independent) | minibatch (LHP: per minibatch, per device)
     q.total_episodes = 1_000_000
     q.value_model = "shared"  # shared (Ziegler) | separate (Stiennon, from the RM)
     q.reward_source = "rm"  # rm | gold
@@ -304,6 +305,9 @@ def resolve(c, num_devices: int) -> dict:
     _need(c.model.init in ("pretrained", "scratch"),
           f"model.init={c.model.init!r}: expected 'pretrained' or 'scratch'")
     t = c.task
+    from rlhf_jax.data.datasets import check_query_format
+
+    check_query_format(t)
     _need(t.query_length > 0, f"task.query_length={t.query_length} must be positive")
     _need(t.response_length > 0, f"task.response_length={t.response_length} must be positive")
     _need(t.temperature > 0, f"task.temperature={t.temperature} must be positive")
@@ -337,6 +341,10 @@ def resolve(c, num_devices: int) -> dict:
         _need(c.labels.source in ("mock", "file"),
               f"labels.source={c.labels.source!r}: expected 'mock' or 'file'")
         if c.labels.source == "file":
+            _need(c.labels.format != "sff" or t.query_format == "sff",
+                  "labels.format='sff': SFF comparisons hold Stiennon-format queries; the "
+                  "reward model would read other queries than PPO gives it: set "
+                  "task.query_format='sff'")
             _need(bool(c.labels.path),
                   "labels.source='file' needs labels.path: a label file (LHP's released "
                   "labels, e.g. sentiment/offline_5k.json, or SFF comparisons); see README "
@@ -369,7 +377,10 @@ def resolve(c, num_devices: int) -> dict:
                   "add the reward stage or use value=shared")
         if c.kl.adaptive:
             _need(c.kl.target > 0, f"kl.target={c.kl.target} must be > 0 when kl.adaptive")
-        d["ppo_updates"] = p.total_episodes // p.batch_size
+        from rlhf_jax import train_ppo  # its own checks: whitening scope, Adam style, reward
+
+        train_ppo.validate(c, num_devices)
+        d["ppo_updates"] = train_ppo.num_updates(p)
         d["ppo_minibatch"] = p.batch_size // p.nminibatches
         d["ppo_per_device_batch"] = local
     if c.labels.online.enabled:
@@ -425,7 +436,7 @@ def _resolve_online(c, stages, num_devices: int) -> int:
     _need(c.labels.batch_size % num_devices == 0,
           f"labels.batch_size={c.labels.batch_size} is not divisible by the device count "
           f"{num_devices}")
-    updates = c.ppo.total_episodes // c.ppo.batch_size
+    updates = -(-c.ppo.total_episodes // c.ppo.batch_size)  # LHP: ceil (train_ppo.num_updates)
     rounds = (updates - 1) // o.every
     _need(rounds >= 1, f"labels.online.every={o.every}: no collection within the {updates} "
           "PPO updates (one runs before each update whose index is a multiple of it)")
@@ -453,7 +464,9 @@ def runlocal_common(c, *, query_length: int = 24, response_length: int = 12,
     c.model.n_embd = 32
     c.model.n_layer = 2
     c.model.n_head = 2
-    c.model.n_positions = query_length + response_length
+    # Room for the policy's query prefix / suffix tokens (LHP formats).
+    formatted = bool(c.task.query_prefix or c.task.query_suffix)
+    c.model.n_positions = query_length + response_length + (16 if formatted else 0)
     c.pretrain.num_docs = 2000
     c.pretrain.vocab_size = 512
     c.task.query_length = query_length
@@ -488,84 +501,3 @@ def runlocal_common(c, *, query_length: int = 24, response_length: int = 12,
     c.eval.num_queries = 32
     c.eval.batch_size = 16
     c.eval.best_of_n = (1, 2)
-
-
-# Per-task hyperparameters of LHP `launch.py` (PAPER_DETAILS' table).
-LHP_TASKS = {
-    "sentiment": dict(query_length=64, response_length=24, prefix="", suffix="", start=".",
-                      end=".", truncate_token=13, truncate_after=16, temperature=0.7,
-                      labels="offline_5k", num_train=4992, rm_batch=32, rm_lr=5e-5,
-                      rollout_batch=512, ppo_lr=1e-5, ppo_batch=512, kl_coef=0.15,
-                      kl_adaptive=True, whiten=True, dataset="books"),
-    "descriptiveness": dict(query_length=64, response_length=24, prefix="", suffix="",
-                            start=".", end=".", truncate_token=13, truncate_after=16,
-                            temperature=0.7, labels="offline_5k", num_train=4992, rm_batch=32,
-                            rm_lr=5e-5, rollout_batch=512, ppo_lr=1e-5, ppo_batch=512,
-                            kl_coef=0.15, kl_adaptive=True, whiten=True, dataset="books"),
-    "cnndm": dict(query_length=500, response_length=75, prefix="Article:\n\n",
-                  suffix="\n\nTL;DR:", start=None, end="\n", truncate_token=198,
-                  truncate_after=55, temperature=0.5, labels="online_45k", num_train=46000,
-                  rm_batch=16, rm_lr=2.5e-5, rollout_batch=128, ppo_lr=2e-6, ppo_batch=32,
-                  kl_coef=0.01, kl_adaptive=False, whiten=False, dataset="cnndm"),
-    "tldr": dict(query_length=500, response_length=75, prefix="", suffix="\n\nTL;DR:",
-                 start=None, end=None, truncate_token=198, truncate_after=55, temperature=0.7,
-                 labels="online_45k", num_train=46000, rm_batch=16, rm_lr=2.5e-5,
-                 rollout_batch=128, ppo_lr=2e-6, ppo_batch=32, kl_coef=0.03, kl_adaptive=False,
-                 whiten=False, dataset="tldr"),
-}
-
-
-def lhp_config(task: str) -> ml_collections.ConfigDict:
-    """Ziegler et al. 2019 / LHP `launch.py` settings for one task, on GPT-2 124M.
-
-    Labels come from LHP's released files (`labels.path`, format `lhp`):
-    `{task}/{offline_5k|online_45k}.json`. Queries: books (bookcorpus) for
-    sentiment/descriptiveness, as the public reproductions; CNN/DM and TL;DR
-    from their releases (`task.dataset_path`).
-    """
-    v = LHP_TASKS[task]
-    c = base_config()
-    c.name = task
-    c.stages = "labels,reward,ppo,eval,figures"
-    c.model.name_or_path = "gpt2"
-    t = c.task
-    t.name = task
-    t.query_dataset = v["dataset"]
-    t.dataset_path = {"books": "bookcorpus", "cnndm": "cnn_dailymail",
-                      "tldr": ""}[v["dataset"]]
-    t.query_length, t.response_length = v["query_length"], v["response_length"]
-    t.query_prefix, t.query_suffix = v["prefix"], v["suffix"]
-    t.start_text, t.end_text = v["start"], v["end"]
-    t.truncate_token, t.truncate_after = v["truncate_token"], v["truncate_after"]
-    t.temperature = v["temperature"]
-    c.labels.type = "best_of_4"
-    c.labels.source = "file"
-    c.labels.format = "lhp"
-    c.labels.path = ""  # e.g. labels/sentiment/offline_5k.json from LHP's public release
-    c.labels.num_train = v["num_train"]
-    c.labels.num_val = 0
-    c.labels.gold = "none"
-    c.reward.batch_size = v["rm_batch"]
-    c.reward.lr = v["rm_lr"]
-    c.reward.rollout_batch_size = v["rollout_batch"]
-    c.ppo.lr = v["ppo_lr"]
-    c.ppo.batch_size = v["ppo_batch"]
-    c.ppo.whiten_rewards = v["whiten"]
-    c.kl.coef = v["kl_coef"]
-    c.kl.adaptive = v["kl_adaptive"]
-    c.eval.num_queries = 256
-    return c
-
-
-def lhp_runlocal(c) -> None:
-    """`:runlocal` for an LHP task config: local fixture data, mock labels, tiny model."""
-    import os
-
-    fx = fixtures_dir()
-    long_query = c.task.query_length > 100
-    if c.task.query_dataset == "books":
-        c.task.dataset_path = os.path.join(fx, "books_mini.txt")
-    else:
-        c.task.dataset_path = os.path.join(fx, f"{c.task.query_dataset}_mini")
-    runlocal_common(c, query_length=96 if long_query else 24, response_length=12,
-                    truncate_after=4)

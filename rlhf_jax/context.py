@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rlhf_jax import config_lib, parallel
-from rlhf_jax.data import datasets
+from rlhf_jax.data import datasets, tasks
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import GPT2LMHeadModel, loading
 
@@ -40,9 +40,25 @@ class Context:
     stages: list[str]
     tokenizer: Any = None
     corpus: list[str] | None = None
+    # `task.query_prefix` / `task.query_suffix` encoded (`resolve_task`).
+    query_prefix_ids: tuple[int, ...] = ()
+    query_suffix_ids: tuple[int, ...] = ()
 
     def path(self, *parts) -> str:
         return os.path.join(self.workdir, *parts)
+
+    def policy_queries(self, query_NxQ, query_mask_NxQ):
+        """What the policy and reference read of stored (raw) queries: prefix + query +
+        suffix (LHP `lm_tasks.query_formatter`); the reward model reads them raw."""
+        return tasks.format_queries(query_NxQ, query_mask_NxQ, self.query_prefix_ids,
+                                    self.query_suffix_ids, self.cfg.task.pad_token)
+
+    def task_spec(self):
+        """The rollout's `TaskSpec`, with the query prefix and suffix as token ids."""
+        from rlhf_jax.rollout import TaskSpec
+
+        return TaskSpec.from_config(self.cfg.task, query_prefix=self.query_prefix_ids,
+                                    query_suffix=self.query_suffix_ids)
 
     def decode(self, ids) -> str:
         ids = [int(i) for i in ids if 0 <= int(i) < len(self.tokenizer)]
@@ -115,7 +131,8 @@ def setup_tokenizer(ctx: Context) -> None:
 
 
 def resolve_task(ctx: Context) -> None:
-    """Fills token ids the config leaves to the tokenizer (pad, eos)."""
+    """Fills token ids the config leaves to the tokenizer (pad, eos), encodes the
+    policy's query prefix and suffix, and checks that the formatted context fits."""
     t = ctx.cfg.task
     with t.unlocked():
         if t.pad_token is None:
@@ -125,3 +142,14 @@ def resolve_task(ctx: Context) -> None:
     if t.pad_token < len(ctx.tokenizer):
         raise ValueError(f"task.pad_token={t.pad_token} is inside the vocabulary (size "
                          f"{len(ctx.tokenizer)}); it must be an id the model can never emit")
+    encode = lambda text: tuple(ctx.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
+    ctx.query_prefix_ids = encode(t.query_prefix) if t.query_prefix else ()
+    ctx.query_suffix_ids = encode(t.query_suffix) if t.query_suffix else ()
+    from rlhf_jax import memory
+
+    n_positions = memory.model_config(ctx.cfg)[0].n_positions
+    context = (len(ctx.query_prefix_ids) + t.query_length + len(ctx.query_suffix_ids)
+               + t.response_length)
+    if context > n_positions:
+        raise ValueError(f"task.query_prefix + query_length + query_suffix + response_length = "
+                         f"{context} tokens exceed the model's {n_positions} positions")

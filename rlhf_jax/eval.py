@@ -73,7 +73,7 @@ def _best_of_n_fn(rep, b, *, run):
 def _best_of_n(ctx: Context, models: rollout.PPOModels, ref_params, rm_params, q_NxQ, m_NxQ,
                n: int, key):
     """(best processed responses [N,R], their penalised RM scores [N]) of best-of-n."""
-    task = rollout.TaskSpec.from_config(ctx.cfg.task)
+    task = ctx.task_spec()
     data = {"q": q_NxQ, "m": m_NxQ, "row": np.arange(len(q_NxQ), dtype=np.int32)}
     out = supervised.map_batches(
         ctx.dp, functools.partial(_best_of_n_fn, run=rollout.make_best_of_n(models, task, n)),
@@ -91,12 +91,15 @@ def evaluate(ctx: Context) -> dict:
     rm = ctx.reward_model()
     gold = gold_function(ctx)
     key = stage_key(cfg, "eval")
+    rm_placed = None if rm is None else ctx.dp.replicate(rm[1])  # once, on the config's mesh
+    policy_q, policy_m = ctx.policy_queries(q, m)  # the RM reads q, m raw
 
     def score_all(processed, pmask):
         out = {}
         if rm is not None:
-            s = reward.score(rm[0], rm[1], q, m, processed, pmask, reward_at=cfg.reward.reward_at,
-                             eos_token=t.eos_token, batch_size=e.batch_size)
+            s = reward.score(rm[0], rm_placed, q, m, processed, pmask,
+                             reward_at=cfg.reward.reward_at, eos_token=t.eos_token,
+                             batch_size=e.batch_size, dp=ctx.dp, placed=True)
             out["score"] = np.asarray(tasks.penalize_scores(
                 jnp.asarray(s), jnp.asarray(processed), t.truncate_token, t.truncate_after,
                 t.penalty_reward_value) if t.penalty_reward_value is not None else s)
@@ -114,7 +117,7 @@ def evaluate(ctx: Context) -> dict:
                                       e.batch_size)
         processed, pmask = postprocess(ctx, raw)
         scores = score_all(processed, pmask)
-        kl = _sequence_kl(ctx, ref_model, params, ref_params, q, m, raw, rmask)
+        kl = _sequence_kl(ctx, ref_model, params, ref_params, policy_q, policy_m, raw, rmask)
         results[name] = {**{k: float(np.mean(v)) for k, v in scores.items()},
                          "kl": float(np.mean(kl))}
         for j in range(min(e.num_samples_logged, len(q))):

@@ -55,6 +55,7 @@ from rlhf_jax.data import labels as labels_lib
 from rlhf_jax.files import savez_atomic, write_json_atomic
 from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import loading
+from rlhf_jax.train_ppo import num_updates
 
 STAGE = "online"
 # Fold-in constants: the policy samples and the retrain of round r.
@@ -95,7 +96,7 @@ class OnlineCollector:
         self.rm_model = rm_model
         self.initial_rm_params = rm_params
         self.rm_params = rm_params
-        self.num_updates = cfg.ppo.total_episodes // cfg.ppo.batch_size
+        self.num_updates = num_updates(cfg.ppo)
         self._mock = None
 
     # -- where things live ------------------------------------------------------

@@ -21,6 +21,7 @@ Artifacts:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -88,8 +89,8 @@ def stage_sft(ctx: Context) -> dict:
     if len(train_q) < cfg.sft.num_train:
         raise ValueError(f"sft.num_train={cfg.sft.num_train} but the dataset has only "
                          f"{len(train_q)} training examples")
-    as_data = lambda d: sft.SFTData(d.query_NxQ, d.query_mask_NxQ, d.reference_NxR,  # noqa: E731
-                                    d.reference_mask_NxR)
+    as_data = lambda d: sft.SFTData(*ctx.policy_queries(d.query_NxQ, d.query_mask_NxQ),  # noqa: E731
+                                    d.reference_NxR, d.reference_mask_NxR)
     model, params = ctx.base_model()
     params, summary = sft.train_sft(cfg, model=model, params=params, train=as_data(train_q),
                                     val=as_data(val_q), dp=ctx.dp, rng=stage_key(cfg, "sft"),
@@ -214,7 +215,7 @@ def stage_ppo(ctx: Context) -> dict:
 
     cfg = ctx.cfg
     models, params, ref_params, rm_params = _ppo_models_and_params(ctx)
-    trainer = PPOTrainer(cfg, models, ctx.dp)
+    trainer = PPOTrainer(cfg, models, ctx.dp, task=ctx.task_spec())
     qs = ctx.queries("train")
     online = None
     if cfg.labels.online.enabled:  # Ziegler 2.3: label as the policy moves, retrain the RM
@@ -232,11 +233,21 @@ def stage_ppo(ctx: Context) -> dict:
     return {"updates": summary["updates"], **({k: v for k, v in hist[-1].items()} if hist else {})}
 
 
+def _policy_labels(ctx: Context, labels):
+    """`labels` with their (raw) queries as the policy reads them (DPO trains the policy)."""
+    if labels is None:
+        return None
+    q, m = ctx.policy_queries(labels.query_NxQ, labels.query_mask_NxQ)
+    return dataclasses.replace(labels, query_NxQ=q, query_mask_NxQ=m)
+
+
 def stage_dpo(ctx: Context) -> dict:
     from rlhf_jax import dpo
 
     cfg = ctx.cfg
     train, val = _read_labels(ctx)
+    # Labels hold raw queries (what the RM reads); the policy reads them formatted.
+    train, val = _policy_labels(ctx, train), _policy_labels(ctx, val)
     model, params = ctx.initial_policy()
     params, summary = dpo.train_dpo(cfg, model=model, params=params, ref_params=params,
                                     train=train, val=val, dp=ctx.dp, rng=stage_key(cfg, "dpo"),

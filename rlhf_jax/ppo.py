@@ -320,7 +320,11 @@ class PPOHParams:
     gamma: float
     lam: float
     whiten_rewards: bool
-    whiten_global: bool  # whiten over the global batch (device-count independent)
+    # "global": rewards and advantages whitened once per update over the global
+    # batch (device-count independent). "minibatch": LHP's scheme
+    # (`train_policy.py` `PPOTrainer.loss`, lines 324-338): whitened and GAE
+    # recomputed inside the loss, per minibatch and per device, no all-reduce.
+    whiten_scope: str
     temperature: float
     kl_adaptive: bool
     kl_target: float
@@ -348,34 +352,53 @@ def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, 
     return logp_BxR, entropy_BxR, values_BxT[:, q - 1 : q + r - 1]
 
 
+WHITEN_SCOPES = ("global", "minibatch")
+
+
+def advantages_and_returns(rewards_BxT, values_BxT, mask_BxT, hp: "PPOHParams",
+                           axis_name=None) -> tuple[Array, Array]:
+    """LHP's `PPOTrainer.loss` prologue: whiten the rewards (mean kept) when
+    `hp.whiten_rewards`, GAE, `returns = adv + values`, whiten the advantages.
+
+    Moments are over the given rows, or over every shard of `axis_name`.
+    """
+    if hp.whiten_rewards:
+        rewards_BxT = whiten(rewards_BxT, shift_mean=False, mask=mask_BxT, axis_name=axis_name)
+    adv_BxT, returns_BxT = gae(rewards_BxT, values_BxT, hp.gamma, hp.lam, mask_BxT)
+    return whiten(adv_BxT, mask=mask_BxT, axis_name=axis_name), returns_BxT
+
+
 def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation,
                      hp: PPOHParams, axis_name: str | None):
     """Returns `update(state, rollout) -> (state, metrics)`: one PPO update, pure.
 
     Written for one device's shard; with `axis_name` (a name or a tuple of mesh
     axes) the gradients (`fsdp.mean_grads`, FSDP-aware) and metrics are
-    averaged over shards, whitening uses global moments (`hp.whiten_global`) and the
-    minibatches are cut from one global permutation of the all-gathered batch,
-    so the result does not depend on the device count.
+    averaged over shards and the minibatches are cut from one global
+    permutation of the all-gathered batch. Whitening (`hp.whiten_scope`):
+    "global" whitens once over the global batch, so the result does not depend
+    on the device count; "minibatch" is LHP's arithmetic, per minibatch and
+    per device (LHP: per MPI rank), advantages recomputed in every minibatch.
     """
+    if hp.whiten_scope not in WHITEN_SCOPES:
+        raise ValueError(f"ppo.whiten_scope={hp.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
+    per_minibatch = hp.whiten_scope == "minibatch"
 
     def pmean(x):
         return jax.lax.pmean(x, axis_name) if axis_name else x
 
     def update(state: PPOState, ro: Rollout):
         mask_BxR = ro.response_mask_BxR.astype(jnp.float32)
-        whiten_axis = axis_name if hp.whiten_global else None
         kl_coef = state.kl.coef
         rewards_BxR, non_score_BxR, kl_BxR = kl_penalty_rewards(
             ro.scores_B, ro.logprobs_BxR, ro.ref_logprobs_BxR, kl_coef, mask_BxR, ro.score_index_B)
-        if hp.whiten_rewards:
-            rewards_BxR = whiten(rewards_BxR, shift_mean=False, mask=mask_BxR, axis_name=whiten_axis)
-        adv_BxR, returns_BxR = gae(rewards_BxR, ro.values_BxR, hp.gamma, hp.lam, mask_BxR)
-        adv_BxR = whiten(adv_BxR, mask=mask_BxR, axis_name=whiten_axis)
-
         train = dict(query=ro.query_BxQ, query_mask=ro.query_mask_BxQ, response=ro.response_BxR,
-                     mask=mask_BxR, logp=ro.logprobs_BxR, values=ro.values_BxR,
-                     adv=adv_BxR, returns=returns_BxR)
+                     mask=mask_BxR, logp=ro.logprobs_BxR, values=ro.values_BxR)
+        if per_minibatch:
+            train["rewards"] = rewards_BxR
+        else:
+            train["adv"], train["returns"] = advantages_and_returns(
+                rewards_BxR, ro.values_BxR, mask_BxR, hp, axis_name)
         local_b = ro.query_BxQ.shape[0]
         if axis_name:
             train = jax.tree.map(lambda x: jax.lax.all_gather(x, axis_name, tiled=True), train)
@@ -387,13 +410,29 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
         mb_local = local_b // hp.nminibatches
 
         def loss_fn(params, mb, weight):
+            stats = {}
+            if per_minibatch:
+                # This device's rows of the minibatch alone (no axis_name): LHP
+                # ran `loss` on each rank's minibatch, with no all-reduce.
+                adv_BxR, returns_BxR = advantages_and_returns(
+                    mb["rewards"], mb["values"], mb["mask"], hp)
+                stats.update({
+                    "ppo/returns/mean": masked_mean(returns_BxR, mb["mask"]),
+                    "ppo/returns/var": masked_var(returns_BxR, mb["mask"]),
+                    "ppo/val/mean": masked_mean(mb["values"], mb["mask"]),
+                    "ppo/val/var": masked_var(mb["values"], mb["mask"]),
+                    "ppo/advantages/mean": masked_mean(adv_BxR, mb["mask"]),
+                })
+            else:
+                adv_BxR, returns_BxR = mb["adv"], mb["returns"]
             logp_BxR, entropy_BxR, v_BxR = forward_policy_value(
                 apply_policy_value, params, mb["query"], mb["query_mask"], mb["response"],
                 mb["mask"].astype(jnp.int32), hp.temperature)
-            pg_loss, pg_stats = policy_loss(logp_BxR, mb["logp"], mb["adv"], hp.cliprange, mb["mask"])
-            vf_loss, vf_stats = value_loss(v_BxR, mb["values"], mb["returns"], hp.cliprange_value,
+            pg_loss, pg_stats = policy_loss(logp_BxR, mb["logp"], adv_BxR, hp.cliprange,
+                                            mb["mask"])
+            vf_loss, vf_stats = value_loss(v_BxR, mb["values"], returns_BxR, hp.cliprange_value,
                                            mb["mask"])
-            stats = {
+            stats.update({
                 "ppo/loss/policy": pg_loss,
                 "ppo/loss/value": vf_loss,
                 "ppo/loss/total": pg_loss + hp.vf_coef * vf_loss,
@@ -403,7 +442,7 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
                 "ppo/val/vpred": vf_stats["vpred"],
                 "ppo/val/error": vf_stats["error"],
                 "ppo/val/clipfrac": vf_stats["clipfrac"],
-            }
+            })
             return weight * (pg_loss + hp.vf_coef * vf_loss), stats
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
@@ -450,15 +489,20 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
             "objective/score_total": jnp.mean(ro.scores_B + jnp.sum(non_score_BxR, axis=1)),
             "ppo/response_length": jnp.mean(jnp.sum(mask_BxR, axis=1)),
         }))
-        # Token means and variances over the global batch, from gathered arrays
-        # (a pmean of per-shard masked means would depend on the device count).
-        g_mask, g_ret, g_val = train["mask"], train["returns"], train["values"]
-        stats["ppo/returns/mean"] = masked_mean(g_ret, g_mask)
-        stats["ppo/val/mean"] = masked_mean(g_val, g_mask)
-        stats["ppo/advantages/mean"] = masked_mean(train["adv"], g_mask)
-        stats["ppo/returns/var"] = masked_var(g_ret, g_mask)
-        stats["ppo/val/var"] = masked_var(g_val, g_mask)
-        stats["ppo/val/var_explained"] = var_explained(g_val, g_ret, g_mask)
+        if per_minibatch:
+            # LHP `record_step_stats` (line 241): from the minibatch averages.
+            stats["ppo/val/var_explained"] = 1.0 - _safe_div(stats["ppo/val/error"],
+                                                             stats["ppo/returns/var"])
+        else:
+            # Token means and variances over the global batch, from gathered arrays
+            # (a pmean of per-shard masked means would depend on the device count).
+            g_mask, g_ret, g_val = train["mask"], train["returns"], train["values"]
+            stats["ppo/returns/mean"] = masked_mean(g_ret, g_mask)
+            stats["ppo/val/mean"] = masked_mean(g_val, g_mask)
+            stats["ppo/advantages/mean"] = masked_mean(train["adv"], g_mask)
+            stats["ppo/returns/var"] = masked_var(g_ret, g_mask)
+            stats["ppo/val/var"] = masked_var(g_val, g_mask)
+            stats["ppo/val/var_explained"] = var_explained(g_val, g_ret, g_mask)
 
         kl_state = update_kl_state(state.kl, mean_kl, hp.batch_size, adaptive=hp.kl_adaptive,
                                    target=hp.kl_target, horizon=hp.kl_horizon)

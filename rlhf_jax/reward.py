@@ -16,9 +16,11 @@ Its output is `gain * r + bias` with `gain`, `bias` trainable params
 and travels with checkpoints and exports.
 
 Normalisation (LHP `train_reward.py` / `rewards.py`), before and after
-training: sample `reward.normalize_samples` responses from the reference
-policy at temperature T, untruncated; take the population mean and std of the
-raw rewards (the head's output with gain 1 and bias 0); set
+training: sample responses from the reference policy at temperature T,
+untruncated, in whole rollout batches (`ceil(reward.normalize_samples /
+reward.rollout_batch_size)` batches, LHP `train_reward.py` lines 197-199: 512
+samples for sentiment's 256), the policy reading the formatted query and the
+RM the raw one; take the population mean and std of the raw rewards (the head's output with gain 1 and bias 0); set
 `gain = target_std / std`, `bias = target_mean - gain * mean`. Targets: after
 training N(0, 1), so the KL coefficient always means the same thing; before
 training the label scale (`label_target_moments`): N(0, 1) for comparisons,
@@ -120,13 +122,23 @@ def _get_rewards_jit(rm_model, rm_params, query_BxQ, query_mask_BxQ, response_Bx
                        reward_index_B=reward_index_B, raw=raw)
 
 
+def _score_shard(params, batch, *, rm_model, reward_at, eos_token, raw):
+    return {"reward": get_rewards(rm_model, params, batch["q"], batch["qm"], batch["r"],
+                                  batch["rm"], reward_at=reward_at, eos_token=eos_token,
+                                  reward_index_B=batch.get("idx"), raw=raw)}
+
+
 def score(rm_model, rm_params, query_NxQ, query_mask_NxQ, response_NxR,
           response_mask_NxR=None, *, reward_at: str, eos_token: int | None = None,
-          reward_index_N=None, raw: bool = False, batch_size: int | None = None) -> np.ndarray:
+          reward_index_N=None, raw: bool = False, batch_size: int | None = None,
+          dp=None, placed: bool = False) -> np.ndarray:
     """`get_rewards` over N rows in jit-compiled batches; host float32 [N].
 
     `batch_size=None` scores everything in one batch; otherwise the last batch
-    is padded (one compilation) and the padding cut.
+    is padded (one compilation) and the padding cut. With `dp` (a
+    `parallel.DataParallel`) each batch is split over its devices and the
+    params placed as `dp.replicate` places them (split along fsdp on a mesh);
+    `placed=True` says `rm_params` already are. Without, one device.
     """
     n = query_NxQ.shape[0]
     data = {"q": np.asarray(query_NxQ), "qm": np.asarray(query_mask_NxQ),
@@ -136,6 +148,13 @@ def score(rm_model, rm_params, query_NxQ, query_mask_NxQ, response_NxR,
     if reward_index_N is not None:
         data["idx"] = np.asarray(reward_index_N, np.int32)
     bs = n if batch_size is None else batch_size
+    if dp is not None:
+        fn = functools.partial(_score_shard, rm_model=rm_model, reward_at=reward_at,
+                               eos_token=eos_token, raw=raw)
+        out = supervised.map_batches(
+            dp, fn, rm_params if placed else dp.replicate(rm_params), data, bs,
+            cache_key=("score", rm_model, reward_at, eos_token, raw, "idx" in data))
+        return out["reward"].astype(np.float32)
     padded = supervised.pad_rows(data, bs)
     out = []
     for s in range(0, padded["q"].shape[0], bs):
@@ -165,18 +184,29 @@ class ReferenceSamples(NamedTuple):
     response_mask_MxR: np.ndarray
 
 
+def normalization_sample_count(reward_cfg) -> int:
+    """Samples per normalisation: whole rollout batches, `ceil(normalize_samples /
+    rollout_batch_size) * rollout_batch_size` (LHP `train_reward.py` lines 197-199)."""
+    b = reward_cfg.rollout_batch_size
+    return -(-reward_cfg.normalize_samples // b) * b
+
+
 def sample_for_normalization(policy_model, policy_params, query_NxQ, query_mask_NxQ, rng, *,
                              num_samples: int, response_length: int, temperature: float,
-                             batch_size: int) -> ReferenceSamples:
-    """Samples `num_samples` untruncated responses from the reference policy.
+                             batch_size: int, dp=None) -> ReferenceSamples:
+    """Samples untruncated responses from the reference policy, in whole batches.
 
-    Queries are drawn without replacement from a permutation of the N given
-    ones (a fresh permutation per pass when `num_samples > N`); responses are
+    `ceil(num_samples / batch_size)` batches of `batch_size` (LHP draws whole
+    rollout batches, so sentiment normalises on 512 samples, not 256). Queries
+    are drawn without replacement from a permutation of the N given ones (a
+    fresh permutation per pass when more are needed); responses are
     `response_length` tokens at `temperature` (Ziegler: EOS does not stop, no
-    post-processing, PAPER_DETAILS item 14). Sampling runs in batches of
-    `batch_size` (the last one padded, so it compiles once). Unlike LHP, which
-    rounds up to whole rollout batches, exactly `num_samples` rows come back.
+    post-processing, PAPER_DETAILS item 14). Row i is drawn with key
+    `fold_in(rng', i)`, so the samples depend neither on the batch size nor,
+    with `dp` (batches split over its devices), on the device count.
     """
+    from rlhf_jax import parallel
+
     n = query_NxQ.shape[0]
     if num_samples < 1:
         raise ValueError(f"reward.normalize_samples={num_samples} must be >= 1")
@@ -184,29 +214,43 @@ def sample_for_normalization(policy_model, policy_params, query_NxQ, query_mask_
         raise ValueError(f"reward.rollout_batch_size={batch_size} must be >= 1")
     if n < 1:
         raise ValueError("sample_for_normalization: no queries given")
+    total = -(-num_samples // batch_size) * batch_size
     perm_rng, sample_rng = jax.random.split(rng)
-    passes = -(-num_samples // n)
+    passes = -(-total // n)
     index_M = np.concatenate([
         np.asarray(jax.random.permutation(jax.random.fold_in(perm_rng, p), n))
-        for p in range(passes)])[:num_samples]
+        for p in range(passes)])[:total]
     query_MxQ = np.asarray(query_NxQ)[index_M]
     query_mask_MxQ = np.asarray(query_mask_NxQ)[index_M]
-    padded = supervised.pad_rows({"q": query_MxQ, "qm": query_mask_MxQ}, batch_size)
+
+    def draw(params, q_BxQ, m_BxQ, key, start):
+        # Row keys follow the row's index in the M samples (`row_offset`).
+        offset = start + (parallel.global_row_offset(q_BxQ.shape[0]) if dp is not None else 0)
+        return sample(policy_model, params, q_BxQ, m_BxQ, key, response_length=response_length,
+                      temperature=temperature, row_offset=offset).tokens
+
+    if dp is not None:
+        dp.check_divisible(batch_size, "reward.rollout_batch_size")
+        R, S = parallel.REP, parallel.SHARD
+        fn, params = dp.compile(draw, (R, S, S, R, R), S), dp.replicate(policy_params)
+        place = lambda key, start: (dp.replicate(key), dp.replicate(jnp.int32(start)))  # noqa: E731
+        shard, unshard = dp.shard, dp.unshard
+    else:
+        fn, params = draw, policy_params
+        place = lambda key, start: (key, start)  # noqa: E731
+        shard = unshard = lambda x: x  # noqa: E731
     responses = []
-    for s in range(0, padded["q"].shape[0], batch_size):
-        # Row keys follow the row's index (`row_offset`), so the samples do not
-        # depend on the batch size.
-        out = sample(policy_model, policy_params, padded["q"][s:s + batch_size],
-                     padded["qm"][s:s + batch_size], sample_rng,
-                     response_length=response_length, temperature=temperature, row_offset=s)
-        responses.append(out.tokens)
-    response_MxR = np.concatenate(jax.device_get(responses))[:num_samples]
+    for s in range(0, total, batch_size):
+        key, start = place(sample_rng, s)
+        responses.append(unshard(fn(params, shard(query_MxQ[s:s + batch_size]),
+                                    shard(query_mask_MxQ[s:s + batch_size]), key, start)))
+    response_MxR = np.concatenate(jax.device_get(responses))
     return ReferenceSamples(index_M, query_MxQ, query_mask_MxQ, response_MxR,
                             np.ones_like(response_MxR, dtype=np.int32))
 
 
 def make_reference_sampler(cfg, *, policy_model, policy_params, query_NxQ, query_mask_NxQ,
-                           rm_query_NxQ=None, rm_query_mask_NxQ=None
+                           rm_query_NxQ=None, rm_query_mask_NxQ=None, dp=None
                            ) -> Callable[[int, jax.Array], ReferenceSamples]:
     """The `normalizer` for `train_reward_model`: samples from the reference policy.
 
@@ -214,6 +258,7 @@ def make_reference_sampler(cfg, *, policy_model, policy_params, query_NxQ, query
     `cfg.reward.rollout_batch_size`. The policy samples after `query_NxQ`
     (formatted with the task's prefix / suffix); the RM scores the same rows
     of `rm_query_NxQ` (raw queries, PAPER_DETAILS item 4), default the same.
+    `dp` splits the sampling over its devices.
     """
     response_length = cfg.task.response_length
     temperature = cfg.task.temperature
@@ -228,7 +273,7 @@ def make_reference_sampler(cfg, *, policy_model, policy_params, query_NxQ, query
         out = sample_for_normalization(
             policy_model, policy_params, query_NxQ, query_mask_NxQ, rng,
             num_samples=num_samples, response_length=response_length,
-            temperature=temperature, batch_size=batch_size)
+            temperature=temperature, batch_size=batch_size, dp=dp)
         idx = out.query_index_M
         return out._replace(query_MxQ=np.asarray(rm_query_NxQ)[idx],
                             query_mask_MxQ=np.asarray(rm_query_mask_NxQ)[idx])
@@ -275,10 +320,14 @@ def reference_normalizer(ctx, policy_model, policy_params
         return fixed_reference_sampler(ref.query_NxQ, ref.query_mask_NxQ, ref.reference_NxR,
                                        ref.reference_mask_NxR)
     qs = ctx.queries("train")
-    rows = qs.indices(1 << 16, max(cfg.reward.normalize_samples * 2, 1))
+    rows = qs.indices(1 << 16, max(2 * normalization_sample_count(cfg.reward), 1))
+    raw_q, raw_m = qs.query_NxQ[rows], qs.query_mask_NxQ[rows]
+    policy_q, policy_m = ctx.policy_queries(raw_q, raw_m)
+    # The reference policy samples after the formatted query; the RM scores the
+    # raw one (LHP `train_reward.py` lines 191-199 with `rewards.py` lines 105-107).
     return make_reference_sampler(cfg, policy_model=policy_model, policy_params=policy_params,
-                                  query_NxQ=qs.query_NxQ[rows],
-                                  query_mask_NxQ=qs.query_mask_NxQ[rows])
+                                  query_NxQ=policy_q, query_mask_NxQ=policy_m,
+                                  rm_query_NxQ=raw_q, rm_query_mask_NxQ=raw_m, dp=ctx.dp)
 
 
 def label_target_moments(labels: Labels) -> tuple[float, float]:
@@ -325,12 +374,12 @@ def set_reward_norm(rm_params, *, mean: float, std: float, target_mean: float,
 
 
 def _normalize(rm_model, rm_params, samples: ReferenceSamples, *, target_mean, target_std,
-               mode, reward_at, eos_token, batch_size, reward_index_M=None):
+               mode, reward_at, eos_token, batch_size, reward_index_M=None, dp=None):
     """`(params, info)`: `set_reward_norm` from the raw rewards of `samples`."""
     raw_M = score(rm_model, rm_params, samples.query_MxQ, samples.query_mask_MxQ,
                   samples.response_MxR, samples.response_mask_MxR, reward_at=reward_at,
                   eos_token=eos_token, reward_index_N=reward_index_M, raw=True,
-                  batch_size=batch_size).astype(np.float64)
+                  batch_size=batch_size, dp=dp).astype(np.float64)
     mean, std = float(np.mean(raw_M)), float(np.std(raw_M))  # population std, as LHP
     params = set_reward_norm(rm_params, mean=mean, std=std, target_mean=target_mean,
                              target_std=target_std, mode=mode)
@@ -482,7 +531,8 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
       reward.log_every, reward.eval_every (0: before and after training only),
         reward.checkpoint_every: in steps.
       reward.normalize_before, reward.normalize_after: bools (LHP: both).
-      reward.normalize_samples: reference samples per normalisation (LHP 256).
+      reward.normalize_samples: reference samples per normalisation (LHP 256),
+        rounded up to whole `reward.rollout_batch_size` batches by the sampler.
       reward.normalize_mode: "gain_bias" (Ziegler) | "bias_only" (Stiennon).
       reward.head: "linear" | "scalar_mix"; must match `rm_model.head`.
       reward.reward_at: "last" (Ziegler) | "eos" (Stiennon).
@@ -558,7 +608,7 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
         samples = normalizer(num_samples, rng)
         params, info = _normalize(rm_model, params, samples, target_mean=target_mean,
                                   target_std=target_std, mode=mode, reward_at=reward_at,
-                                  eos_token=eos_token, batch_size=loop.batch_size)
+                                  eos_token=eos_token, batch_size=loop.batch_size, dp=dp)
         supervised.log_line(
             f"reward: normalised {when} training on {info['num_samples']} samples: raw "
             f"{info['raw_mean']:.4g} +- {info['raw_std']:.4g} -> target {target_mean:.4g} "

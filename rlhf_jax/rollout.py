@@ -1,13 +1,16 @@
 """Rollouts: sample from the policy, score, and compute what PPO needs (device side).
 
 `PPOModels` binds the Flax modules; `make_rollout` returns a per-shard function
-(run under `DataParallel.compile`) that, for a batch of left-padded queries:
-samples responses at temperature T, recomputes policy logprobs and values and
-the reference's logprobs with the temperature-scaled logits (item 7),
-post-processes the responses (truncation, item 8), scores them with the reward
-model on raw `concat(query, response)` (item 4) at the last token (Ziegler) or
-at EOS (Stiennon), and applies the no-truncation penalty (item 9). PPO then
-trains on the raw, untruncated responses (item 10).
+(run under `DataParallel.compile`) that, for a batch of left-padded raw
+queries: formats them for the policy (`task.query_prefix + query +
+task.query_suffix`, LHP `query_formatter`), samples responses at temperature
+T, recomputes policy logprobs and values and the reference's logprobs on the
+formatted query with the temperature-scaled logits (item 7), post-processes
+the responses (truncation, item 8), scores them with the reward model on the
+RAW `concat(query, response)` (item 4; LHP `train_policy.py` line 291 and
+`rewards.py` lines 177-179) at the last token (Ziegler) or at EOS (Stiennon),
+and applies the no-truncation penalty (item 9). PPO then trains on the
+formatted queries and the raw, untruncated responses (item 10).
 
 `best_of_n` is the baseline: N samples per query, the best by the RM; its KL
 from the policy it samples is analytic, `log N - (N-1)/N`.
@@ -41,9 +44,18 @@ class TaskSpec:
     penalty_reward_value: float | None = None  # None: no penalty
     eos_token: int | None = None
     stop_at_eos: bool = False  # Stiennon: stop, mask and score at EOS
+    # `task.query_prefix` / `query_suffix` as token ids: the policy's formatting.
+    query_prefix: tuple[int, ...] = ()
+    query_suffix: tuple[int, ...] = ()
 
     @classmethod
-    def from_config(cls, task) -> "TaskSpec":
+    def from_config(cls, task, *, query_prefix=(), query_suffix=()) -> "TaskSpec":
+        """From config group `task`; the prefix and suffix come encoded (the
+        tokenizer's ids), and are required when the config sets them."""
+        for field, ids in (("query_prefix", query_prefix), ("query_suffix", query_suffix)):
+            if task.get(field) and not ids:
+                raise ValueError(f"task.{field}={task[field]!r} is set: pass its token ids "
+                                 f"(TaskSpec.from_config({field}=...))")
         return cls(
             response_length=task.response_length,
             temperature=task.temperature,
@@ -53,7 +65,14 @@ class TaskSpec:
             penalty_reward_value=task.penalty_reward_value,
             eos_token=task.eos_token,
             stop_at_eos=task.stop_at_eos,
+            query_prefix=tuple(int(t) for t in query_prefix),
+            query_suffix=tuple(int(t) for t in query_suffix),
         )
+
+    def policy_queries(self, query_BxQ, query_mask_BxQ):
+        """The policy's view of raw queries (`tasks.format_queries`)."""
+        return tasks.format_queries(query_BxQ, query_mask_BxQ, self.query_prefix,
+                                    self.query_suffix, self.pad_token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,12 +168,14 @@ def rm_scores(reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR,
 def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable:
     """Per-shard `rollout(params, ref_params, rm_params, query, query_mask, rng) -> (Rollout, processed)`.
 
-    With `use_rm=False` the scores are zeros, to be filled on the host by a
+    `query` is raw (what the RM reads); the Rollout holds the policy's
+    formatted query, on which PPO trains. With `use_rm=False` the scores are zeros, to be filled on the host by a
     gold scorer (RL directly on the mock reward, Ziegler Fig. 2); the penalty
     is then applied there with `penalize`.
     """
 
-    def rollout(params, ref_params, rm_params, query_BxQ, query_mask_BxQ, rng):
+    def rollout(params, ref_params, rm_params, raw_query_BxQ, raw_query_mask_BxQ, rng):
+        query_BxQ, query_mask_BxQ = task.policy_queries(raw_query_BxQ, raw_query_mask_BxQ)
         s = sample(
             models.policy, params["policy"], query_BxQ, query_mask_BxQ, rng,
             response_length=task.response_length, temperature=task.temperature,
@@ -171,7 +192,7 @@ def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable
             response_BxR, task.truncate_token, task.truncate_after, task.pad_token)
         idx_B = score_index(processed_BxR, task)
         if use_rm:
-            scores_B = rm_scores(models.reward, rm_params, query_BxQ, query_mask_BxQ,
+            scores_B = rm_scores(models.reward, rm_params, raw_query_BxQ, raw_query_mask_BxQ,
                                  processed_BxR, task)
             scores_B = penalize(scores_B, response_BxR, task)
         else:
@@ -201,15 +222,17 @@ def best_of_n_kl(n: int) -> float:
 def make_best_of_n(models: PPOModels, task: TaskSpec, n: int) -> Callable:
     """Per-shard `best_of_n(ref_params, rm_params, query, mask, rng, row_offset=None) -> (best_BxR, best_score_B, all_scores_BxN)`.
 
-    Samples n responses per query from `models.reference` (the initial policy)
-    and keeps the one the RM scores highest (after the penalty). Row i of the
-    shard is global row `row_offset + i`: by default its place in the global
-    batch; a caller that feeds a long list in batches passes the index of the
-    shard's first row in that list, so the samples do not depend on the batch
-    size either.
+    Samples n responses per (raw) query from `models.reference` (the initial
+    policy, reading the formatted query) and keeps the one the RM, reading the
+    raw query, scores highest (after the penalty). Row i of the shard is
+    global row `row_offset + i`: by default its place in the global batch; a
+    caller that feeds a long list in batches passes the index of the shard's
+    first row in that list, so the samples do not depend on the batch size
+    either.
     """
 
-    def run(ref_params, rm_params, query_BxQ, query_mask_BxQ, rng, row_offset=None):
+    def run(ref_params, rm_params, raw_query_BxQ, raw_query_mask_BxQ, rng, row_offset=None):
+        query_BxQ, query_mask_BxQ = task.policy_queries(raw_query_BxQ, raw_query_mask_BxQ)
         b = query_BxQ.shape[0]
         offset = parallel.global_row_offset(b) if row_offset is None else row_offset
 
@@ -224,7 +247,7 @@ def make_best_of_n(models: PPOModels, task: TaskSpec, n: int) -> Callable:
             )
             processed_BxR = tasks.postprocess_responses(
                 s.tokens, task.truncate_token, task.truncate_after, task.pad_token)
-            scores_B = rm_scores(models.reward, rm_params, query_BxQ, query_mask_BxQ,
+            scores_B = rm_scores(models.reward, rm_params, raw_query_BxQ, raw_query_mask_BxQ,
                                  processed_BxR, task)
             return processed_BxR, penalize(scores_B, s.tokens, task)
 

@@ -9,7 +9,7 @@ Config fields read (groups `ppo`, `kl`, `task`, `parallel`, `seed`):
 `ppo.batch_size`, `ppo.nminibatches`, `ppo.noptepochs`, `ppo.lr`, `ppo.adam`
 ("tf" | "torch"), `ppo.adam_eps`, `ppo.cliprange`, `ppo.cliprange_value`,
 `ppo.vf_coef`, `ppo.gamma`, `ppo.lam`, `ppo.whiten_rewards`,
-`ppo.whiten_scope` ("global" | "device"), `ppo.total_episodes`,
+`ppo.whiten_scope` ("global" | "minibatch"), `ppo.total_episodes`,
 `ppo.reward_source` ("rm" | "gold"), `ppo.log_every`, `ppo.checkpoint_every`,
 `ppo.num_logged_samples`; `kl.coef`, `kl.adaptive`, `kl.target`,
 `kl.horizon`; the `task` fields of `rollout.TaskSpec`; `seed`.
@@ -31,7 +31,7 @@ from rlhf_jax import metrics as metrics_lib
 from rlhf_jax import optim, parallel
 from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.kl import init_kl_state
-from rlhf_jax.ppo import PPOHParams, PPOState, make_update_step
+from rlhf_jax.ppo import WHITEN_SCOPES, PPOHParams, PPOState, make_update_step
 from rlhf_jax.rollout import PPOModels, TaskSpec, make_rollout, penalize
 
 STAGE = "ppo"
@@ -52,7 +52,8 @@ class QuerySource(Protocol):
 
 
 def num_updates(ppo_cfg) -> int:
-    return ppo_cfg.total_episodes // ppo_cfg.batch_size
+    """`ceil(total_episodes / batch_size)`, as LHP `train_policy.nupdates` (line 79)."""
+    return -(-ppo_cfg.total_episodes // ppo_cfg.batch_size)
 
 
 def validate(cfg, num_devices: int) -> None:
@@ -71,8 +72,13 @@ def validate(cfg, num_devices: int) -> None:
     for field in ("adam",):
         if p[field] not in ("tf", "torch"):
             raise ValueError(f"ppo.{field}={p[field]!r}: expected 'tf' or 'torch'")
-    if p.whiten_scope not in ("global", "device"):
-        raise ValueError(f"ppo.whiten_scope={p.whiten_scope!r}: expected 'global' or 'device'")
+    if p.whiten_scope not in WHITEN_SCOPES:
+        raise ValueError(f"ppo.whiten_scope={p.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
+    if p.whiten_scope == "minibatch" and p.whiten_rewards and local // p.nminibatches < 8:
+        # LHP `train_policy.train` (lines 459-462) refuses these too.
+        raise ValueError(f"ppo.whiten_scope='minibatch' whitens each device's minibatch of "
+                         f"{local // p.nminibatches} rows; LHP requires at least 8 (raise "
+                         "ppo.batch_size or lower ppo.nminibatches)")
     if p.reward_source not in ("rm", "gold"):
         raise ValueError(f"ppo.reward_source={p.reward_source!r}: expected 'rm' or 'gold'")
 
@@ -82,7 +88,7 @@ def hparams(cfg) -> PPOHParams:
     return PPOHParams(
         nminibatches=p.nminibatches, noptepochs=p.noptepochs, cliprange=p.cliprange,
         cliprange_value=p.cliprange_value, vf_coef=p.vf_coef, gamma=p.gamma, lam=p.lam,
-        whiten_rewards=p.whiten_rewards, whiten_global=p.whiten_scope == "global",
+        whiten_rewards=p.whiten_rewards, whiten_scope=p.whiten_scope,
         temperature=cfg.task.temperature, kl_adaptive=kl.adaptive, kl_target=kl.target,
         kl_horizon=kl.horizon, batch_size=p.batch_size,
     )
@@ -112,10 +118,14 @@ def init_state(params, optimizer, cfg) -> PPOState:
 class PPOTrainer:
     """Compiled rollout and update for one config; the loop is `train`."""
 
-    def __init__(self, cfg, models: PPOModels, dp: parallel.DataParallel):
+    def __init__(self, cfg, models: PPOModels, dp: parallel.DataParallel, *,
+                 task: TaskSpec | None = None):
+        """`task`: the rollout's task fields, with the query prefix / suffix as token
+        ids (`TaskSpec.from_config`); default from `cfg.task`, which then must not
+        set a prefix or suffix."""
         validate(cfg, dp.num_devices)
         self.cfg, self.models, self.dp = cfg, models, dp
-        self.task = TaskSpec.from_config(cfg.task)
+        self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
         if self.use_rm and models.reward is None:
             raise ValueError("ppo.reward_source='rm' but no reward model was given")

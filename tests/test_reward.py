@@ -229,6 +229,46 @@ def test_normalisation_gives_n01_on_fresh_reference_samples(rm_init):
     assert abs(scores.mean()) < 0.1 and abs(scores.std() - 1.0) < 0.1
 
 
+def test_normalisation_samples_whole_rollout_batches_policy_formatted_rm_raw(rm_init):
+    model, params = rm_init
+    policy = GPT2LMHeadModel(CONFIG)
+    policy_params = {"transformer": jax.tree.map(lambda x: 1.5 * x, params["transformer"])}
+    raw = np.random.default_rng(4).integers(8, V, (40, Q)).astype(np.int32)
+    formatted = np.concatenate([np.full((40, 1), 5, np.int32), raw], 1)  # a one-token prefix
+    ones = np.ones_like
+    cfg = make_cfg("best_of_4", 64, 0, normalize=True, normalize_samples=10)
+    cfg.reward.rollout_batch_size = 8
+    samples = {}
+    for n in (1, 4):
+        sampler = reward.make_reference_sampler(
+            cfg, policy_model=policy, policy_params=policy_params, query_NxQ=formatted,
+            query_mask_NxQ=ones(formatted), rm_query_NxQ=raw, rm_query_mask_NxQ=ones(raw),
+            dp=DataParallel("pmap", n))
+        samples[n] = sampler(10, jax.random.key(5))
+    s = samples[1]
+    # LHP `train_reward.py` lines 197-199: ceil(10 / 8) = 2 whole batches, 16 samples.
+    assert s.response_MxR.shape == (16, R)
+    np.testing.assert_array_equal(s.query_MxQ, raw[s.query_index_M])  # what the RM reads
+    np.testing.assert_array_equal(samples[4].response_MxR, s.response_MxR)  # any device count
+    kw = dict(num_samples=10, response_length=R, temperature=0.7, batch_size=8)
+    after_formatted = reward.sample_for_normalization(policy, policy_params, formatted,
+                                                      ones(formatted), jax.random.key(5), **kw)
+    np.testing.assert_array_equal(after_formatted.response_MxR, s.response_MxR)
+    after_raw = reward.sample_for_normalization(policy, policy_params, raw, ones(raw),
+                                                jax.random.key(5), **kw)
+    assert (after_raw.response_MxR != s.response_MxR).any()  # the policy read the prefix
+    # Scoring split over a mesh (params split along fsdp) equals one device.
+    one = reward.score(model, params, s.query_MxQ, s.query_mask_MxQ, s.response_MxR,
+                       reward_at="last", batch_size=8)
+    mesh = reward.score(model, params, s.query_MxQ, s.query_mask_MxQ, s.response_MxR,
+                        reward_at="last", batch_size=8, dp=DataParallel("mesh", 4, fsdp=2))
+    np.testing.assert_allclose(mesh, one, atol=1e-5)
+    _, summary = reward.train_reward_model(
+        cfg, rm_model=model, rm_params=params, train=make_labels(64, 4, 1, "best_of_n"),
+        val=None, dp=DataParallel("pmap"), rng=jax.random.key(1), normalizer=sampler)
+    assert summary["init"]["num_samples"] == summary["finalize"]["num_samples"] == 16
+
+
 def test_bias_only_normalisation_centres_reference_pairs(rm_init):
     model, params = rm_init
     rng = np.random.default_rng(3)
@@ -320,3 +360,36 @@ def test_config_errors_name_the_field(rm_init):
     del cfg.reward["reward_at"]
     with pytest.raises(AttributeError, match="reward_at"):
         reward.train_reward_model(cfg, **kw)
+
+
+def test_mesh_runs_keep_the_reward_model_off_the_default_device(rm_init, tmp_path, monkeypatch):
+    # A saved reward model loads as host arrays, to be placed on the config's mesh
+    # (split along fsdp there), never whole on the default device first.
+    from rlhf_jax.models import loading
+
+    model, params = rm_init
+    loading.save_reward_model(str(tmp_path / "rm"), model, params)
+    cfg = ml_collections.ConfigDict({"model": dict(dtype="float32", param_dtype="float32",
+                                                   remat=False, kv_cache_dtype="")})
+    loaded_model, loaded = loading.load_reward_model(cfg, str(tmp_path / "rm"))
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(loaded))
+    dp = DataParallel("mesh", 4, fsdp=4)
+    wte = dp.replicate(loaded)["transformer"]["wte"]["embedding"]
+    assert {s.data.shape for s in wte.addressable_shards} == {(V // 4, CONFIG.n_embd)}
+    # Normalisation scores on the mesh too: the single-device scorer is never called.
+    def single_device(*args, **kwargs):
+        raise AssertionError("scored on one device")
+
+    monkeypatch.setattr(reward, "_get_rewards_jit", single_device)
+    policy = GPT2LMHeadModel(CONFIG)
+    queries = np.random.default_rng(0).integers(8, V, size=(16, Q)).astype(np.int32)
+    cfg = make_cfg("best_of_4", 16, 0, normalize=True, normalize_samples=8, mode="mesh")
+    cfg.reward.rollout_batch_size = 8
+    sampler = reward.make_reference_sampler(
+        cfg, policy_model=policy, policy_params={"transformer": params["transformer"]},
+        query_NxQ=queries, query_mask_NxQ=np.ones_like(queries), dp=dp)
+    cfg.reward.batch_size = 16
+    out, summary = reward.train_reward_model(
+        cfg, rm_model=loaded_model, rm_params=loaded, train=make_labels(16, 4, 1, "best_of_n"),
+        val=None, dp=dp, rng=jax.random.key(1), normalizer=sampler)
+    assert summary["finalize"]["num_samples"] == 8

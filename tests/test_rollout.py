@@ -8,6 +8,7 @@ per-row sampling keys need the mapped axis), so the sampler's own output and
 the rollout's recomputed tensors can be compared row by row.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -198,6 +199,40 @@ def test_rollout_logprobs_match_the_sampler_and_reference_at_init(ziegler_rollou
     np.testing.assert_array_equal(ro.values_BxR, 0.0)
     np.testing.assert_array_equal(ro.response_mask_BxR, 1)
     np.testing.assert_array_equal(ro.score_index_B, R - 1)
+
+
+def test_policy_reads_the_formatted_query_and_the_reward_model_the_raw_one():
+    # LHP: `Policy(embed_queries=query_formatter)` samples and scores the policy on
+    # prefix + query + suffix; `score_fn(queries, responses)` reads the raw query
+    # (`train_policy.py` lines 285-291). Prefix and suffix hold TARGET tokens, so an
+    # RM shown them would score a much larger fraction of TARGET.
+    prefix, suffix = (TARGET,), (TARGET, 6)
+    config = dataclasses.replace(CONFIG, n_positions=Q + 3 + R)
+    policy = PolicyWithValueHead(config)
+    params = {"policy": random_params(policy, seed=0, std=0.3)}
+    ref_params = {"transformer": params["policy"]["transformer"]}
+    rm, rm_params = target_fraction_rm(config, TARGET)
+    models = PPOModels(policy=policy, reference=GPT2LMHeadModel(config), reward=rm)
+    task = dataclasses.replace(ZIEGLER, penalty_reward_value=None, query_prefix=prefix,
+                               query_suffix=suffix)
+    dp = parallel.DataParallel("pmap", 1)
+    fn = dp.compile(make_rollout(models, task, use_rm=True), (REP,) * 3 + (SHARD, SHARD, REP),
+                    (SHARD, SHARD))
+    q_BxQ, qm_BxQ = random_queries(7, 16)
+    rng = jax.random.key(7)
+    ro, processed = jax.tree.map(np.asarray, dp.unshard(fn(
+        dp.replicate(params), dp.replicate(ref_params), dp.replicate(rm_params),
+        dp.shard(q_BxQ), dp.shard(qm_BxQ), dp.replicate(rng))))
+    fq_BxW, fm_BxW = tasks.format_queries(q_BxQ, qm_BxQ, prefix, suffix, PAD)
+    np.testing.assert_array_equal(ro.query_BxQ, fq_BxW)  # PPO trains on what the policy read
+    s = sample(models.reference, ref_params, jnp.asarray(fq_BxW), jnp.asarray(fm_BxW), rng,
+               response_length=R, temperature=task.temperature, pad_token_id=PAD)
+    np.testing.assert_array_equal(ro.response_BxR, s.tokens)
+    last_B = np.full(16, R - 1)
+    raw_B = target_fraction(q_BxQ, qm_BxQ, processed, last_B)
+    formatted_B = target_fraction(fq_BxW, fm_BxW, processed, last_B)
+    np.testing.assert_allclose(ro.scores_B, raw_B, rtol=7e-3, atol=1e-3)
+    assert np.min(formatted_B - raw_B) > 0.05
 
 
 @pytest.mark.parametrize("shared", [True, False])

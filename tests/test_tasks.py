@@ -1,13 +1,17 @@
 """Response truncation / penalty / EOS masks, query extraction and formatting."""
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import ml_collections
 import pytest
 
-from rlhf_jax.data import tasks
+from rlhf_jax.config_lib import fixtures_dir
+from rlhf_jax.data import datasets, tasks
 
 PAD = 99
 DOT = 13
@@ -129,8 +133,11 @@ def test_format_tldr_query_cuts_post_back():
         (68, post),                   # fits as is
         (60, "line one\nline two"),   # one cut at the last newline: 57
         (50, "line one"),             # two newline cuts: 48
-        (45, "line"),                 # no newline left: cut at the last space: 44
-        (42, "li"),                   # no whitespace left: one character at a time: 42
+        # No newline left: SFF drops one character at a time (`i = -1` in
+        # `tasks.process_query`), not back to a space: "line on" (47) -> "line " (45).
+        (47, "line on"),
+        (45, "line "),
+        (42, "li"),
         (40, ""),                     # the empty post just fits
     ]
     for query_length, want_post in cases:
@@ -155,3 +162,78 @@ def test_format_cnndm_query():
     assert unchars(got) == "Article:\n\nFirst para.\n\nTL;DR:"
     with pytest.raises(ValueError, match="format_cnndm_query.*empty article"):
         tasks.format_cnndm_query(chars, article=article, query_length=17)
+
+
+# ---------------------------------------------------------------- LHP formats
+
+
+def test_format_queries_puts_prefix_before_each_row_and_suffix_at_the_end():
+    q = np.array([[PAD, PAD, 1, 2], [3, 4, 5, 6], [PAD, PAD, PAD, 7]], np.int32)
+    m = (q != PAD).astype(np.int32)
+    ids, mask = tasks.format_queries(q, m, (20, 21), (30,), PAD)
+    np.testing.assert_array_equal(ids, [[PAD, PAD, 20, 21, 1, 2, 30],
+                                        [20, 21, 3, 4, 5, 6, 30],
+                                        [PAD, PAD, PAD, 20, 21, 7, 30]])
+    np.testing.assert_array_equal(mask, ids != PAD)
+    assert isinstance(ids, np.ndarray)
+    # The same under jit (the rollout formats on device).
+    got = jax.jit(lambda a, b: tasks.format_queries(a, b, (20, 21), (30,), PAD))(q, m)
+    np.testing.assert_array_equal(got[0], ids)
+    np.testing.assert_array_equal(got[1], mask)
+    # No prefix or suffix: the inputs themselves.
+    same = tasks.format_queries(q, m, (), (), PAD)
+    assert same[0] is q and same[1] is m
+
+
+class CharTokenizer:
+    """One token per character (ids = code points): every text is its own token list."""
+
+    def encode(self, text, add_special_tokens=False):
+        return chars(text)
+
+
+def lhp_task(source, **overrides):
+    t = dict(query_dataset=source, dataset_path=os.path.join(fixtures_dir(), f"{source}_mini"),
+             query_format="lhp", query_length=150, response_length=40,
+             query_prefix="Article:\n\n" if source == "cnndm" else "", query_suffix="\n\nTL;DR:",
+             start_text=None, end_text="\n" if source == "cnndm" else None, pad_token=1 << 20,
+             eos_token=0)
+    t.update(overrides)
+    return ml_collections.ConfigDict(t)
+
+
+def test_lhp_tldr_and_cnndm_queries_are_the_raw_text_the_policy_adds_prefix_and_suffix():
+    for source, field in (("tldr", "post"), ("cnndm", "article")):
+        task = lhp_task(source)
+        qs = datasets.load_queries(task, CharTokenizer(), split="valid", seed=0)
+        with open(f"{task.dataset_path}/valid.jsonl") as f:
+            records = [json.loads(line) for line in f]
+        for i in range(3):
+            text = records[i][field]
+            raw = unchars(qs.query_NxQ[i][qs.query_mask_NxQ[i] > 0])
+            # LHP `language/datasets.py`: the first query_length tokens, cut back
+            # to the last end token (cnndm: '\n', which drops the last paragraph).
+            want = text[:150]
+            if source == "cnndm":
+                want = want[:want.rindex("\n") + 1]
+            assert raw == want, (source, i)
+            assert "SUBREDDIT" not in raw and not raw.endswith("TL;DR:")
+            ids, mask = tasks.format_queries(qs.query_NxQ[i:i + 1], qs.query_mask_NxQ[i:i + 1],
+                                             chars(task.query_prefix), chars(task.query_suffix),
+                                             task.pad_token)
+            assert unchars(ids[0][mask[0] > 0]) == task.query_prefix + want + "\n\nTL;DR:"
+    # Stiennon's template is the query itself, read by policy and reward model alike.
+    sff = datasets.load_queries(lhp_task("tldr", query_format="sff", query_suffix="",
+                                         query_length=400), CharTokenizer(), split="valid",
+                                seed=0)
+    first = unchars(sff.query_NxQ[0][sff.query_mask_NxQ[0] > 0])
+    assert first.startswith("SUBREDDIT: r/") and first.endswith("\n\nTL;DR:")
+
+
+def test_query_format_fields_are_checked():
+    with pytest.raises(ValueError, match=r"task.query_format='sff'.*books"):
+        datasets.check_query_format(lhp_task("books", query_format="sff", query_suffix=""))
+    with pytest.raises(ValueError, match=r"task.query_prefix / task.query_suffix"):
+        datasets.check_query_format(lhp_task("tldr", query_format="sff"))
+    with pytest.raises(ValueError, match=r"task.query_format='raw'"):
+        datasets.check_query_format(lhp_task("tldr", query_format="raw"))

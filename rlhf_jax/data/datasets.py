@@ -13,10 +13,15 @@ Sources (config `task.query_dataset`, `task.dataset_path`):
 - `tldr`: Stiennon's TL;DR posts (SFF jsonl: id, subreddit, title, post,
   summary), a local file or a Hugging Face dataset name.
 - `cnndm`: CNN/DM articles (jsonl: article, highlights), local or hub.
-Queries follow LHP (`extract_query` with start/end tokens) for books and
-synthetic text, the SFF formats for tldr and cnndm (`format_tldr_query`,
-`format_cnndm_query`). The reference summaries of tldr/cnndm come along for
-SFT and for Stiennon's reward bias.
+Queries are held as the reward model reads them. `task.query_format='lhp'`
+(LHP, every source): the raw text cut by `extract_query` (start/end tokens,
+`query_length` tokens): a books passage, a TL;DR post, a CNN/DM article. The
+policy reads `task.query_prefix + query + task.query_suffix`
+(`tasks.format_queries`; LHP's `query_formatter`), never stored here.
+`task.query_format='sff'` (Stiennon; tldr and cnndm only): the SFF query
+template (`format_tldr_query`, `format_cnndm_query`), read by policy and
+reward model alike. The reference summaries of tldr/cnndm come along for SFT
+and for Stiennon's reward bias.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -32,6 +38,9 @@ import numpy as np
 from rlhf_jax.data import tasks
 
 SOURCES = ("synthetic", "books", "tldr", "cnndm")
+QUERY_FORMATS = ("lhp", "sff")
+# The text field (LHP query) and reference field of each summarisation source.
+_TEXT_FIELDS = {"tldr": ("post", "summary"), "cnndm": ("article", "highlights")}
 SPLITS = ("train", "valid", "test")
 _HUB_HINT = {
     "books": "bookcorpus (pip install datasets; or a local .txt with one passage per line)",
@@ -45,7 +54,11 @@ _HUB_HINT = {
 
 @dataclasses.dataclass(frozen=True)
 class QueryDataset:
-    """All queries of one split, left-padded, plus optional reference responses."""
+    """All queries of one split, left-padded, plus optional reference responses.
+
+    The queries are those the reward model reads; the policy reads
+    `tasks.format_queries` of them (the task's prefix and suffix).
+    """
 
     query_NxQ: np.ndarray  # int32, left-padded with the pad token
     query_mask_NxQ: np.ndarray  # int32 0/1
@@ -149,9 +162,8 @@ def _split_rows(n: int, split: str, seed: int, fractions=(0.9, 0.05, 0.05)) -> n
 
 def queries_from_texts(texts: Iterable[str], encode: Callable[[str], list[int]], *,
                        query_length: int, start_token: int | None, end_token: int | None,
-                       pad_token: int, prefix: Sequence[int] = (), suffix: Sequence[int] = (),
-                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """LHP-style queries: extract_query on each text, then prefix + query + suffix."""
+                       pad_token: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """LHP-style (raw) queries: `extract_query` on each text, skipping those it rejects."""
     queries = []
     for text in texts:
         q = tasks.extract_query(encode(text), query_length=query_length, start_token=start_token,
@@ -159,13 +171,12 @@ def queries_from_texts(texts: Iterable[str], encode: Callable[[str], list[int]],
         if q is None:
             continue
         toks = [int(t) for t in q if t != pad_token]
-        queries.append(list(prefix) + toks + list(suffix))
+        queries.append(toks)
         if limit is not None and len(queries) >= limit:
             break
-    width = query_length + len(prefix) + len(suffix)
     if not queries:
-        return np.zeros((0, width), np.int32), np.zeros((0, width), np.int32)
-    return tasks.pad_left(queries, width, pad_token)
+        return np.zeros((0, query_length), np.int32), np.zeros((0, query_length), np.int32)
+    return tasks.pad_left(queries, query_length, pad_token)
 
 
 def _single_token(encode, text: str | None, field: str) -> int | None:
@@ -177,26 +188,47 @@ def _single_token(encode, text: str | None, field: str) -> int | None:
     return ids[0]
 
 
+def lhp_text(text: str) -> str:
+    """LHP's clean-up of a TL;DR post / CNN/DM article (`datasets/tldr.py` lines
+    26-28, `datasets/cnndm.py` lines 99-102): runs of 3+ newlines become two,
+    the ends stripped. (LHP also ran `ftfy.fix_text`, not a dependency here.)"""
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def check_query_format(task) -> None:
+    """One line naming the field when `task.query_format` and its companions disagree."""
+    fmt = task.query_format
+    if fmt not in QUERY_FORMATS:
+        raise ValueError(f"task.query_format={fmt!r}: expected one of {QUERY_FORMATS}")
+    if fmt == "sff":
+        if task.query_dataset not in _TEXT_FIELDS:
+            raise ValueError(f"task.query_format='sff' formats TL;DR posts and CNN/DM "
+                             f"articles, not task.query_dataset={task.query_dataset!r}")
+        if task.query_prefix or task.query_suffix:
+            raise ValueError("task.query_prefix / task.query_suffix are LHP's policy-only "
+                             "formatting (task.query_format='lhp'); the SFF template "
+                             "(task.query_format='sff') holds its own")
+
+
 def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = None,
                  synthetic_texts: Sequence[str] | None = None) -> QueryDataset:
-    """The query dataset of `task.query_dataset` for one split.
+    """The (raw) query dataset of `task.query_dataset` for one split.
 
-    Reads `task.query_dataset`, `task.dataset_path`, `task.query_length`,
-    `task.response_length`, `task.query_prefix`, `task.query_suffix`,
-    `task.start_text`, `task.end_text`, `task.pad_token`, `task.eos_token`.
+    Reads `task.query_dataset`, `task.dataset_path`, `task.query_format`,
+    `task.query_length`, `task.response_length`, `task.start_text`,
+    `task.end_text`, `task.pad_token`, `task.eos_token`.
     """
     source = task.query_dataset
     if source not in SOURCES:
         raise ValueError(f"task.query_dataset={source!r}: expected one of {SOURCES}")
     if split not in SPLITS:
         raise ValueError(f"split={split!r}: expected one of {SPLITS}")
+    check_query_format(task)
     encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     pad = task.pad_token
+    start = _single_token(encode, task.start_text, "task.start_text")
+    end = _single_token(encode, task.end_text, "task.end_text")
     if source in ("synthetic", "books"):
-        start = _single_token(encode, task.start_text, "task.start_text")
-        end = _single_token(encode, task.end_text, "task.end_text")
-        prefix = encode(task.query_prefix) if task.query_prefix else []
-        suffix = encode(task.query_suffix) if task.query_suffix else []
         if source == "synthetic":
             if synthetic_texts is None:
                 raise ValueError("task.query_dataset='synthetic' needs the corpus texts")
@@ -207,49 +239,60 @@ def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = 
         rows = _split_rows(len(texts), split, seed)
         q, m = queries_from_texts((texts[i] for i in rows), encode,
                                   query_length=task.query_length, start_token=start,
-                                  end_token=end, pad_token=pad, prefix=prefix, suffix=suffix,
-                                  limit=limit)
+                                  end_token=end, pad_token=pad, limit=limit)
         if len(q) == 0:
             raise ValueError(f"task.query_dataset={source!r}: no text of split {split!r} yields a "
                              f"query (check task.start_text / task.end_text)")
         return QueryDataset(q, m, seed)
     records = _load_records(source, task.dataset_path, split)
-    if limit is not None:
+    text_field, ref_field = _TEXT_FIELDS[source]
+    if task.query_format == "sff" and limit is not None:
         records = records[:limit]
     queries, refs = [], []
     eos = task.eos_token
     skipped = 0
     for i, r in enumerate(records):
-        try:
-            if source == "tldr":
-                q = tasks.format_tldr_query(
-                    encode, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
-                    title=str(_field(r, "title", task.dataset_path, i)),
-                    post=str(_field(r, "post", task.dataset_path, i)),
-                    query_length=task.query_length)
-                ref_text = r.get("summary")
-            else:
-                q = tasks.format_cnndm_query(
-                    encode, article=str(_field(r, "article", task.dataset_path, i)),
-                    query_length=task.query_length)
-                ref_text = r.get("highlights")
-        except tasks.QueryTooLong:
-            # The rest of the query (subreddit, title) alone exceeds query_length:
-            # SFF's filtered TL;DR excludes such posts; skip them here too.
-            skipped += 1
-            continue
+        text = str(_field(r, text_field, task.dataset_path, i))
+        if task.query_format == "lhp":
+            # LHP `language/datasets.py` lines 47-71 on the cleaned text.
+            q = tasks.extract_query(encode(lhp_text(text)), query_length=task.query_length,
+                                    start_token=start, end_token=end, pad_token=pad)
+            if q is None:
+                skipped += 1
+                continue
+            q = [int(t) for t in q if t != pad]
+        else:
+            try:
+                if source == "tldr":
+                    q = tasks.format_tldr_query(
+                        encode, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
+                        title=str(_field(r, "title", task.dataset_path, i)), post=text,
+                        query_length=task.query_length)
+                else:
+                    q = tasks.format_cnndm_query(encode, article=text,
+                                                 query_length=task.query_length)
+            except tasks.QueryTooLong:
+                # The rest of the query (subreddit, title) alone exceeds query_length:
+                # SFF's filtered TL;DR excludes such posts; skip them here too.
+                skipped += 1
+                continue
         queries.append(q)
+        ref_text = r.get(ref_field)
         if ref_text is not None:
             # References get a leading space (PAPER_DETAILS 5) and end with EOS.
             ref = encode(" " + str(ref_text).strip())[: task.response_length - 1]
             refs.append(ref + ([eos] if eos is not None else []))
+        if task.query_format == "lhp" and limit is not None and len(queries) >= limit:
+            break
     if skipped:
-        logging.warning("%s (%s): skipped %d of %d records whose query cannot fit "
-                        "task.query_length=%d", task.dataset_path, split, skipped, len(records),
-                        task.query_length)
+        why = ("has no task.end_text within task.query_length tokens"
+               if task.query_format == "lhp" else "cannot fit task.query_length")
+        logging.warning("%s (%s): skipped %d of %d records whose query %s (%d tokens)",
+                        task.dataset_path, split, skipped, len(records), why, task.query_length)
     if not queries:
         raise ValueError(f"task.dataset_path={task.dataset_path!r}: split {split!r} has no "
-                         f"record whose query fits task.query_length={task.query_length}")
+                         f"record that makes a query of task.query_length={task.query_length}"
+                         " (check task.start_text / task.end_text)")
     q, m = tasks.pad_left(queries, task.query_length, pad)
     ref, ref_m = (None, None)
     if len(refs) == len(queries):

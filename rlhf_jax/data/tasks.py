@@ -188,16 +188,51 @@ def pad_right(
     return _pad(seqs, length, pad_token, left=False)
 
 
+def format_queries(query_BxQ, query_mask_BxQ, prefix: Sequence[int] = (),
+                   suffix: Sequence[int] = (), pad_token: int = 0):
+    """The policy's view of raw queries: `prefix + query + suffix`, left-padded.
+
+    LHP's `lm_tasks.query_formatter` (lines 68-80): the policy and the
+    reference read `query_prefix + query + query_suffix`, while the reward
+    model and the label files hold the raw query. `query_BxQ` is left-padded
+    (its tokens contiguous at the right); the result has width
+    `len(prefix) + Q + len(suffix)` with the prefix right before each row's
+    first token. numpy in, numpy out; jax arrays (also traced, under jit) in,
+    jax out. Without prefix and suffix the inputs come back unchanged.
+
+    Returns:
+        `(ids_BxW, mask_BxW)`.
+    """
+    prefix, suffix = tuple(int(t) for t in prefix), tuple(int(t) for t in suffix)
+    if not prefix and not suffix:
+        return query_BxQ, query_mask_BxQ
+    xp = np if isinstance(query_BxQ, np.ndarray) else jnp
+    p, q, s = len(prefix), query_BxQ.shape[1], len(suffix)
+    w = p + q + s
+    j_1xW = xp.arange(w)[None, :]
+    first_Bx1 = q - xp.sum(query_mask_BxQ != 0, axis=1, keepdims=True)  # first token column
+    in_suffix = j_1xW >= p + q
+    in_query = (j_1xW >= first_Bx1 + p) & ~in_suffix
+    in_prefix = (j_1xW >= first_Bx1) & (j_1xW < first_Bx1 + p)
+    table = xp.asarray(prefix + suffix + (pad_token,), dtype=query_BxQ.dtype)
+    from_query = xp.take_along_axis(
+        query_BxQ, xp.broadcast_to(xp.clip(j_1xW - p, 0, q - 1), (query_BxQ.shape[0], w)),
+        axis=1)
+    from_table = table[xp.where(in_prefix, xp.clip(j_1xW - first_Bx1, 0, max(p - 1, 0)),
+                                xp.where(in_suffix, j_1xW - q, p + s))]
+    ids = xp.where(in_query, from_query, from_table)
+    mask = (in_prefix | in_query | in_suffix).astype(query_mask_BxQ.dtype)
+    return ids, mask
+
+
 def _cut_point(text: str) -> int:
-    """Where to cut `text` next: its last newline, else its last whitespace,
-    else drop one character (SFF `process_query`'s fallback)."""
+    """Where to cut `text` next: its last newline, else drop one character.
+
+    SFF `tasks.process_query` (`truncate_text='\\n'`): `rindex` of the newline,
+    and `i = -1` (one character off the end) when there is none.
+    """
     i = text.rfind("\n")
-    if i >= 0:
-        return i
-    for i in range(len(text) - 1, -1, -1):
-        if text[i].isspace():
-            return i
-    return len(text) - 1
+    return i if i >= 0 else len(text) - 1
 
 
 class QueryTooLong(ValueError):
@@ -216,7 +251,7 @@ def _fit_field(
     """Encode `render(text)`, shortening `text` from the right until it fits.
 
     SFF `tasks.process_query` with `truncate_text='\\n'`: repeatedly cut the
-    text at its last newline (then last whitespace, then one character) and
+    text at its last newline (without one, drop its last character) and
     re-encode, so the query ends on a paragraph boundary where possible.
     """
     if query_length <= 0:
@@ -244,8 +279,8 @@ def format_tldr_query(
 
     Format (SFF, PAPER_DETAILS item 5):
     `"SUBREDDIT: r/{subreddit}\\n\\nTITLE: {title}\\n\\nPOST: {post}\\n\\nTL;DR:"`.
-    If too long, the post is cut back at its last newline (then last
-    whitespace) until the query fits. Unpadded: pad with `pad_left`.
+    If too long, the post is cut back at its last newline (without one, by a
+    character) until the query fits, as SFF. Unpadded: pad with `pad_left`.
 
     Raises:
         ValueError: if even an empty post does not fit.
@@ -271,14 +306,13 @@ def format_cnndm_query(
 
     Format: `"Article:\\n\\n{article}\\n\\nTL;DR:"`.
 
-    Prefix and suffix are LHP's cnndm task (`launch.py`). If too long, the
-    article is cut back at its last newline (then last whitespace) until the
-    query fits. `query_length` bounds the whole query here; LHP gave 500 tokens
-    to the article alone and added prefix and suffix on top, and also always
-    cut back to the last single-newline token (`end_text='\\n'`). To reproduce
-    that token-for-token, use `extract_query(encode(article), query_length=500,
-    end_token=198, ...)` and concatenate the encoded prefix and suffix.
-    Unpadded: pad with `pad_left`.
+    The SFF-style CNN/DM query (`task.query_format='sff'`): the prefix and
+    suffix of LHP's cnndm task around the article, cut back at its last
+    newline (without one, by a character) until the whole query fits
+    `query_length`. LHP's own format (`task.query_format='lhp'`) gives the
+    article alone 500 tokens (`extract_query` with `end_token` '\\n') and adds
+    prefix and suffix for the policy only (`format_queries`). Unpadded: pad
+    with `pad_left`.
 
     Raises:
         ValueError: if even an empty article does not fit.

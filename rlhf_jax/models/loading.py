@@ -15,6 +15,7 @@ import os
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rlhf_jax.models.gpt2 import GPT2Config
 from rlhf_jax.models.heads import RewardModel
@@ -72,4 +73,6 @@ def load_reward_model(cfg, path: str):
                             kv_cache_dtype=kv_cache_dtype(cfg))
     with open(os.path.join(path, REWARD_PARAMS), "rb") as f:
         params = flax.serialization.msgpack_restore(f.read())
-    return RewardModel(config, head=meta["head"]), jax.tree.map(jnp.asarray, params)
+    # Host arrays: each stage places them on its devices (`dp.replicate`: split
+    # along fsdp on a mesh); a whole copy on the default device would not fit at scale.
+    return RewardModel(config, head=meta["head"]), jax.tree.map(np.asarray, params)
