@@ -66,10 +66,9 @@ def main(argv):
             n = cfg.parallel.num_devices or jax.device_count()
             derived = config_lib.resolve(cfg, n)
             print(cfg)
-            if "ppo" in config_lib.stage_list(cfg):
-                from rlhf_jax import memory  # shapes only (jax.eval_shape): nothing allocated
+            from rlhf_jax import memory  # shapes only (jax.eval_shape): nothing allocated
 
-                print(memory.format_report(memory.report(cfg, n)))
+            print(memory.format_report(memory.report(cfg, n)))
             print("derived:", json.dumps(derived, indent=2, default=str))
             return
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)

@@ -4,7 +4,9 @@
 each model of the PPO stage (policy, value, reference, reward model) its
 params and optimizer state per device after FSDP splitting, then the PPO
 update's activations, gradients and gathered weights, the rollout's KV cache,
-and the peak. Nothing is allocated: param shapes come from `jax.eval_shape`
+and the peak; then the peak of every stage the config runs (`StageMemory`:
+the models the stage holds plus its largest step, sampling or training, from
+the same per-token model), and the largest of them. Nothing is allocated: param shapes come from `jax.eval_shape`
 of the models' `init`, the split of each leaf from `fsdp.shard_dim`, the rest
 from the formulas below.
 
@@ -82,6 +84,12 @@ class Report:
     kv_cache: int  # rollout sampling's KV cache
     rollout_activations: int  # rollout: scoring passes' intermediates (+ gathered blocks)
     remat: bool = False
+    stages: tuple = ()  # a `StageMemory` per stage of the config
+
+    @property
+    def peak_stage(self) -> "StageMemory | None":
+        """The stage with the largest peak (None without stages)."""
+        return max(self.stages, key=lambda s: s.peak, default=None)
 
     @property
     def params(self) -> int:
@@ -172,12 +180,14 @@ def block_param_bytes(config: GPT2Config) -> int:
 
 
 def report(cfg, num_devices: int) -> Report:
-    """The per-device memory of the config's PPO stage on `num_devices` devices.
+    """The per-device memory of the config's PPO stage on `num_devices` devices,
+    and (`Report.stages`) the peak of every stage the config runs.
 
     Reads `model.*`, `parallel.mode`, `parallel.fsdp`, `task.query_length`,
     `task.response_length`, `ppo.batch_size`, `ppo.nminibatches`,
-    `ppo.value_model`, `ppo.reward_source`, `reward.head`. The config must have
-    passed `config_lib.resolve` (sizes divide).
+    `ppo.value_model`, `ppo.reward_source`, `reward.head`, and for the stages
+    the batch sizes of `pretrain`, `sft`, `labels`, `reward`, `dpo`, `eval`. The
+    config must have passed `config_lib.resolve` (sizes divide).
     """
     f = cfg.parallel.fsdp if cfg.parallel.mode == "mesh" else 1
     config, arch = model_config(cfg)
@@ -197,21 +207,46 @@ def report(cfg, num_devices: int) -> Report:
         models.append(_model("reward model",
                              param_shapes(RewardModel(config, head=cfg.reward.head)), f, False))
 
-    compute = jnp.dtype(config.dtype).itemsize
-    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
     trunks = 2 if separate else 1
     batch = cfg.ppo.batch_size
     rows = batch // cfg.ppo.nminibatches // num_devices
+    trained = [m for m in models if m.trained]
+    # The LM head on the R response positions only.
+    activations, gradients, gathered = step_temporaries(config, f, trained, trunks, rows,
+                                                        context, logit_positions=r)
+    # The rollout all-gathered for the global permutation: query, mask (int32),
+    # response, mask, logprobs, values, advantages, returns (4 bytes each).
+    batch_bytes = batch * (2 * q + 6 * r) * 4
+    rollout_rows = batch // num_devices
+    kv, rollout_act = sampling_temporaries(cfg, config, f, rollout_rows, context,
+                                           logit_positions=r)
+    rep = Report(mesh=(num_devices // f, f), arch=arch, models=tuple(models),
+                 update_rows=rows, rollout_rows=rollout_rows, context=context,
+                 activations=activations, gradients=gradients, gathered=gathered,
+                 batch=batch_bytes, kv_cache=kv, rollout_activations=rollout_act,
+                 remat=config.remat)
+    return dataclasses.replace(rep, stages=stage_report(cfg, num_devices, config, rep))
+
+
+def step_temporaries(config: GPT2Config, f: int, trained, trunks: int, rows: int,
+                     context: int, logit_positions: int) -> tuple[int, int, int]:
+    """`(activations, gradients, gathered weights)` of one training step per device.
+
+    `rows` sequences of `context` tokens through `trunks` trained trunks, the LM
+    head at `logit_positions` of them (0: a scalar head only); `trained` are the
+    `ModelMemory`s whose gradients are taken.
+    """
+    compute = jnp.dtype(config.dtype).itemsize
+    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
     tokens = rows * context
     per_block = block_bytes_per_token(config, context)
     if config.remat:
         kept = trunks * layers * tokens * d * compute + tokens * per_block
     else:
         kept = trunks * layers * tokens * per_block
-    # Embedding sum, final layer norm in and out, per trunk; the LM head on R positions.
+    # Embedding sum, final layer norm in and out, per trunk; the LM head.
     activations = (kept + trunks * 3 * tokens * d * compute
-                   + HEAD_V_TENSORS * rows * r * vocab * 4)
-    trained = [m for m in models if m.trained]
+                   + HEAD_V_TENSORS * rows * logit_positions * vocab * 4)
     param_bytes = jnp.dtype(config.param_dtype).itemsize
     embeddings = (vocab + config.n_positions) * d * param_bytes  # wte + wpe, unsplit
     # A block's weights gathered and prefetched, and its full-size gradients before
@@ -223,22 +258,110 @@ def report(cfg, num_devices: int) -> Report:
     else:  # everything kept for the backward pass, gradients full size until the update
         gradients = sum(m.full_params for m in trained)
         gathered = sum(m.full_params - m.params for m in trained)
-    # The rollout all-gathered for the global permutation: query, mask (int32),
-    # response, mask, logprobs, values, advantages, returns (4 bytes each).
-    batch_bytes = batch * (2 * q + 6 * r) * 4
-    rollout_rows = batch // num_devices
+    return activations, gradients, gathered
+
+
+def sampling_temporaries(cfg, config: GPT2Config, f: int, rows: int, context: int,
+                         logit_positions: int) -> tuple[int, int]:
+    """`(KV cache, forward activations)` of sampling `rows` sequences per device and
+    scoring them with forward passes (the LM head at `logit_positions`)."""
+    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
     kv_dtype = getattr(jnp, cfg.model.kv_cache_dtype or cfg.model.dtype)
-    kv = 2 * layers * rollout_rows * context * d * jnp.dtype(kv_dtype).itemsize
-    # Scoring passes over the whole context keep about one block's intermediates at
-    # a time, plus the LM head on R positions.
-    rollout_act = rollout_rows * context * per_block + 3 * rollout_rows * r * vocab * 4
+    kv = 2 * layers * rows * context * d * jnp.dtype(kv_dtype).itemsize
+    # Passes over the whole context keep about one block's intermediates at a time.
+    act = (rows * context * block_bytes_per_token(config, context)
+           + 3 * rows * max(logit_positions, 1) * vocab * 4)
     if f > 1:  # forward only: a block's weights are dropped after their use
-        rollout_act += 2 * block_param_bytes(config) + embeddings
-    return Report(mesh=(num_devices // f, f), arch=arch, models=tuple(models),
-                  update_rows=rows, rollout_rows=rollout_rows, context=context,
-                  activations=activations, gradients=gradients, gathered=gathered,
-                  batch=batch_bytes, kv_cache=kv, rollout_activations=rollout_act,
-                  remat=config.remat)
+        act += (2 * block_param_bytes(config)
+                + (vocab + config.n_positions) * d * jnp.dtype(config.param_dtype).itemsize)
+    return kv, act
+
+
+@dataclasses.dataclass(frozen=True)
+class StageMemory:
+    """One stage's per-device peak: the models it holds, plus its largest temporaries."""
+
+    stage: str
+    resident: int  # params (and Adam state of trained models) held through the stage
+    temporaries: int  # the largest step's activations, gradients, KV cache
+    what: str  # the models and shapes behind the numbers
+
+    @property
+    def peak(self) -> int:
+        return self.resident + self.temporaries
+
+
+def _responses_per_label(label_type: str) -> int:
+    if label_type.startswith("best_of_"):
+        return int(label_type[8:])
+    return 1 if label_type == "scalar_rating" else 2
+
+
+def stage_report(cfg, num_devices: int, config: GPT2Config, ppo: Report) -> tuple:
+    """A `StageMemory` for each stage of the config with models (all but figures)."""
+    from rlhf_jax import config_lib
+
+    f = cfg.parallel.fsdp if cfg.parallel.mode == "mesh" else 1
+    lm = _model("LM", param_shapes(GPT2LMHeadModel(config)), f, True)
+    rm = _model("RM", param_shapes(RewardModel(config, head=cfg.reward.head)), f, True)
+    frozen = lambda m: m.params  # noqa: E731
+    trained = lambda m: m.params + m.optimizer  # noqa: E731
+    q, r = cfg.task.query_length, cfg.task.response_length
+    ctx = q + r
+    out = []
+
+    def train_stage(stage, models, group_batch, per_row, context, logit_positions,
+                    resident_extra=0, extra_what=""):
+        rows = group_batch // num_devices * per_row
+        temps = sum(step_temporaries(config, f, [models[0]], 1, rows, context, logit_positions))
+        out.append(StageMemory(stage, sum(trained(m) for m in models) + resident_extra, temps,
+                               f"trained {models[0].name}: {rows} rows x {context} tokens"
+                               + extra_what))
+
+    def sampling(rows):
+        return sum(sampling_temporaries(cfg, config, f, rows, ctx, logit_positions=r))
+
+    for stage in config_lib.stage_list(cfg):
+        if stage == "pretrain":
+            p = cfg.pretrain
+            train_stage(stage, [lm], p.batch_size, 1, p.seq_len, p.seq_len)
+        elif stage == "sft":
+            train_stage(stage, [lm], cfg.sft.batch_size, 1, ctx, ctx)
+        elif stage == "labels" and cfg.labels.source == "mock":
+            rows = cfg.labels.batch_size // num_devices
+            out.append(StageMemory(stage, frozen(lm), sampling(rows),
+                                   f"policy, sampling {rows} rows x {ctx} tokens"))
+        elif stage == "reward":
+            k = _responses_per_label(cfg.labels.type)
+            normalising = (cfg.reward.normalize_mode == "gain_bias"
+                           and (cfg.reward.normalize_before or cfg.reward.normalize_after))
+            rows = cfg.reward.batch_size // num_devices * k
+            step = sum(step_temporaries(config, f, [rm], 1, rows, ctx, 0))
+            what = f"trained RM: {rows} rows x {ctx} tokens"
+            if normalising:  # the reference policy samples between the RM's steps
+                rollout = cfg.reward.rollout_batch_size // num_devices
+                what += f"; policy sampling {rollout} rows for the normalisation"
+                step = max(step, sampling(rollout))
+            out.append(StageMemory(stage, trained(rm) + (frozen(lm) if normalising else 0),
+                                   step, what))
+        elif stage == "ppo":
+            update_temp = ppo.activations + ppo.gradients + ppo.gathered + ppo.batch
+            out.append(StageMemory(stage, ppo.params + ppo.optimizer,
+                                   max(update_temp, ppo.kv_cache + ppo.rollout_activations),
+                                   "the table above"))
+        elif stage == "dpo":
+            train_stage(stage, [lm], cfg.dpo.batch_size, 2, ctx, ctx,
+                        resident_extra=frozen(lm), extra_what=" + frozen reference")
+        elif stage == "eval":
+            stages = config_lib.stage_list(cfg)
+            policies = 1 + ("ppo" in stages) + ("dpo" in stages)
+            scored = "reward" in stages or cfg.ppo.reward_source == "rm"
+            rows = cfg.eval.batch_size // num_devices
+            out.append(StageMemory(stage, policies * frozen(lm) + (frozen(rm) if scored else 0),
+                                   sampling(rows), f"{policies} policies"
+                                   + (" + RM" if scored else "")
+                                   + f", sampling {rows} rows x {ctx} tokens"))
+    return tuple(out)
 
 
 def compiled_update_step(cfg, dp) -> tuple[int, object]:
@@ -292,13 +415,77 @@ def compiled_update_step(cfg, dp) -> tuple[int, object]:
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
 
 
+def compiled_reward_step(cfg, dp) -> tuple[int, object]:
+    """XLA's own per-device footprint of the config's reward-model training step.
+
+    The real step (`supervised`'s train step on `reward`'s loss, under
+    `dp.compile`) compiled for abstract inputs, as `compiled_update_step`.
+    Returns `(argument + temp bytes, the memory_analysis() object)`.
+    """
+    import functools
+
+    from rlhf_jax import parallel, reward, supervised
+    from rlhf_jax.data.labels import parse_label_type
+    from rlhf_jax.optim import make_optimizer
+
+    config, _ = model_config(cfg)
+    rm = RewardModel(config, head=cfg.reward.head)
+    kind, _ = parse_label_type(cfg.labels.type)
+    k = _responses_per_label(cfg.labels.type)
+    eos = cfg.task.eos_token if cfg.reward.reward_at == "eos" else None
+    loss = functools.partial(reward._loss_fn, rm_model=rm, label_type=kind,
+                             reward_at=cfg.reward.reward_at, eos_token=eos)
+    g = cfg.reward
+    optimizer = make_optimizer(lr=g.lr, total_steps=10, schedule=g.schedule, adam=g.adam,
+                               eps=g.adam_eps)
+    step = dp.compile(supervised._make_train_step(loss, optimizer),
+                      (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP),
+                      donate_argnums=(0,))
+    state = jax.eval_shape(lambda p: supervised.TrainState(
+        params=p, opt_state=optimizer.init(p), rng=jax.random.key(0),
+        step=jnp.zeros((), jnp.int32)), param_shapes(rm))
+    b, q, r = g.batch_size, cfg.task.query_length, cfg.task.response_length
+    if dp.mode == "mesh":
+        state = dp.placed_shapes(state)
+        rows = jax.sharding.NamedSharding(dp.mesh, jax.sharding.PartitionSpec(dp.batch_axes))
+        lead = (b,)
+    else:
+        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((dp.num_devices, *x.shape), x.dtype),
+                             state)
+        rows, lead = None, (dp.num_devices, b // dp.num_devices)
+    target = jnp.float32 if kind in ("scalar_rating", "scalar_compare") else jnp.int32
+    batch = {name: jax.ShapeDtypeStruct(lead + shape, dtype, sharding=rows)
+             for name, shape, dtype in (("query", (q,), jnp.int32), ("query_mask", (q,), jnp.int32),
+                                        ("responses", (k, r), jnp.int32),
+                                        ("response_mask", (k, r), jnp.int32),
+                                        ("target", (), target))}
+    analysis = step.lower(state, batch).compile().memory_analysis()
+    return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
+
+
 def format_report(rep: Report) -> str:
     """The table `launch.py --dry_run` prints (GiB, or MiB when the peak is under 1 GiB)."""
-    scale, unit = (2**30, "GiB") if rep.peak >= 2**30 else (2**20, "MiB")
+    largest = max([rep.peak] + [st.peak for st in rep.stages])
+    scale, unit = (2**30, "GiB") if largest >= 2**30 else (2**20, "MiB")
 
     def size(n: int) -> str:
         return f"{n / scale:10.2f} {unit}"
 
+    data, f = rep.mesh
+    if rep.stages and "ppo" not in [st.stage for st in rep.stages]:
+        lines = [f"mesh data={data} x fsdp={f} (dims from {rep.arch})"]
+    else:
+        lines = _ppo_lines(rep, size)
+    if rep.stages:
+        lines.append("memory per device, every stage (resident models + the largest step):")
+        for st in rep.stages:
+            lines.append(f"  {st.stage:<10}{size(st.peak)}   {st.what}")
+        top = rep.peak_stage
+        lines.append(f"  all stages{size(top.peak)}   the largest: {top.stage}")
+    return "\n".join(lines)
+
+
+def _ppo_lines(rep: Report, size) -> list[str]:
     data, f = rep.mesh
     lines = [f"memory per device, PPO stage, mesh data={data} x fsdp={f} "
              f"(dims from {rep.arch}):",
@@ -323,4 +510,4 @@ def format_report(rep: Report) -> str:
         f"  update step           {size(rep.update_step)}   trained state + update temporaries",
         f"  peak                  {size(rep.peak)}   all models + the larger phase",
     ]
-    return "\n".join(lines)
+    return lines

@@ -75,3 +75,35 @@ def test_fsdp_divides_the_state_and_bf16_halves_the_kv_cache():
     c = small_config()
     c.model.kv_cache_dtype = "bfloat16"
     assert memory.report(c, 4).kv_cache * 2 == base.kv_cache
+
+
+def test_every_stage_has_a_peak_and_the_reward_step_matches_xla():
+    # The reward stage's training step: the report's model (trained RM state + a
+    # step of K responses per label, no LM head) against the compiled step.
+    c = small_config(layers=1, f=2)
+    c.stages = "labels,reward,ppo,eval"
+    c.labels.source, c.labels.type = "mock", "best_of_4"
+    c.reward.batch_size, c.labels.num_train = 16, 64
+    c.reward.rollout_batch_size, c.labels.batch_size, c.eval.batch_size = 16, 16, 16
+    config_lib.resolve(c, 4)
+    rep = memory.report(c, 4)
+    assert [s.stage for s in rep.stages] == ["labels", "reward", "ppo", "eval"]
+    assert rep.stages[2].peak == rep.peak  # the PPO stage is the table's peak
+    assert rep.peak_stage.peak == max(s.peak for s in rep.stages)
+    text = memory.format_report(rep)
+    assert "every stage" in text and "the largest: " + rep.peak_stage.stage in text
+    config, _ = memory.model_config(c)
+    rm = memory._model("RM", memory.param_shapes(memory.RewardModel(config)), 2, True)
+    rows = 16 // 4 * 4  # 4 labels per device, 4 responses each
+    estimate = rm.params + rm.optimizer + sum(memory.step_temporaries(
+        config, 2, [rm], 1, rows, c.task.query_length + c.task.response_length, 0))
+    dp = parallel.DataParallel("mesh", 4, fsdp=2)
+    xla_bytes, analysis = memory.compiled_reward_step(c, dp)
+    ratio = estimate / xla_bytes
+    print(f"reward step: report {estimate / 2**20:.2f} MiB, XLA {xla_bytes / 2**20:.2f} MiB, "
+          f"ratio {ratio:.3f}")
+    assert 0.8 < ratio < 1.2
+    # The stage holds the RM's state and the policy that samples for the normalisation.
+    reward_stage = rep.stages[1]
+    assert reward_stage.resident == rm.params + rm.optimizer + rep.models[1].params
+    assert reward_stage.temporaries >= estimate - rm.params - rm.optimizer

@@ -51,8 +51,12 @@ def test_pod_configs_validate_with_dry_run_without_allocating(config, mesh, para
                                                           re.M)]
     assert len(counts) == 4  # policy, value, reference, reward model
     assert all(params_range[0] < n < params_range[1] for n in counts), counts
-    # Fits a v4 chip's 32 GiB with room for XLA's own buffers.
+    # Fits a v4 chip's 32 GiB with room for XLA's own buffers, in every stage.
     assert peak_gib(stdout) < 0.75 * chip_gib
+    stages = dict(re.findall(r"^  (sft|reward|ppo|eval)\s+([\d.]+) GiB", stdout, re.M))
+    assert sorted(stages) == ["eval", "ppo", "reward", "sft"], stdout
+    largest = float(re.search(r"all stages\s+([\d.]+) GiB", stdout).group(1))
+    assert largest == max(map(float, stages.values())) < 0.75 * chip_gib
     # Four models of 1.3B / 6.7B params in float32 are 21 / 107 GB: the dry run
     # never materialised one (shapes only), it stayed a small process.
     assert rss_mib < 1500, rss_mib
