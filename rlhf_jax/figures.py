@@ -1,6 +1,6 @@
 """Figures from a workdir's metrics.jsonl, as PNGs in `workdir/figures/`.
 
-    python -m rlhf_jax.figures WORKDIR
+    python -m rlhf_jax.figures WORKDIR [--reference NAME]
 
 writes whichever of these the logged metrics allow (a figure whose metrics
 are absent is skipped and the skip logged, so a partial workdir works):
@@ -12,6 +12,9 @@ are absent is skipped and the skip logged, so a partial workdir works):
                         policy: the trade-off of Ziegler et al. figures 2-4
     reward_model.png    `reward/accuracy`, `reward/val_accuracy` (and
                         `reward/loss` when logged) against step
+    reference_NAME.png  with `--reference NAME`: the run's PPO curves
+                        against published targets, by PPO update
+                        (`rlhf_jax/references/NAME.csv`, or a CSV path)
 
 Curves are grouped by the row's `stage`; a stage's repeated step (a resumed
 run that was not truncated) keeps the last row. Plots use matplotlib's Agg
@@ -21,6 +24,7 @@ canvas directly, so importing this module leaves pyplot's backend alone.
 from __future__ import annotations
 
 import argparse
+import csv
 import logging
 import math
 import os
@@ -33,6 +37,7 @@ from rlhf_jax.metrics import METRICS_FILE, read_metrics
 
 FIGURES_DIR = "figures"
 EPISODES = "ppo/episodes"
+REFERENCES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "references")
 
 # (metric, axis label) for the PPO curve panels, in panel order.
 PPO_CURVES = (
@@ -164,12 +169,63 @@ def _reward_model(rows: list[dict], path: str, title: str) -> str | None:
     return _save(fig, path)
 
 
-def make_figures(workdir: str) -> list[str]:
+def load_reference(name: str) -> tuple[str, list[dict], list[str]]:
+    """`(name, rows, source lines)` of a reference CSV: `rlhf_jax/references/NAME.csv`
+    or a path. Rows: `metric`, `update` (a PPO update index), `value`, `note`."""
+    path = name if os.path.isfile(name) else os.path.join(REFERENCES_DIR, f"{name}.csv")
+    if not os.path.isfile(path):
+        known = sorted(f[:-4] for f in os.listdir(REFERENCES_DIR) if f.endswith(".csv"))
+        raise ValueError(f"--reference {name!r}: no such file, nor one of {known}")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    source = [line.lstrip("# ").rstrip() for line in lines if line.startswith("#")]
+    rows = []
+    for i, row in enumerate(csv.DictReader(line for line in lines if not line.startswith("#"))):
+        try:
+            rows.append({"metric": row["metric"], "update": float(row["update"]),
+                         "value": float(row["value"]), "note": row.get("note") or ""})
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: data row {i + 1}: needs metric, update and value "
+                             f"numbers, got {row}") from None
+    if not rows:
+        raise ValueError(f"{path}: no data rows")
+    return os.path.splitext(os.path.basename(path))[0], rows, source
+
+
+def _reference_figure(rows: list[dict], reference: tuple, path: str, title: str) -> str | None:
+    """The run's PPO curves (by update) with the reference's points on the same panels."""
+    name, ref_rows, _ = reference
+    metrics = [m for m, _ in PPO_CURVES if any(r["metric"] == m for r in ref_rows)]
+    if not metrics:
+        return None
+    fig = Figure(figsize=(5.5 * len(metrics), 3.8))
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        run = _series([r for r in rows if r.get("stage") == "ppo"], metric, "step").get("ppo")
+        if run is not None:
+            ax.plot(run[0], run[1], marker="o", markersize=2, label="this run")
+        pts = sorted((r["update"], r["value"]) for r in ref_rows if r["metric"] == metric)
+        # A few summary targets are markers only: a line between them would draw a
+        # curve the source never gave.
+        sparse = len(pts) < 20
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none" if sparse else "-",
+                marker="D" if sparse else None, color="black", label=f"{name} (reference)")
+        ax.set_xlabel("PPO update")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+    fig.suptitle(f"{title} vs {name}")
+    return _save(fig, path)
+
+
+def make_figures(workdir: str, reference: str | None = None) -> list[str]:
     """Writes the figures the workdir's metrics allow; returns their paths.
 
     A missing or empty metrics.jsonl gives no figures (logged), as does any
-    figure whose metrics were not logged.
+    figure whose metrics were not logged. `reference` (a name in
+    `rlhf_jax/references/` or a CSV path) adds `reference_NAME.png`.
     """
+    ref = load_reference(reference) if reference else None  # a bad name fails first
     rows = read_metrics(workdir)
     if not rows:
         logging.warning("figures: no metrics in %s; no figures written",
@@ -190,6 +246,15 @@ def make_figures(workdir: str) -> list[str]:
             logging.info("figures: skipping %s: none of %s logged", filename, needs)
         else:
             paths.append(path)
+    if ref is not None:
+        path = _reference_figure(rows, ref, os.path.join(out_dir, f"reference_{ref[0]}.png"),
+                                 title)
+        if path is None:
+            logging.info("figures: the reference %s has none of the PPO metrics", ref[0])
+        else:
+            paths.append(path)
+            for line in ref[2]:
+                logging.info("reference: %s", line)
     return paths
 
 
@@ -199,11 +264,18 @@ def main(argv: Sequence[str] | None = None) -> list[str]:
         prog="python -m rlhf_jax.figures",
         description="Plot a run's metrics.jsonl into WORKDIR/figures/*.png.")
     parser.add_argument("workdir", help="a run's workdir (holds metrics.jsonl)")
+    parser.add_argument("--reference", default=None,
+                        help="published targets to draw the PPO curves against: a name in "
+                             "rlhf_jax/references/ (lhp_sentiment, lhp_descriptiveness) or a "
+                             "CSV path (metric,update,value)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not os.path.isdir(args.workdir):
         parser.error(f"workdir {args.workdir} is not a directory")
-    paths = make_figures(args.workdir)
+    try:
+        paths = make_figures(args.workdir, reference=args.reference)
+    except ValueError as e:
+        parser.error(str(e))
     for path in paths:
         print(path)
     return paths

@@ -101,3 +101,41 @@ def test_main_cli(tmp_path, capsys):
     assert len(paths) == 2
     with pytest.raises(SystemExit):
         figures.main([str(tmp_path / "nope")])
+
+
+def test_reference_targets_carry_their_source():
+    name, rows, source = figures.load_reference("lhp_sentiment")
+    assert name == "lhp_sentiment"
+    by = {(r["metric"], r["update"]): r["value"] for r in rows}
+    assert by["objective/score", 1954] == 1.8
+    assert by["objective/kl", 1954] == 6.0
+    assert (by["objective/kl_coef", 0], by["objective/kl_coef", 1954]) == (0.15, 0.25)
+    text = " ".join(source)
+    assert "SUMMARY TARGETS, NOT PER-STEP DATA" in text
+    assert "https://github.com/vwxyzjn/lm-human-preference-details" in text
+    _, rows, _ = figures.load_reference("lhp_descriptiveness")
+    by = {(r["metric"], r["update"]): r["value"] for r in rows}
+    assert (by["objective/score", 1954], by["objective/kl_coef", 1954]) == (2.25, 0.32)
+
+
+def test_reference_overlay_on_a_run(tmp_path, capsys):
+    # A runlocal-sized workdir: a few PPO updates (step = update), plus a reward stage.
+    workdir = str(tmp_path / "run")
+    write_rows(workdir, reward_rows() + ppo_rows())
+    paths = figures.main([workdir, "--reference", "lhp_sentiment"])
+    ref_png = os.path.join(workdir, "figures", "reference_lhp_sentiment.png")
+    assert ref_png in paths and capsys.readouterr().out.split() == paths
+    assert_png(ref_png)
+    # A per-step CSV (e.g. exported from the W&B projects the README names) by path.
+    dense = tmp_path / "dense.csv"
+    dense.write_text("# exported\nmetric,update,value\n" + "".join(
+        f"objective/kl,{u},{6 * (1 - 0.9 ** u):.4f}\n" for u in range(40)))
+    paths = figures.make_figures(workdir, reference=str(dense))
+    assert_png(os.path.join(workdir, "figures", "reference_dense.png"))
+    with pytest.raises(SystemExit):
+        figures.main([workdir, "--reference", "no_such_reference"])
+    assert "lhp_sentiment" in capsys.readouterr().err  # the error lists the known names
+    bad = tmp_path / "bad.csv"
+    bad.write_text("metric,update,value\nobjective/kl,one,6\n")
+    with pytest.raises(ValueError, match=r"bad.csv: data row 1: needs metric, update and value"):
+        figures.load_reference(str(bad))
