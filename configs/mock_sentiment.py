@@ -59,7 +59,7 @@ def get_config(arg=None):
 
     c.labels.type = "best_of_4"
     c.labels.source = "mock"
-    c.labels.gold = "vader"
+    c.labels.gold = "world"
     c.labels.num_train = 2048  # LHP offline_5k has 4,992
     c.labels.num_val = 256
     c.labels.batch_size = 256

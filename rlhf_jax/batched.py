@@ -74,14 +74,15 @@ def postprocess(ctx: Context, responses_NxR: np.ndarray):
 
 def gold_function(ctx: Context) -> Callable | None:
     """`gold(query, query_mask, processed) -> [B]` on the host, or None without a gold reward."""
-    if ctx.cfg.labels.gold != "vader":
-        return None
-    from rlhf_jax.labelers import VaderGold
+    from rlhf_jax.labelers import GOLDS, make_gold
 
-    vader = VaderGold()
+    if ctx.cfg.labels.gold not in GOLDS:
+        return None
+    judge = make_gold(ctx.cfg.labels.gold,
+                      ungrammatical_penalty=ctx.cfg.labels.ungrammatical_penalty)
     pad = ctx.cfg.task.pad_token
 
     def gold(q_BxQ, m_BxQ, processed_BxR):
-        return vader([ctx.decode(r[r != pad]) for r in np.asarray(processed_BxR)])
+        return judge([ctx.decode(r[r != pad]) for r in np.asarray(processed_BxR)])
 
     return gold

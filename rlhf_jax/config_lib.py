@@ -79,6 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     p.epochs = 1
     p.lr = 1e-3
     p.schedule = "cosine"
+    p.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
     p.adam = "torch"
     p.adam_eps = 1e-8
     p.log_every = 50
@@ -91,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     s.epochs = 1
     s.lr = 6.35e-5
     s.schedule = "cosine"
+    s.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
     s.adam = "torch"
     s.adam_eps = 1e-5
     s.log_every = 20
@@ -108,7 +110,8 @@ def base_config() -> ml_collections.ConfigDict:
     lb.format = "lhp"  # lhp | sff | jsonl
     lb.num_train = 4992  # LHP offline_5k
     lb.num_val = 256
-    lb.gold = "vader"  # mock labeller's gold reward: vader
+    lb.gold = "world"  # gold reward (mock labeller, eval): world | vader | none
+    lb.ungrammatical_penalty = 1.0  # world gold: score of a broken or unfinished sentence
     lb.mock_noise = 0.0  # Boltzmann temperature of a noisy mock labeller
     lb.batch_size = 64  # queries per sampling batch when generating mock (and online) labels
     # Online collection (Ziegler 2.3): every `every` PPO updates, label fresh
@@ -130,6 +133,7 @@ def base_config() -> ml_collections.ConfigDict:
     r.epochs = 1
     r.lr = 5e-5
     r.schedule = "linear"
+    r.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
     r.adam = "tf"
     r.adam_eps = 1e-5
     r.log_every = 10
@@ -176,6 +180,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.epochs = 1
     d.lr = 5e-6
     d.schedule = "linear"
+    d.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
     d.adam = "torch"
     d.adam_eps = 1e-8
     d.log_every = 10
@@ -340,6 +345,9 @@ def resolve(c, num_devices: int) -> dict:
               f"labels.type={lt!r}: expected best_of_N, pairwise, scalar_rating or scalar_compare")
         _need(c.labels.source in ("mock", "file"),
               f"labels.source={c.labels.source!r}: expected 'mock' or 'file'")
+        _need(c.labels.source == "file" or c.labels.gold in ("world", "vader"),
+              f"labels.source='mock' picks by the gold reward: labels.gold={c.labels.gold!r} "
+              "must be 'world' or 'vader'")
         if c.labels.source == "file":
             _need(c.labels.format != "sff" or t.query_format == "sff",
                   "labels.format='sff': SFF comparisons hold Stiennon-format queries; the "
@@ -360,8 +368,14 @@ def resolve(c, num_devices: int) -> dict:
         divisible(c.dpo.batch_size, num_devices, "dpo.batch_size", "the device count")
         _need(c.labels.type == "pairwise" or c.labels.type.startswith("best_of_"),
               f"labels.type={c.labels.type!r}: DPO needs comparisons")
+    _need(c.labels.gold in ("world", "vader", "none"),
+          f"labels.gold={c.labels.gold!r}: expected 'world', 'vader' or 'none'")
+    _need(c.labels.ungrammatical_penalty >= 0,
+          f"labels.ungrammatical_penalty={c.labels.ungrammatical_penalty} must be >= 0")
     if "ppo" in stages:
         p = c.ppo
+        _need(p.reward_source == "rm" or c.labels.gold != "none",
+              "ppo.reward_source='gold' needs a gold reward: labels.gold is 'none'")
         _need(p.value_model in ("shared", "separate"),
               f"ppo.value_model={p.value_model!r}: expected 'shared' or 'separate'")
         _need(p.total_episodes >= p.batch_size,
@@ -431,8 +445,8 @@ def _resolve_online(c, stages, num_devices: int) -> int:
         _need(os.path.isdir(directory),
               f"labels.online.db={o.db!r}: directory {directory} does not exist")
     else:
-        _need(c.labels.gold == "vader", f"labels.online.labeler='mock' picks by the gold "
-              f"reward: labels.gold={c.labels.gold!r} must be 'vader'")
+        _need(c.labels.gold in ("world", "vader"), f"labels.online.labeler='mock' picks by "
+              f"the gold reward: labels.gold={c.labels.gold!r} must be 'world' or 'vader'")
     _need(c.labels.batch_size % num_devices == 0,
           f"labels.batch_size={c.labels.batch_size} is not divisible by the device count "
           f"{num_devices}")
@@ -456,7 +470,7 @@ def runlocal_common(c, *, query_length: int = 24, response_length: int = 12,
     """Shrinks any paper config to a CPU smoke run of a minute or two, offline.
 
     A tiny random GPT-2 and a BPE tokenizer trained on the synthetic corpus
-    (no downloads); mock labels from the VADER gold on the paper's own label
+    (no downloads); mock labels from the miniature world's gold on the paper's own label
     type; every stage and code path of the paper config, at toy sizes.
     """
     c.model.init = "scratch"
@@ -476,7 +490,7 @@ def runlocal_common(c, *, query_length: int = 24, response_length: int = 12,
     c.task.pad_token = None
     c.task.eos_token = None
     c.labels.source = "mock"
-    c.labels.gold = "vader"
+    c.labels.gold = "world"
     c.labels.num_train = 64
     c.labels.num_val = 32
     c.labels.batch_size = 32

@@ -8,8 +8,9 @@ are absent is skipped and the skip logged, so a partial workdir works):
     ppo_curves.png      `objective/score`, `objective/gold_score`,
                         `objective/kl`, `objective/kl_coef` against PPO
                         episodes (`ppo/episodes`) or, without it, step
-    reward_vs_kl.png    RM score and gold score against KL to the reference
-                        policy: the trade-off of Ziegler et al. figures 2-4
+    reward_vs_kl.png    RM score and gold score (one panel each) against KL
+                        to the reference policy during PPO, dots coloured by
+                        time: the trade-off of Ziegler et al. figures 2-4
     reward_model.png    `reward/accuracy`, `reward/val_accuracy` (and
                         `reward/loss` when logged) against step
     reference_NAME.png  with `--reference NAME`: the run's PPO curves
@@ -121,25 +122,58 @@ def _ppo_curves(rows: list[dict], path: str, title: str) -> str | None:
     return _save(fig, path)
 
 
-def _reward_vs_kl(rows: list[dict], path: str, title: str) -> str | None:
+def _smooth(xs: list, ys: list, window: int) -> tuple[list, list]:
+    """Block means of `window` consecutive points (time order kept)."""
+    if window <= 1 or len(xs) < 2 * window:
+        return xs, ys
+    n = len(xs) // window * window
+    bx = [sum(xs[i:i + window]) / window for i in range(0, n, window)]
+    by = [sum(ys[i:i + window]) / window for i in range(0, n, window)]
+    return bx, by
+
+
+def _trajectory(rows: list[dict], name: str) -> tuple[list, list, list]:
+    """(kl, value, episodes-or-step) of the PPO stage's rows, in time order."""
     kl = "objective/kl"
-    present = [(n, label) for n, label in REWARD_VS_KL
-               if any(_is_number(r.get(n)) and _is_number(r.get(kl)) for r in rows)]
+    by_step = {}
+    for r in rows:
+        if r.get("stage") == "ppo" and _is_number(r.get(name)) and _is_number(r.get(kl)):
+            by_step[r["step"]] = r
+    ordered = [by_step[k] for k in sorted(by_step)]
+    t = [r.get(EPISODES, r["step"]) for r in ordered]
+    return [r[kl] for r in ordered], [r[name] for r in ordered], t
+
+
+def _reward_vs_kl(rows: list[dict], path: str, title: str) -> str | None:
+    """One panel per reward (RM score, gold): each update a dot coloured by
+    training time, and the trajectory's block means joined in time order, so
+    the trade-off reads left to right even where KL goes back and forth."""
+    present = [(n, label) for n, label in REWARD_VS_KL if _trajectory(rows, n)[0]]
     if not present:
         return None
-    fig = Figure(figsize=(6, 4.2))
-    ax = fig.add_subplot(1, 1, 1)
-    for name, label in present:
-        _plot(ax, _series(rows, name, kl), label)
-    ax.set_xlabel("KL(policy || reference) [nats]")
-    ax.set_ylabel("reward")
-    ax.set_title(f"Reward vs KL: {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    fig = Figure(figsize=(5.5 * len(present), 4.2))
+    for i, (name, label) in enumerate(present):
+        ax = fig.add_subplot(1, len(present), i + 1)
+        kl, y, t = _trajectory(rows, name)
+        dots = ax.scatter(kl, y, c=t, cmap="viridis", s=12, alpha=0.6)
+        bx, by = _smooth(kl, y, max(1, len(kl) // 15))
+        ax.plot(bx, by, color="black", lw=1.5, marker="o", markersize=3,
+                label="mean of consecutive updates")
+        ax.set_xlabel("KL(policy || reference) [nats]")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label} vs KL")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize="small")
+        fig.colorbar(dots, ax=ax).set_label(
+            "episodes" if all(_is_number(r.get(EPISODES)) for r in rows
+                              if r.get("stage") == "ppo" and name in r) else "step")
+    fig.suptitle(f"Reward vs KL during PPO: {title}")
     return _save(fig, path)
 
 
 def _reward_model(rows: list[dict], path: str, title: str) -> str | None:
+    """Train accuracy (raw, faint, and a moving average), validation accuracy
+    as points (it is measured only a few times), the loss beside."""
     accuracy = [(n, label) for n, label in RM_ACCURACY if _has(rows, n)]
     with_loss = _has(rows, RM_LOSS)
     if not accuracy and not with_loss:
@@ -150,9 +184,16 @@ def _reward_model(rows: list[dict], path: str, title: str) -> str | None:
     if accuracy:
         ax = fig.add_subplot(1, panels, i)
         for name, label in accuracy:
-            _plot(ax, _series(rows, name, "step"), label)
+            for stage, (xs, ys) in sorted(_series(rows, name, "step").items()):
+                if len(xs) <= 3:  # validation: a few measurements, not a curve
+                    ax.plot(xs, ys, ls="none", marker="D", markersize=7, label=label)
+                    continue
+                ax.plot(xs, ys, alpha=0.25, lw=1)
+                sx, sy = _smooth(xs, ys, max(1, len(xs) // 20))
+                ax.plot(sx, sy, lw=2, label=f"{label} (mean of consecutive logs)")
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
+        ax.set_ylim(0, 1)
         ax.set_title("reward model accuracy")
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize="small")

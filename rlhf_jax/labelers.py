@@ -2,8 +2,14 @@
 
 A *gold* reward is the ground truth a mock experiment optimises against
 without telling the policy (Ziegler et al. 2019's mock sentiment task; the
-"true reward" of Stiennon et al. 2020 Fig. 5). Two are provided:
+"true reward" of Stiennon et al. 2020 Fig. 5). Three are provided:
 
+* `WorldGold`: the offline default's gold, a judge of the miniature world
+  that knows its grammar and every word's sentiment (`data.grammar`): each
+  complete, grammatical sentence scores the sum of its words' valences;
+  every broken or unfinished sentence scores `-ungrammatical_penalty`. Dense
+  like Ziegler's classifier log-odds, and degenerate text scores low, as a
+  person would judge it.
 * `VaderGold`: the VADER sentiment lexicon's compound score in [-1, 1], from
   the `vaderSentiment` package, on text. No one here wrote it, which is the
   point of a gold reward.
@@ -23,12 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Callable, Optional, Protocol, Sequence
+import re
+from typing import Callable, NamedTuple, Optional, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.data import grammar
 from rlhf_jax.data.labels import Labels, parse_label_type
 
 
@@ -118,6 +126,102 @@ class Gold(Protocol):
 # --------------------------------------------------------------------------
 # Gold rewards.
 
+_EOS_TEXT = "<|endoftext|>"
+
+
+class Sentence(NamedTuple):
+    """One sentence of a response as the world's judge reads it.
+
+    `start`/`end` are character offsets of the sentence's words (the final '.'
+    excluded); `complete`: it ends with '.'; `grammatical`: complete and a
+    sentence of the world's grammar; `bad_from`: character offset where it
+    stops being English (`end` when grammatical); `score`: its gold.
+    """
+
+    start: int
+    end: int
+    complete: bool
+    grammatical: bool
+    bad_from: int
+    score: float
+
+
+class WorldGold:
+    """The miniature world's gold reward on response text (higher is better).
+
+    gold(text) = sum over its sentences of: the sum of the words' valences
+    (`grammar.valence`) if the sentence is complete and grammatical, else
+    `-ungrammatical_penalty`. A response with no words scores
+    `-ungrammatical_penalty`. `<|endoftext|>` ends a sentence like '.', but a
+    sentence cut short by it is unfinished.
+    """
+
+    def __init__(self, ungrammatical_penalty: float = 1.0):
+        if not ungrammatical_penalty >= 0:
+            raise ValueError(f"WorldGold: ungrammatical_penalty={ungrammatical_penalty} "
+                             "must be >= 0")
+        self.penalty = float(ungrammatical_penalty)
+
+    def sentences(self, text: str) -> list[Sentence]:
+        """The sentences of `text`, each judged."""
+        text = text.replace(_EOS_TEXT, "\n" * len(_EOS_TEXT))  # a boundary, same offsets
+        out = []
+        for m in re.finditer(r"[^.\n]+[.]?|[.]", text):
+            piece = m.group()
+            complete = piece.endswith(".")
+            body_end = m.end() - (1 if complete else 0)
+            spans = [(w.start() + m.start(), w.end() + m.start(), w.group().lower())
+                     for w in grammar.WORD_RE.finditer(piece[:body_end - m.start()])]
+            if not spans and not complete:
+                continue  # whitespace between sentences
+            ws = [w for _, _, w in spans]
+            parse = grammar.parse(ws)
+            ok = complete and parse.derivations > 0
+            start = spans[0][0] if spans else m.start()
+            end = spans[-1][1] if spans else m.start()
+            if ok:
+                bad_from, score = end, sum(grammar.valence(w) for w in ws)
+            else:
+                bad_from = spans[parse.prefix][0] if parse.prefix < len(spans) else (
+                    start if not complete else end)
+                score = -self.penalty
+            out.append(Sentence(start, end, complete, ok, bad_from, float(score)))
+        return out
+
+    def score(self, text: str) -> float:
+        sentences = self.sentences(text)
+        return sum(s.score for s in sentences) if sentences else -self.penalty
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [len(texts)] gold scores."""
+        if isinstance(texts, str):
+            raise ValueError("WorldGold: expected a list of strings, got one string")
+        return np.asarray([self.score(t) for t in texts], np.float32).reshape(len(texts))
+
+    def rewards(self, request: LabelRequest) -> np.ndarray:
+        if request.response_text_NxK is None:
+            raise ValueError("WorldGold: the request carries no text; build it with "
+                             "LabelRequest.from_tokens(..., decode=tokenizer.decode)")
+        n, k = request.responses_NxKxR.shape[:2]
+        return self([t for row in request.response_text_NxK for t in row]).reshape(n, k)
+
+    def bad_spans(self, text: str) -> list[tuple[int, int, str]]:
+        """Character spans that lower the gold: `(start, end, kind)`.
+
+        kind "negative": a negative word in a grammatical sentence;
+        "ungrammatical": from where a sentence stops being English to its end
+        (an unfinished sentence: all of it).
+        """
+        out = []
+        for s in self.sentences(text):
+            if s.grammatical:
+                out.extend((w.start() + s.start, w.end() + s.start, "negative")
+                           for w in grammar.WORD_RE.finditer(text[s.start:s.end])
+                           if grammar.valence(w.group().lower()) <= -0.5)
+            else:
+                out.append((s.bad_from, max(s.end, s.bad_from + 1), "ungrammatical"))
+        return out
+
 
 class VaderGold:
     """VADER compound sentiment in [-1, 1] (positive text scores higher).
@@ -149,6 +253,18 @@ class VaderGold:
         texts = [(request.query_text_N[i] if self.include_query else "") + t
                  for i, row in enumerate(request.response_text_NxK) for t in row]
         return self(texts).reshape(n, k)
+
+
+GOLDS = ("world", "vader")
+
+
+def make_gold(name: str, *, ungrammatical_penalty: float = 1.0):
+    """The gold reward a config names (`labels.gold`): "world" or "vader"."""
+    if name == "world":
+        return WorldGold(ungrammatical_penalty)
+    if name == "vader":
+        return VaderGold()
+    raise ValueError(f"labels.gold={name!r}: expected one of {GOLDS}")
 
 
 def token_fraction(tokens_BxR: jax.Array, mask_BxR: jax.Array,

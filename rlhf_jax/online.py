@@ -214,9 +214,11 @@ class OnlineCollector:
                               name=f"{os.path.basename(os.path.abspath(ctx.workdir))}/"
                                    f"round_{r:04d}")
         if self._mock is None:
-            from rlhf_jax.labelers import MockLabeler, VaderGold
+            from rlhf_jax.labelers import MockLabeler, make_gold
 
-            self._mock = MockLabeler(VaderGold(), label_type=self.kind,
+            gold = make_gold(cfg.labels.gold,
+                             ungrammatical_penalty=cfg.labels.ungrammatical_penalty)
+            self._mock = MockLabeler(gold, label_type=self.kind,
                                      noise=cfg.labels.mock_noise, seed=cfg.seed)
         return self._mock
 

@@ -123,12 +123,11 @@ def stage_labels(ctx: Context) -> dict:
         train = labels_lib.read_labels(lb.path, **read)
         val = labels_lib.read_labels(lb.val_path, **read) if lb.val_path else None
     else:
-        from rlhf_jax.labelers import LabelRequest, MockLabeler, VaderGold
+        from rlhf_jax.labelers import LabelRequest, MockLabeler, make_gold
 
-        if lb.gold != "vader":
-            raise ValueError(f"labels.gold={lb.gold!r}: the mock labeller supports 'vader'")
         model, params = ctx.initial_policy()
-        labeler = MockLabeler(VaderGold(), label_type=kind, noise=lb.mock_noise, seed=cfg.seed)
+        labeler = MockLabeler(make_gold(lb.gold, ungrammatical_penalty=lb.ungrammatical_penalty),
+                              label_type=kind, noise=lb.mock_noise, seed=cfg.seed)
         need = lb.num_train + lb.num_val
         qs = ctx.queries("train")
         rows = qs.indices(0, need)  # the first `need` of the seeded order

@@ -69,6 +69,8 @@ class LoopConfig:
       lr: peak learning rate.
       schedule: "linear" (to zero, Ziegler), "cosine" (to zero, Stiennon)
         or "constant".
+      warmup_frac: fraction of the steps over which the lr first rises
+        linearly from 0 ("cosine" only; 0 = none, the papers' setting).
       adam: "tf" (LHP's TensorFlow Adam) or "torch" (optax.adam).
       adam_eps: Adam's eps (LHP: 1e-5).
       log_every: log train metrics every this many steps (and at the end).
@@ -82,6 +84,7 @@ class LoopConfig:
     epochs: int
     lr: float
     schedule: str
+    warmup_frac: float
     adam: str
     adam_eps: float
     log_every: int
@@ -99,6 +102,7 @@ class LoopConfig:
             epochs=g.epochs,
             lr=g.lr,
             schedule=g.schedule,
+            warmup_frac=g.warmup_frac,
             adam=g.adam,
             adam_eps=g.adam_eps,
             log_every=g.log_every,
@@ -119,6 +123,11 @@ class LoopConfig:
             raise ValueError(f"{self.stage}.lr={self.lr!r} must be >= 0")
         if not self.adam_eps > 0:
             raise ValueError(f"{self.stage}.adam_eps={self.adam_eps!r} must be > 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"{self.stage}.warmup_frac={self.warmup_frac!r} must be in [0, 1)")
+        if self.warmup_frac and self.schedule != "cosine":
+            raise ValueError(f"{self.stage}.warmup_frac={self.warmup_frac!r} needs "
+                             f"{self.stage}.schedule='cosine', got {self.schedule!r}")
 
     def steps_per_epoch(self, num_examples: int, *, num_field: str, drop_last: bool,
                         num_devices: int) -> int:
@@ -340,9 +349,11 @@ def run(
     total_steps = steps_per_epoch * loop.epochs
     if stop_after is not None and stop_after < 1:
         raise ValueError(f"stop_after={stop_after} must be >= 1")
+    warmup = int(loop.warmup_frac * total_steps)
     optimizer = make_optimizer(lr=loop.lr, total_steps=total_steps, schedule=loop.schedule,
-                               adam=loop.adam, eps=loop.adam_eps)
-    lr_schedule = make_schedule(loop.schedule, lr=loop.lr, total_steps=total_steps)
+                               adam=loop.adam, eps=loop.adam_eps, warmup_steps=warmup)
+    lr_schedule = make_schedule(loop.schedule, lr=loop.lr, total_steps=total_steps,
+                                warmup_steps=warmup)
 
     ckpt = None
     if workdir is not None:

@@ -39,6 +39,7 @@ more just gives that size (`len(tokenizer)` is the size to use, always).
 
 from __future__ import annotations
 
+import math
 import os
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -50,87 +51,17 @@ if TYPE_CHECKING:  # transformers is slow to import; train_tokenizer imports it.
 EOS_TOKEN = "<|endoftext|>"
 
 # ---------------------------------------------------------------------------
-# Word lists. Neutral lists contain no word of VADER's lexicon; positive and
+# Word lists and templates live in `grammar` (the recogniser reads the same
+# ones). Neutral lists contain no word of VADER's lexicon; positive and
 # negative lists contain only lexicon words of that sign.
 # ---------------------------------------------------------------------------
 
-FEMALE_NAMES = ("Anna", "Clara", "Emma", "Lucy", "Nora", "Rosa", "Vera", "Ella",
-                "Sara", "Hannah", "Julia", "Lena", "Iris")
-MALE_NAMES = ("Ben", "David", "Frank", "Henry", "Jack", "Oscar", "Paul", "Sam",
-              "Tom", "Leo", "Peter", "Adam", "Mark")
-
-# Other people who can act in a story (neutral noun phrases).
-PEOPLE = ("the old farmer", "my sister", "the young teacher", "a tall man",
-          "our neighbor", "the baker", "the captain", "his brother",
-          "her mother", "the children", "the students", "the driver",
-          "the doctor", "a little girl", "a small boy", "the woman next door",
-          "my uncle", "her aunt", "the painter", "the fisherman", "the cook",
-          "my grandmother", "the nurse", "his father")
-
-NEUTRAL_VERBS = ("found", "carried", "painted", "opened", "bought", "cleaned",
-                 "built", "moved", "watched", "visited", "washed", "fixed",
-                 "packed", "read", "cooked", "sold", "borrowed", "counted",
-                 "checked", "planted", "folded", "lifted", "pulled", "pushed",
-                 "filled", "measured", "ordered", "collected", "delivered",
-                 "closed", "brought", "took", "made", "drew", "showed")
-
-NOUNS = ("box", "letter", "table", "chair", "window", "door", "book", "map",
-         "basket", "bicycle", "boat", "coat", "lamp", "bottle", "cup", "bag",
-         "picture", "road", "bridge", "house", "car", "train", "ticket",
-         "clock", "shirt", "cake", "bread", "apple", "river", "fence",
-         "blanket", "kettle", "piano", "bucket", "ladder", "jar", "garden",
-         "kitchen")
-
-NEUTRAL_ADJECTIVES = ("red", "blue", "green", "small", "large", "old", "new",
-                      "wooden", "round", "heavy", "tall", "short", "narrow",
-                      "wide", "yellow", "brown", "long", "square", "plain",
-                      "quiet", "white", "black", "little", "big", "thin")
-POSITIVE_ADJECTIVES = ("wonderful", "beautiful", "lovely", "delightful",
-                       "great", "cheerful", "pleasant", "excellent", "amazing",
-                       "perfect", "brilliant", "charming", "fantastic",
-                       "gorgeous", "friendly", "nice", "good", "splendid",
-                       "marvelous", "superb")
-NEGATIVE_ADJECTIVES = ("terrible", "awful", "horrible", "ugly", "dreadful",
-                       "nasty", "miserable", "boring", "dirty", "broken",
-                       "gloomy", "rotten", "bad", "poor", "painful", "cruel",
-                       "stupid", "disgusting")
-
-NEUTRAL_ADVERBS = ("slowly", "quickly", "quietly", "suddenly", "finally",
-                   "again", "early", "later", "together")
-POSITIVE_ADVERBS = ("happily", "gladly", "joyfully", "cheerfully", "kindly",
-                    "proudly")
-NEGATIVE_ADVERBS = ("sadly", "angrily", "badly", "nervously", "bitterly",
-                    "painfully", "miserably")
-
-NEUTRAL_FEELING_VERBS = ("noticed", "remembered", "described", "mentioned",
-                         "examined")
-POSITIVE_FEELING_VERBS = ("loved", "liked", "enjoyed", "admired", "praised",
-                          "adored")
-NEGATIVE_FEELING_VERBS = ("hated", "disliked", "feared", "despised", "blamed",
-                          "resented")
-
-NEUTRAL_FEELINGS = ("hungry", "sleepy", "busy", "thirsty", "awake", "cold")
-POSITIVE_FEELINGS = ("happy", "glad", "proud", "calm", "grateful", "excited",
-                     "joyful", "cheerful", "relaxed")
-NEGATIVE_FEELINGS = ("sad", "angry", "lonely", "worried", "upset", "scared",
-                     "nervous", "miserable", "tired")
-
-PLACES = ("in the garden", "at the market", "near the river", "by the station",
-          "in the kitchen", "at school", "on the hill", "in the city",
-          "at the office", "behind the house", "in the park", "at the beach",
-          "on the farm", "in the village", "at the library", "near the lake",
-          "in the forest", "at the shop")
-PLACE_NOUNS = ("the market", "the station", "school", "the hill", "the city",
-               "the office", "the park", "the beach", "the farm",
-               "the village", "the library", "the lake", "the forest",
-               "the shop")
-TIMES = ("yesterday", "last night", "this morning", "on Monday", "on Friday",
-         "on Sunday", "after dinner", "before lunch", "in the evening",
-         "at noon", "last week", "every day", "in the spring", "in the winter",
-         "in the summer", "that afternoon")
-DAY_NOUNS = ("day", "morning", "evening", "week", "trip", "summer", "night",
-             "afternoon", "visit")
-INTENSIFIERS = ("very", "really", "quite")
+from rlhf_jax.data.grammar import (  # noqa: E402  (re-exported: the corpus' vocabulary)
+    DAY_NOUNS, DETERMINERS, FEMALE_NAMES, INTENSIFIERS, MALE_NAMES, NEGATIVE_ADJECTIVES,
+    NEGATIVE_ADVERBS, NEGATIVE_FEELING_VERBS, NEGATIVE_FEELINGS, NEUTRAL_ADJECTIVES,
+    NEUTRAL_ADVERBS, NEUTRAL_FEELING_VERBS, NEUTRAL_FEELINGS, NEUTRAL_VERBS, NOUNS, PEOPLE,
+    PLACE_NOUNS, PLACES, PLAIN_SLOTS, POLAR_SLOTS, POSITIVE_ADJECTIVES, POSITIVE_ADVERBS,
+    POSITIVE_FEELING_VERBS, POSITIVE_FEELINGS, TEMPLATES, TIMES)
 
 # Probability that a sentiment slot draws a (positive, negative) word for each
 # story mood; the rest is neutral.
@@ -140,8 +71,8 @@ _MOOD_PROBS = {
     "mixed": (0.25, 0.25),
 }
 _MOODS = ("positive", "negative", "mixed")
-
-
+_SUBJECT_NAME, _SUBJECT_PRONOUN = 0.35, 0.7  # cumulative: name, pronoun, other people
+_NP_ADJECTIVE = 0.6
 
 
 def _fix_article(text: str) -> str:
@@ -151,7 +82,12 @@ def _fix_article(text: str) -> str:
 
 
 class _Story:
-    """State of one story being written: its random stream, protagonist, mood."""
+    """State of one story being written: its random stream, protagonist, mood.
+
+    Every choice also adds its log-probability, under each of the three moods,
+    to `logp_by_mood`, so the story's exact probability is known
+    (`log_prob`): the corpus' entropy, the floor of any LM's loss, follows.
+    """
 
     # Uniforms are drawn from numpy in blocks: one Python-level rng call per
     # word costs more than the rest of the generator together.
@@ -161,11 +97,22 @@ class _Story:
         self._rng = rng
         self._u = rng.random(self._BLOCK).tolist()
         self._next = 0
-        self.mood = self.pick(_MOODS)
+        self.logp_by_mood = [0.0, 0.0, 0.0]
+        self.mood = self.pick(_MOODS, record=False)
         female = self.uniform() < 0.5
         self.name = self.pick(FEMALE_NAMES if female else MALE_NAMES)
         self.pronoun = "she" if female else "he"
+        self._add(math.log(0.5))
         self.introduced = False  # No pronoun before the name has appeared.
+
+    def _add(self, logp: float, by_mood=None):
+        for m in range(3):
+            self.logp_by_mood[m] += logp if by_mood is None else by_mood[m]
+
+    def log_prob(self) -> float:
+        """log p(story), the mood marginalised out (uniform prior)."""
+        top = max(self.logp_by_mood)
+        return top + math.log(sum(math.exp(x - top) for x in self.logp_by_mood) / 3)
 
     def uniform(self) -> float:
         """The next U[0, 1) draw of this story's stream."""
@@ -175,9 +122,12 @@ class _Story:
         self._next += 1
         return self._u[self._next - 1]
 
-    def pick(self, words: Sequence[str]) -> str:
+    def pick(self, words: Sequence, record: bool = True):
         """A uniformly chosen element of `words`."""
-        return words[min(int(self.uniform() * len(words)), len(words) - 1)]
+        w = words[min(int(self.uniform() * len(words)), len(words) - 1)]
+        if record:
+            self._add(math.log(words.count(w) / len(words)))
+        return w
 
     def polar(self, neutral: Sequence[str], positive: Sequence[str],
               negative: Sequence[str]) -> str:
@@ -185,71 +135,65 @@ class _Story:
         p_pos, p_neg = _MOOD_PROBS[self.mood]
         u = self.uniform()
         if u < p_pos:
-            return self.pick(positive)
-        if u < p_pos + p_neg:
-            return self.pick(negative)
-        return self.pick(neutral)
+            w, group, which = self.pick(positive, record=False), positive, 0
+        elif u < p_pos + p_neg:
+            w, group, which = self.pick(negative, record=False), negative, 1
+        else:
+            w, group, which = self.pick(neutral, record=False), neutral, 2
+        share = group.count(w) / len(group)
+        self._add(0.0, [math.log(share * ((*_MOOD_PROBS[m], 1 - sum(_MOOD_PROBS[m]))[which]))
+                        for m in _MOODS])
+        return w
 
     def subject(self) -> str:
         """The protagonist's name (always first), then name, pronoun or another."""
         u = self.uniform()
-        if not self.introduced or u < 0.35:
+        if not self.introduced:
             self.introduced = True
             return self.name
-        if u < 0.7:
+        if u < _SUBJECT_NAME:
+            self._add(math.log(_SUBJECT_NAME))
+            return self.name
+        if u < _SUBJECT_PRONOUN:
+            self._add(math.log(_SUBJECT_PRONOUN - _SUBJECT_NAME))
             return self.pronoun
+        self._add(math.log(1 - _SUBJECT_PRONOUN))
         return self.pick(PEOPLE)
 
-    def adjective(self) -> str:
-        return self.polar(NEUTRAL_ADJECTIVES, POSITIVE_ADJECTIVES,
-                          NEGATIVE_ADJECTIVES)
-
     def noun_phrase(self) -> str:
-        det = self.pick(("the", "a", "the", "his", "her", "their"))
-        if self.uniform() < 0.6:
-            return f"{det} {self.adjective()} {self.pick(NOUNS)}"
+        det = self.pick(DETERMINERS)
+        if self.uniform() < _NP_ADJECTIVE:
+            self._add(math.log(_NP_ADJECTIVE))
+            return f"{det} {self.fill('ADJECTIVE')} {self.pick(NOUNS)}"
+        self._add(math.log(1 - _NP_ADJECTIVE))
         return f"{det} {self.pick(NOUNS)}"
 
-    def adverb(self) -> str:
-        return self.polar(NEUTRAL_ADVERBS, POSITIVE_ADVERBS, NEGATIVE_ADVERBS)
-
-    def feeling(self) -> str:
-        return self.polar(NEUTRAL_FEELINGS, POSITIVE_FEELINGS, NEGATIVE_FEELINGS)
-
-    def feeling_verb(self) -> str:
-        return self.polar(NEUTRAL_FEELING_VERBS, POSITIVE_FEELING_VERBS,
-                          NEGATIVE_FEELING_VERBS)
+    def fill(self, item: str) -> str:
+        """The text of one template item, drawn left to right."""
+        if item == "SUBJECT":
+            return self.subject()
+        if item == "NP":
+            return self.noun_phrase()
+        if item in POLAR_SLOTS:
+            return self.polar(*POLAR_SLOTS[item])
+        if item in PLAIN_SLOTS:
+            return self.pick(PLAIN_SLOTS[item])
+        return item  # a literal word
 
     def sentence(self) -> str:
-        text = _fix_article(self.pick(_TEMPLATES)(self))
+        template = self.pick(TEMPLATES)
+        text = " ".join(self.fill(item) for item in template).replace(" ,", ",")
+        text = _fix_article(text)
         return text[0].upper() + text[1:] + "."
 
 
-# Each template returns a sentence without its final '.'.
-_TEMPLATES: tuple[Callable[[_Story], str], ...] = (
-    lambda s: (f"{s.subject()} {s.pick(NEUTRAL_VERBS)} "
-                  f"{s.noun_phrase()} {s.pick(PLACES)}"),
-    lambda s: (f"{s.pick(TIMES)}, {s.subject()} "
-                  f"{s.pick(NEUTRAL_VERBS)} {s.noun_phrase()}"),
-    lambda s: (f"{s.subject()} {s.adverb()} {s.pick(NEUTRAL_VERBS)} "
-                  f"{s.noun_phrase()} {s.pick(TIMES)}"),
-    lambda s: (f"the {s.pick(NOUNS)} {s.pick(PLACES)} was "
-                  f"{s.pick(INTENSIFIERS)} {s.adjective()}"),
-    lambda s: f"{s.subject()} felt {s.feeling()} {s.pick(TIMES)}",
-    lambda s: (f"{s.subject()} {s.feeling_verb()} {s.noun_phrase()} "
-                  f"{s.pick(PLACES)}"),
-    lambda s: f"it was a {s.adjective()} {s.pick(DAY_NOUNS)} for everyone",
-    lambda s: (f"{s.subject()} said that the {s.pick(NOUNS)} was "
-                  f"{s.adjective()}"),
-    lambda s: (f"{s.subject()} and {s.pick(PEOPLE)} {s.pick(NEUTRAL_VERBS)} "
-                  f"{s.noun_phrase()} {s.pick(PLACES)}"),
-    lambda s: (f"{s.subject()} {s.pick(NEUTRAL_VERBS)} {s.noun_phrase()} "
-                  f"and {s.pick(NEUTRAL_VERBS)} {s.noun_phrase()}"),
-    lambda s: (f"everyone thought the {s.pick(NOUNS)} looked "
-                  f"{s.adjective()}"),
-    lambda s: (f"{s.subject()} went to {s.pick(PLACE_NOUNS)} "
-                  f"{s.pick(TIMES)} and felt {s.feeling()}"),
-)
+def _story(seed: int, i: int) -> tuple[str, float]:
+    # One generator per document keyed by (seed, i): prefix-stable output.
+    story = _Story(np.random.default_rng([seed, i]))
+    num_sentences = 3 + min(int(story.uniform() * 5), 4)
+    story._add(math.log(1 / 5))
+    text = " ".join(story.sentence() for _ in range(num_sentences))
+    return text, story.log_prob()
 
 
 def generate_corpus(num_docs: int, seed: int) -> list[str]:
@@ -272,14 +216,27 @@ def generate_corpus(num_docs: int, seed: int) -> list[str]:
         raise ValueError(f"generate_corpus: num_docs={num_docs} must be >= 0")
     if seed < 0:
         raise ValueError(f"generate_corpus: seed={seed} must be >= 0")
-    docs = []
-    for i in range(num_docs):
-        # One generator per document keyed by (seed, i): prefix-stable output.
-        rng = np.random.default_rng([seed, i])
-        story = _Story(rng)
-        num_sentences = 3 + min(int(story.uniform() * 5), 4)
-        docs.append(" ".join(story.sentence() for _ in range(num_sentences)))
-    return docs
+    return [_story(seed, i)[0] for i in range(num_docs)]
+
+
+def corpus_log_probs(num_docs: int, seed: int) -> tuple[list[str], np.ndarray]:
+    """`(docs, logp)`: `generate_corpus(num_docs, seed)` and each story's exact
+    log-probability under the generator (nats; the mood marginalised out)."""
+    pairs = [_story(seed, i) for i in range(num_docs)]
+    return [p[0] for p in pairs], np.asarray([p[1] for p in pairs], np.float64)
+
+
+def corpus_entropy(tokenizer, num_docs: int = 2000, seed: int = 12345) -> float:
+    """The corpus' entropy in nats per token (each story's tokens plus its EOS).
+
+    A Monte-Carlo estimate of E[-log p(story)] / E[tokens per story] from
+    `num_docs` fresh stories: the loss of a perfect model of the generator
+    that reads whole stories. A language model trained on fixed windows sees
+    some stories without their beginning, so its loss stays somewhat above.
+    """
+    docs, logp = corpus_log_probs(num_docs, seed)
+    tokens = sum(len(tokenizer.encode(d, add_special_tokens=False)) + 1 for d in docs)
+    return float(-np.sum(logp) / tokens)
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int,
