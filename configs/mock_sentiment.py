@@ -30,18 +30,24 @@ def get_config(arg=None):
     c.model.name_or_path = ""  # the pretrain stage's output
     c.model.tokenizer = "synthetic"  # trained on the synthetic corpus (workdir/tokenizer)
     c.model.init = "scratch"
-    c.model.n_embd = 128
-    c.model.n_layer = 4
-    c.model.n_head = 4
+    # Width 64, 2 layers: measured on this world, it reaches 1.83-1.89 nats/token
+    # (the corpus' entropy is 1.78) and writes only grammatical sentences at
+    # T=0.7 after ~900 steps, as do widths 128-256, at a fraction of their cost.
+    c.model.n_embd = 64
+    c.model.n_layer = 2
+    c.model.n_head = 2
     c.model.n_positions = 64
 
-    c.pretrain.num_docs = 20000  # synthetic stories
+    c.pretrain.num_docs = 40000  # synthetic stories
     c.pretrain.vocab_size = 1024  # BPE vocabulary (the corpus saturates near 1130)
     c.pretrain.seq_len = 64
     c.pretrain.batch_size = 64
-    c.pretrain.epochs = 1
-    c.pretrain.lr = 3e-3
-    c.pretrain.log_every = 25
+    c.pretrain.epochs = 2  # ~940 steps
+    c.pretrain.lr = 5e-3
+    # Without warmup the loss sits at the unigram level (~5 nats) for the
+    # first ~100 steps at this lr.
+    c.pretrain.warmup_frac = 0.05
+    c.pretrain.log_every = 50
 
     c.task.name = "mock_sentiment"
     c.task.query_dataset = "synthetic"
