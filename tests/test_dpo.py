@@ -47,7 +47,8 @@ def make_pairs(n, seed):
 def make_cfg(num_train, num_val, *, beta=0.5, batch_size=32, label_type="pairwise"):
     cfg = ml_collections.ConfigDict()
     cfg.dpo = dict(beta=beta, batch_size=batch_size, epochs=3, lr=2e-3, schedule="linear",
-                   adam="tf", adam_eps=1e-5, log_every=6, eval_every=0, checkpoint_every=100)
+                   warmup_frac=0.0, adam="tf", adam_eps=1e-5, log_every=6, eval_every=0,
+                   checkpoint_every=100)
     cfg.labels = dict(type=label_type, num_train=num_train, num_val=num_val)
     cfg.parallel = dict(mode="pmap")
     return cfg

@@ -50,7 +50,7 @@ def make_cfg(label_type, num_train, num_val, *, batch_size=32, epochs=1, lr=1e-3
              normalize=False, normalize_samples=0):
     cfg = ml_collections.ConfigDict()
     cfg.reward = dict(
-        batch_size=batch_size, epochs=epochs, lr=lr, schedule="linear", adam="tf",
+        batch_size=batch_size, epochs=epochs, lr=lr, schedule="linear", warmup_frac=0.0, adam="tf",
         adam_eps=1e-5, log_every=4, eval_every=0, checkpoint_every=2,
         normalize_before=normalize, normalize_after=normalize,
         normalize_samples=normalize_samples, normalize_mode="gain_bias", head="linear",

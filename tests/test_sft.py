@@ -41,7 +41,8 @@ def make_sft_data(n, seed):
 
 def make_cfg(stage, *, batch_size=32, epochs=3, lr=3e-3, mode="pmap", loss_on="response"):
     cfg = ml_collections.ConfigDict()
-    cfg[stage] = dict(batch_size=batch_size, epochs=epochs, lr=lr, schedule="cosine", adam="tf",
+    cfg[stage] = dict(batch_size=batch_size, epochs=epochs, lr=lr, schedule="cosine", warmup_frac=0.0,
+                      adam="tf",
                       adam_eps=1e-5, log_every=4, eval_every=8, checkpoint_every=100)
     if stage == "sft":
         cfg.sft.loss_on = loss_on
