@@ -29,7 +29,7 @@ SWEEP_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sweeps"
                      if os.path.basename(p) != "mock_scale.py")
 
 # Two members: one setting x seeds (0, 1). Stages ppo,eval from a random tiny
-# GPT-2 (mock_sentiment:runlocal) on the VADER gold reward: no pretraining, no
+# GPT-2 (mock_sentiment:runlocal) on the world gold reward: no pretraining, no
 # labels, so each member costs two PPO updates and a 16-query evaluation.
 TWO_MEMBER_SWEEP = textwrap.dedent('''
     from rlhf_jax.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point,

@@ -48,7 +48,7 @@ def get_sweep(arg=None):
                                 "ppo/policy/approxkl",
                                 pair(name, variant_label, "ppo/episodes", "ppo/policy/approxkl",
                                      first=s.adam_updates)))
-        panels.append(Panel(f"{variant_label}: gold score", "episodes", "gold (VADER) score",
+        panels.append(Panel(f"{variant_label}: gold score", "episodes", "gold score",
                             pair(name, variant_label, "ppo/episodes", "objective/gold_score",
                                  window=window)))
     final = [Curve(label, (Points(seeds_of(base, s.seeds), eval_point("ppo", "kl",
@@ -56,7 +56,7 @@ def get_sweep(arg=None):
     final += [Curve(lab, (Points(seeds_of(name, s.seeds), eval_point("ppo", "kl", "gold_score")),),
                     line=False) for lab, name, _ in VARIANTS]
     panels.append(Panel("held-out eval after training", "KL(policy || initial) [nats]",
-                        "gold (VADER) score", tuple(final)))
+                        "gold score", tuple(final)))
     heads = tuple(Curve(f"{head} head", (Points(seeds_of(mock_scale.rm_name(s.max_labels, s.width,
                                                                             head), s.seeds),
                                                 last_metric("reward", "reward/val_accuracy", x)),),

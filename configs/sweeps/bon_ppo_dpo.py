@@ -3,7 +3,7 @@
     python launch.py --sweep=configs/sweeps/bon_ppo_dpo.py --workdir=runs/sweeps
     python launch.py --sweep=configs/sweeps/bon_ppo_dpo.py:runlocal --workdir=/tmp/sweep_local
 
-Gold (VADER) score against KL(policy || initial) on held-out queries for
+Gold score against KL(policy || initial) on held-out queries for
 three ways to use the same labels: best-of-N sampling from the initial
 policy ranked by the reward model (N in `mock_scale.FULL.best_of_n`, KL
 analytic: log N - (N-1)/N), PPO against that reward model at the fixed KL
@@ -42,7 +42,7 @@ def get_sweep(arg=None):
     initial = Curve("initial policy", (Points(rm_seeds, eval_point("initial", "kl",
                                                                    "gold_score")),), line=False)
     fig = Figure("bon_ppo_dpo", "Best-of-N vs PPO vs DPO at matched KL (held-out eval)",
-                 (Panel("gold score vs KL", "KL(policy || initial) [nats]", "gold (VADER) score",
+                 (Panel("gold score vs KL", "KL(policy || initial) [nats]", "gold score",
                         (bon("gold_score"), ppo("gold_score"), dpo, initial)),
                   Panel("RM score vs KL", "KL(policy || initial) [nats]", "reward model score",
                         (bon("score"), ppo("score")))))

@@ -1,13 +1,14 @@
 """The "sweep scale" every sweep in this directory shares (a helper, not a sweep).
 
-The offline default (`configs/mock_sentiment.py`) takes ~15-25 min a run on
-2 CPU cores; the figures need ~90 runs. So the sweeps run the same pipeline
-and task at a smaller scale, and share work through runs every sweep names
-identically (`rlhf_jax.sweep`: a run is trained once per --workdir):
+The sweeps run the offline default's pipeline, task and model size
+(`configs/mock_sentiment.py`: width 64, 2 layers, pretrained ~940 steps on
+40k synthetic stories, the world gold) and share work through runs every
+sweep names identically (`rlhf_jax.sweep`: a run is trained once per
+--workdir):
 
-  base            tokenizer + GPT-2 (width 64, 2 layers) pretrained on 10k
-                  synthetic stories, and one pool of mock best-of-4 labels
-                  (VADER gold) of the largest N plus a held-out set, sampled
+  base            tokenizer + GPT-2 (width 64, 2 layers) pretrained as the
+                  offline default, and one pool of mock best-of-4 labels
+                  (world gold) of the largest N plus a held-out set, sampled
                   from that model. Smaller N are the pool's first N records.
   pretrain-w<W>   the same corpus and tokenizer at width W (RM scaling).
   rm-n<N>-w<W>[-scalar_mix]-s<seed>
@@ -64,12 +65,16 @@ class Scale:
         return self.label_counts[-1]
 
 
-FULL = Scale(runlocal=False, seeds=(0, 1, 2), width=64, rm_widths=(16, 32, 48, 64),
-             label_counts=(128, 256, 512, 1024), rm_label_counts=(256, 512, 1024), num_val=256,
-             num_docs=10000, rm_epochs=2, normalize_samples=128, ppo_batch=32, ppo_updates=60,
-             kl_horizon=2000, eval_queries=128, eval_batch=64, best_of_n=(1, 2, 4, 8, 16),
-             kl_coefs=(0.0, 0.02, 0.1, 0.5), dpo_betas=(0.1, 0.3, 1.0), dpo_lr=1e-4,
-             adam_updates=10)
+# The offline default's sizes. On the world gold, reward models from 512
+# labels stay near chance and from 2,048 reach 0.7-0.87 held-out accuracy
+# (measured on 5 seeds), so the label counts span that transition; PPO runs
+# the default's 150 updates of 64 episodes.
+FULL = Scale(runlocal=False, seeds=(0, 1, 2), width=64, rm_widths=(32, 64, 128),
+             label_counts=(512, 1024, 2048, 4096), rm_label_counts=(512, 1024, 2048, 4096),
+             num_val=256, num_docs=40000, rm_epochs=4, normalize_samples=256, ppo_batch=64,
+             ppo_updates=150, kl_horizon=10000, eval_queries=256, eval_batch=64,
+             best_of_n=(1, 2, 4, 8, 16, 32), kl_coefs=(0.0, 0.01, 0.05, 0.15),
+             dpo_betas=(0.1, 0.3, 1.0), dpo_lr=1e-4, adam_updates=10)
 
 # Two seeds, tiny models: the same run graph in a couple of minutes (CI).
 RUNLOCAL = Scale(runlocal=True, seeds=(0, 1), width=32, rm_widths=(16, 32),

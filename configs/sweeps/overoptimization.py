@@ -5,7 +5,7 @@
 
 PPO against the reward model of the largest label count with a fixed KL
 coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 3
-seeds each. RM score and gold (VADER) score against KL(policy || initial),
+seeds each. RM score and gold score against KL(policy || initial),
 along training and at the final held-out evaluation. Paper: the RM score
 keeps rising with KL while the true preference peaks and then falls. For
 coefficient 0 the run's highest-RM-score samples, with their gold score,
@@ -50,7 +50,7 @@ def get_sweep(arg=None):
                  (Panel("RM score vs KL (training)", "KL(policy || initial) [nats]",
                         "reward model score", along("objective/score")),
                   Panel("gold score vs KL (training)", "KL(policy || initial) [nats]",
-                        "gold (VADER) score", along("objective/gold_score")),
+                        "gold score", along("objective/gold_score")),
                   Panel("held-out eval, one point per beta", "KL(policy || initial) [nats]",
                         "score", (final_curve(s, "RM score", coefs, "score"),
                                   final_curve(s, "gold score", coefs, "gold_score")))))
@@ -59,6 +59,6 @@ def get_sweep(arg=None):
                              key="score", k=15,
                              title="KL coefficient 0: the PPO samples with the highest reward-"
                                    "model score (all seeds, all logged updates), with their "
-                                   "gold (VADER) score")
+                                   "gold score")
                   for name in zero)
     return Sweep("overoptimization", tuple(runs), (fig,), texts, runlocal=s.runlocal)

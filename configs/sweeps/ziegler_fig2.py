@@ -4,9 +4,9 @@
     python launch.py --sweep=configs/sweeps/ziegler_fig2.py:runlocal --workdir=/tmp/sweep_local
 
 PPO (adaptive KL, the offline default's controller) from the shared base
-model, optimising either VADER directly (`reward=gold`) or a reward model
+model, optimising either the world gold directly (`reward=gold`) or a reward model
 trained on the first N mock best-of-4 labels of the shared pool, N in
-`mock_scale.FULL.label_counts`; 3 seeds each. Gold (VADER) score against
+`mock_scale.FULL.label_counts`; 3 seeds each. Gold score against
 episodes and against KL(policy || initial), logged per update and averaged
 over blocks of 5 updates, and the final held-out evaluation. Paper: on
 mock sentiment, RMs from 2.5k-20k labels approach direct optimisation of the
@@ -44,11 +44,11 @@ def get_sweep(arg=None):
                     line=False)
     fig = Figure("ziegler_fig2",
                  "Ziegler Fig. 2 style: PPO on the gold reward vs on RMs from N labels",
-                 (Panel("gold score vs episodes", "episodes", "gold (VADER) score",
+                 (Panel("gold score vs episodes", "episodes", "gold score",
                         curves("ppo/episodes", "objective/gold_score", window=window)),
                   Panel("gold score vs KL (training)", "KL(policy || initial) [nats]",
-                        "gold (VADER) score",
+                        "gold score",
                         curves("objective/kl", "objective/gold_score", window=window)),
                   Panel("held-out eval after training", "KL(policy || initial) [nats]",
-                        "gold (VADER) score", final + (initial,))))
+                        "gold score", final + (initial,))))
     return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal)
