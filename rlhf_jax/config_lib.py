@@ -285,6 +285,34 @@ def _need(cond: bool, msg: str):
         raise ValueError(msg)
 
 
+def check_ppo(p, num_devices: int) -> int:
+    """Validates the `ppo` fields the PPO trainer reads for `num_devices`; returns the
+    per-device batch. `resolve` runs it for a config with a ppo stage, and
+    `PPOTrainer` for the config it is given."""
+    from rlhf_jax.ppo import WHITEN_SCOPES
+
+    _need(p.total_episodes >= p.batch_size,
+          f"ppo.total_episodes={p.total_episodes} is smaller than ppo.batch_size={p.batch_size}")
+    _need(p.batch_size % num_devices == 0,
+          f"ppo.batch_size={p.batch_size} is not divisible by the device count {num_devices}")
+    local = p.batch_size // num_devices
+    _need(local % p.nminibatches == 0,
+          f"ppo.batch_size per device ({local}) is not divisible by ppo.nminibatches="
+          f"{p.nminibatches}")
+    _need(p.adam in ("tf", "torch"), f"ppo.adam={p.adam!r}: expected 'tf' or 'torch'")
+    _need(p.whiten_scope in WHITEN_SCOPES,
+          f"ppo.whiten_scope={p.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
+    # LHP `train_policy.train` (lines 459-462) refuses these too.
+    _need(not (p.whiten_scope == "minibatch" and p.whiten_rewards
+               and local // p.nminibatches < 8),
+          f"ppo.whiten_scope='minibatch' whitens each device's minibatch of "
+          f"{local // p.nminibatches} rows; LHP requires at least 8 (raise ppo.batch_size or "
+          "lower ppo.nminibatches)")
+    _need(p.reward_source in ("rm", "gold"),
+          f"ppo.reward_source={p.reward_source!r}: expected 'rm' or 'gold'")
+    return local
+
+
 def resolve(c, num_devices: int) -> dict:
     """Validates `c` for `num_devices` and returns derived sizes (one line per error)."""
     stages = stage_list(c)
@@ -378,22 +406,15 @@ def resolve(c, num_devices: int) -> dict:
               "ppo.reward_source='gold' needs a gold reward: labels.gold is 'none'")
         _need(p.value_model in ("shared", "separate"),
               f"ppo.value_model={p.value_model!r}: expected 'shared' or 'separate'")
-        _need(p.total_episodes >= p.batch_size,
-              f"ppo.total_episodes={p.total_episodes} is smaller than ppo.batch_size={p.batch_size}")
-        divisible(p.batch_size, num_devices, "ppo.batch_size", "the device count")
-        local = p.batch_size // num_devices
-        _need(local % p.nminibatches == 0,
-              f"ppo.batch_size per device ({local}) is not divisible by ppo.nminibatches="
-              f"{p.nminibatches}")
+        local = check_ppo(p, num_devices)
         if p.value_model == "separate":
             _need(p.reward_source == "rm" or "reward" in stages,
                   "ppo.value_model='separate' is initialised from the reward model: "
                   "add the reward stage or use value=shared")
         if c.kl.adaptive:
             _need(c.kl.target > 0, f"kl.target={c.kl.target} must be > 0 when kl.adaptive")
-        from rlhf_jax import train_ppo  # its own checks: whitening scope, Adam style, reward
+        from rlhf_jax import train_ppo
 
-        train_ppo.validate(c, num_devices)
         d["ppo_updates"] = train_ppo.num_updates(p)
         d["ppo_minibatch"] = p.batch_size // p.nminibatches
         d["ppo_per_device_batch"] = local

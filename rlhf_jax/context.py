@@ -80,9 +80,7 @@ class Context:
             model = GPT2LMHeadModel(loading.model_config(cfg, len(self.tokenizer)))
             key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
             init = lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"]  # noqa: E731
-            if self.dp.mode == "mesh":  # created split along fsdp: no full copy anywhere
-                return model, self.dp.init(init, key)
-            return model, jax.jit(init)(key)  # one program, not one per op
+            return model, self.dp.init(init, key)  # one program; on a mesh created split
         if not cfg.model.name_or_path:
             raise ValueError("model.name_or_path is empty and there is no pretrain stage")
         return loading.load_lm(cfg, cfg.model.name_or_path)

@@ -166,9 +166,7 @@ def train_dpo(cfg, *, model, params, ref_params, train: Labels, val: Labels | No
     beta = d.beta
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
         raise ValueError(f"dpo.beta={beta!r} must be a number > 0")
-    if cfg.parallel.mode != dp.mode:
-        raise ValueError(f"parallel.mode={cfg.parallel.mode!r} but the DataParallel given "
-                         f"runs in mode {dp.mode!r}")
+    dp.check_config(cfg)
     train = check_labels(train, label_type=cfg.labels.type, count=cfg.labels.num_train,
                          count_field="labels.num_train", what="training")
     num_val = cfg.labels.num_val

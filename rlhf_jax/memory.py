@@ -183,13 +183,13 @@ def report(cfg, num_devices: int) -> Report:
     """The per-device memory of the config's PPO stage on `num_devices` devices,
     and (`Report.stages`) the peak of every stage the config runs.
 
-    Reads `model.*`, `parallel.mode`, `parallel.fsdp`, `task.query_length`,
+    Reads `model.*`, `parallel.fsdp`, `task.query_length`,
     `task.response_length`, `ppo.batch_size`, `ppo.nminibatches`,
     `ppo.value_model`, `ppo.reward_source`, `reward.head`, and for the stages
     the batch sizes of `pretrain`, `sft`, `labels`, `reward`, `dpo`, `eval`. The
     config must have passed `config_lib.resolve` (sizes divide).
     """
-    f = cfg.parallel.fsdp if cfg.parallel.mode == "mesh" else 1
+    f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_lib.resolve)
     config, arch = model_config(cfg)
     q, r = cfg.task.query_length, cfg.task.response_length
     context = q + r
@@ -301,7 +301,7 @@ def stage_report(cfg, num_devices: int, config: GPT2Config, ppo: Report) -> tupl
     """A `StageMemory` for each stage of the config with models (all but figures)."""
     from rlhf_jax import config_lib
 
-    f = cfg.parallel.fsdp if cfg.parallel.mode == "mesh" else 1
+    f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_lib.resolve)
     lm = _model("LM", param_shapes(GPT2LMHeadModel(config)), f, True)
     rm = _model("RM", param_shapes(RewardModel(config, head=cfg.reward.head)), f, True)
     frozen = lambda m: m.params  # noqa: E731
@@ -392,25 +392,19 @@ def compiled_update_step(cfg, dp) -> tuple[int, object]:
                                        dp.batch_axes),
                       (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP),
                       donate_argnums=(0,))
-    state = jax.eval_shape(lambda p: init_state(p, optimizer, cfg), params)
+    state = dp.step_shapes(jax.eval_shape(lambda p: init_state(p, optimizer, cfg), params),
+                           parallel.REP)
     b, q, r = cfg.ppo.batch_size, cfg.task.query_length, cfg.task.response_length
-    if dp.mode == "mesh":
-        state = dp.placed_shapes(state)
-        rows = jax.sharding.NamedSharding(dp.mesh, jax.sharding.PartitionSpec(dp.batch_axes))
-        lead = (b,)
-    else:  # pmap: a leading device axis
-        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((dp.num_devices, *x.shape), x.dtype),
-                             state)
-        rows, lead = None, (dp.num_devices, b // dp.num_devices)
 
     def arr(*shape, dtype=jnp.float32):
-        return jax.ShapeDtypeStruct(lead + shape, dtype, sharding=rows)
+        return jax.ShapeDtypeStruct((b, *shape), dtype)
 
     i32 = jnp.int32
     rollout = Rollout(query_BxQ=arr(q, dtype=i32), query_mask_BxQ=arr(q, dtype=i32),
                       response_BxR=arr(r, dtype=i32), response_mask_BxR=arr(r, dtype=i32),
                       logprobs_BxR=arr(r), ref_logprobs_BxR=arr(r), values_BxR=arr(r),
                       scores_B=arr(), score_index_B=arr(dtype=i32))
+    rollout = dp.step_shapes(rollout, parallel.SHARD)
     analysis = step.lower(state, rollout).compile().memory_analysis()
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
 
@@ -444,21 +438,15 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
     state = jax.eval_shape(lambda p: supervised.TrainState(
         params=p, opt_state=optimizer.init(p), rng=jax.random.key(0),
         step=jnp.zeros((), jnp.int32)), param_shapes(rm))
+    state = dp.step_shapes(state, parallel.REP)
     b, q, r = g.batch_size, cfg.task.query_length, cfg.task.response_length
-    if dp.mode == "mesh":
-        state = dp.placed_shapes(state)
-        rows = jax.sharding.NamedSharding(dp.mesh, jax.sharding.PartitionSpec(dp.batch_axes))
-        lead = (b,)
-    else:
-        state = jax.tree.map(lambda x: jax.ShapeDtypeStruct((dp.num_devices, *x.shape), x.dtype),
-                             state)
-        rows, lead = None, (dp.num_devices, b // dp.num_devices)
     target = jnp.float32 if kind in ("scalar_rating", "scalar_compare") else jnp.int32
-    batch = {name: jax.ShapeDtypeStruct(lead + shape, dtype, sharding=rows)
+    batch = {name: jax.ShapeDtypeStruct((b, *shape), dtype)
              for name, shape, dtype in (("query", (q,), jnp.int32), ("query_mask", (q,), jnp.int32),
                                         ("responses", (k, r), jnp.int32),
                                         ("response_mask", (k, r), jnp.int32),
                                         ("target", (), target))}
+    batch = dp.step_shapes(batch, parallel.SHARD)
     analysis = step.lower(state, batch).compile().memory_analysis()
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
 

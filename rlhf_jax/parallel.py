@@ -17,6 +17,14 @@ for global statistics). `DataParallel` runs it:
 Either way the host sees the same global batch, so results do not depend on
 the device count beyond float noise. Multi-host: `initialize_distributed()`
 before anything touches the devices; each process feeds its local slice.
+
+The choice of backend lives here only: trainers place values (`replicate`,
+`shard`, `init`, `placed_shapes`), compile steps (`compile`) and call the
+collectives below, and never ask which mode they run in. The collectives find
+the batch axes in a context variable that `compile` sets while a mesh step
+traces (pmap's single axis is the default): passing the names instead would
+thread them through every loss, sampler and rollout signature, spreading the
+backend into code that otherwise knows nothing of it.
 """
 
 from __future__ import annotations
@@ -141,6 +149,18 @@ class DataParallel:
             self.mesh = Mesh(grid, (fsdp_lib.DATA, fsdp_lib.FSDP))
             self.batch_axes = (fsdp_lib.DATA, fsdp_lib.FSDP)
 
+    @property
+    def placement_key(self) -> tuple:
+        """Hashable identity of where and how values are placed (compile caches)."""
+        return (self.mode, self.fsdp, tuple(d.id for d in self.devices))
+
+    def check_config(self, cfg) -> None:
+        """ValueError unless `cfg.parallel.mode` names this backend (a trainer given
+        a `DataParallel` built for another config)."""
+        if cfg.parallel.mode != self.mode:
+            raise ValueError(f"parallel.mode={cfg.parallel.mode!r} but the DataParallel given "
+                             f"runs in mode {self.mode!r}")
+
     def check_divisible(self, size: int, field: str) -> None:
         if size % self.num_devices:
             raise ValueError(
@@ -148,10 +168,25 @@ class DataParallel:
             )
 
     # ---- placement -------------------------------------------------------
-    def replicate(self, tree):
+    # Two layouts. The *host layout* is what checkpoints hold, `init` returns and
+    # `unreplicate` gives back: one copy under pmap, global arrays split along
+    # fsdp on a mesh. The *step layout* is what a compiled step takes for a REP
+    # argument (`replicate`): a leading device axis under pmap, and on a mesh
+    # the same global arrays as the host layout.
+
+    def replicate(self, tree, *, reuse: bool = False):
+        """`tree` in the step layout, in fresh buffers.
+
+        Fresh, because a replicated value may be donated to a step and must not
+        alias an input the caller still holds (e.g. the reference policy sharing
+        the initial policy's arrays). `reuse=True` hands the tree over instead:
+        leaves already placed (a mesh state from `init` or a restore into
+        `placed_shapes`) are used as they are, not copied; pass it only for a
+        value the caller does not use again.
+        """
         if self.mode == "pmap":
-            # A leading device axis, one copy per device.
-            # Per-device copies placed directly (no compiled broadcast per leaf).
+            # A leading device axis, one copy per device, placed directly from a
+            # host copy (no compiled broadcast per leaf shape).
             devices = list(self.mesh.devices.flat)
             sharding = NamedSharding(self.mesh, P(AXIS))
 
@@ -159,23 +194,29 @@ class DataParallel:
                 if _is_key(x):
                     return jax.random.wrap_key_data(stack(jax.random.key_data(x)),
                                                     impl=jax.random.key_impl(x))
-                copies = [jax.device_put(x, d)[None] if isinstance(x, jax.Array)
-                          else jax.device_put(np.asarray(x)[None], d) for d in devices]
-                shape = (len(devices), *np.shape(x))
-                return jax.make_array_from_single_device_arrays(shape, sharding, copies)
+                host = np.asarray(x)[None]
+                copies = [jax.device_put(host, d) for d in devices]
+                return jax.make_array_from_single_device_arrays(
+                    (len(devices), *host.shape[1:]), sharding, copies)
 
             return jax.tree.map(stack, tree)
         # Mesh: float leaves split along fsdp where they divide (fsdp=1: all replicated).
         shardings = self.shardings(tree)
+        if reuse:
+            def hand_over(x, sharding):
+                if jax.process_count() == 1 or (isinstance(x, jax.Array)
+                                                and not x.is_fully_addressable):
+                    return jax.device_put(x, sharding)  # a placed array stays: no copy
+                return _global_array(x, sharding)
+
+            return jax.tree.map(hand_over, tree, shardings)
         if jax.process_count() > 1:
             # Built from host values: fresh buffers on this process's devices.
             return jax.tree.map(_global_array, tree, shardings)
-        # Always fresh buffers: a replicated value may be donated to a step, and
-        # must not alias an input the caller still holds (e.g. the reference
-        # policy sharing the initial policy's arrays). Host values transfer into
-        # fresh buffers; a device array can share one with its placed copy (even
-        # with may_alias=False, device 0's shard), so those are copied.
         placed = jax.device_put(tree, shardings)
+        # Host values transfer into fresh buffers; a device array can share one
+        # with its placed copy (even with may_alias=False, device 0's shard), so
+        # those are copied.
         return jax.tree.map(lambda x, y: y.copy() if isinstance(x, jax.Array) else y,
                             tree, placed)
 
@@ -185,8 +226,12 @@ class DataParallel:
         return fsdp_lib.param_shardings(tree, self.mesh, self.fsdp)
 
     def placed_shapes(self, tree):
-        """Mesh mode: `ShapeDtypeStruct`s carrying `shardings(tree)` (a restore
-        target that lands split); typed PRNG keys and Python scalars stay as they are."""
+        """A restore target for `tree` in the host layout: on a mesh,
+        `ShapeDtypeStruct`s carrying `shardings(tree)` (it lands split); under
+        pmap `tree` itself. Typed PRNG keys and Python scalars stay as they are."""
+        if self.mode == "pmap":
+            return tree
+
         def leaf(x, sharding):
             if _is_key(x) or not hasattr(x, "shape"):
                 return x
@@ -194,16 +239,31 @@ class DataParallel:
 
         return jax.tree.map(leaf, tree, self.shardings(tree))
 
-    def init(self, fn: Callable, *args):
-        """`fn(*args)` placed as `replicate` would place it, without a full copy anywhere.
+    def step_shapes(self, tree, kind: str):
+        """`ShapeDtypeStruct`s of `tree` (global shapes) as a compiled step receives
+        a `kind` (REP / SHARD) argument: for `lower` without allocating."""
+        if kind == SHARD and self.mode == "mesh":
+            rows = NamedSharding(self.mesh, P(self.batch_axes))
+            return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rows),
+                                tree)
+        if kind == REP and self.mode == "mesh":
+            return self.placed_shapes(tree)
+        d = self.num_devices
+        lead = (lambda s: (d, *s)) if kind == REP else (lambda s: (d, s[0] // d, *s[1:]))
+        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(lead(x.shape), x.dtype), tree)
 
-        Mesh mode: the output's shapes come from `jax.eval_shape` and `fn` runs
-        under `jit` with those `out_shardings`, so each device computes only its
-        own slices (model or optimizer-state initialisation at any size). Pmap
-        mode: `fn` runs once under `jit` on the default device (unreplicated).
+    def init(self, fn: Callable, *args):
+        """`fn(*args)` in the host layout, without a full copy anywhere.
+
+        Mesh mode: `args` are placed as `replicate` places them, the output's
+        shapes come from `jax.eval_shape` and `fn` runs under `jit` with those
+        `out_shardings`, so each device computes only its own slices (model or
+        optimizer-state initialisation at any size). Pmap mode: `fn` runs once
+        under `jit` on the default device (one copy; one program, not one per op).
         """
         if self.mode == "pmap":
             return jax.jit(fn)(*args)
+        args = self.replicate(args)
         out_shardings = self.shardings(jax.eval_shape(fn, *args))
         return jax.jit(fn, out_shardings=out_shardings)(*args)
 

@@ -567,9 +567,7 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
     """
     r = cfg.reward
     loop = supervised.LoopConfig.from_config(cfg, "reward")
-    if cfg.parallel.mode != dp.mode:
-        raise ValueError(f"parallel.mode={cfg.parallel.mode!r} but the DataParallel given "
-                         f"runs in mode {dp.mode!r}")
+    dp.check_config(cfg)
     if r.head != rm_model.head:
         raise ValueError(f"reward.head={r.head!r} but the reward model has head "
                          f"{rm_model.head!r}")

@@ -157,9 +157,7 @@ def _eval_fn(params, batch, *, model, loss_on):
 def _train(cfg, stage: str, loss_on: str, *, model, params, train: SFTData,
            val: SFTData | None, dp, rng, workdir, writer, stop_after):
     loop = supervised.LoopConfig.from_config(cfg, stage)
-    if cfg.parallel.mode != dp.mode:
-        raise ValueError(f"parallel.mode={cfg.parallel.mode!r} but the DataParallel given "
-                         f"runs in mode {dp.mode!r}")
+    dp.check_config(cfg)
     if loss_on not in LOSS_ON:
         raise ValueError(f"{stage}.loss_on={loss_on!r}: expected one of {LOSS_ON}")
     if loss_on == "response" and train.response_NxR.shape[1] == 0:

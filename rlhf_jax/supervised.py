@@ -221,8 +221,7 @@ def map_batches(dp: parallel.DataParallel, fn: Callable, replicated: Any,
     padded = pad_rows(data, batch_size)
     padded.pop("weight")
     step = _compiled(
-        None if cache_key is None else ("map", cache_key, dp.mode, dp.fsdp,
-                                        tuple(d.id for d in dp.devices)),
+        None if cache_key is None else ("map", cache_key, dp.placement_key),
         lambda: dp.compile(fn, (parallel.REP, parallel.SHARD), parallel.SHARD))
     outs = []
     for start in range(0, num_rows(padded, "map_batches"), batch_size):
@@ -263,20 +262,11 @@ def _is_main() -> bool:
     return jax.process_index() == 0
 
 
-def _first_replica(dp: parallel.DataParallel, tree):
-    """A replicated value as single copies: device 0's under pmap (read from its
-    shard, no per-leaf indexing op to compile), the global arrays on a mesh."""
-    if dp.mode != "pmap":
-        return tree
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x.addressable_shards[0].data)[0]),
-                        tree)
-
-
 def _single_state(dp: parallel.DataParallel, state: TrainState, rng) -> TrainState:
     """One copy of a replicated state; the base key is the host's own."""
-    return TrainState(params=_first_replica(dp, state.params),
-                      opt_state=_first_replica(dp, state.opt_state), rng=rng,
-                      step=_first_replica(dp, state.step))
+    single = dp.unreplicate(state)
+    return TrainState(params=single.params, opt_state=single.opt_state, rng=rng,
+                      step=single.step)
 
 
 def _host_metrics(tree):
@@ -385,8 +375,7 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
     # ---- restore or start fresh ------------------------------------------------
     target = _to_ckpt(TrainState(params=params, opt_state=jax.eval_shape(optimizer.init, params),
                                  rng=rng, step=jnp.zeros((), jnp.int32)))
-    if dp.mode == "mesh":
-        target = dp.placed_shapes(target)  # restore straight into the fsdp placement
+    target = dp.placed_shapes(target)  # a mesh restore lands split along fsdp
     restored = ckpt.restore(target) if ckpt is not None else None
     if restored is not None:
         start, tree, meta = restored
@@ -401,25 +390,16 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
         start = 0
         if init_fn is not None:
             params, summary["init"] = init_fn(params, jax.random.fold_in(rng, _INIT_STREAM))
-        if dp.mode == "mesh":
-            # Optimizer state created split along fsdp, never whole on one device.
-            params = dp.replicate(params)
-            opt_state = dp.init(optimizer.init, params)
-        else:
-            opt_state = optimizer.init(params)
+        # On a mesh the optimizer state is created split, never whole on one device.
+        opt_state = dp.init(optimizer.init, params)
         host_state = TrainState(params=params, opt_state=opt_state, rng=rng,
                                 step=jnp.zeros((), jnp.int32))
     if int(host_state.step) != start:
         raise ValueError(f"checkpoint of stage {stage!r} at step {start} holds step "
                          f"{int(host_state.step)}")
-    if dp.mode == "pmap":
-        # Host copies replicate the same way whatever device or sharding the
-        # params came from (jit, a restore), so the per-leaf broadcasts compile once.
-        host_state = host_state.replace(params=jax.device_get(host_state.params),
-                                        opt_state=jax.device_get(host_state.opt_state))
     state = dp.replicate(host_state)
 
-    placement = (dp.mode, dp.fsdp, tuple(d.id for d in dp.devices))
+    placement = dp.placement_key
     train_step = _compiled(
         None if cache_key is None else ("train", cache_key, loop, total_steps, placement),
         lambda: dp.compile(_make_train_step(loss_fn, optimizer),
@@ -501,7 +481,7 @@ def _run(loop, ckpt, writer, *, loss_fn, params, train_data, dp, rng, eval_fn, v
                 log_line(f"{stage}: stopping at step {done}/{total_steps}"
                          f"{' (preempted)' if preempt.received_signal else ''}")
                 summary.update(steps=done, stopped_early=True)
-                return parallel.host_complete(_first_replica(dp, state.params)), summary
+                return parallel.host_complete(dp.unreplicate(state.params)), summary
     if (prev := deferred.flush()) is not None:
         log_train(prev)
 

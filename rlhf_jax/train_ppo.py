@@ -28,10 +28,10 @@ import numpy as np
 import optax
 
 from rlhf_jax import metrics as metrics_lib
-from rlhf_jax import optim, parallel
+from rlhf_jax import config_lib, optim, parallel
 from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.kl import init_kl_state
-from rlhf_jax.ppo import WHITEN_SCOPES, PPOHParams, PPOState, make_update_step
+from rlhf_jax.ppo import PPOHParams, PPOState, make_update_step
 from rlhf_jax.rollout import PPOModels, TaskSpec, make_rollout, penalize
 
 STAGE = "ppo"
@@ -54,33 +54,6 @@ class QuerySource(Protocol):
 def num_updates(ppo_cfg) -> int:
     """`ceil(total_episodes / batch_size)`, as LHP `train_policy.nupdates` (line 79)."""
     return -(-ppo_cfg.total_episodes // ppo_cfg.batch_size)
-
-
-def validate(cfg, num_devices: int) -> None:
-    """Impossible PPO configs fail before any work, naming the field."""
-    p = cfg.ppo
-    if p.total_episodes < p.batch_size:
-        raise ValueError(
-            f"ppo.total_episodes={p.total_episodes} is smaller than ppo.batch_size={p.batch_size}")
-    if p.batch_size % num_devices:
-        raise ValueError(f"ppo.batch_size={p.batch_size} is not divisible by the device count "
-                         f"{num_devices}")
-    local = p.batch_size // num_devices
-    if local % p.nminibatches:
-        raise ValueError(f"ppo.batch_size per device ({local}) is not divisible by "
-                         f"ppo.nminibatches={p.nminibatches}")
-    for field in ("adam",):
-        if p[field] not in ("tf", "torch"):
-            raise ValueError(f"ppo.{field}={p[field]!r}: expected 'tf' or 'torch'")
-    if p.whiten_scope not in WHITEN_SCOPES:
-        raise ValueError(f"ppo.whiten_scope={p.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
-    if p.whiten_scope == "minibatch" and p.whiten_rewards and local // p.nminibatches < 8:
-        # LHP `train_policy.train` (lines 459-462) refuses these too.
-        raise ValueError(f"ppo.whiten_scope='minibatch' whitens each device's minibatch of "
-                         f"{local // p.nminibatches} rows; LHP requires at least 8 (raise "
-                         "ppo.batch_size or lower ppo.nminibatches)")
-    if p.reward_source not in ("rm", "gold"):
-        raise ValueError(f"ppo.reward_source={p.reward_source!r}: expected 'rm' or 'gold'")
 
 
 def hparams(cfg) -> PPOHParams:
@@ -123,7 +96,7 @@ class PPOTrainer:
         """`task`: the rollout's task fields, with the query prefix / suffix as token
         ids (`TaskSpec.from_config`); default from `cfg.task`, which then must not
         set a prefix or suffix."""
-        validate(cfg, dp.num_devices)
+        config_lib.check_ppo(cfg.ppo, dp.num_devices)
         self.cfg, self.models, self.dp = cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -174,12 +147,9 @@ class PPOTrainer:
         """
         cfg, dp = self.cfg, self.dp
         n = num_updates(cfg.ppo)
-        if dp.mode == "mesh":
-            # Params placed split along fsdp and the optimizer state created split
-            # (jit with out_shardings): no host or device holds a full copy of it.
-            state = dp.init(lambda p: init_state(p, self.optimizer, cfg), dp.replicate(params))
-        else:
-            state = init_state(params, self.optimizer, cfg)
+        # On a mesh the params are placed split along fsdp and the optimizer state
+        # created split: no host or device holds a full copy of it.
+        state = dp.init(lambda p: init_state(p, self.optimizer, cfg), params)
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints", stage)) if workdir else None
         start = 0
         if ckpt is not None:
@@ -194,8 +164,7 @@ class PPOTrainer:
                 logging.info("%s: resuming at update %d of %d", stage, start, n)
                 if writer is not None:
                     writer.resume(stage, start)
-        if dp.mode == "pmap":  # mesh: already placed by dp.init or the restore
-            state = dp.replicate(state)
+        state = dp.replicate(state, reuse=True)  # fresh from dp.init or the restore
         if online is not None:
             rm_params = online.start(start)  # the newest online round's RM, on resume
         ref_r, rm_r = dp.replicate(ref_params), dp.replicate(rm_params if rm_params else {})

@@ -166,6 +166,38 @@ def test_model_init_is_created_split():
     chex.assert_trees_all_close(host(params), host(jax.jit(init)(jax.random.key(3))), atol=1e-7)
 
 
+@pytest.mark.parametrize("mode,f", [("pmap", 1), ("mesh", 2)])
+def test_host_and_step_layouts_without_asking_the_mode(mode, f):
+    # What a trainer does in either backend: init in the host layout, hand it to
+    # the steps (no copy on a mesh), read it back, lower against step shapes.
+    dp = parallel.DataParallel(mode, 4, fsdp=f)
+    w = np.arange(16.0, dtype=np.float32).reshape(4, 4)
+    state = dp.init(lambda p: {"w": p * 2.0, "n": jnp.zeros((), jnp.int32)}, w)
+    step_state = dp.replicate(state, reuse=True)
+    if mode == "mesh":  # handed over: the very buffers, split along fsdp
+        assert step_state["w"] is state["w"] and step_state["w"].sharding.spec == P("fsdp")
+        assert dp.replicate(state)["w"] is not state["w"]  # the default copies
+        assert dp.placed_shapes(state)["w"].sharding == state["w"].sharding
+    else:  # a leading device axis; the host layout has no placement to restore into
+        assert step_state["w"].shape == (4, 4, 4)
+        assert dp.placed_shapes(state) is state
+    np.testing.assert_array_equal(np.asarray(dp.unreplicate(step_state)["w"]), 2 * w)
+
+    def total(st, rows_Bx2):
+        return st, parallel.psum(jnp.sum(rows_Bx2))
+
+    step = dp.compile(total, (REP, SHARD), (REP, REP))
+    rows = np.ones((8, 2), np.float32)
+    shapes = (dp.step_shapes(jax.eval_shape(lambda: state), REP),
+              dp.step_shapes(jax.ShapeDtypeStruct((8, 2), jnp.float32), SHARD))
+    assert step.lower(*shapes) is not None
+    _, out = step(step_state, dp.shard(rows))
+    assert float(np.asarray(dp.unreplicate(out))) == 16.0
+    with pytest.raises(ValueError, match=r"parallel\.mode='other' but the DataParallel given "
+                                         f"runs in mode '{mode}'"):
+        dp.check_config(ml_collections.ConfigDict({"parallel": {"mode": "other"}}))
+
+
 def test_batch_rows_follow_the_step_axis_index():
     # Row i of the global batch lives on the device whose row-major index over
     # ("data", "fsdp") is i // rows-per-device: what the steps' global row offsets assume.

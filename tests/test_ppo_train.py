@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 
 import rlhf_jax.train_ppo as train_ppo
-from rlhf_jax import parallel
+from rlhf_jax import config_lib, parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
 from rlhf_jax.ppo import make_update_step
 from rlhf_jax.rollout import PPOModels
-from rlhf_jax.train_ppo import PPOTrainer, hparams, init_state, make_optimizer, validate
+from rlhf_jax.train_ppo import PPOTrainer, hparams, init_state, make_optimizer
 from tests.test_rollout import (CONFIG, PAD, TARGET, R, V, random_params, random_queries,
                                 target_fraction_rm)
 
@@ -354,7 +354,7 @@ def test_validate_names_the_field(field, value, devices, message):
     cfg = make_config(stiennon=False)
     cfg.ppo[field] = value
     with pytest.raises(ValueError, match=message):
-        validate(cfg, devices)
+        config_lib.check_ppo(cfg.ppo, devices)
 
 
 def test_rm_reward_without_a_reward_model_is_refused():

@@ -14,9 +14,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import parallel
+from rlhf_jax import config_lib, parallel
 from rlhf_jax.ppo import Rollout, make_update_step
-from rlhf_jax.train_ppo import hparams, init_state, make_optimizer, validate
+from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
 
 B, Q, R, V = 32, 3, 5, 7  # global batch, query, response, vocabulary
 NMB, EPOCHS, DEVICES = 2, 2, 4
@@ -215,7 +215,7 @@ def test_minibatch_scope_with_one_minibatch_on_one_device_equals_global():
 def test_lhp_minimum_minibatch_for_whitening_is_enforced():
     cfg = config("minibatch", lr=0.0)  # 32 rows / 2 minibatches / 4 devices = 4 < 8
     with pytest.raises(ValueError, match=r"whiten_scope='minibatch'.*4 rows.*at least 8"):
-        validate(cfg, DEVICES)
-    validate(cfg, 2)  # 8 rows per device's minibatch
+        config_lib.check_ppo(cfg.ppo, DEVICES)
+    config_lib.check_ppo(cfg.ppo, 2)  # 8 rows per device's minibatch
     cfg.ppo.whiten_scope = "global"
-    validate(cfg, DEVICES)  # one global whitening: no such limit
+    config_lib.check_ppo(cfg.ppo, DEVICES)  # one global whitening: no such limit
