@@ -97,6 +97,8 @@ def test_transformers_safetensors_load_with_equal_logits(tmp_path):
     assert (cfg.vocab_size, cfg.n_positions, cfg.n_embd, cfg.n_layer, cfg.n_head) == (97, 48, 36, 3, 3)
     assert cfg.dtype == jnp.float32
     _assert_params_equal(params, want_params)
+    # Host arrays, for the caller to place on its mesh: no whole copy on the default device.
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params))
     ids, mask = _batch()
     ref, _ = hf_logits(hf_model, ids, mask)
     real = mask == 1

@@ -224,7 +224,12 @@ def load_pretrained(
     param_dtype=jnp.float32,
     **config_overrides,
 ):
-    """Returns `(model, params)` for a hub name or a local HF-layout directory."""
+    """Returns `(model, params)` for a hub name or a local HF-layout directory.
+
+    The params are host (numpy) arrays in `param_dtype`: the caller places them
+    on its devices (`DataParallel.replicate`, split along fsdp on a mesh), so a
+    large model never sits whole on the default device first.
+    """
     directory = _resolve_dir(name_or_path)
     cfg_path = os.path.join(directory, "config.json")
     if not os.path.exists(cfg_path):
@@ -237,7 +242,7 @@ def load_pretrained(
     config = config_from_hf(hf_cfg, source=cfg_path, dtype=dtype, param_dtype=param_dtype, **config_overrides)
     sd = _read_state_dict(directory)
     params = state_dict_to_params(sd, config, source=directory)
-    params = jax.tree.map(lambda x: jnp.asarray(x, param_dtype), params)
+    params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
     return GPT2LMHeadModel(config), params
 
 
