@@ -56,7 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.name = ""
     t.query_dataset = "books"  # synthetic | books | tldr | cnndm
     t.dataset_path = "bookcorpus"  # local file/dir or HF dataset name
-    t.query_format = "lhp"  # lhp: raw text queries (the RM reads them raw) | sff: Stiennon's template
+    t.query_format = "lhp"  # lhp: raw text, the RM reads it raw | sff: Stiennon's template
     t.query_length = 64  # tokens of the raw query (LHP: prefix and suffix come on top)
     t.response_length = 24
     t.query_prefix = ""  # policy and reference only, never the RM (LHP query_formatter)
@@ -160,7 +160,7 @@ def base_config() -> ml_collections.ConfigDict:
     q.gamma = 1.0
     q.lam = 0.95
     q.whiten_rewards = True
-    q.whiten_scope = "global"  # global (device-count independent) | minibatch (LHP: per minibatch, per device)
+    q.whiten_scope = "global"  # global (any device count) | minibatch (LHP: per minibatch, device)
     q.total_episodes = 1_000_000
     q.value_model = "shared"  # shared (Ziegler) | separate (Stiennon, from the RM)
     q.reward_source = "rm"  # rm | gold
