@@ -64,7 +64,7 @@ def build_weights(cfg, seed: int = 0):
 
     Returns `(hf_lm, trunk, rm_head_Dx1)`: the transformers `GPT2LMHeadModel`,
     our `transformer` params with identical weights, and the reward head's
-    kernel ~ N(0, 1/sqrt(d+1)) (PAPER_DETAILS item 11).
+    kernel ~ N(0, 1/sqrt(d+1)) (docs/implementation_details.md item 11).
     """
     import torch
     from transformers import GPT2Config as HFConfig
@@ -267,7 +267,7 @@ def _hf_heads(cfg, hf_lm, head_Dx1, value: str):
 def _word_level_tokenizer(vocab: int):
     """A fast tokenizer whose ids are the model's ids (TRL wants a processing class).
 
-    Pad is id `vocab`, outside the model's vocabulary (PAPER_DETAILS item 2):
+    Pad is id `vocab`, outside the model's vocabulary (docs/implementation_details.md item 2):
     TRL masks pads and zeroes them before each forward; queries have none.
     """
     from tokenizers import Tokenizer

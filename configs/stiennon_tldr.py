@@ -5,7 +5,7 @@ the SFF human comparisons, read at EOS, normalised with a bias so reference
 summaries score 0 -> PPO with a separate value network initialised from the
 reward model, fixed KL 0.05, responses stopped, masked and scored at EOS.
 Policy, reward model and reference all start from the SFT model
-(PAPER_DETAILS items 5, 10-14, 16, 28-29).
+(docs/implementation_details.md items 5, 10-14, 16, 28-29).
 
     python launch.py --config=configs/stiennon_tldr.py \
         --config.task.dataset_path=/data/tldr_3_filtered \

@@ -2,7 +2,7 @@
 
 `configs/stiennon_tldr.py` (SFT -> pairwise RM at EOS -> PPO with a separate
 value network, fixed KL 0.05) at the 1.3B shape (d_model 2048, 24 layers, 16
-heads, 2048 positions) and PPO batch 512 (PAPER_DETAILS item 29), with bf16
+heads, 2048 positions) and PPO batch 512 (docs/implementation_details.md item 29), with bf16
 compute over float32 master weights, per-block rematerialisation, a bf16 KV
 cache, and FSDP on a 2 x 8 (data x fsdp) mesh: each model's params and Adam
 state are split 8 ways, and every chip holds distinct rows of each batch.

@@ -2,7 +2,7 @@
 
 `configs/stiennon_tldr.py` (SFT -> pairwise RM at EOS -> PPO with a separate
 value network, fixed KL 0.05) at the 6.7B shape (d_model 4096, 32 layers, 32
-heads, 2048 positions) and PPO batch 256 (PAPER_DETAILS item 29), with bf16
+heads, 2048 positions) and PPO batch 256 (docs/implementation_details.md item 29), with bf16
 compute over float32 master weights, per-block rematerialisation, a bf16 KV
 cache, and FSDP over the whole slice (a 1 x 32 data x fsdp mesh). The PPO
 stage holds four 6.7B models (policy, value, reference, reward model) and

@@ -1,10 +1,11 @@
 """Config schema shared by `configs/*.py`: the base, the switches, validation.
 
 Every field the code reads exists here with the LHP `launch.py` default (the
-"shared" column of PAPER_DETAILS' table), so trainers read fields directly and
-a typo in an override fails loudly (`lock_config=True` in launch.py). An
-experiment file sets its task and paper choices, then calls `apply_switches`
-with its `get_config(arg)` argument: a comma list such as
+shared settings under the per-task table of docs/implementation_details.md), so
+trainers read fields directly and a typo in an override fails loudly
+(`lock_config=True` in launch.py). An experiment file sets its task and paper
+choices, then calls `apply_switches` with its `get_config(arg)` argument: a
+comma list such as
 `runlocal,value=separate,loss=bt,kl=fixed,whiten=off,adam=torch,head=scalar_mix`.
 `resolve` validates the whole config before any work and returns the derived
 sizes that `launch.py --dry_run` prints.
@@ -69,7 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.temperature = 0.7
     t.eos_token = 50256  # None: the tokenizer's eos_token_id
     t.stop_at_eos = False  # Stiennon: stop, mask and score at EOS
-    t.pad_token = 50259  # outside the vocabulary (PAPER_DETAILS 2); None: the tokenizer's size
+    # Outside the vocabulary (docs/implementation_details.md item 2); None: the tokenizer's size.
+    t.pad_token = 50259
 
     c.pretrain = p = ml_collections.ConfigDict()  # offline default only
     p.num_docs = 20000

@@ -1,7 +1,7 @@
 """KL coefficient control (beta), fixed or adaptive, as pure checkpointable state.
 
 Ziegler et al. 2019 / LHP `train_policy.py` (`FixedKLController`,
-`AdaptiveKLController`), PAPER_DETAILS item 27: after each PPO update the
+`AdaptiveKLController`), docs/implementation_details.md item 27: after each PPO update the
 coefficient moves toward a target KL,
 
     err  = clip(kl / target - 1, -0.2, 0.2)
@@ -39,7 +39,7 @@ def init_kl_state(coef) -> KLState:
 
 
 def adaptive_kl_coef(coef, current_kl, n_steps, target, horizon) -> Array:
-    """One adaptive step of beta (DESIGN.md contract).
+    """One adaptive step of beta (docs/implementation_details.md item 27).
 
     `coef * (1 + clip(current_kl / target - 1, -0.2, 0.2) * n_steps / horizon)`.
     The error is clipped so that beta moves by at most

@@ -1,6 +1,6 @@
 """Reward-model, SFT and DPO losses: pure, jit-safe functions.
 
-Reward losses follow the original code (PAPER_DETAILS items 12, 28):
+Reward losses follow the original code (docs/implementation_details.md items 12, 28):
 
 - `best_of_n_loss`: Ziegler's N-way softmax cross-entropy over the rewards of
   N samples for one query, target the labeller's `best` (N=4 in LHP).

@@ -1,6 +1,6 @@
 """Optimizers and learning-rate schedules of the two papers.
 
-Ziegler et al. (LHP) train with TensorFlow's Adam (PAPER_DETAILS item 26),
+Ziegler et al. (LHP) train with TensorFlow's Adam (docs/implementation_details.md item 26),
 which folds the bias corrections into the step size and adds eps to the
 *uncorrected* sqrt(v):
 
@@ -138,7 +138,7 @@ def linear_to_zero(lr: float, total_steps: int) -> optax.Schedule:
     """Ziegler's schedule: `lr * (1 - step / total_steps)`, 0 from `total_steps` on.
 
     The first update (step 0) uses `lr`, the last (step total_steps - 1) uses
-    `lr / total_steps` (PAPER_DETAILS items 13, 25).
+    `lr / total_steps` (docs/implementation_details.md items 13, 25).
     """
     _check_lr_steps(lr, total_steps)
     return optax.linear_schedule(init_value=lr, end_value=0.0, transition_steps=total_steps)

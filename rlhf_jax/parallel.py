@@ -424,7 +424,7 @@ def _global_array(x, sharding: NamedSharding) -> jax.Array:
 
 
 def fold_in_device(rng: jax.Array) -> jax.Array:
-    """A per-device key: `fold_in(rng, axis_index)` (STYLE.md: one base key)."""
+    """A per-device key: `fold_in(rng, axis_index)` of the step's one base key."""
     return jax.random.fold_in(rng, axis_index())
 
 

@@ -5,7 +5,7 @@ code (openai/lm-human-preferences, `train_policy.py` and `utils/core.py`):
 whitening with population variance and eps 1e-8, GAE with next value 0 after
 the last step, per-token KL-penalty rewards with the score added at one index,
 and the clipped policy and value losses with their statistics
-(PAPER_DETAILS.md items 19-23).
+(docs/implementation_details.md items 19-23).
 
 Masks (`mask_BxT`) are 0/1 arrays: 1 marks a real response token, 0 a token
 after the end of the response (Stiennon: after EOS). Every mean below is over
@@ -95,7 +95,7 @@ def whiten(
 
     As LHP `utils.whiten`: population variance, eps 1e-8, moments over every
     axis. With `shift_mean=False` the mean is added back (reward whitening,
-    PAPER_DETAILS item 20); with True the result has mean 0 (advantages, item 21).
+    docs/implementation_details.md item 20); with True the result has mean 0 (advantages, item 21).
 
     Args:
         x: any shape.
@@ -179,7 +179,7 @@ def kl_penalty_rewards(
 ) -> tuple[Array, Array, Array]:
     """Per-token rewards: `-kl_coef * (logp - ref_logp)`, plus the score at one index.
 
-    PAPER_DETAILS item 19 / LHP `compute_rewards`: the KL penalty is paid at
+    docs/implementation_details.md item 19 / LHP `compute_rewards`: the KL penalty is paid at
     every token, the reward-model score once. Higher score -> higher reward;
     higher `logp - ref_logp` -> lower reward.
 
@@ -447,9 +447,9 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
 
         grad_fn = jax.grad(loss_fn, has_aux=True)
 
-        def minibatch(carry, rows_L):
+        def minibatch(carry, rows_B):
             params, opt_state = carry
-            mb = jax.tree.map(lambda x: x[rows_L], train)
+            mb = jax.tree.map(lambda x: x[rows_B], train)
             # Loss and stats are masked means over this shard's tokens. With EOS
             # masks shards hold different token counts, so weight each by its
             # share: the mean over shards is then the mean over the global
@@ -468,15 +468,15 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
         def epoch(carry, key):
             # One global permutation (identical on every device); this device
             # takes its slice of each minibatch.
-            perm_MxG = jax.random.permutation(key, global_b).reshape(hp.nminibatches, mb_global)
-            rows_MxL = jax.lax.dynamic_slice_in_dim(perm_MxG, device * mb_local, mb_local, axis=1)
-            return jax.lax.scan(minibatch, carry, rows_MxL)
+            perm_UxG = jax.random.permutation(key, global_b).reshape(hp.nminibatches, mb_global)
+            rows_UxB = jax.lax.dynamic_slice_in_dim(perm_UxG, device * mb_local, mb_local, axis=1)
+            return jax.lax.scan(minibatch, carry, rows_UxB)
 
         key = jax.random.fold_in(state.rng, state.step)
         epoch_keys = jax.random.split(key, hp.noptepochs)
-        (params, opt_state), stats_ExM = jax.lax.scan(
+        (params, opt_state), stats_ExU = jax.lax.scan(
             epoch, (state.params, state.opt_state), epoch_keys)
-        stats = jax.tree.map(jnp.mean, stats_ExM)
+        stats = jax.tree.map(jnp.mean, stats_ExU)
 
         # Rollout statistics (LHP names), over the global batch.
         kl_sum_B = jnp.sum(kl_BxR, axis=1)

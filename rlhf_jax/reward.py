@@ -1,4 +1,4 @@
-"""Reward-model training and reward normalisation (PAPER_DETAILS items 11-14).
+"""Reward-model training and reward normalisation (docs/implementation_details.md items 11-14).
 
 The reward model (`models.heads.RewardModel`) scores `concat(query, response)`
 with mask `concat(query_mask, response_mask)` (item 4: the LHP RM reads the
@@ -201,7 +201,7 @@ def sample_for_normalization(policy_model, policy_params, query_NxQ, query_mask_
     are drawn without replacement from a permutation of the N given ones (a
     fresh permutation per pass when more are needed); responses are
     `response_length` tokens at `temperature` (Ziegler: EOS does not stop, no
-    post-processing, PAPER_DETAILS item 14). Row i is drawn with key
+    post-processing, docs/implementation_details.md item 14). Row i is drawn with key
     `fold_in(rng', i)`, so the samples depend neither on the batch size nor,
     with `dp` (batches split over its devices), on the device count.
     """
@@ -257,7 +257,7 @@ def make_reference_sampler(cfg, *, policy_model, policy_params, query_NxQ, query
     Reads `cfg.task.response_length`, `cfg.task.temperature` and
     `cfg.reward.rollout_batch_size`. The policy samples after `query_NxQ`
     (formatted with the task's prefix / suffix); the RM scores the same rows
-    of `rm_query_NxQ` (raw queries, PAPER_DETAILS item 4), default the same.
+    of `rm_query_NxQ` (raw queries, docs/implementation_details.md item 4), default the same.
     `dp` splits the sampling over its devices.
     """
     response_length = cfg.task.response_length
@@ -459,7 +459,7 @@ def _rewards_BxK(rm_model, params, batch, reward_at, eos_token):
 
 
 def _loss_fn(params, batch, rng, *, rm_model, label_type, reward_at, eos_token):
-    del rng  # no dropout (PAPER_DETAILS item 15)
+    del rng  # no dropout (docs/implementation_details.md item 15)
     r_BxK = _rewards_BxK(rm_model, params, batch, reward_at, eos_token)
     metrics = label_metrics(label_type, r_BxK, batch["target"])
     return metrics.pop("loss"), metrics

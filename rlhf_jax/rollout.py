@@ -10,7 +10,8 @@ the responses (truncation, item 8), scores them with the reward model on the
 RAW `concat(query, response)` (item 4; LHP `train_policy.py` line 291 and
 `rewards.py` lines 177-179) at the last token (Ziegler) or at EOS (Stiennon),
 and applies the no-truncation penalty (item 9). PPO then trains on the
-formatted queries and the raw, untruncated responses (item 10).
+formatted queries and the raw, untruncated responses (item 10). Items are
+those of docs/implementation_details.md.
 
 `best_of_n` is the baseline: N samples per query, the best by the RM; its KL
 from the policy it samples is analytic, `log N - (N-1)/N`.

@@ -1,6 +1,6 @@
 """KV-cache sampler: jit-compiled, fixed shapes, one `lax.scan` over the response.
 
-Plain categorical sampling from `logits / T` (PAPER_DETAILS item 6); greedy,
+Plain categorical sampling from `logits / T` (docs/implementation_details.md item 6); greedy,
 top-k and top-p exist as options, off by default. Returned logprobs are those
 of the temperature-scaled, *unfiltered* distribution: the quantity PPO and the
 reference recompute with a full forward pass (item 7), so top-k/top-p change
@@ -66,16 +66,16 @@ def _inverse_cdf(u_B, weights_BxV):
     b, v = weights_BxV.shape
     c = -(-(math.isqrt(v - 1) + 1) // 8) * 8  # block length: ceil(sqrt(V)), rounded up to 8
     n = -(-v // c)
-    w_BxNxC = jnp.pad(weights_BxV, ((0, 0), (0, n * c - v))).reshape(b, n, c)
-    cum_BxN = jnp.cumsum(jnp.sum(w_BxNxC, axis=-1), axis=-1)
+    w_BxJxC = jnp.pad(weights_BxV, ((0, 0), (0, n * c - v))).reshape(b, n, c)
+    cum_BxJ = jnp.cumsum(jnp.sum(w_BxJxC, axis=-1), axis=-1)
     # Clamped below the total so rounding cannot step past the last token with mass.
-    x_B = jnp.minimum(u_B * cum_BxN[:, -1], cum_BxN[:, -1] * (1 - 2.0**-20))
+    x_B = jnp.minimum(u_B * cum_BxJ[:, -1], cum_BxJ[:, -1] * (1 - 2.0**-20))
     # The first block whose cumulative mass exceeds x (a block of zero mass never does).
-    blk_B = jnp.sum(cum_BxN <= x_B[:, None], axis=-1)
+    blk_B = jnp.sum(cum_BxJ <= x_B[:, None], axis=-1)
     blk_B = jnp.minimum(blk_B, n - 1)
-    prev_B = jnp.take_along_axis(cum_BxN, jnp.maximum(blk_B - 1, 0)[:, None], axis=-1)[:, 0]
+    prev_B = jnp.take_along_axis(cum_BxJ, jnp.maximum(blk_B - 1, 0)[:, None], axis=-1)[:, 0]
     before_B = jnp.where(blk_B > 0, prev_B, 0.0)  # mass of the blocks before blk
-    block_BxC = jnp.take_along_axis(w_BxNxC, blk_B[:, None, None], axis=1)[:, 0]
+    block_BxC = jnp.take_along_axis(w_BxJxC, blk_B[:, None, None], axis=1)[:, 0]
     cum_BxC = jnp.cumsum(block_BxC, axis=-1)
     rest_B = jnp.minimum(x_B - before_B, cum_BxC[:, -1] * (1 - 2.0**-20))
     within_B = jnp.minimum(jnp.sum(cum_BxC <= rest_B[:, None], axis=-1), c - 1)

@@ -1,6 +1,6 @@
 """Supervised fine-tuning (Stiennon et al. 2020) and causal-LM pretraining.
 
-SFT (PAPER_DETAILS item 28): next-token cross-entropy on `query + reference`,
+SFT (docs/implementation_details.md item 28): next-token cross-entropy on `query + reference`,
 counted on the reference tokens only (`loss_on="response"`), one epoch with a
 cosine lr. The same trainer is the LM pretraining of the offline default's
 tiny GPT-2 (`train_lm`: every real token is a target).

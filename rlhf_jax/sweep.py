@@ -84,7 +84,7 @@ class Run:
         return sorted({r.run for r in refs + list(self.copies.values())})
 
 
-# An extractor: run workdir -> (x_P, y_P), the points one seed contributes.
+# An extractor: run workdir -> (x_X, y_X), the points one seed contributes.
 Extractor = Callable[[str], tuple[np.ndarray, np.ndarray]]
 
 
@@ -561,9 +561,9 @@ class CurveData:
 
     label: str
     line: bool
-    x_PxS: np.ndarray  # points x seeds
-    y_PxS: np.ndarray
-    runs_PxS: list[tuple[str, ...]]
+    x_XxZ: np.ndarray  # points x seeds
+    y_XxZ: np.ndarray
+    runs_XxZ: list[tuple[str, ...]]
 
 
 def _aggregate_points(pts: Points, runs_dir: str) -> tuple[np.ndarray, np.ndarray]:
@@ -579,10 +579,10 @@ def _aggregate_points(pts: Points, runs_dir: str) -> tuple[np.ndarray, np.ndarra
 def curve_data(curve: Curve, runs_dir: str) -> CurveData:
     xs, ys, runs = [], [], []
     for pts in curve.points:
-        x_PxS, y_PxS = _aggregate_points(pts, runs_dir)
-        xs.append(x_PxS)
-        ys.append(y_PxS)
-        runs.extend([pts.runs] * len(x_PxS))
+        x_XxZ, y_XxZ = _aggregate_points(pts, runs_dir)
+        xs.append(x_XxZ)
+        ys.append(y_XxZ)
+        runs.extend([pts.runs] * len(x_XxZ))
     seeds = {x.shape[1] for x in xs}
     if len(seeds) != 1:
         raise ValueError(f"curve {curve.label!r}: its points have different seed counts {seeds}")
@@ -595,15 +595,15 @@ CSV_FIELDS = ("figure", "panel", "curve", "point", "x_mean", "x_min", "x_max", "
 
 def _csv_rows(fig: Figure, panel: Panel, data: CurveData) -> list[dict]:
     rows = []
-    for p in range(len(data.x_PxS)):
-        x, y = data.x_PxS[p], data.y_PxS[p]
+    for p in range(len(data.x_XxZ)):
+        x, y = data.x_XxZ[p], data.y_XxZ[p]
         rows.append({
             "figure": fig.name, "panel": panel.title, "curve": data.label, "point": p,
             "x_mean": _g(x.mean()), "x_min": _g(x.min()), "x_max": _g(x.max()),
             "y_mean": _g(y.mean()), "y_min": _g(y.min()), "y_max": _g(y.max()),
             "y_std": _g(y.std()), "num_seeds": len(y),
             "x_seeds": ";".join(_g(v) for v in x), "y_seeds": ";".join(_g(v) for v in y),
-            "runs": ";".join(data.runs_PxS[p])})
+            "runs": ";".join(data.runs_XxZ[p])})
     return rows
 
 
@@ -626,11 +626,11 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
         for j, curve in enumerate(panel.curves):
             data = curve_data(curve, runs_dir)
             rows.extend(_csv_rows(fig, panel, data))
-            x, y = data.x_PxS.mean(1), data.y_PxS.mean(1)
+            x, y = data.x_XxZ.mean(1), data.y_XxZ.mean(1)
             xs_seen.update(float(v) for v in x)
-            lo, hi = data.y_PxS.min(1), data.y_PxS.max(1)
+            lo, hi = data.y_XxZ.min(1), data.y_XxZ.max(1)
             color = f"C{j % 10}"
-            label = f"{data.label} (n={data.y_PxS.shape[1]})"
+            label = f"{data.label} (n={data.y_XxZ.shape[1]})"
             if data.line:
                 # Points from several settings join in x order; one run group's
                 # points (a training trajectory) keep their logged order.

@@ -1,6 +1,6 @@
 """The PPO stage: rollout -> score -> update, repeated, resumable, logged.
 
-One update (PAPER_DETAILS item 24): a rollout of `ppo.batch_size` episodes,
+One update (docs/implementation_details.md item 24): a rollout of `ppo.batch_size` episodes,
 then `ppo.noptepochs` passes of `ppo.nminibatches` minibatches (scans inside
 one compiled step), then the KL controller. The lr anneals linearly to zero
 over updates, constant within one (item 25, LHP `lrnow`).

@@ -26,7 +26,7 @@ from rlhf_jax.rollout import (PPOModels, TaskSpec, best_of_n_kl, make_best_of_n,
 from rlhf_jax.sampling import sample
 
 V, Q, R = 16, 4, 8
-PAD = V  # outside the vocabulary: never sampled (PAPER_DETAILS item 2)
+PAD = V  # outside the vocabulary: never sampled (docs/implementation_details.md item 2)
 TARGET, EOS, TRUNC = 3, 5, 2
 CONFIG = GPT2Config(vocab_size=V, n_positions=Q + R, n_embd=16, n_layer=1, n_head=2)
 REP, SHARD = parallel.REP, parallel.SHARD

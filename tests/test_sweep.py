@@ -199,8 +199,8 @@ def test_window_means_and_seed_band_by_hand(tmp_path):
     pts = sweep_lib.Points(("x-s0", "x-s1"), sweep_lib.metric("ppo", "e", "y", window=2))
     data = sweep_lib.curve_data(sweep_lib.Curve("c", (pts,)), os.path.join(root, "runs"))
     # Blocks of two rows: seed 0 -> 1.5, 3.5, 5.5; seed 1 -> 11.5, 13.5, 15.5 (row 7 dropped).
-    np.testing.assert_allclose(data.y_PxS, [[1.5, 11.5], [3.5, 13.5], [5.5, 15.5]])
-    np.testing.assert_allclose(data.x_PxS[:, 0], [15.0, 35.0, 55.0])
+    np.testing.assert_allclose(data.y_XxZ, [[1.5, 11.5], [3.5, 13.5], [5.5, 15.5]])
+    np.testing.assert_allclose(data.x_XxZ[:, 0], [15.0, 35.0, 55.0])
     fig = sweep_lib.Figure("f", "t", (sweep_lib.Panel("p", "x", "y", (
         sweep_lib.Curve("c", (pts,)),)),))
     png, path = sweep_lib.draw_figure(fig, os.path.join(root, "runs"), root)
@@ -223,9 +223,9 @@ def test_points_from_several_run_groups_form_one_curve(tmp_path):
                          sweep_lib.last_metric("reward", "reward/val_accuracy", n))
         for n in (128, 512)))
     data = sweep_lib.curve_data(curve, os.path.join(root, "runs"))
-    np.testing.assert_allclose(data.x_PxS, [[128, 128], [512, 512]])
-    np.testing.assert_allclose(data.y_PxS.mean(1), [0.35, 0.6])
-    assert data.runs_PxS == [("rm-n128-s0", "rm-n128-s1"), ("rm-n512-s0", "rm-n512-s1")]
+    np.testing.assert_allclose(data.x_XxZ, [[128, 128], [512, 512]])
+    np.testing.assert_allclose(data.y_XxZ.mean(1), [0.35, 0.6])
+    assert data.runs_XxZ == [("rm-n128-s0", "rm-n128-s1"), ("rm-n512-s0", "rm-n512-s1")]
 
 
 # --------------------------------------------------------------------------

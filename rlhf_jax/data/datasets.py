@@ -279,7 +279,8 @@ def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = 
         queries.append(q)
         ref_text = r.get(ref_field)
         if ref_text is not None:
-            # References get a leading space (PAPER_DETAILS 5) and end with EOS.
+            # References get a leading space (docs/implementation_details.md item 5) and
+            # end with EOS.
             ref = encode(" " + str(ref_text).strip())[: task.response_length - 1]
             refs.append(ref + ([eos] if eos is not None else []))
         if task.query_format == "lhp" and limit is not None and len(queries) >= limit:

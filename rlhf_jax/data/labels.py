@@ -15,7 +15,7 @@ with K responses and one answer per query. Three file formats read into it:
   Token lists are unpadded.
 
 Padding: queries are LEFT-padded and responses RIGHT-padded with `pad_token`,
-a token outside the vocabulary (PAPER_DETAILS item 2); masks are int32 0/1,
+a token outside the vocabulary (docs/implementation_details.md item 2); masks are int32 0/1,
 as `rlhf_jax.data.tasks.pad_left` makes them. LHP files right-pad their
 queries; the LHP reader moves the padding to the left.
 
@@ -449,7 +449,7 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
     site, title} for CNN/DM), `summaries` (2 x {text, policy, note}), `choice`
     (0/1), `worker`, `batch`, `split`, `extra.confidence`. The query is the
     Stiennon format (`tasks.format_tldr_query` / `format_cnndm_query`),
-    left-padded. Each summary is encoded as `" " + text` (PAPER_DETAILS item
+    left-padded. Each summary is encoded as `" " + text` (docs/implementation_details.md item
     5), EOS appended, then cut to `response_length` (a summary that long
     loses its EOS) and right-padded.
 

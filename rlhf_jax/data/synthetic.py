@@ -1,6 +1,6 @@
 """The offline corpus: synthetic English stories and a tokenizer trained on them.
 
-The offline default (DESIGN.md, "The offline default") reproduces Ziegler et
+The offline default (README, "The offline default") reproduces Ziegler et
 al.'s mock-sentiment experiment with no network: a tiny GPT-2 is pretrained on
 text generated here, the gold reward is the VADER sentiment lexicon, and the
 policy continues the start of a story. For that to work the text must
@@ -13,7 +13,7 @@ policy continues the start of a story. For that to work the text must
   moves exactly when the sentiment words change;
 * use short sentences (4 to 14 words, 8 on average) that all end with '.',
   since the sentiment task cuts queries at '.' and truncates responses after
-  the first '.' past `truncate_after` (PAPER_DETAILS items 1 and 8). No
+  the first '.' past `truncate_after` (docs/implementation_details.md items 1 and 8). No
   other sentence terminator ('!', '?') and no VADER modifier ('not', 'but')
   ever appears.
 
@@ -25,7 +25,7 @@ Tokenizer: `train_tokenizer` trains a GPT-2 style byte-level BPE. Ids follow
 GPT-2's layout: the 256 byte symbols first (sorted, so '.' is id 13 exactly
 as in GPT-2), then merges, then `<|endoftext|>` as the LAST id
 (`len(tokenizer) - 1`, like GPT-2's 50256). The pad is not a vocabulary token
-(PAPER_DETAILS item 2): `pad_token_id(tokenizer) == len(tokenizer)`, one past
+(docs/implementation_details.md item 2): `pad_token_id(tokenizer) == len(tokenizer)`, one past
 the vocabulary, as LHP's 50259 lies outside GPT-2's 50257. A model for this
 tokenizer therefore needs `model_vocab_size(tokenizer) == len(tokenizer) + 1`
 embedding rows, and the sampler must mask the pad logit so it is never drawn.

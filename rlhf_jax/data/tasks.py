@@ -4,14 +4,14 @@ Two halves:
 
 * Device side (jnp, jit-safe, fixed shapes): truncating sampled responses at a
   token, the penalty for responses that never produce it (Ziegler), and the
-  EOS index and mask (Stiennon). PAPER_DETAILS items 8-10.
+  EOS index and mask (Stiennon). docs/implementation_details.md items 8-10.
 * Host side (numpy / Python): cutting dataset text into queries (LHP
   `language/datasets.py`), the Stiennon TL;DR and CNN/DM query formats
   (SFF `tasks.process_query`), and left / right padding. Items 1, 2, 5.
 
 Padding convention: queries are LEFT-padded, because the response follows
 the query and the model reads pads as masked tokens that do not advance
-positions (`position_ids = cumsum(mask) - mask`, DESIGN.md). LHP right-padded
+positions (`position_ids = cumsum(mask) - mask`, implementation details item 3). LHP right-padded
 its queries instead; with masked attention and those position ids the two
 give the same logits. The pad id is a token outside the vocabulary (LHP:
 50259 for GPT-2), never EOS (item 2).
@@ -147,29 +147,29 @@ def extract_query(
         tokens = tokens[:len(tokens) - tokens[::-1].index(end_token)]
     if not tokens:
         return None
-    ids_1xL, _ = pad_left([tokens], query_length, pad_token)
-    return ids_1xL[0]
+    ids_1xT, _ = pad_left([tokens], query_length, pad_token)
+    return ids_1xT[0]
 
 
 def _pad(seqs: Sequence[Sequence[int]], length: int, pad_token: int, left: bool):
     if length <= 0:
         raise ValueError(f"pad length must be positive, got {length}")
-    ids_NxL = np.full((len(seqs), length), pad_token, dtype=np.int32)
-    mask_NxL = np.zeros((len(seqs), length), dtype=np.int32)
+    ids_NxT = np.full((len(seqs), length), pad_token, dtype=np.int32)
+    mask_NxT = np.zeros((len(seqs), length), dtype=np.int32)
     for i, seq in enumerate(seqs):
         n = len(seq)
         if n > length:
             raise ValueError(f"sequence {i} has {n} tokens, more than the pad length {length}")
         cols = slice(length - n, length) if left else slice(0, n)
-        ids_NxL[i, cols] = np.asarray(seq)
-        mask_NxL[i, cols] = 1
-    return ids_NxL, mask_NxL
+        ids_NxT[i, cols] = np.asarray(seq)
+        mask_NxT[i, cols] = 1
+    return ids_NxT, mask_NxT
 
 
 def pad_left(
     seqs: Sequence[Sequence[int]], length: int, pad_token: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token lists to `length`: `(ids_NxL, mask_NxL)`, int32, mask 1 on tokens.
+    """Left-pad token lists to `length`: `(ids_NxT, mask_NxT)`, int32, mask 1 on tokens.
 
     Queries are left-padded (the response follows them). A sequence longer
     than `length` is an error, not silently cut.
@@ -180,7 +180,7 @@ def pad_left(
 def pad_right(
     seqs: Sequence[Sequence[int]], length: int, pad_token: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists to `length`: `(ids_NxL, mask_NxL)`, int32, mask 1 on tokens.
+    """Right-pad token lists to `length`: `(ids_NxT, mask_NxT)`, int32, mask 1 on tokens.
 
     Responses and reference summaries are right-padded (LHP label files store
     `sample*` that way).
@@ -277,7 +277,7 @@ def format_tldr_query(
 ) -> list[int]:
     """The Stiennon et al. 2020 TL;DR query, encoded, at most `query_length` tokens.
 
-    Format (SFF, PAPER_DETAILS item 5):
+    Format (SFF, docs/implementation_details.md item 5):
     `"SUBREDDIT: r/{subreddit}\\n\\nTITLE: {title}\\n\\nPOST: {post}\\n\\nTL;DR:"`.
     If too long, the post is cut back at its last newline (without one, by a
     character) until the query fits, as SFF. Unpadded: pad with `pad_left`.

@@ -8,7 +8,7 @@ rename. The LM head is tied to `wte`.
 Padding: sequences are left-padded; padded keys are masked out of attention and
 pads do not advance positions (`position_ids = cumsum(mask) - mask`). Token ids
 outside the vocabulary (LHP's pad id 50259) are mapped to 0 before the lookup;
-they must be masked. No dropout anywhere (PAPER_DETAILS item 15).
+they must be masked. No dropout anywhere (docs/implementation_details.md item 15).
 
 Decoding uses an explicit KV cache pytree: `init_cache(...)` returns it, the
 model takes `cache=` and `cache_index=` and returns the updated cache, so a
@@ -107,7 +107,7 @@ def init_cache(config: GPT2Config, batch_size: int, max_length: int, dtype: Dtyp
 
 
 def position_ids_from_mask(mask_BxT: jax.Array) -> jax.Array:
-    """Left padding does not advance positions (PAPER_DETAILS item 3)."""
+    """Left padding does not advance positions (docs/implementation_details.md item 3)."""
     mask = mask_BxT.astype(jnp.int32)
     return jnp.cumsum(mask, axis=-1) - mask
 

@@ -2,7 +2,7 @@
 
 Param layouts share the trunk's subtree name `transformer`, so a policy's
 trunk can seed a reward model (Ziegler: the RM starts from the policy's LM),
-and a reward model can seed a value network (Stiennon, PAPER_DETAILS item 16):
+and a reward model can seed a value network (Stiennon, docs/implementation_details.md item 16):
 
   GPT2LMHeadModel      {"transformer"}
   RewardModel          {"transformer", "reward_head", "reward_gain", "reward_bias"
@@ -60,7 +60,9 @@ def _check_head(head_type):
 
 
 class RewardModel(nn.Module):
-    """r(x) = gain * (w . h[index] + b) + bias, with h from the trunk (PAPER_DETAILS 11).
+    """r(x) = gain * (w . h[index] + b) + bias, with h from the trunk.
+
+    docs/implementation_details.md item 11.
 
     `w ~ N(0, 1/sqrt(d_model + 1))`, `b = 0`, gain 1 and bias 0 at init; all
     trainable. `reward_index_B` is the position the reward is read at: the last
@@ -117,7 +119,7 @@ class PolicyWithValueHead(nn.Module):
 
     Returns the trunk's output with `.logits` [B,T,V] and `values` [B,T]; the
     value for response token t is read at position ctx - 1 + t by the caller
-    (PAPER_DETAILS 17).
+    (docs/implementation_details.md item 17).
     """
 
     config: GPT2Config
