@@ -25,6 +25,9 @@ config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config fi
 flags.DEFINE_string("workdir", None, "Output directory (default: ./runs/<config>-<time>).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and derived sizes, then exit.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config or data error.")
+flags.DEFINE_bool("sweep_members", True, "In a sweep, train the PPO stage of runs that differ "
+                  "only in seed or numeric hyperparameters as one vmapped program "
+                  "(rlhf_jax/members.py); --nosweep_members runs each alone.")
 flags.DEFINE_bool("compile_cache", True, "Keep compiled programs in a persistent cache, so a "
                   "relaunch or a similar run loads them (--nocompile_cache: off).")
 flags.DEFINE_string("compile_cache_dir", None, "Compilation cache directory (default: "
@@ -58,7 +61,8 @@ def main(argv):
             sweep_dir = flags.FLAGS.workdir or os.path.join("runs", "sweeps")
             print(f"sweep {spec.name}: workdir {os.path.abspath(sweep_dir)}", flush=True)
             sweep_lib.run_sweep(spec, sweep_dir, dry_run=flags.FLAGS.dry_run,
-                                results_dir=os.path.join(_HERE, "results"))
+                                results_dir=os.path.join(_HERE, "results"),
+                                members=flags.FLAGS.sweep_members)
             return
         if flags.FLAGS.dry_run:
             import jax

@@ -181,8 +181,9 @@ class Checkpointer:
             }),
             force=force)
 
-    def restore(self, target: Any) -> tuple[int, Any, dict] | None:
-        """Restores the newest good step into the structure of `target`.
+    def restore(self, target: Any, *, max_step: int | None = None
+                ) -> tuple[int, Any, dict] | None:
+        """Restores the newest good step (at most `max_step`) into the structure of `target`.
 
         `target` is a pytree like the saved state: concrete arrays, or
         abstract ones (`jax.eval_shape`, `jax.ShapeDtypeStruct` with
@@ -195,7 +196,7 @@ class Checkpointer:
         aside; RuntimeError if steps exist but none restores.
         """
         self.wait()
-        steps = self.all_steps()
+        steps = [s for s in self.all_steps() if max_step is None or s <= max_step]
         if not steps:
             return None
         abstract = _abstract_target(target)

@@ -186,7 +186,7 @@ def stage_reward(ctx: Context) -> dict:
     return _scalars(summary)
 
 
-def _ppo_models_and_params(ctx: Context):
+def ppo_models_and_params(ctx: Context):
     cfg = ctx.cfg
     ref_model, ref_params = ctx.initial_policy()
     rm_model, rm_params = ctx.reward_model() or (None, None)
@@ -213,7 +213,7 @@ def stage_ppo(ctx: Context) -> dict:
     from rlhf_jax.train_ppo import PPOTrainer
 
     cfg = ctx.cfg
-    models, params, ref_params, rm_params = _ppo_models_and_params(ctx)
+    models, params, ref_params, rm_params = ppo_models_and_params(ctx)
     trainer = PPOTrainer(cfg, models, ctx.dp, task=ctx.task_spec())
     qs = ctx.queries("train")
     online = None
@@ -226,6 +226,11 @@ def stage_ppo(ctx: Context) -> dict:
                                     rm_params=rm_params if cfg.ppo.reward_source == "rm" else None,
                                     queries=qs, workdir=ctx.workdir, writer=ctx.writer,
                                     gold_fn=gold_function(ctx), decode=ctx.decode, online=online)
+    return finish_ppo(ctx, models, params, summary)
+
+
+def finish_ppo(ctx: Context, models, params, summary: dict) -> dict:
+    """Exports the trained policy (`models/policy`); the stage summary (its last log row)."""
     _raise_if_preempted(summary, "ppo")
     ctx.save_lm("policy", models.reference, {"transformer": params["policy"]["transformer"]})
     hist = summary["history"]
@@ -304,11 +309,14 @@ def _scalars(summary: dict) -> dict:
     return out
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Runs (or resumes) every stage the config names; returns their summaries."""
+def open_run(cfg: ml_collections.ConfigDict, workdir: str,
+             dp: parallel.DataParallel | None = None) -> Context:
+    """The shared state of a run in `workdir`: devices, metrics writer, tokenizer, task
+    fields; writes `config.json`. Close `ctx.writer` when done."""
     parallel.initialize_distributed()
-    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
-                               fsdp=cfg.parallel.fsdp)
+    if dp is None:
+        dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
+                                   fsdp=cfg.parallel.fsdp)
     derived = config_lib.resolve(cfg, dp.num_devices)
     os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
     wandb = {"project": cfg.log.wandb_project, "name": cfg.name} if cfg.log.wandb_project else None
@@ -320,28 +328,54 @@ def run(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if parallel.process_is_main():
         write_json_atomic(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
     logging.info("derived sizes: %s", derived)
+    return ctx
+
+
+def finished_stage(ctx: Context, stage: str) -> dict | None:
+    """The summary a finished stage left (`stages/<stage>.json`), else None."""
+    marker = ctx.path("stages", f"{stage}.json")
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return json.load(f)
+
+
+def record_stage(ctx: Context, stage: str, out: dict | None, seconds: float,
+                 compiled: compile_cache.CompileStats) -> dict:
+    """Marks `stage` finished with its summary, time and compile time; prints the line."""
+    out = {**(out or {}), "seconds": round(seconds, 1),
+           "compile_seconds": round(compiled.seconds, 1)}
+    if parallel.process_is_main():
+        write_json_atomic(ctx.path("stages", f"{stage}.json"), out)
+    print(f"[{stage}] done in {out['seconds']:.0f}s ({compiled.describe()})", flush=True)
+    return out
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, until: str | None = None) -> dict:
+    """Runs (or resumes) every stage the config names; returns their summaries.
+
+    `until`: stop before that stage (a sweep runs a group's shared stage for
+    all its members at once, `rlhf_jax.members`, then relaunches each).
+    """
+    ctx = open_run(cfg, workdir)
     results = {}
     t0 = time.time()
     compile_cache.track()
     try:
         for stage in ctx.stages:
-            marker = ctx.path("stages", f"{stage}.json")
-            if os.path.exists(marker):
-                with open(marker) as f:
-                    results[stage] = json.load(f)
+            if stage == until:
+                break
+            done = finished_stage(ctx, stage)
+            if done is not None:
+                results[stage] = done
                 print(f"[{stage}] done earlier; skipping", flush=True)
                 continue
             print(f"[{stage}] starting", flush=True)
             ts, cs = time.time(), compile_cache.stats()
             out = STAGE_FNS[stage](ctx)  # raises Preempted on SIGTERM: no marker
-            compiled = compile_cache.stats() - cs
-            out = {**(out or {}), "seconds": round(time.time() - ts, 1),
-                   "compile_seconds": round(compiled.seconds, 1)}
-            if parallel.process_is_main():
-                write_json_atomic(marker, out)
-            results[stage] = out
-            print(f"[{stage}] done in {out['seconds']:.0f}s ({compiled.describe()})", flush=True)
+            results[stage] = record_stage(ctx, stage, out, time.time() - ts,
+                                          compile_cache.stats() - cs)
     finally:
-        writer.close()
+        ctx.writer.close()
     results["total_seconds"] = round(time.time() - t0, 1)
     return results

@@ -422,8 +422,14 @@ def _copy_inputs(run: Run, runs_dir: str, run_dir: str) -> None:
 
 
 def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
-              dry_run: bool = False, log: Callable[[str], None] = print) -> dict | None:
+              dry_run: bool = False, members: bool = True,
+              log: Callable[[str], None] = print) -> dict | None:
     """Runs (or resumes) every run of `sweep` under `workdir`, then aggregates.
+
+    `members`: runs whose configs differ only in the seed or numeric PPO/KL
+    hyperparameters (`rlhf_jax.members.MEMBER_FIELDS`) train their PPO stage
+    together, as one vmapped program; the results equal separate runs to float
+    tolerance. False runs every run alone.
 
     Returns the summary written to `workdir/<sweep>/summary.json`: per run
     whether it was skipped and its seconds. Outputs are copied to
@@ -432,7 +438,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
     """
     import jax
 
-    from rlhf_jax import pipeline
+    from rlhf_jax import config_lib, members as members_lib, pipeline
 
     t0 = time.time()
     runs_dir = os.path.join(workdir, RUNS_DIR)
@@ -461,7 +467,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                 log(f"{prefix}: finished; skipping")
                 summary_runs[run.name] = {"skipped": True, "seconds": _run_seconds(run_dir)}
                 break
-            if not all(is_finished(os.path.join(runs_dir, d), cfgs[d]) for d in run.needs()):
+            if not _ready(run, cfgs, runs_dir):
                 continue
             lock = _try_lock(run_dir)
             if lock is None:
@@ -469,18 +475,39 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
             if is_finished(run_dir, cfg):  # another launch finished it just now
                 os.remove(lock)
                 continue
+            group = [(run, cfg, lock)]
+            if members and "ppo" in config_lib.stage_list(cfg):
+                group += _lock_members(run, cfg, pending, cfgs, runs_dir)
+            names = ", ".join(r.name for r, _, _ in group)
             try:
-                with open(os.path.join(run_dir, RUN_RECORD), "w") as f:
-                    json.dump(_record(run), f, indent=2)
-                _copy_inputs(run, runs_dir, run_dir)
-                log(f"{prefix}: running in {run_dir}")
+                for r, _, _ in group:
+                    r_dir = os.path.join(runs_dir, r.name)
+                    with open(os.path.join(r_dir, RUN_RECORD), "w") as f:
+                        json.dump(_record(r), f, indent=2)
+                    _copy_inputs(r, runs_dir, r_dir)
                 ts = time.time()
-                pipeline.run(cfg, run_dir)  # resumes from the run's own checkpoints
+                if len(group) > 1:
+                    # The stages before PPO run by run, PPO for all members in one
+                    # program (rlhf_jax.members), the rest run by run again.
+                    log(f"{prefix}: running in {run_dir}; PPO as one program with "
+                        + ", ".join(r.name for r, _, _ in group[1:]))
+                    dirs = [os.path.join(runs_dir, r.name) for r, _, _ in group]
+                    for (_, c, _), d in zip(group, dirs):
+                        pipeline.run(c, d, until="ppo")
+                    members_lib.run_ppo_members([c for _, c, _ in group], dirs)
+                else:
+                    log(f"{prefix}: running in {run_dir}")
+                for r, c, _ in group:
+                    pipeline.run(c, os.path.join(runs_dir, r.name))  # resumes from checkpoints
                 jax.clear_caches()  # runs compile fresh closures; the disk cache serves them
             finally:
-                os.remove(lock)
-            summary_runs[run.name] = {"skipped": False, "seconds": round(time.time() - ts, 1)}
-            log(f"{prefix}: done in {time.time() - ts:.0f}s")
+                for _, _, lk in group:
+                    os.remove(lk)
+            for r, _, _ in group:
+                summary_runs[r.name] = {"skipped": False,
+                                        "seconds": _run_seconds(os.path.join(runs_dir, r.name))}
+            log(f"{prefix}: done in {time.time() - ts:.0f}s" + (f" ({names})" if len(group) > 1
+                                                                 else ""))
             break
         else:
             log(f"[sweep {sweep.name}] waiting for runs another launch holds: "
@@ -503,6 +530,28 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
         log(f"[sweep {sweep.name}] copied {len(outputs) + 1} files to {dest}")
     log(f"[sweep {sweep.name}] done in {time.time() - t0:.0f}s; outputs in {out_dir}")
     return summary
+
+
+def _ready(run: Run, cfgs: dict, runs_dir: str) -> bool:
+    return all(is_finished(os.path.join(runs_dir, d), cfgs[d]) for d in run.needs())
+
+
+def _lock_members(run: Run, cfg, pending, cfgs: dict, runs_dir: str) -> list:
+    """Other ready, unfinished runs whose configs differ from `run`'s only in
+    member fields (`rlhf_jax.members`), locked: `[(run, cfg, lock)]`."""
+    from rlhf_jax import members as members_lib
+
+    key = members_lib.shared_config_key(cfg)
+    out = []
+    for other, other_cfg in pending:
+        other_dir = os.path.join(runs_dir, other.name)
+        if (other is run or members_lib.shared_config_key(other_cfg) != key
+                or is_finished(other_dir, other_cfg) or not _ready(other, cfgs, runs_dir)):
+            continue
+        lock = _try_lock(other_dir)
+        if lock is not None:
+            out.append((other, other_cfg, lock))
+    return out
 
 
 def _try_lock(run_dir: str) -> str | None:

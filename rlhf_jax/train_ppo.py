@@ -67,14 +67,18 @@ def hparams(cfg) -> PPOHParams:
     )
 
 
-def make_optimizer(ppo_cfg) -> optax.GradientTransformation:
-    """Adam (TF-style by default, item 26), lr linear to zero over updates (item 25)."""
+def make_optimizer(ppo_cfg, lr=None) -> optax.GradientTransformation:
+    """Adam (TF-style by default, item 26), lr linear to zero over updates (item 25).
+
+    `lr` overrides `ppo_cfg.lr`; it may be traced (one per vmapped member).
+    """
     steps_per_update = ppo_cfg.noptepochs * ppo_cfg.nminibatches
     n = num_updates(ppo_cfg)
+    lr = ppo_cfg.lr if lr is None else lr
 
     def schedule(count):
         update = count // steps_per_update
-        return ppo_cfg.lr * (1.0 - update / n)
+        return lr * (1.0 - update / n)
 
     if ppo_cfg.adam == "tf":
         return optim.tf_adam(schedule, eps=ppo_cfg.adam_eps)
@@ -244,26 +248,29 @@ class PPOTrainer:
             "preempted": update < n}
 
     def _log_samples(self, writer, update, ro, processed, gold_B, decode, stage, kl_coef):
-        dp = self.dp
-        k = min(self.cfg.ppo.num_logged_samples, self.cfg.ppo.batch_size)
-        q = np.asarray(dp.unshard(ro.query_BxQ))[:k]
-        qm = np.asarray(dp.unshard(ro.query_mask_BxQ))[:k]
-        resp = np.asarray(dp.unshard(processed))[:k]
-        scores = np.asarray(dp.unshard(ro.scores_B))[:k]
-        logp = np.asarray(dp.unshard(ro.logprobs_BxR))[:k]
-        ref = np.asarray(dp.unshard(ro.ref_logprobs_BxR))[:k]
-        rows = []
-        for i in range(k):
-            kl = float(np.sum(logp[i] - ref[i]))
-            row = {"query": decode(q[i][qm[i] > 0]),
-                   "response": decode(resp[i][resp[i] != self.task.pad_token]),
-                   "score": float(scores[i]), "kl": kl, "total": float(scores[i]) - kl_coef * kl}
-            if gold_B is not None:
-                row["gold"] = float(gold_B[i])
-            rows.append(row)
-        writer.write_samples(update, stage, rows)
-        r = rows[0]
-        if parallel.process_is_main():
-            print(f"  sample | {r['query']!r} -> {r['response']!r} | score {r['score']:.3f}"
-                  f" | kl {r['kl']:.2f} | total {r['total']:.3f}"
-                  + (f" | gold {r['gold']:.3f}" if "gold" in r else ""), flush=True)
+        host = jax.tree.map(lambda x: np.asarray(self.dp.unshard(x)), ro)
+        log_samples(self.cfg, self.task, writer, update, host, np.asarray(self.dp.unshard(processed)),
+                    gold_B, decode, stage, kl_coef)
+
+
+def log_samples(cfg, task: TaskSpec, writer, update, ro, processed, gold_B, decode, stage,
+                kl_coef, label: str | None = None):
+    """Writes the first `ppo.num_logged_samples` episodes of a host rollout; prints one."""
+    k = min(cfg.ppo.num_logged_samples, cfg.ppo.batch_size)
+    q, qm, resp = ro.query_BxQ[:k], ro.query_mask_BxQ[:k], processed[:k]
+    scores, logp, ref = ro.scores_B[:k], ro.logprobs_BxR[:k], ro.ref_logprobs_BxR[:k]
+    rows = []
+    for i in range(k):
+        kl = float(np.sum(logp[i] - ref[i]))
+        row = {"query": decode(q[i][qm[i] > 0]),
+               "response": decode(resp[i][resp[i] != task.pad_token]),
+               "score": float(scores[i]), "kl": kl, "total": float(scores[i]) - kl_coef * kl}
+        if gold_B is not None:
+            row["gold"] = float(gold_B[i])
+        rows.append(row)
+    writer.write_samples(update, stage, rows)
+    r = rows[0]
+    if parallel.process_is_main():
+        print(f"  sample{f' [{label}]' if label else ''} | {r['query']!r} -> {r['response']!r} "
+              f"| score {r['score']:.3f} | kl {r['kl']:.2f} | total {r['total']:.3f}"
+              + (f" | gold {r['gold']:.3f}" if "gold" in r else ""), flush=True)

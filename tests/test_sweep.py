@@ -86,7 +86,7 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
             assert os.path.exists(os.path.join(run_dir, "stages", f"{stage}.json")), (m, stage)
         with open(os.path.join(run_dir, "config.json")) as f:
             assert json.load(f)["seed"] == int(m[-1])
-        assert f"{m}: running in" in stdout
+        assert any(m in line and "running in" in line for line in stdout.splitlines()), m
     out = os.path.join(workdir, "two_member")
     assert sorted(os.listdir(out)) == ["curves.csv", "curves.png", "summary.json", "top.txt"]
     with open(os.path.join(out, "curves.png"), "rb") as f:
@@ -315,3 +315,32 @@ def test_every_sweep_file_validates(path, arg, tmp_path):
             for curve in panel.curves:
                 for pts in curve.points:
                     assert len(pts.runs) == len(seeds)
+
+
+def test_seed_members_trained_in_one_program_equal_separate_runs(swept, tmp_path):
+    # The launch trained both seeds' PPO as one vmapped program (rlhf_jax.members) ...
+    spec, workdir, out = swept
+    assert "gold-s0: running in " in out and "; PPO as one program with gold-s1" in out
+    assert "[ppo] starting: 2 members in one program (gold-s0, gold-s1)" in out
+    # ... and every logged number equals separate runs' to float tolerance.
+    sweep = sweep_lib.load_sweep(f"{spec}:runlocal")
+    alone = str(tmp_path / "alone")
+    sweep_lib.run_sweep(sweep, alone, results_dir=None, members=False, log=lambda _: None)
+    timing = ("elapsed/fps", "seconds")
+    for name in MEMBERS:
+        # PPO rows (an earlier test re-ran gold-s1's eval in `workdir`, appending its rows).
+        rows = [read_metrics(os.path.join(d, "runs", name), stage="ppo") for d in (workdir, alone)]
+        assert len(rows[0]) == len(rows[1]) == 2  # two updates
+        for got, want in zip(*rows):
+            assert got.keys() == want.keys()
+            for k, v in want.items():
+                if isinstance(v, float) and not k.endswith(timing):
+                    assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
+                elif not isinstance(v, float):
+                    assert got[k] == v, (name, k)
+        evals = []
+        for d in (workdir, alone):
+            with open(os.path.join(d, "runs", name, "eval.json")) as f:
+                evals.append(json.load(f))
+        for policy, values in evals[1].items():
+            assert evals[0][policy] == pytest.approx(values, rel=1e-4, abs=1e-5), (name, policy)

@@ -1,0 +1,323 @@
+"""Many PPO runs in one compiled program: members that differ only in seed or numbers.
+
+A sweep's runs whose configs agree except in `MEMBER_FIELDS` (the seed and
+numeric PPO/KL hyperparameters) run their PPO stage together: one `jax.vmap`
+over a leading member axis of the rollout and the update, each member with
+its own params, optimizer state, KL controller state, PRNG key, queries,
+reward model and reference. On a CPU or an accelerator a tiny model leaves
+most of the hardware idle, so M members cost far less than M runs.
+
+Each member keeps its own workdir exactly as a separate run would: its
+metrics, samples, Orbax checkpoints (`checkpoints/ppo`, the member's state
+alone, so a member can be resumed alone or in a group), exported policy and
+stage marker. The result equals separate runs up to float rounding (batched
+matmuls sum in another order); `tests/test_members.py` pins that.
+
+Traced per member: `seed` (state key, query order, value-head init),
+`kl.coef` (initial KL state), `ppo.lr` (the optimizer's schedule),
+`ppo.cliprange`, `ppo.cliprange_value`, `ppo.vf_coef`, `ppo.gamma`,
+`ppo.lam`, `kl.target`, `kl.horizon` (in the update). Anything else that
+differs (shapes, stages, model, batch, epochs, `kl.adaptive`, ...) makes
+separate programs: `check_members` says which field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rlhf_jax import compile_cache, config_lib, metrics as metrics_lib, parallel
+from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
+from rlhf_jax.ppo import make_update_step
+from rlhf_jax.rollout import TaskSpec, make_rollout, penalize
+from rlhf_jax.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
+                                num_updates)
+
+# PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
+_TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
+           "ppo.vf_coef": "vf_coef", "ppo.gamma": "gamma", "ppo.lam": "lam",
+           "kl.target": "kl_target", "kl.horizon": "kl_horizon"}
+MEMBER_FIELDS = ("seed", "kl.coef", "ppo.lr", *_TRACED)
+
+
+def _flat(tree, prefix="") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_members(cfgs) -> None:
+    """ValueError naming the first field (outside `MEMBER_FIELDS`) in which the configs differ."""
+    if not cfgs:
+        raise ValueError("no members")
+    base = _flat(cfgs[0].to_dict())
+    for i, cfg in enumerate(cfgs[1:], 1):
+        flat = _flat(cfg.to_dict())
+        for key in sorted(set(base) | set(flat)):
+            if key not in MEMBER_FIELDS and base.get(key) != flat.get(key):
+                raise ValueError(f"members 0 and {i} differ in {key} ({base.get(key)!r} vs "
+                                 f"{flat.get(key)!r}): only {', '.join(MEMBER_FIELDS)} may differ")
+    if "labels" in cfgs[0] and cfgs[0].labels.online.enabled:
+        raise ValueError("labels.online.enabled: online label collection runs one member at a time")
+
+
+def shared_config_key(cfg) -> str:
+    """Configs with equal keys may run as members of one program (sweep grouping)."""
+    flat = _flat(cfg.to_dict())
+    return repr(sorted((k, repr(v)) for k, v in flat.items() if k not in MEMBER_FIELDS))
+
+
+def _field(cfg, dotted: str):
+    group, name = dotted.split(".")
+    return cfg[group][name]
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member(tree, i: int):
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+@dataclasses.dataclass
+class Member:
+    """One member's inputs and outputs (what `PPOTrainer.train` takes, per member)."""
+
+    name: str
+    cfg: object
+    params: dict
+    ref_params: dict
+    rm_params: dict | None
+    queries: object  # train_ppo.QuerySource
+    workdir: str | None
+    writer: metrics_lib.MetricsWriter | None = None
+    gold_fn: Callable | None = None
+    decode: Callable | None = None
+
+
+class MemberPPOTrainer:
+    """`PPOTrainer` for M members at once: the rollout and update vmapped over members.
+
+    Placement: replicated values (params, states, keys, hyperparameters) carry
+    the member axis first; batch-sharded values (queries, rollouts) carry it
+    second, [B, M, ...], so data parallelism still splits the batch.
+    """
+
+    def __init__(self, cfgs, models, dp: parallel.DataParallel, *, task: TaskSpec | None = None):
+        check_members(cfgs)
+        cfg = cfgs[0]
+        config_lib.check_ppo(cfg.ppo, dp.num_devices)
+        self.cfgs, self.cfg, self.models, self.dp = list(cfgs), cfg, models, dp
+        self.task = TaskSpec.from_config(cfg.task) if task is None else task
+        self.use_rm = cfg.ppo.reward_source == "rm"
+        self.hparams = {f: jnp.asarray([_field(c, f) for c in cfgs], jnp.float32)
+                        for f in ("ppo.lr", *_TRACED)}
+        R, S = parallel.REP, parallel.SHARD
+        rollout = jax.vmap(make_rollout(models, self.task, use_rm=self.use_rm),
+                           in_axes=(0, 0, 0, 1, 1, 0), out_axes=1)
+        self.rollout_fn = dp.compile(rollout, (R, R, R, S, S, R), (S, S))
+        base = hparams(cfg)
+
+        def update(state, ro, hp):
+            optimizer = make_optimizer(cfg.ppo, lr=hp["ppo.lr"])
+            member_hp = dataclasses.replace(base, **{name: hp[f] for f, name in _TRACED.items()})
+            step = make_update_step(models.apply_policy_value, optimizer, member_hp,
+                                    dp.batch_axes)
+            return step(state, ro)
+
+        self.update_fn = dp.compile(jax.vmap(update, in_axes=(0, 1, 0)), (R, S, R), (R, R),
+                                    donate_argnums=(0,))
+
+    def _restore(self, members, ckpts, states, stage):
+        """`(start, states)`: every member at the newest update they all have on disk."""
+        restored = [c.restore(s) for c, s in zip(ckpts, states)]
+        if all(r is None for r in restored):
+            return 0, states
+        if any(r is None for r in restored):
+            missing = [m.name for m, r in zip(members, restored) if r is None]
+            raise ValueError(f"{stage}: members {missing} have no checkpoint but others do; "
+                             "resume them separately or clear the group's checkpoints")
+        start = min(r[0] for r in restored)
+        if any(r[0] != start for r in restored):
+            # A kill between two members' saves: the others step back to `start`
+            # (deterministic, so their redone updates equal the saved ones).
+            restored = [c.restore(s, max_step=start) for c, s in zip(ckpts, states)]
+        return start, [r[1] for r in restored]
+
+    def train(self, members: list[Member], *, stop_after: int | None = None,
+              stage: str = "ppo") -> list[tuple[dict, dict]]:
+        """Runs (or resumes) the members' PPO stage; `[(params, summary)]` per member."""
+        cfg, dp, m = self.cfg, self.dp, len(members)
+        n, b = num_updates(cfg.ppo), cfg.ppo.batch_size
+        states = [init_state(mb.params, make_optimizer(mb.cfg.ppo), mb.cfg) for mb in members]
+        ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage)) if mb.workdir
+                 else None for mb in members]
+        start = 0
+        if all(c is not None for c in ckpts):
+            start, states = self._restore(members, ckpts, states, stage)
+        for mb in members:
+            if start and mb.writer is not None:
+                mb.writer.resume(stage, start)
+        state = dp.replicate(_stack(states))
+        ref_r = dp.replicate(_stack([mb.ref_params for mb in members]))
+        rm_r = dp.replicate(_stack([mb.rm_params or {} for mb in members]))
+        hp_r = dp.replicate(self.hparams)
+        t_start = time.monotonic()
+        deferred = metrics_lib.DeferredMetrics()
+        histories = [[] for _ in members]
+        t_last = time.perf_counter()
+        update = start
+
+        def log(step_done, host_stats, extras):
+            _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
+            for i, mb in enumerate(members):
+                check = {k: float(v[i]) for k, v in host_stats.items() if np.ndim(v) == 1}
+                check.update(extras[i])
+                metrics_lib.check_finite(check, step_done, f"{stage} [{mb.name}]")
+                histories[i].append({"step": step_done, **check})
+                if mb.writer is not None:
+                    mb.writer.write(step_done, stage, check)
+                if parallel.process_is_main():
+                    print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS,
+                                                      stage=f"{stage} [{mb.name}]",
+                                                      eta_s=eta_s), flush=True)
+
+        def flush():
+            ready = deferred.flush()
+            if ready is not None and ready[1][2]:
+                log(ready[0], ready[1][0], ready[1][1])
+
+        with PreemptionHandler() as preempt:
+            while update < n:
+                batches = [mb.queries.batch(update, b) for mb in members]
+                q_BxMxQ = np.stack([q for q, _ in batches], 1)
+                qm_BxMxQ = np.stack([qm for _, qm in batches], 1)
+                # Each member's key as its own run derives it (PPOTrainer.rollout).
+                rng_M, step_M = dp.unreplicate(state.rng), dp.unreplicate(state.step)
+                keys_M = jax.vmap(lambda r, s: jax.random.fold_in(
+                    jax.random.fold_in(r, 1 << 20), s))(rng_M, step_M)
+                ro, processed = self.rollout_fn(state.params, ref_r, rm_r, dp.shard(q_BxMxQ),
+                                                dp.shard(qm_BxMxQ), dp.replicate(keys_M))
+                gold_BxM = None
+                if members[0].gold_fn is not None or not self.use_rm:
+                    proc_h = np.asarray(dp.unshard(processed))
+                    gold_BxM = np.stack([np.asarray(mb.gold_fn(q_BxMxQ[:, i], qm_BxMxQ[:, i],
+                                                               proc_h[:, i]), np.float32)
+                                         for i, mb in enumerate(members)], 1)
+                    if not self.use_rm:
+                        raw = np.asarray(dp.unshard(ro.response_BxR))
+                        scores = np.stack([np.asarray(penalize(
+                            jnp.asarray(gold_BxM[:, i]), jnp.asarray(raw[:, i]), self.task))
+                            for i in range(m)], 1)
+                        ro = ro.replace(scores_B=dp.shard(scores))
+                state, stats = self.update_fn(state, ro, hp_r)
+                update += 1
+                now = time.perf_counter()
+                extras = [{"elapsed/fps": m * b / max(now - t_last, 1e-9),
+                           "ppo/episodes": update * b,
+                           "ppo/lr": mb.cfg.ppo.lr * (1.0 - (update - 1) / n)}
+                          for mb in members]
+                t_last = now
+                if gold_BxM is not None:
+                    for i in range(m):
+                        extras[i]["objective/gold_score"] = float(np.mean(gold_BxM[:, i]))
+                is_log = update % cfg.ppo.log_every == 0 or update == n
+                if is_log and members[0].decode is not None:
+                    kl_coef_M = np.asarray(dp.unreplicate(stats)["objective/kl_coef"])
+                    host_ro = jax.tree.map(lambda x: np.asarray(dp.unshard(x)), ro)
+                    proc_h = np.asarray(dp.unshard(processed))
+                    for i, mb in enumerate(members):
+                        if mb.writer is not None:
+                            log_samples(mb.cfg, self.task, mb.writer, update,
+                                        jax.tree.map(lambda x, i=i: x[:, i], host_ro),
+                                        proc_h[:, i], None if gold_BxM is None else gold_BxM[:, i],
+                                        mb.decode, stage, float(kl_coef_M[i]), label=mb.name)
+                ready = deferred.push(update, (dp.unreplicate(stats), extras, is_log))
+                if ready is not None and ready[1][2]:
+                    log(ready[0], ready[1][0], ready[1][1])
+                stopping = preempt.should_stop(update) or (
+                    stop_after is not None and update - start >= stop_after)
+                if ckpts[0] is not None and (update % cfg.ppo.checkpoint_every == 0 or update == n
+                                             or stopping):
+                    flush()
+                    meta = {"step": update}
+                    if update == n:
+                        meta = mark_finished(meta)
+                    host = dp.unreplicate(state)
+                    for i, c in enumerate(ckpts):
+                        if update not in c.all_steps():  # a member that stepped back has it
+                            c.save(update, _member(host, i), meta, force=True)
+                if stopping:
+                    break
+            flush()
+        for c in ckpts:
+            if c is not None:
+                c.close()
+        final = dp.unreplicate(state)
+        return [(parallel.host_complete(_member(final.params, i)),
+                 {"updates": update, "history": histories[i], "kl_state": _member(final.kl, i),
+                  "preempted": update < n}) for i in range(m)]
+
+
+def run_ppo_members(cfgs, workdirs) -> list[dict]:
+    """The PPO stage of every unfinished member, in one program; then each member's marker.
+
+    Every stage before `ppo` must be finished in each workdir (`pipeline.run(...,
+    until="ppo")`); a member whose PPO stage is already done is left out.
+    Returns the stage summaries (a finished member's from its marker).
+    """
+    from rlhf_jax import pipeline
+    from rlhf_jax.batched import gold_function
+
+    cfg = cfgs[0]
+    parallel.initialize_distributed()
+    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
+                               fsdp=cfg.parallel.fsdp)
+    compile_cache.track()
+    ctxs = [pipeline.open_run(c, w, dp) for c, w in zip(cfgs, workdirs)]
+    try:
+        done = [pipeline.finished_stage(ctx, "ppo") for ctx in ctxs]
+        todo = [i for i, d in enumerate(done) if d is None]
+        if not todo:
+            return done
+        members, models = [], None
+        for i in todo:
+            ctx = ctxs[i]
+            m_models, params, ref_params, rm_params = pipeline.ppo_models_and_params(ctx)
+            if models is not None and m_models != models:
+                raise ValueError(f"{workdirs[i]}: its PPO models differ from "
+                                 f"{workdirs[todo[0]]}'s; members share one architecture")
+            models = m_models
+            members.append(Member(
+                name=os.path.basename(os.path.normpath(ctx.workdir)), cfg=ctx.cfg,
+                params=params, ref_params=ref_params,
+                rm_params=rm_params if ctx.cfg.ppo.reward_source == "rm" else None,
+                queries=ctx.queries("train"), workdir=ctx.workdir, writer=ctx.writer,
+                gold_fn=gold_function(ctx), decode=ctx.decode))
+        print(f"[ppo] starting: {len(members)} members in one program "
+              f"({', '.join(mb.name for mb in members)})", flush=True)
+        ts, cs = time.time(), compile_cache.stats()
+        trainer = MemberPPOTrainer([mb.cfg for mb in members], models, dp,
+                                   task=ctxs[todo[0]].task_spec())
+        results = trainer.train(members)
+        seconds, compiled = time.time() - ts, compile_cache.stats() - cs
+        for i, (params, summary) in zip(todo, results):
+            out = pipeline.finish_ppo(ctxs[i], models, params, summary)
+            # The group's time, shared: each member's marker holds its share.
+            out.update(members=len(todo), group_seconds=round(seconds, 1))
+            done[i] = pipeline.record_stage(ctxs[i], "ppo", out, seconds / len(todo), compiled)
+        return done
+    finally:
+        for ctx in ctxs:
+            ctx.writer.close()
