@@ -1,0 +1,102 @@
+"""PPO members in one program vs one run: the offline default's PPO stage, M seeds.
+
+Needs a workdir where `configs/mock_sentiment.py` has finished the stages
+before PPO (pretrain, labels, reward), e.g.
+
+    python launch.py --workdir=runs/mock --config.stages=pretrain,labels,reward
+    python benchmarks/members.py --prepared=runs/mock --members 3 --updates 30
+
+Copies it to fresh directories, then times (a) one PPO stage (seed 0, the
+ordinary `PPOTrainer` path) and (b) the PPO stage of seeds 0..M-1 as one
+vmapped program (`rlhf_jax.members`), each in its own process with compilation
+included (no persistent cache), and prints the wall-time ratio b/a beside the
+load average. `--updates` shortens the stage (150 updates by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "mock_sentiment.py")
+
+
+def _config(seed: int, updates: int | None):
+    sys.path.insert(0, ROOT)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mock_sentiment", CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config()
+    cfg.seed = seed
+    cfg.stages = "pretrain,labels,reward,ppo"
+    if updates:
+        cfg.ppo.total_episodes = cfg.ppo.batch_size * updates
+    return cfg
+
+
+def child(dirs: list[str], updates: int | None) -> None:
+    """Runs the PPO stage of `dirs` (seed i in dirs[i]): alone if one, else as members."""
+    from rlhf_jax import compile_cache, members, pipeline
+
+    compile_cache.enable(off=True)
+    cfgs = [_config(i, updates) for i in range(len(dirs))]
+    t0 = time.perf_counter()
+    if len(dirs) == 1:
+        pipeline.run(cfgs[0], dirs[0])
+    else:
+        members.run_ppo_members(cfgs, dirs)
+    wall = time.perf_counter() - t0
+    with open(os.path.join(dirs[0], "stages", "ppo.json")) as f:
+        marker = json.load(f)
+    print(json.dumps({"wall": wall, "compile": marker["compile_seconds"]}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prepared", required=True, help="workdir with pretrain/labels/reward done")
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--updates", type=int, default=None, help="PPO updates (default: 150)")
+    parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child is not None:
+        return child(args.child, args.updates)
+    for stage in ("pretrain", "labels", "reward"):
+        if not os.path.exists(os.path.join(args.prepared, "stages", f"{stage}.json")):
+            raise SystemExit(f"error: {args.prepared} has not finished the {stage} stage")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, m in (("one run", 1), (f"{args.members} members", args.members)):
+            dirs = []
+            for i in range(m):
+                d = os.path.join(tmp, f"{label.replace(' ', '_')}_s{i}")
+                shutil.copytree(args.prepared, d, ignore=shutil.ignore_patterns(
+                    "ppo.json", "ppo", "policy", "eval.json", "figures"))
+                dirs.append(d)
+            load0 = os.getloadavg()[0]
+            cmd = [sys.executable, os.path.abspath(__file__), f"--prepared={args.prepared}",
+                   "--child", *dirs] + ([f"--updates={args.updates}"] if args.updates else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, env={
+                **os.environ, "PYTHONPATH": ROOT})
+            if out.returncode:
+                raise SystemExit(out.stdout[-2000:] + out.stderr[-2000:])
+            results[label] = {**json.loads(out.stdout.strip().splitlines()[-1]),
+                              "load": (load0, os.getloadavg()[0])}
+            r = results[label]
+            print(f"{label:>10}: PPO stage {r['wall']:.0f} s wall (compile {r['compile']:.0f} s), "
+                  f"load average {r['load'][0]:.2f} -> {r['load'][1]:.2f}", flush=True)
+    one, many = results["one run"], results[f"{args.members} members"]
+    print(f"{args.members} members / one run: {many['wall'] / one['wall']:.2f}x wall "
+          f"(target <= 1.5x); {args.members * one['wall'] / many['wall']:.2f}x members per hour")
+
+
+if __name__ == "__main__":
+    main()
