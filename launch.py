@@ -10,8 +10,11 @@ sweep's members (each resumable the same way) and aggregates its figures
 """
 
 import datetime
+import errno
 import json
+import logging as std_logging
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -20,8 +23,35 @@ from ml_collections import config_flags
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _DEFAULT_CONFIG = os.path.join(_HERE, "configs", "mock_sentiment.py")
 
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG, "Experiment config file[:switches].",
-                                lock_config=True)
+
+
+def _no_field_message(e: BaseException, argv) -> str:
+    """One line for an override of a field the config lacks: `--config.ppo.lrr`.
+
+    ml_collections raises AttributeError/KeyError with `'lrr'\nDid you mean "lr"
+    instead of "lrr"?` as the message (repr'd once more by KeyError)."""
+    text = str(e)
+    for _ in range(3):  # undo the layers of repr
+        if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1].encode().decode("unicode_escape")
+    lines = [line.strip().strip("'\"") for line in text.splitlines() if line.strip()]
+    field = lines[0] if lines else "?"
+    hint = next((line for line in lines[1:] if line.startswith("Did you mean")), "")
+    named = [a.split("=", 1)[0] for a in argv
+             if a.startswith("--config.") and field in a.split("=", 1)[0].split(".")[1:]]
+    return (f"{named[0] if named else '--config.*'}: the config has no field {field!r}"
+            + (f" ({hint[0].lower()}{hint[1:]})" if hint else ""))
+
+
+try:
+    # With the default config file, the overrides are applied here, at import.
+    config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
+                                    "Experiment config file[:switches].", lock_config=True)
+except (AttributeError, KeyError) as _e:
+    if "--traceback" in sys.argv:
+        raise
+    print(f"error: {_no_field_message(_e, sys.argv)}", file=sys.stderr)
+    sys.exit(2)
 flags.DEFINE_string("workdir", None, "Output directory (default: ./runs/<config>-<time>).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and derived sizes, then exit.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config or data error.")
@@ -33,9 +63,43 @@ flags.DEFINE_bool("compile_cache", True, "Keep compiled programs in a persistent
 flags.DEFINE_string("compile_cache_dir", None, "Compilation cache directory (default: "
                     "$RLHF_JAX_COMPILE_CACHE, $JAX_COMPILATION_CACHE_DIR, else "
                     "~/.cache/rlhf_jax/jax; see rlhf_jax/compile_cache.py).")
+flags.DEFINE_bool("allow_config_change", False, "Resume a workdir although its started stages "
+                  "ran with another config (see rlhf_jax/config_guard.py).")
 flags.DEFINE_string("sweep", None, "Sweep file[:runlocal] (configs/sweeps/NAME.py): run its "
                     "members under --workdir/runs, aggregate into --workdir/NAME and "
                     "results/NAME; --config is not used (see rlhf_jax/sweep.py).")
+
+
+_DISK_FULL = re.compile(r"No space left on device|Read-only file system|Disk quota exceeded|"
+                        r"File too large")
+
+
+def _disk_error(e: BaseException) -> str | None:
+    """`<reason> writing <path>` for a write the disk refused; None for other errors.
+
+    Orbax (tensorstore) reports these as ValueError("RESOURCE_EXHAUSTED: Failed
+    writing: "PATH": ... No space left on device ...")."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                                              errno.EFBIG):
+        return f"{e.strerror} writing {e.filename}" if e.filename else e.strerror
+    reason = _DISK_FULL.search(str(e))
+    if reason is None or "os_error_code" not in str(e):  # tensorstore's, not our own checks
+        return None
+    path = re.search(r'(?:writing|file)[: ]+"([^"]+)"', str(e))
+    return f"{reason.group(0)} writing {path.group(1)}" if path else reason.group(0)
+
+
+class _NoLibraryTracebacks(std_logging.Filter):
+    """Orbax logs a failed background save with its traceback, then raises it in the
+    main thread, where it becomes one `error:` line: keep its log to one line too,
+    and drop asyncio's note on the same failed write found at exit."""
+
+    def filter(self, record):
+        if record.name == "asyncio" and "never retrieved" in str(record.msg):
+            return False
+        if record.exc_info and "/orbax/" in record.pathname:
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def main(argv):
@@ -44,6 +108,8 @@ def main(argv):
     # Progress is printed by the stages; library INFO logs (Orbax) are noise.
     if flags.FLAGS.verbosity <= 0:
         logging.set_verbosity(logging.WARNING)
+    if not flags.FLAGS.traceback:
+        logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
     from rlhf_jax import config_lib, pipeline
 
     cfg = flags.FLAGS.config
@@ -69,6 +135,7 @@ def main(argv):
 
             n = cfg.parallel.num_devices or jax.device_count()
             derived = config_lib.resolve(cfg, n)
+            config_lib.check_files(cfg)
             print(cfg)
             from rlhf_jax import memory  # shapes only (jax.eval_shape): nothing allocated
 
@@ -76,14 +143,23 @@ def main(argv):
             print("derived:", json.dumps(derived, indent=2, default=str))
             return
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-        results = pipeline.run(cfg, workdir)
+        results = pipeline.run(cfg, workdir, allow_config_change=flags.FLAGS.allow_config_change)
     except pipeline.Preempted as e:
         print(f"preempted during {e}; state saved. Relaunch the same command to resume.")
         sys.exit(143)
-    except (ValueError, FileNotFoundError) as e:
-        # Config and data errors: one clear line (the traceback with --traceback).
+    except (ValueError, OSError) as e:
         if flags.FLAGS.traceback:
             raise
+        disk = _disk_error(e)
+        if disk:
+            # The disk mid-run (full, read-only): what finished is kept (atomic writes,
+            # Orbax's tmp-then-rename checkpoints), so the same command resumes.
+            print(f"error: {disk} (during the run; fix it and relaunch the same command to "
+                  "resume)", file=sys.stderr)
+            sys.exit(1)
+        if not isinstance(e, (ValueError, FileNotFoundError)):
+            raise
+        # Config and data errors: one clear line (the traceback with --traceback).
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     logging.info("results: %s", results)
@@ -98,7 +174,18 @@ def parse_flags(argv):
     file's traceback. `--traceback` keeps it.
     """
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        flags.FLAGS.config.keys()  # a config file that fails to load fails here, not in main
+        return rest
+    except OSError as e:  # --config=configs/nosuch.py, or a file that raises
+        if "--traceback" in argv:
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        given = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+                     _DEFAULT_CONFIG)
+        print(f"error: --config={given}: cannot load it ({lines[-1] if lines else e})",
+              file=sys.stderr)
+        sys.exit(2)
     except flags.Error as e:
         if "--traceback" in argv:
             raise
@@ -114,11 +201,7 @@ def parse_flags(argv):
         # these outside absl's flags.Error).
         if "--traceback" in argv:
             raise
-        field = str(e).strip("\"'")
-        named = [a.split("=", 1)[0] for a in argv
-                 if a.startswith("--config.") and a.split("=", 1)[0].endswith("." + field)]
-        print(f"error: {named[0] if named else '--config.*'}: the config has no field "
-              f"{field!r}", file=sys.stderr)
+        print(f"error: {_no_field_message(e, argv)}", file=sys.stderr)
         sys.exit(2)
 
 

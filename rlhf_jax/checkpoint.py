@@ -7,12 +7,15 @@ two items:
             reward normalisation, PRNG key, step counters): everything needed
             to continue bit-for-bit. Restored into the structure, dtypes and
             shardings of a target pytree.
-    meta    a small JSON dict: data cursor, `finished`, config hash, ...
+    meta    a small JSON dict: data cursor, `finished`, ...
+
+(The config a stage ran with is recorded beside its done marker, in
+`workdir/stages/<stage>.config.json`; see `rlhf_jax.config_guard`.)
 
 Resuming (`Checkpointer.restore`) takes the newest step that restores. Orbax
 writes each step into a `<step>.orbax-checkpoint-tmp*` directory and renames
 it when complete, so a kill mid-save leaves a tmp directory that is ignored
-and cleaned up; a step directory that is damaged anyway (a lost file, a
+and cleaned up (a resume says so in one warning line); a step directory that is damaged anyway (a lost file, a
 half-synced disk) is skipped with a warning naming it, moved aside to
 `<step>.corrupt-<unix time>`, and the previous step is used. If checkpoints
 exist but none restores, restoring raises rather than silently starting over.
@@ -129,6 +132,9 @@ class Checkpointer:
         if "://" not in str(directory):
             directory = os.path.abspath(directory)
         self.directory = epath.Path(directory)
+        # Saves a kill cut short, which the manager deletes as it opens: named on restore.
+        self._torn = sorted(p.name for p in self.directory.glob("*.orbax-checkpoint-tmp*")) \
+            if self.directory.exists() else []
         self.save_interval_steps = save_interval_steps
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -197,6 +203,12 @@ class Checkpointer:
         """
         self.wait()
         steps = [s for s in self.all_steps() if max_step is None or s <= max_step]
+        if self._torn:
+            logging.warning("checkpoint %s: %d save(s) cut short (%s) were discarded; "
+                            "resuming from %s", self.directory, len(self._torn),
+                            ", ".join(t.split(".")[0] for t in self._torn),
+                            f"step {steps[-1]}" if steps else "the start")
+            self._torn = []
         if not steps:
             return None
         abstract = _abstract_target(target)
@@ -213,9 +225,10 @@ class Checkpointer:
             except Exception as e:  # pylint: disable=broad-except
                 # Any failure (missing file, bad metadata, I/O) means this step
                 # cannot be resumed from; an older one may be intact.
+                first_line = (str(e).strip().splitlines() or [""])[0][:200]
                 logging.warning("checkpoint %s step %d failed to restore, "
                                 "trying the previous step (%s: %s)",
-                                self.directory, step, type(e).__name__, e)
+                                self.directory, step, type(e).__name__, first_line)
                 bad.append(step)
                 errors.append(f"step {step}: {type(e).__name__}: {e}")
                 continue

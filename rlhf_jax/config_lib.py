@@ -378,6 +378,9 @@ def resolve(c, num_devices: int) -> dict:
         _need(c.labels.source == "file" or c.labels.gold in ("world", "vader"),
               f"labels.source='mock' picks by the gold reward: labels.gold={c.labels.gold!r} "
               "must be 'world' or 'vader'")
+        _need(c.labels.source == "file" or not (c.labels.path or c.labels.val_path),
+              f"labels.path={c.labels.path!r} is set but labels.source='mock' does not read "
+              "it: add --config.labels.source=file")
         if c.labels.source == "file":
             _need(c.labels.format != "sff" or t.query_format == "sff",
                   "labels.format='sff': SFF comparisons hold Stiennon-format queries; the "
@@ -387,6 +390,10 @@ def resolve(c, num_devices: int) -> dict:
                   "labels.source='file' needs labels.path: a label file (LHP's released "
                   "labels, e.g. sentiment/offline_5k.json, or SFF comparisons); see README "
                   "'Data'")
+            # The reward stage validates on labels.num_val held-out labels.
+            _need(not ("reward" in stages and c.labels.num_val and not c.labels.val_path),
+                  f"labels.num_val={c.labels.num_val} held-out labels, but labels.source='file' "
+                  "has no labels.val_path: give one, or set labels.num_val=0")
     if "reward" in stages:
         divisible(c.reward.batch_size, num_devices, "reward.batch_size", "the device count")
         divisible(c.labels.num_train, c.reward.batch_size, "labels.num_train", "reward.batch_size")
@@ -427,6 +434,20 @@ def resolve(c, num_devices: int) -> dict:
         divisible(c.eval.num_queries, c.eval.batch_size, "eval.num_queries", "eval.batch_size")
         d["best_of_n_kl"] = {n: round(math.log(n) - (n - 1) / n, 4) for n in c.eval.best_of_n}
     return d
+
+
+def check_files(c: ml_collections.ConfigDict) -> None:
+    """ValueError naming the field of an input file the labels stage would read that
+    is missing (local label files). Separate from `resolve`, which also validates
+    sweep members whose inputs an earlier member will write."""
+    import os
+
+    if c.labels.source != "file" or "labels" not in stage_list(c):
+        return
+    for field in ("path", "val_path"):
+        path = c.labels[field]
+        _need(not path or "://" in path or os.path.isfile(path),
+              f"labels.{field}={path!r}: no such file")
 
 
 def _resolve_online(c, stages, num_devices: int) -> int:

@@ -40,6 +40,9 @@ class Context:
     stages: list[str]
     tokenizer: Any = None
     corpus: list[str] | None = None
+    # The config as launched, before the tokenizer fills task ids: what each stage
+    # records when it starts (`config_guard`).
+    launched: dict | None = None
     # `task.query_prefix` / `task.query_suffix` encoded (`resolve_task`).
     query_prefix_ids: tuple[int, ...] = ()
     query_suffix_ids: tuple[int, ...] = ()

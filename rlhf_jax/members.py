@@ -294,6 +294,7 @@ def run_ppo_members(cfgs, workdirs) -> list[dict]:
         members, models = [], None
         for i in todo:
             ctx = ctxs[i]
+            pipeline.start_stage(ctx, "ppo")
             m_models, params, ref_params, rm_params = pipeline.ppo_models_and_params(ctx)
             if models is not None and m_models != models:
                 raise ValueError(f"{workdirs[i]}: its PPO models differ from "

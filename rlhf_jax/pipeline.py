@@ -22,6 +22,7 @@ Artifacts:
 from __future__ import annotations
 
 import dataclasses
+import copy
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rlhf_jax import compile_cache, config_lib, parallel
+from rlhf_jax import compile_cache, config_guard, config_lib, parallel
 from rlhf_jax.batched import gold_function, postprocess, sample_responses
 from rlhf_jax.context import Context, resolve_task, setup_tokenizer, stage_key
 from rlhf_jax.data import labels as labels_lib
@@ -233,7 +234,7 @@ def finish_ppo(ctx: Context, models, params, summary: dict) -> dict:
     """Exports the trained policy (`models/policy`); the stage summary (its last log row)."""
     _raise_if_preempted(summary, "ppo")
     ctx.save_lm("policy", models.reference, {"transformer": params["policy"]["transformer"]})
-    hist = summary["history"]
+    hist = summary.get("history") or []  # a resume of a finished PPO keeps only the last
     return {"updates": summary["updates"], **({k: v for k, v in hist[-1].items()} if hist else {})}
 
 
@@ -309,24 +310,63 @@ def _scalars(summary: dict) -> dict:
     return out
 
 
+def _check_workdir(workdir: str) -> None:
+    """ValueError, before any work, for a workdir that is a file or cannot be written."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"--workdir={workdir} is a file, not a directory")
+    try:
+        os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
+        probe = os.path.join(workdir, "stages", f".write-probe-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok\n")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--workdir={workdir} cannot be written ({e.strerror}: "
+                         f"{e.filename}); nothing was written") from None
+
+
+def _restart_rows(ctx: Context, stage: str) -> None:
+    """A stage with no committed checkpoint starts over: drop the rows (metrics,
+    samples) an interrupted earlier attempt logged, so none appears twice. A stage
+    resuming from a checkpoint drops the rows after it itself (`writer.resume`)."""
+    ckpt_dir = ctx.path("checkpoints", stage)
+    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
+        return
+    for rows in (stage, "online") if stage == "ppo" else (stage,):
+        ctx.writer.resume(rows, -1)
+
+
 def open_run(cfg: ml_collections.ConfigDict, workdir: str,
-             dp: parallel.DataParallel | None = None) -> Context:
+             dp: parallel.DataParallel | None = None, *,
+             allow_config_change: bool = False) -> Context:
     """The shared state of a run in `workdir`: devices, metrics writer, tokenizer, task
-    fields; writes `config.json`. Close `ctx.writer` when done."""
+    fields; writes `config.json`. Close `ctx.writer` when done.
+
+    Before any work: bad input files or workdir are one ValueError, and a workdir
+    whose started stages ran with another config is refused (`config_guard`) unless
+    `allow_config_change`. `cfg` is not changed (the run fills task ids from the
+    tokenizer in its own copy), so a caller may pass it again to resume.
+    """
+    cfg = copy.deepcopy(cfg)
     parallel.initialize_distributed()
     if dp is None:
         dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
                                    fsdp=cfg.parallel.fsdp)
     derived = config_lib.resolve(cfg, dp.num_devices)
-    os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
+    if not os.path.exists(os.path.join(workdir, "stages", "labels.json")):
+        config_lib.check_files(cfg)  # the labels stage reads them
+    _check_workdir(workdir)
+    launched = config_guard.config_dict(cfg)  # before the tokenizer fills in task ids
+    config_guard.check(workdir, launched, config_lib.stage_list(cfg),
+                       allow_changes=allow_config_change)
     wandb = {"project": cfg.log.wandb_project, "name": cfg.name} if cfg.log.wandb_project else None
     writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, wandb_config=wandb)
     ctx = Context(cfg=cfg, workdir=workdir, dp=dp, writer=writer,
-                  stages=config_lib.stage_list(cfg))
+                  stages=config_lib.stage_list(cfg), launched=launched)
     setup_tokenizer(ctx)
     resolve_task(ctx)
     if parallel.process_is_main():
-        write_json_atomic(os.path.join(workdir, "config.json"), json.loads(cfg.to_json_best_effort()))
+        config_guard.write_config_json(workdir, json.loads(cfg.to_json_best_effort()))
     logging.info("derived sizes: %s", derived)
     return ctx
 
@@ -351,13 +391,23 @@ def record_stage(ctx: Context, stage: str, out: dict | None, seconds: float,
     return out
 
 
-def run(cfg: ml_collections.ConfigDict, workdir: str, *, until: str | None = None) -> dict:
+def start_stage(ctx: Context, stage: str) -> None:
+    """Before a stage runs (or resumes): records its config (`config_guard`) and
+    drops the rows of an earlier attempt that it will log again."""
+    if parallel.process_is_main():
+        config_guard.record(ctx.workdir, ctx.launched, stage, ctx.stages)
+    _restart_rows(ctx, stage)
+
+
+def run(cfg: ml_collections.ConfigDict, workdir: str, *, until: str | None = None,
+        allow_config_change: bool = False) -> dict:
     """Runs (or resumes) every stage the config names; returns their summaries.
 
     `until`: stop before that stage (a sweep runs a group's shared stage for
     all its members at once, `rlhf_jax.members`, then relaunches each).
+    `allow_config_change`: see `open_run`.
     """
-    ctx = open_run(cfg, workdir)
+    ctx = open_run(cfg, workdir, allow_config_change=allow_config_change)
     results = {}
     t0 = time.time()
     compile_cache.track()
@@ -371,6 +421,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str, *, until: str | None = Non
                 print(f"[{stage}] done earlier; skipping", flush=True)
                 continue
             print(f"[{stage}] starting", flush=True)
+            start_stage(ctx, stage)
             ts, cs = time.time(), compile_cache.stats()
             out = STAGE_FNS[stage](ctx)  # raises Preempted on SIGTERM: no marker
             results[stage] = record_stage(ctx, stage, out, time.time() - ts,

@@ -740,7 +740,7 @@ def write_top_samples(text: TopSamples, runs_dir: str, out_dir: str) -> str:
     found.sort(key=lambda t: -float(t[1][text.key]))
     lines = [text.title or f"Top {text.k} {text.stage} samples by {text.key}", ""]
     for r, row in found[:text.k]:
-        nums = " | ".join(f"{k} {float(row[k]):.3f}" for k in ("score", "gold", "gold_score", "kl")
+        nums = " | ".join(f"{k} {float(row[k]):.3f}" for k in ("score", "gold_score", "kl")
                           if k in row)
         lines.append(f"[{r} step {row.get('step')}] {nums}")
         lines.append(f"  query:    {row.get('query', '')!r}")

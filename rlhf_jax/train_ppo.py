@@ -163,8 +163,8 @@ class PPOTrainer:
                 if meta.get("finished"):
                     logging.info("%s: finished at update %d; nothing to do", stage, start)
                     ckpt.close()
-                    return parallel.host_complete(state.params), {"updates": start,
-                                                                  "resumed": True}
+                    return parallel.host_complete(state.params), {
+                        "updates": start, "resumed": True, "history": meta.get("last", [])}
                 logging.info("%s: resuming at update %d of %d", stage, start, n)
                 if writer is not None:
                     writer.resume(stage, start)
@@ -230,8 +230,8 @@ class PPOTrainer:
                     if ready is not None and ready[1][2]:
                         log(ready[0], {**ready[1][0], **ready[1][1]})
                     meta = {"step": update}
-                    if update == n:
-                        meta = mark_finished(meta)
+                    if update == n:  # the last row too: the stage's summary after a resume
+                        meta = mark_finished({**meta, "last": history[-1:]})
                     ckpt.save(update, dp.unreplicate(state), meta, force=True)
                 if stopping:
                     break
@@ -266,11 +266,11 @@ def log_samples(cfg, task: TaskSpec, writer, update, ro, processed, gold_B, deco
                "response": decode(resp[i][resp[i] != task.pad_token]),
                "score": float(scores[i]), "kl": kl, "total": float(scores[i]) - kl_coef * kl}
         if gold_B is not None:
-            row["gold"] = float(gold_B[i])
+            row["gold_score"] = float(gold_B[i])
         rows.append(row)
     writer.write_samples(update, stage, rows)
     r = rows[0]
     if parallel.process_is_main():
         print(f"  sample{f' [{label}]' if label else ''} | {r['query']!r} -> {r['response']!r} "
               f"| score {r['score']:.3f} | kl {r['kl']:.2f} | total {r['total']:.3f}"
-              + (f" | gold {r['gold']:.3f}" if "gold" in r else ""), flush=True)
+              + (f" | gold {r['gold_score']:.3f}" if "gold_score" in r else ""), flush=True)

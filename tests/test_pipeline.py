@@ -84,14 +84,14 @@ def shrunk_config():
 class Launch:
     """`python launch.py` as a subprocess, its merged output read by a thread."""
 
-    def __init__(self, workdir, cache_dir):
+    def __init__(self, workdir, cache_dir, extra_args=()):
         env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
                "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", "PYTHONUNBUFFERED": "1"}
         args = [sys.executable, os.path.join(ROOT, "launch.py"), f"--config={CONFIG}",
                 *(f"--config.{k}={flag(v)}" for k, v in OVERRIDES.items()),
-                f"--workdir={workdir}"]
+                f"--workdir={workdir}", *extra_args]
         self.workdir = str(workdir)
         self.lines: list[str] = []
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -169,8 +169,20 @@ def merged_rows(workdir) -> dict:
     return rows
 
 
+def raw_rows(workdir, name) -> list[dict]:
+    """The rows of `name` (metrics.jsonl, samples.jsonl) in file order, wall-clock values dropped."""
+    with open(os.path.join(workdir, name)) as f:
+        return [{k: v for k, v in json.loads(line).items() if not TIMING.search(k)}
+                for line in f if line.strip()]
+
+
 def assert_same_results(workdir, reference):
-    """Every metric row and eval.json equal the reference's (float tolerance 1e-5)."""
+    """metrics.jsonl and samples.jsonl read as the reference's, row for row (none twice),
+    and eval.json equals it (float tolerance 1e-5)."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        got_rows, want_rows = raw_rows(workdir, name), raw_rows(reference, name)
+        assert [(r["stage"], r["step"], sorted(r)) for r in got_rows] == [
+            (r["stage"], r["step"], sorted(r)) for r in want_rows], name
     got, want = merged_rows(workdir), merged_rows(reference)
     assert sorted(got) == sorted(want)
     for key in want:
@@ -255,7 +267,9 @@ def test_end_to_end_artifacts(reference):
     with open(os.path.join(workdir, "samples.jsonl")) as f:
         samples = [json.loads(line) for line in f]
     assert {s["stage"] for s in samples} == {"ppo", "eval"}
-    assert all({"query", "response", "score", "kl"} <= set(s) for s in samples)
+    # One key for the gold score in PPO and eval rows alike.
+    assert all({"query", "response", "score", "kl", "gold_score"} <= set(s) and "gold" not in s
+               for s in samples)
     figures = os.listdir(os.path.join(workdir, "figures"))
     assert any(f.endswith(".png") for f in figures), figures
     tensorboard = os.path.join(workdir, "tensorboard")
@@ -371,3 +385,227 @@ def test_sigterm_in_reward_then_kill9_in_ppo_and_torn_checkpoint_resume_exactly(
     # The torn step was moved aside, and the run redid it from the previous one.
     assert any(d.startswith(f"{latest}.corrupt-") for d in os.listdir(ckpts))
     assert_same_results(workdir, reference[0])
+
+
+# --------------------------------------------------------------------------
+# Relaunching with another config; bad input; a full or read-only disk.
+
+
+def copy_run(reference_dir, tmp_path, name="run") -> str:
+    import shutil
+
+    workdir = str(tmp_path / name)
+    shutil.copytree(reference_dir, workdir)
+    return workdir
+
+
+def changed(**fields):
+    """The shrunk config with `group.name=value` fields changed (`ppo__lr=2e-4`)."""
+    cfg = shrunk_config()
+    with cfg.unlocked():
+        for dotted, value in fields.items():
+            group, name = dotted.split("__")
+            cfg[group][name] = value
+    return cfg
+
+
+def test_relaunch_with_another_config_fails_up_front_naming_the_fields(
+        reference, tmp_path, cache_dir, capsys):
+    from rlhf_jax import pipeline
+
+    workdir = copy_run(reference[0], tmp_path)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config_text = f.read()
+    run = Launch(workdir, cache_dir, ["--config.ppo.lr=0.0002"])
+    assert run.finish() == 2
+    [line] = [x for x in run.lines if x.startswith("error:")]
+    assert "ppo.lr=0.0001 now 0.0002 (ppo)" in line and "--allow_config_change" in line, line
+    assert "[pretrain]" not in run.output  # before any work
+    # Another seed, or the full-size config: every started stage is named.
+    with pytest.raises(ValueError, match=r"seed=0 now 1 \(pretrain, labels, reward, ppo, eval\)"):
+        pipeline.run(_with(shrunk_config(), seed=1), workdir)
+    full = _full_config()
+    with pytest.raises(ValueError, match=r"model\.n_embd=32 now 128 \(pretrain, labels"):
+        pipeline.run(full, workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert f.read() == config_text  # never overwritten by a refused launch
+    # An interrupted PPO stage refuses a new learning rate as well.
+    for stage in ("ppo", "eval", "figures"):
+        os.remove(os.path.join(workdir, "stages", f"{stage}.json"))
+    with pytest.raises(ValueError, match=r"ppo\.lr=0\.0001 now 0\.005 \(ppo\)"):
+        pipeline.run(changed(ppo__lr=5e-3), workdir)
+
+
+def _with(cfg, **top):
+    with cfg.unlocked():
+        for k, v in top.items():
+            cfg[k] = v
+    return cfg
+
+
+def _full_config():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "mock_sentiment_full", os.path.join(ROOT, "configs", "mock_sentiment.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(None)
+
+
+def test_allowed_and_log_only_config_changes_keep_the_previous_config(reference, tmp_path,
+                                                                      capsys):
+    from rlhf_jax import pipeline
+
+    workdir = copy_run(reference[0], tmp_path)
+    with open(os.path.join(workdir, "config.json")) as f:
+        first = json.load(f)
+    pipeline.run(changed(reward__log_every=3), workdir)  # log-only: no conflict
+    out = capsys.readouterr().out
+    assert "config.json: updated (reward.log_every); the previous one is kept as config.1.json" \
+        in out
+    with open(os.path.join(workdir, "config.1.json")) as f:
+        assert json.load(f) == first
+    pipeline.run(changed(ppo__lr=2e-4), workdir, allow_config_change=True)
+    out = capsys.readouterr().out
+    assert "warning: continuing" in out and "ppo.lr=0.0001 now 0.0002 (ppo)" in out
+    with open(os.path.join(workdir, "config_changes.jsonl")) as f:
+        [change] = [json.loads(line) for line in f]
+    assert change["stage"] == "ppo" and change["changed"] == {"ppo.lr": [0.0001, 0.0002]}
+    assert os.path.exists(os.path.join(workdir, "config.2.json"))
+    pipeline.run(changed(ppo__lr=2e-4), workdir)  # accepted once: no error from now on
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.ppo.lrr=1e-4", "--dry_run"],
+     "error: --config.ppo.lrr: the config has no field 'lrr' (did you mean \"lr\""),
+    ([f"--config={CONFIG}", "--config.ppo.lrr=1e-4", "--dry_run"],
+     "error: --config.ppo.lrr: the config has no field 'lrr' (did you mean \"lr\""),
+    (["--config=configs/nosuch.py", "--dry_run"],
+     "error: --config=configs/nosuch.py: cannot load it ([Errno 2] No such file"),
+    ([f"--config={CONFIG}", "--config.labels.path=/nonexistent.json"],
+     "error: labels.path='/nonexistent.json' is set but labels.source='mock' does not read it"),
+    ([f"--config={CONFIG}", "--config.labels.source=file", "--config.labels.num_val=0",
+      "--config.labels.path=/nonexistent.json", "--dry_run"],
+     "error: labels.path='/nonexistent.json': no such file"),
+    ([f"--config={CONFIG}", "--config.labels.source=file",
+      "--config.labels.path=tests/fixtures/lhp_best_of_4.json"],
+     "but labels.source='file' has no labels.val_path"),
+    ([f"--config={CONFIG}", "--workdir=FILE"], "is a file, not a directory"),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, message):
+    target = tmp_path / "a_file"
+    target.write_text("not a directory\n")
+    workdir = tmp_path / "run"
+    args = [a.replace("FILE", str(target)) for a in args]
+    if not any(a.startswith("--workdir") for a in args):
+        args.append(f"--workdir={workdir}")
+    out = subprocess.run([sys.executable, "launch.py", *args], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert out.stderr.count("\n") == 1 and message in out.stderr, out.stderr[-2000:]
+    assert "starting" not in out.stdout and not workdir.exists()
+    assert target.read_text() == "not a directory\n"
+
+
+def snapshot(workdir) -> dict:
+    """Every file's bytes under `workdir`, by relative path."""
+    out = {}
+    for root, _, files in os.walk(workdir):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, workdir)] = f.read()
+    return out
+
+
+def test_read_only_workdir_is_one_error_and_nothing_changes(reference, tmp_path, cache_dir):
+    from tests.label_server_fixtures import read_only
+
+    workdir = copy_run(reference[0], tmp_path)
+    for stage in ("ppo", "eval", "figures"):  # PPO left to finish: there is work to do
+        os.remove(os.path.join(workdir, "stages", f"{stage}.json"))
+    before = snapshot(workdir)
+    with read_only(workdir):
+        run = Launch(workdir, cache_dir)
+        assert run.finish() == 2
+    [line] = [x for x in run.lines if x.startswith("error:")]
+    assert line.startswith(f"error: --workdir={workdir} cannot be written (") and \
+        "nothing was written" in line, line
+    assert snapshot(workdir) == before
+
+
+def test_full_disk_is_one_error_and_the_relaunch_finishes_the_run(reference, tmp_path,
+                                                                   cache_dir):
+    """A workdir on a small tmpfs fills up mid-run; after the tmpfs grows, the same
+    command resumes and ends with the uninterrupted run's results. (Not root:
+    RLIMIT_FSIZE stands in for the full disk, failing writes with EFBIG.)"""
+    workdir = tmp_path / "disk" / "run"
+    workdir.parent.mkdir()
+    size_kb = sum(len(b) for b in snapshot(reference[0]).values()) // 1024
+    small = size_kb * 2 // 5  # fills up in a stage after pretrain
+    if os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={small}k", "tmpfs",
+                        str(workdir.parent)], check=True)
+        limit = None
+    else:
+        limit = small * 1024
+    try:
+        run = Launch(workdir, cache_dir) if limit is None else _launch_with_file_limit(
+            workdir, cache_dir, limit)
+        code = run.finish()
+        errors = [x for x in run.lines if x.startswith("error:")]
+        assert code == 1 and len(errors) == 1, run.output[-3000:]
+        assert "No space left on device" in errors[0] or "File too large" in errors[0], errors
+        assert "relaunch the same command to resume" in errors[0]
+        assert run.saw(r"^\[pretrain\] done") and not os.path.exists(workdir / "eval.json")
+        if limit is None:
+            subprocess.run(["mount", "-o", f"remount,size={size_kb * 4}k", str(workdir.parent)],
+                           check=True)
+        last = Launch(workdir, cache_dir)
+        assert last.finish() == 0, last.output[-3000:]
+        assert_same_results(str(workdir), reference[0])
+    finally:
+        if limit is None:
+            subprocess.run(["umount", str(workdir.parent)], check=True)
+
+
+def _launch_with_file_limit(workdir, cache_dir, limit_bytes) -> Launch:
+    import resource
+
+    real = subprocess.Popen
+
+    def limited(*args, **kw):
+        def preexec():
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+        return real(*args, preexec_fn=preexec, **kw)
+
+    subprocess.Popen = limited
+    try:
+        return Launch(workdir, cache_dir)
+    finally:
+        subprocess.Popen = real
+
+
+def test_kill_campaign_resumes_to_the_uninterrupted_results(reference, tmp_path, cache_dir):
+    """scripts/kill_campaign.py with three kills against this module's reference run:
+    pretrain after its first row and before any checkpoint (it starts over: its rows
+    must not appear twice), mid-checkpoint-save in the reward stage, mid-export in PPO."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+           "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(cache_dir),
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    out = subprocess.run(
+        [sys.executable, "scripts/kill_campaign.py", "--plan",
+         "pretrain:early,reward:save,ppo:export",
+         "--reference", reference[0], "--workdir", str(tmp_path / "campaign"),
+         *(f"--set={k}={flag(v)}" for k, v in OVERRIDES.items())],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=2 * RUN_TIMEOUT_S)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "kill campaign: 3 kills of 3 planned (pretrain 1, reward 1, ppo 1)" in out.stdout, \
+        out.stdout
+    assert "equal: metrics.jsonl" in out.stdout
+    logs = "".join(open(os.path.join(tmp_path / "campaign", f)).read()
+                   for f in os.listdir(tmp_path / "campaign") if f.endswith(".log"))
+    assert "save(s) cut short" in logs  # the relaunch after the mid-save kill says so
