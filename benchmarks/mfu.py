@@ -54,18 +54,6 @@ def datasheet_peak(device_kind: str) -> float | None:
     return None
 
 
-def measured_matmul_peak(n: int, dtype=jnp.bfloat16, reps: int = 10) -> float:
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best
-
-
 def update_model_flops(cfg, batch: int, query: int, response: int, noptepochs: int) -> float:
     """Model FLOPs of one PPO update (see the module docstring)."""
     d, l, v = cfg.n_embd, cfg.n_layer, cfg.vocab_size
@@ -116,6 +104,7 @@ def main():
     args = parser.parse_args()
 
     from benchmarks.ppo import Shape, run_config
+    from benchmarks.sampling import measure_matmul_peak
     from rlhf_jax import parallel
     from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
     from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel
@@ -189,7 +178,7 @@ def main():
 
     flops = update_model_flops(cfg, shape.batch, shape.query, shape.response, shape.noptepochs)
     peak = datasheet_peak(device.device_kind)
-    matmul = measured_matmul_peak(512 if args.small else 8192)
+    matmul = measure_matmul_peak(jnp.bfloat16, 512 if args.small else 8192)
     achieved = flops / t_update
     tokens = shape.batch * (shape.query + shape.response)
     print(f"rollout: {t_rollout:.3f} s ({shape.batch * shape.response / t_rollout:,.0f} new tokens/s; "

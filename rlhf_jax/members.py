@@ -4,8 +4,9 @@ A sweep's runs whose configs agree except in `MEMBER_FIELDS` (the seed and
 numeric PPO/KL hyperparameters) run their PPO stage together: one `jax.vmap`
 over a leading member axis of the rollout and the update, each member with
 its own params, optimizer state, KL controller state, PRNG key, queries,
-reward model and reference. On a CPU or an accelerator a tiny model leaves
-most of the hardware idle, so M members cost far less than M runs.
+reward model and reference. Where one small run leaves the device mostly
+idle (an accelerator), M members cost far less than M runs; on a small CPU
+whose cores one run already keeps busy, about M times one (docs/sweeps.md).
 
 Each member keeps its own workdir exactly as a separate run would: its
 metrics, samples, Orbax checkpoints (`checkpoints/ppo`, the member's state
