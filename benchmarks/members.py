@@ -50,10 +50,11 @@ def child(dirs: list[str], updates: int | None) -> None:
     compile_cache.enable(off=True)
     cfgs = [_config(i, updates) for i in range(len(dirs))]
     t0 = time.perf_counter()
+    # The copies' earlier stages ran with seed 0 (shared, as in the sweeps).
     if len(dirs) == 1:
-        pipeline.run(cfgs[0], dirs[0])
+        pipeline.run(cfgs[0], dirs[0], allow_config_change=True)
     else:
-        members.run_ppo_members(cfgs, dirs)
+        members.run_ppo_members(cfgs, dirs, allow_config_change=True)
     wall = time.perf_counter() - t0
     with open(os.path.join(dirs[0], "stages", "ppo.json")) as f:
         marker = json.load(f)

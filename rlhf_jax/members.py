@@ -271,12 +271,13 @@ class MemberPPOTrainer:
                   "preempted": update < n}) for i in range(m)]
 
 
-def run_ppo_members(cfgs, workdirs) -> list[dict]:
+def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> list[dict]:
     """The PPO stage of every unfinished member, in one program; then each member's marker.
 
     Every stage before `ppo` must be finished in each workdir (`pipeline.run(...,
     until="ppo")`); a member whose PPO stage is already done is left out.
     Returns the stage summaries (a finished member's from its marker).
+    `allow_config_change`: see `pipeline.open_run`.
     """
     from rlhf_jax import pipeline
     from rlhf_jax.batched import gold_function
@@ -286,7 +287,8 @@ def run_ppo_members(cfgs, workdirs) -> list[dict]:
     dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
                                fsdp=cfg.parallel.fsdp)
     compile_cache.track()
-    ctxs = [pipeline.open_run(c, w, dp) for c, w in zip(cfgs, workdirs)]
+    ctxs = [pipeline.open_run(c, w, dp, allow_config_change=allow_config_change)
+            for c, w in zip(cfgs, workdirs)]
     try:
         done = [pipeline.finished_stage(ctx, "ppo") for ctx in ctxs]
         todo = [i for i, d in enumerate(done) if d is None]
