@@ -17,7 +17,12 @@ import math
 
 import ml_collections
 
-STAGES = ("pretrain", "sft", "labels", "reward", "ppo", "dpo", "eval", "figures")
+STAGES = ("pretrain", "sft", "labels", "reward", "ppo", "dpo", "bon_sft", "ul", "eval",
+          "figures")
+# The order that numbers each stage's PRNG stream: new stages go last, so a
+# stage's stream (and a seeded run's numbers) never moves when one is added.
+STAGE_STREAMS = ("pretrain", "sft", "labels", "reward", "ppo", "dpo", "eval", "figures",
+                 "bon_sft", "ul")
 
 SWITCHES = {
     "runlocal": "shrink to a seconds-long CPU run (tiny random models, local data)",
@@ -26,11 +31,16 @@ SWITCHES = {
     "kl": "adaptive | fixed | off: KL control (off sets kl.coef=0)",
     "whiten": "on | off: reward whitening (ppo.whiten_rewards)",
     "adam": "tf | torch: Adam style for every optimizer",
-    "head": "linear | scalar_mix: reward head",
+    "head": "linear | scalar_mix | selector: reward head",
     "reward": "rm | gold: PPO against the learned RM or directly on the gold reward",
     "labels": "N: number of training labels (labels.num_train)",
     "seed": "N: config.seed",
     "online": "mock | human: online label collection during PPO (labels.online)",
+    "algo": "ppo | rloo | reinforce | dpo | bon_sft | ul: how the policy is trained "
+            "(ppo.algo in the ppo stage, or the dpo / bon_sft / ul stage in its place)",
+    "spans": "on | off: mock span marks on the labels (labels.spans.enabled)",
+    "token_rm": "on | off: token-level reward model on span marks + dense PPO rewards",
+    "judge": "on | off: held-out mock labeller in eval (eval.judge.enabled)",
 }
 
 
@@ -129,6 +139,14 @@ def base_config() -> ml_collections.ConfigDict:
     o.max_skips = 3  # human: an item skipped by this many labellers is dropped
     o.retrain = "continue"  # continue (from the current RM) | reinit (Ziegler: fresh head)
     o.reward_epochs = 1  # passes over the grown label set per retrain (Ziegler: 1)
+    # Span marks (tokens that lower the gold), by the mock span labeller
+    # (`rlhf_jax.spans`) on every record that has none (file labels keep theirs).
+    lb.spans = sp = ml_collections.ConfigDict()
+    sp.enabled = False
+    sp.miss = 0.0  # probability a bad word goes unmarked
+    sp.flip = 0.0  # probability a good token is marked
+    sp.seed = 0  # the span labeller's noise draw (not `seed`: one label pool for every seed)
+    sp.kinds = "negative,ungrammatical"  # which kinds of bad word are marked
 
     c.reward = r = ml_collections.ConfigDict()
     r.batch_size = 32
@@ -146,8 +164,14 @@ def base_config() -> ml_collections.ConfigDict:
     r.normalize_samples = 256
     r.normalize_mode = "gain_bias"  # gain_bias (Ziegler) | bias_only (Stiennon)
     r.rollout_batch_size = 512
-    r.head = "linear"  # linear | scalar_mix
+    r.head = "linear"  # linear | scalar_mix | selector
     r.reward_at = "last"  # last (Ziegler) | eos (Stiennon)
+    # head=selector: fresh transformer blocks on a mix of these trunk layers
+    # (hidden-state indices, 0 = embeddings; () = the middle one), trunk frozen.
+    r.selector_layers = ()
+    r.selector_blocks = 1
+    r.token_head = False  # a per-token head trained on span marks (Wu et al. 2023)
+    r.span_coef = 1.0  # weight of the per-token span loss beside the comparison loss
 
     c.ppo = q = ml_collections.ConfigDict()
     q.batch_size = 512
@@ -169,6 +193,14 @@ def base_config() -> ml_collections.ConfigDict:
     q.log_every = 1
     q.checkpoint_every = 20
     q.num_logged_samples = 4
+    q.algo = "ppo"  # ppo | rloo (Ahmadian et al. 2024) | reinforce (moving-average baseline)
+    q.rloo_k = 4  # rloo: samples per query (the batch is batch_size / k queries)
+    q.baseline_decay = 0.9  # reinforce: baseline <- decay * baseline + (1 - decay) * mean return
+    # Dense per-token rewards from a token-level RM (reward.token_head): each
+    # response token earns coef * (clean if the RM calls it clean, else -1).
+    q.token_reward_coef = 0.0  # 0 = off
+    q.token_reward_clean = 0.0  # reward of a clean token (Wu et al.: +1)
+    q.token_reward_mode = "hard"  # hard (the RM's decision, Wu et al.) | prob (its expectation)
 
     c.kl = k = ml_collections.ConfigDict()
     k.coef = 0.15
@@ -189,11 +221,46 @@ def base_config() -> ml_collections.ConfigDict:
     d.eval_every = 0
     d.checkpoint_every = 50
 
+    c.bon_sft = b = ml_collections.ConfigDict()  # expert iteration: best-of-n by the RM, then SFT
+    b.n = 4  # candidates per query
+    b.num_queries = 512  # training queries per round
+    b.rounds = 1  # sample-select-train rounds, each sampling from the latest policy
+    b.batch_size = 32
+    b.epochs = 1
+    b.lr = 1e-4
+    b.schedule = "linear"
+    b.adam = "torch"
+    b.adam_eps = 1e-8
+    b.log_every = 10
+    b.eval_every = 0
+    b.checkpoint_every = 50
+
+    c.ul = u = ml_collections.ConfigDict()  # likelihood on preferred + unlikelihood on marks
+    u.alpha = 1.0  # weight of the unlikelihood term
+    u.batch_size = 32
+    u.epochs = 1
+    u.lr = 1e-4
+    u.schedule = "linear"
+    u.adam = "torch"
+    u.adam_eps = 1e-8
+    u.log_every = 10
+    u.eval_every = 0
+    u.checkpoint_every = 50
+
     c.eval = e = ml_collections.ConfigDict()
     e.num_queries = 256
     e.batch_size = 64
     e.best_of_n = (1, 4, 16)
     e.num_samples_logged = 8
+    # A held-out mock labeller judges each policy's responses against the
+    # initial policy's: gold minus a weight per bad word of each kind, its own
+    # noise (Boltzmann temperature) and seed. eval.json gets `judge_winrate`.
+    e.judge = j = ml_collections.ConfigDict()
+    j.enabled = False
+    j.noise = 0.05
+    j.seed = 1_000_003
+    j.weight_negative = 0.1
+    j.weight_ungrammatical = 0.1
 
     c.parallel = pa = ml_collections.ConfigDict()
     pa.mode = "pmap"  # pmap | mesh
@@ -246,7 +313,7 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
             _choice(item, value, ("tf", "torch"))
             _set_adam(c, value)
         elif key == "head":
-            _choice(item, value, ("linear", "scalar_mix"))
+            _choice(item, value, ("linear", "scalar_mix", "selector"))
             c.reward.head = value
         elif key == "reward":
             _choice(item, value, ("rm", "gold"))
@@ -259,7 +326,36 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
             _choice(item, value, ("mock", "human"))
             c.labels.online.enabled = True
             c.labels.online.labeler = value
+        elif key == "algo":
+            _choice(item, value, ("ppo", "rloo", "reinforce", "dpo", "bon_sft", "ul"))
+            _set_algo(c, value)
+        elif key == "spans":
+            _choice(item, value, ("on", "off"))
+            c.labels.spans.enabled = value == "on"
+        elif key == "token_rm":
+            _choice(item, value, ("on", "off"))
+            on = value == "on"
+            c.labels.spans.enabled = c.labels.spans.enabled or on
+            c.reward.token_head = on
+            c.ppo.token_reward_coef = 1.0 if on else 0.0
+        elif key == "judge":
+            _choice(item, value, ("on", "off"))
+            c.eval.judge.enabled = value == "on"
     return c
+
+
+def _set_algo(c, algo: str) -> None:
+    """`algo=`: ppo / rloo / reinforce set `ppo.algo`; dpo, bon_sft and ul take the
+    ppo stage's place (dpo and ul need no reward model, so its stage goes too)."""
+    stages = [s.strip() for s in c.stages.split(",") if s.strip()]
+    if algo in ("ppo", "rloo", "reinforce"):
+        c.ppo.algo = algo
+        return
+    drop = {"ppo"} | ({"reward"} if algo in ("dpo", "ul") else set())
+    kept = [s for s in stages if s not in drop]
+    c.stages = ",".join(kept + [algo])  # stage_list runs them in STAGES order
+    if algo == "ul":
+        c.labels.spans.enabled = True
 
 
 def _choice(item, value, options):
@@ -427,6 +523,7 @@ def resolve(c, num_devices: int) -> dict:
         d["ppo_updates"] = train_ppo.num_updates(p)
         d["ppo_minibatch"] = p.batch_size // p.nminibatches
         d["ppo_per_device_batch"] = local
+    _resolve_methods(c, stages, num_devices, d)
     if c.labels.online.enabled:
         d["online_rounds"] = _resolve_online(c, stages, num_devices)
     if "eval" in stages:
@@ -448,6 +545,93 @@ def check_files(c: ml_collections.ConfigDict) -> None:
         path = c.labels[field]
         _need(not path or "://" in path or os.path.isfile(path),
               f"labels.{field}={path!r}: no such file")
+
+
+# Gold rewards that can say which words lower them (`spans.span_source`).
+SPAN_GOLDS = ("vader",)
+
+
+def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:
+    """Validates span marks, the token-level RM, the RM head, ppo.algo, bon_sft, ul
+    and the eval judge (the fields of `docs/methods.md`)."""
+    sp, r, p = c.labels.spans, c.reward, c.ppo
+    has_marks = sp.enabled or c.labels.source == "file"  # files may carry people's marks
+    if sp.enabled:
+        for field in ("miss", "flip"):
+            _need(0.0 <= sp[field] <= 1.0,
+                  f"labels.spans.{field}={sp[field]} must lie in [0, 1]")
+        kinds = [k.strip() for k in sp.kinds.split(",") if k.strip()]
+        _need(bool(kinds) and set(kinds) <= {"negative", "ungrammatical"},
+              f"labels.spans.kinds={sp.kinds!r}: expected a comma list of negative, "
+              "ungrammatical")
+        _need(c.labels.gold in SPAN_GOLDS or c.labels.source == "file",
+              f"labels.spans.enabled: the mock span labeller marks the words that lower "
+              f"labels.gold={c.labels.gold!r}, which has no word-level spans (one of "
+              f"{SPAN_GOLDS})")
+    _need(r.head in ("linear", "scalar_mix", "selector"),
+          f"reward.head={r.head!r}: expected linear, scalar_mix or selector")
+    if r.head == "selector":
+        _need(isinstance(r.selector_blocks, int) and r.selector_blocks >= 1,
+              f"reward.selector_blocks={r.selector_blocks!r} must be an int >= 1")
+        if c.model.init == "scratch" or "pretrain" in stages:
+            bad = [i for i in r.selector_layers if not 0 <= i <= c.model.n_layer]
+            _need(not bad, f"reward.selector_layers={tuple(r.selector_layers)}: layers {bad} "
+                  f"outside 0..model.n_layer={c.model.n_layer}")
+        _need(not ("ppo" in stages and p.value_model == "separate" and p.algo == "ppo"),
+              "ppo.value_model='separate' is initialised from the reward model, which "
+              "reward.head='selector' cannot seed; use value=shared or another head")
+    if r.token_head:
+        _need(r.span_coef >= 0, f"reward.span_coef={r.span_coef} must be >= 0")
+        _need(has_marks, "reward.token_head trains on span marks: set labels.spans.enabled "
+              "(the mock span labeller) or read a label file that carries them")
+    if "ppo" in stages:
+        _need(p.algo in ("ppo", "rloo", "reinforce"),
+              f"ppo.algo={p.algo!r}: expected ppo, rloo or reinforce")
+        if p.algo == "rloo":
+            _need(isinstance(p.rloo_k, int) and p.rloo_k >= 2,
+                  f"ppo.rloo_k={p.rloo_k!r} must be an int >= 2")
+            _need(p.batch_size % p.rloo_k == 0,
+                  f"ppo.batch_size={p.batch_size} is not divisible by ppo.rloo_k={p.rloo_k}")
+            d["rloo_queries_per_update"] = p.batch_size // p.rloo_k
+        if p.algo == "reinforce":
+            _need(0.0 <= p.baseline_decay < 1.0,
+                  f"ppo.baseline_decay={p.baseline_decay} must lie in [0, 1)")
+        _need(p.token_reward_mode in ("hard", "prob"),
+              f"ppo.token_reward_mode={p.token_reward_mode!r}: expected 'hard' or 'prob'")
+        _need(p.token_reward_coef >= 0,
+              f"ppo.token_reward_coef={p.token_reward_coef} must be >= 0")
+        if p.token_reward_coef:
+            _need(r.token_head and p.reward_source == "rm",
+                  "ppo.token_reward_coef > 0 reads a token-level reward model: set "
+                  "reward.token_head (switch token_rm=on) and ppo.reward_source='rm'")
+    if "bon_sft" in stages:
+        b = c.bon_sft
+        _need(isinstance(b.n, int) and b.n >= 1, f"bon_sft.n={b.n!r} must be an int >= 1")
+        _need(isinstance(b.rounds, int) and b.rounds >= 1,
+              f"bon_sft.rounds={b.rounds!r} must be an int >= 1")
+        _need(b.batch_size % num_devices == 0,
+              f"bon_sft.batch_size={b.batch_size} is not divisible by the device count "
+              f"{num_devices}")
+        _need(b.num_queries % b.batch_size == 0,
+              f"bon_sft.num_queries={b.num_queries} is not divisible by bon_sft.batch_size="
+              f"{b.batch_size}")
+        d["bon_sft_steps"] = b.num_queries // b.batch_size * b.epochs * b.rounds
+    if "ul" in stages:
+        _need(c.ul.alpha >= 0, f"ul.alpha={c.ul.alpha} must be >= 0")
+        _need(c.ul.batch_size % num_devices == 0,
+              f"ul.batch_size={c.ul.batch_size} is not divisible by the device count "
+              f"{num_devices}")
+        _need(c.labels.type == "pairwise" or c.labels.type.startswith("best_of_"),
+              f"labels.type={c.labels.type!r}: the ul stage needs a preferred response "
+              "(best_of_N or pairwise)")
+        _need(has_marks, "the ul stage trains on span marks: set labels.spans.enabled (the "
+              "mock span labeller) or read a label file that carries them")
+    j = c.eval.judge
+    if "eval" in stages and j.enabled:
+        _need(j.noise >= 0, f"eval.judge.noise={j.noise} must be >= 0")
+        _need(c.labels.gold in SPAN_GOLDS,
+              f"eval.judge.enabled: the judge weighs labels.gold={c.labels.gold!r}'s bad "
+              f"words; it needs one of {SPAN_GOLDS}")
 
 
 def _resolve_online(c, stages, num_devices: int) -> int:

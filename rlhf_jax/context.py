@@ -22,7 +22,7 @@ from rlhf_jax.metrics import MetricsWriter
 from rlhf_jax.models import GPT2LMHeadModel, loading
 
 # Fold-in constants: one independent PRNG stream per stage from the base key.
-_STREAMS = {s: i + 101 for i, s in enumerate(config_lib.STAGES)}
+_STREAMS = {s: i + 101 for i, s in enumerate(config_lib.STAGE_STREAMS)}
 
 
 def stage_key(cfg, stage: str) -> jax.Array:

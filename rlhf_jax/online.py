@@ -67,11 +67,13 @@ def _log(text: str) -> None:
         print(text, flush=True)
 
 
-def _for_concatenation(labels: labels_lib.Labels) -> labels_lib.Labels:
-    """Drops the gold rewards and names every labeller, so offline, mock and
-    human label sets join (`Labels.concatenate` needs equal optional fields)."""
+def _for_concatenation(labels: labels_lib.Labels, keep_spans: bool) -> labels_lib.Labels:
+    """Drops the gold rewards (and span marks unless every part has them) and
+    names every labeller, so offline, mock and human label sets join
+    (`Labels.concatenate` needs equal optional fields)."""
     names = labels.labeler_N if labels.labeler_N is not None else np.full(len(labels), "")
-    return dataclasses.replace(labels, gold_NxK=None, labeler_N=names)
+    return dataclasses.replace(labels, gold_NxK=None, labeler_N=names,
+                               span_mask_NxKxR=labels.span_mask_NxKxR if keep_spans else None)
 
 
 class OnlineCollector:
@@ -161,6 +163,10 @@ class OnlineCollector:
             except LabelingStopped as e:
                 _log(f"online | round {r}: {e}; relaunch the same command to resume")
                 return None
+            if self.cfg.labels.spans.enabled and len(new):  # people's marks are kept as given
+                from rlhf_jax import spans
+
+                new = spans.mark_unmarked(self.cfg, self.ctx.decode, new)
             labels_lib.write_labels_jsonl(self.labels_path(r), new)
         if should_stop():
             return None
@@ -243,7 +249,9 @@ class OnlineCollector:
                 new = labels
         val_path = self.ctx.path("labels", "val.jsonl")
         val = self._read(val_path) if os.path.exists(val_path) else None
-        return labels_lib.Labels.concatenate([_for_concatenation(p) for p in parts]), val, new
+        keep_spans = all(p.span_mask_NxKxR is not None for p in parts)
+        return (labels_lib.Labels.concatenate([_for_concatenation(p, keep_spans) for p in parts]),
+                val, new)
 
     def _retrain(self, r: int, update: int, should_stop, t0: float):
         cfg, ctx, o = self.cfg, self.ctx, self.online

@@ -146,6 +146,10 @@ def stage_labels(ctx: Context) -> dict:
         every = labeler.label(request)
         train = every.subset(np.arange(lb.num_train))
         val = every.subset(np.arange(lb.num_train, need)) if lb.num_val else None
+    if lb.spans.enabled:  # the mock span labeller marks records that carry no marks
+        from rlhf_jax import spans
+
+        train, val = (spans.mark_unmarked(cfg, ctx.decode, x) for x in (train, val))
     if parallel.process_is_main():
         labels_lib.write_labels_jsonl(ctx.path("labels", "train.jsonl"), train)
         if val is not None:
@@ -154,6 +158,9 @@ def stage_labels(ctx: Context) -> dict:
     if train.gold_NxK is not None:
         # How often the labelled best is the gold best (1.0 for a noiseless mock).
         out["gold_best_agreement"] = float(np.mean(np.argmax(train.gold_NxK, 1) == train.best_N))
+    if train.span_mask_NxKxR is not None:
+        out["span_marked_fraction"] = float(train.span_mask_NxKxR.sum()
+                                            / train.response_mask_NxKxR.sum())
     return out
 
 

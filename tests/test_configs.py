@@ -221,6 +221,7 @@ SWITCH_CASES = {
              ("adam=tf", {**{f"{g}.adam": "tf" for g in GROUPS_WITH_ADAM},
                           **{f"{g}.adam_eps": 1e-5 for g in GROUPS_WITH_ADAM}})],
     "head": [("head=scalar_mix", {"reward.head": "scalar_mix"}),
+             ("head=selector", {"reward.head": "selector"}),
              ("head=linear", {"reward.head": "linear"})],
     "reward": [("reward=gold", {"ppo.reward_source": "gold"}),
                ("reward=rm", {"ppo.reward_source": "rm"})],
@@ -229,6 +230,20 @@ SWITCH_CASES = {
     "online": [("online=mock", {"labels.online.enabled": True, "labels.online.labeler": "mock"}),
                ("online=human", {"labels.online.enabled": True,
                                  "labels.online.labeler": "human"})],
+    "algo": [("algo=rloo", {"ppo.algo": "rloo"}),
+             ("algo=reinforce", {"ppo.algo": "reinforce"}),
+             ("algo=ppo", {"ppo.algo": "ppo"}),
+             ("algo=bon_sft", {"stages": "pretrain,labels,reward,eval,figures,bon_sft"}),
+             ("algo=dpo", {"stages": "pretrain,labels,eval,figures,dpo"}),
+             ("algo=ul", {"stages": "pretrain,labels,eval,figures,ul",
+                          "labels.spans.enabled": True})],
+    "spans": [("spans=on", {"labels.spans.enabled": True}),
+              ("spans=off", {"labels.spans.enabled": False})],
+    "token_rm": [("token_rm=on", {"labels.spans.enabled": True, "reward.token_head": True,
+                                  "ppo.token_reward_coef": 1.0}),
+                 ("token_rm=off", {"reward.token_head": False, "ppo.token_reward_coef": 0.0})],
+    "judge": [("judge=on", {"eval.judge.enabled": True}),
+              ("judge=off", {"eval.judge.enabled": False})],
 }
 
 

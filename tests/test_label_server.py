@@ -277,6 +277,10 @@ def test_export_lhp_is_read_by_the_lhp_reader_and_carries_spans(db, tmp_path):
     records = json.loads(path.read_text())
     assert records[0]["query"] == [10, 11, 12, 50259]  # right-padded, LHP's pad
     assert records[0]["spans"] == [[[0, 1]], [], [], []]
+    # The reader keeps the marks as a token mask: response 0's first token.
+    expected = np.zeros(labels.responses_NxKxR.shape, np.int32)
+    expected[:, 0, 0] = 1
+    np.testing.assert_array_equal(labels.span_mask_NxKxR, expected)
     assert records[0]["labeler"] == "lab1" and records[1]["labeler"] == "lab0"
     assert records[0]["time"] == db.answers()[0][1].created_at
 
@@ -326,7 +330,10 @@ def test_sff_import_export_round_trip_and_reader(db, tmp_path):
     export_sff(fresh, out2)
     [rec] = [json.loads(line) for line in out2.read_text().splitlines()]
     words = fresh.item(1).responses[0].pieces
-    assert rec["extra"]["spans"][0] == [{"start": 1, "end": 3, "text": words[1] + words[2]}]
+    chars = [len(words[0]), len(words[0] + words[1] + words[2])]
+    assert rec["extra"]["spans"][0] == [{"start": 1, "end": 3, "text": words[1] + words[2],
+                                         "chars": chars}]
+    assert rec["summaries"][0]["text"][chars[0]:chars[1]] == words[1] + words[2]
     third = LabelDB(tmp_path / "third.sqlite")
     assert import_sff(third, out2) == (1, 1)
     assert third.answers()[0][1].spans == ({"response": 0, "start": 1, "end": 3},)

@@ -10,9 +10,17 @@ with K responses and one answer per query. Three file formats read into it:
 * Our own jsonl, written by the mock labeller and the label server
   (`write_labels_jsonl` / `read_labels_jsonl`), one record per line:
   `{"query": [ids], "responses": [[ids], ...], "best": int, "gold": [floats],
-  "labeler": str}` with `score` (scalar_rating) or `difference`
-  (scalar_compare) in place of `best`; `gold` and `labeler` are optional.
-  Token lists are unpadded.
+  "labeler": str, "spans": [[[start, end], ...], ...]}` with `score`
+  (scalar_rating) or `difference` (scalar_compare) in place of `best`;
+  `gold`, `labeler` and `spans` are optional. Token lists are unpadded.
+
+Span marks ("these tokens are wrong", from people in the label server or from
+the mock span labeller `rlhf_jax.spans`) are, per response, a list of
+`[start, end)` token ranges, end exclusive: the label server's LHP export
+field. In memory they are a 0/1 token mask, `Labels.span_mask_NxKxR`. LHP
+files carry them in the same `spans` field; SFF comparisons in
+`extra.spans` (character ranges `chars` of the summary text, mapped to the
+encoded summary's tokens here).
 
 Padding: queries are LEFT-padded and responses RIGHT-padded with `pad_token`,
 a token outside the vocabulary (docs/implementation_details.md item 2); masks are int32 0/1,
@@ -95,6 +103,9 @@ class Labels:
         (scalar_compare, K=2).
       gold_NxK: float32 gold rewards of the responses (mock labels), or None.
       labeler_N: str name of who labelled each record ('' if unknown), or None.
+      span_mask_NxKxR: int32 1 on response tokens marked as wrong (span
+        marks), 0 elsewhere and on padding; None when the labels carry no
+        marks (an all-zero row means "looked, found nothing").
 
     Arrays are copied and made read-only on construction. Every query and
     response has at least one token. `subset` and `concatenate` build new sets.
@@ -111,6 +122,7 @@ class Labels:
     difference_N: Optional[np.ndarray] = None
     gold_NxK: Optional[np.ndarray] = None
     labeler_N: Optional[np.ndarray] = None
+    span_mask_NxKxR: Optional[np.ndarray] = None
 
     def __post_init__(self):
         def bad(field, why):
@@ -120,7 +132,7 @@ class Labels:
             raise bad("label_type", f"={self.label_type!r} is not one of {LABEL_TYPES}")
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         int_fields = ("query_NxQ", "query_mask_NxQ", "responses_NxKxR",
-                      "response_mask_NxKxR", "best_N")
+                      "response_mask_NxKxR", "best_N", "span_mask_NxKxR")
         for name in int_fields:
             value = getattr(self, name)
             if value is not None:
@@ -191,6 +203,15 @@ class Labels:
             raise bad("gold_NxK", f"shape {self.gold_NxK.shape} must be (N={n}, K={k})")
         if self.labeler_N is not None and self.labeler_N.shape != (n,):
             raise bad("labeler_N", f"shape {self.labeler_N.shape} must be (N={n},)")
+        sm = self.span_mask_NxKxR
+        if sm is not None:
+            if sm.shape != r.shape:
+                raise bad("span_mask_NxKxR", f"shape {sm.shape} must equal responses_NxKxR's "
+                          f"{r.shape}")
+            if np.any((sm != 0) & (sm != 1)):
+                raise bad("span_mask_NxKxR", "must hold only 0 and 1")
+            if np.any((sm == 1) & (rm == 0)):
+                raise bad("span_mask_NxKxR", "marks a padding position")
 
     def __len__(self) -> int:
         return self.query_NxQ.shape[0]
@@ -317,6 +338,63 @@ def _best(rec: _Record, obj: dict, k: int, label_type: str) -> int:
     return value
 
 
+def mask_to_ranges(mask_R) -> list[list[int]]:
+    """`[start, end)` ranges of the runs of 1 in a 0/1 token mask (end exclusive)."""
+    m = np.concatenate([[0], np.asarray(mask_R, np.int8) != 0, [0]]).astype(np.int8)
+    edges = np.flatnonzero(np.diff(m))
+    return [[int(a), int(b)] for a, b in zip(edges[0::2], edges[1::2])]
+
+
+def ranges_to_mask(ranges, length: int) -> np.ndarray:
+    """int32 [length] with 1 inside each `[start, end)` range."""
+    mask = np.zeros(length, np.int32)
+    for a, b in ranges:
+        mask[a:b] = 1
+    return mask
+
+
+def char_spans_to_mask(offsets, char_spans, length: int) -> np.ndarray:
+    """int32 [length]: 1 on each token whose characters overlap a span.
+
+    `offsets` gives each token's `[start, end)` character range in the text
+    (a tokenizer's offset mapping); `char_spans` are `(start, end, ...)`
+    character ranges in the same text. A token that renders no characters
+    (start == end, e.g. EOS) is never marked; tokens past `len(offsets)`
+    (padding) are 0.
+    """
+    mask = np.zeros(length, np.int32)
+    if not len(offsets) or not len(char_spans):
+        return mask
+    off = np.asarray(offsets, np.int64).reshape(-1, 2)[:length]
+    spans = np.asarray([s[:2] for s in char_spans], np.int64).reshape(-1, 2)
+    overlap = ((off[:, None, 0] < spans[None, :, 1]) & (spans[None, :, 0] < off[:, None, 1])
+               & (off[:, None, 1] > off[:, None, 0]))
+    mask[:len(off)] = np.any(overlap, axis=1)
+    return mask
+
+
+def _span_ranges(rec: "_Record", value, field: str, lengths: Sequence[int]) -> list:
+    """Checks per-response `[start, end)` token ranges against the response lengths."""
+    if not isinstance(value, list) or len(value) != len(lengths):
+        raise rec.error(field, f"={_short(value)} is not {len(lengths)} lists of [start, end] "
+                        "ranges (one per response)")
+    for j, (ranges, n) in enumerate(zip(value, lengths)):
+        if not isinstance(ranges, list):
+            raise rec.error(f"{field}[{j}]", f"={_short(ranges)} is not a list of ranges")
+        for r in ranges:
+            if (not isinstance(r, list) or len(r) != 2 or not all(_is_int(x) for x in r)
+                    or not 0 <= r[0] < r[1] <= n):
+                raise rec.error(f"{field}[{j}]", f" holds {_short(r)}, not a token range "
+                                f"[start, end) inside the response's {n} tokens")
+    return value
+
+
+def _span_mask(spans: list, k: int, response_length: int) -> np.ndarray:
+    """[N, K, R] mask from per-record, per-response ranges (tokens counted from 0)."""
+    return np.asarray([[ranges_to_mask(spans[i][j], response_length) for j in range(k)]
+                       for i in range(len(spans))], np.int32).reshape(-1, k, response_length)
+
+
 def _load_json(path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
@@ -364,7 +442,10 @@ def read_lhp_labels(path, *, label_type: str, vocab_size: int,
     `best`; `scalar_rating` -> `query`, `sample`, `score`; `scalar_compare` ->
     `query`, `sample0`, `sample1`, `difference`. Token lists are fixed length
     (queries right-padded, left padding accepted too; samples right-padded
-    after truncation; both with `pad_token`); unknown fields are ignored.
+    after truncation; both with `pad_token`); unknown fields are ignored
+    except `spans` (the label server's span marks: per sample a list of
+    `[start, end)` token ranges; all records or none), read into
+    `span_mask_NxKxR`.
 
     Args:
       path: the .json file.
@@ -391,7 +472,8 @@ def read_lhp_labels(path, *, label_type: str, vocab_size: int,
         raise ValueError(f"{os.fspath(path)}: holds no records")
     sample_fields = ["sample"] if kind == "scalar_rating" else [f"sample{i}" for i in range(k)]
 
-    queries, responses, answers = [], [], []
+    queries, responses, answers, spans = [], [], [], []
+    has_spans = None
     for i, obj in enumerate(records):
         rec = _Record(path, i)
         if not isinstance(obj, dict):
@@ -401,15 +483,23 @@ def read_lhp_labels(path, *, label_type: str, vocab_size: int,
         if query_length is None:
             query_length = len(query)
         queries.append(_strip_pads(rec, query, "query", pad_token, trailing_only=False))
-        samples = []
+        samples, lengths = [], []
         for field in sample_fields:
             sample = _token_list(rec, rec.get(obj, field), field, vocab_size=vocab_size,
                                  pad_token=pad_token, allow_pad=True, length=response_length)
             if response_length is None:
                 response_length = len(sample)
-            _strip_pads(rec, sample, field, pad_token, trailing_only=True)
+            lengths.append(len(_strip_pads(rec, sample, field, pad_token, trailing_only=True)))
             samples.append(sample)
         responses.append(samples)
+        # Span marks: the label server's export field (one list of token ranges per sample).
+        if has_spans is None:
+            has_spans = "spans" in obj
+        if ("spans" in obj) != has_spans:
+            raise rec.error("spans", " is missing (record 0 has it)" if has_spans else
+                            " is present but record 0 has none (all or none)")
+        if has_spans:
+            spans.append(_span_ranges(rec, obj["spans"], "spans", lengths))
         if kind == "best_of_n":
             answers.append(_best(rec, obj, k, label_type))
         else:
@@ -425,6 +515,8 @@ def read_lhp_labels(path, *, label_type: str, vocab_size: int,
         responses_NxKxR=responses_NxKxR,
         response_mask_NxKxR=(responses_NxKxR != pad_token).astype(np.int32),
         pad_token=pad_token,
+        span_mask_NxKxR=(_span_mask(spans, len(sample_fields), response_length)
+                         if has_spans else None),
         **{target: np.asarray(answers)},
     )
 
@@ -442,7 +534,8 @@ def _str_field(rec: _Record, obj: dict, field: str, name: str) -> str:
 
 def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_length: int,
                          response_length: int, eos_token: int, pad_token: int,
-                         split: Optional[str] = None) -> Labels:
+                         split: Optional[str] = None,
+                         offsets: Optional[Callable[[str], Sequence]] = None) -> Labels:
     """Reads openai/summarize-from-feedback comparisons (jsonl) as pairwise labels.
 
     Each record: `info` ({id, post, title, subreddit} for TL;DR, {id, article,
@@ -460,6 +553,12 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
       eos_token, pad_token: ids; the pad must not be a vocabulary token.
       split: keep only records with this `split` (e.g. 'train', 'valid1');
         None keeps all. Every record is validated either way.
+      offsets: str -> the `[start, end)` character range of each token of
+        `encode(str)` (a fast tokenizer's offset mapping). With it, span
+        marks in `extra.spans` (our exports: per summary a list of
+        `{"chars": [start, end], ...}`, character ranges of the text) become
+        `span_mask_NxKxR` over the encoded summary's tokens; all kept records
+        or none must carry them.
 
     Returns:
       Labels with label_type 'pairwise', best_N = choice, labeler_N = worker.
@@ -468,7 +567,8 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
 
     _check_lengths(path, "query_length", query_length)
     _check_lengths(path, "response_length", response_length)
-    queries, responses, choices, workers = [], [], [], []
+    queries, responses, choices, workers, span_masks = [], [], [], [], []
+    has_spans = None
     for rec, obj in _jsonl_records(path):
         info = rec.get(obj, "info")
         if not isinstance(info, dict):
@@ -515,6 +615,17 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
                           for t in texts])
         choices.append(choice)
         workers.append(worker)
+        if offsets is not None:
+            extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
+            if has_spans is None:
+                has_spans = "spans" in extra
+            if ("spans" in extra) != has_spans:
+                raise rec.error("extra.spans", " is missing (the first record has it)"
+                                if has_spans else " is present but the first record has none "
+                                "(all or none)")
+            if has_spans:
+                span_masks.append(_sff_span_masks(rec, extra["spans"], texts, offsets,
+                                                  response_length))
 
     if not queries:
         raise ValueError(f"{os.fspath(path)}: no records" +
@@ -532,7 +643,27 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
         pad_token=pad_token,
         best_N=np.asarray(choices),
         labeler_N=np.asarray(workers, dtype=np.str_),
+        span_mask_NxKxR=np.asarray(span_masks, np.int32) if has_spans else None,
     )
+
+
+def _sff_span_masks(rec: _Record, value, texts: Sequence[str], offsets: Callable,
+                    response_length: int) -> list[np.ndarray]:
+    """Per summary, the token mask of its `chars` span marks (text encoded as `" " + text`)."""
+    if not isinstance(value, list) or len(value) != len(texts):
+        raise rec.error("extra.spans", f" must be {len(texts)} lists of span marks")
+    out = []
+    for j, (marks, text) in enumerate(zip(value, texts)):
+        chars = []
+        for m in marks if isinstance(marks, list) else [None]:
+            c = m.get("chars") if isinstance(m, dict) else None
+            if (not isinstance(c, list) or len(c) != 2 or not all(_is_int(x) for x in c)
+                    or not 0 <= c[0] < c[1] <= len(text)):
+                raise rec.error(f"extra.spans[{j}]", f" holds {_short(m)}, not a mark with "
+                                f"'chars': [start, end) inside the {len(text)}-character text")
+            chars.append((c[0] + 1, c[1] + 1))  # the text is encoded after a space
+        out.append(char_spans_to_mask(offsets(" " + text), chars, response_length))
+    return out
 
 
 # --------------------------------------------------------------------------
@@ -557,6 +688,9 @@ def _record_to_json(labels: Labels, i: int) -> dict:
         out["gold"] = [float(g) for g in labels.gold_NxK[i]]
     if labels.labeler_N is not None and labels.labeler_N[i]:
         out["labeler"] = str(labels.labeler_N[i])
+    if labels.span_mask_NxKxR is not None:
+        out["spans"] = [mask_to_ranges(s[m == 1]) for s, m in
+                        zip(labels.span_mask_NxKxR[i], labels.response_mask_NxKxR[i])]
     return out
 
 
@@ -588,16 +722,17 @@ def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_toke
         `scalar_rating` or `scalar_compare`.
 
     Returns:
-      Labels; `gold_NxK` if the records carry `gold` (all or none must),
-      `labeler_N` if any carries `labeler` ('' where absent).
+      Labels; `gold_NxK` if the records carry `gold` and `span_mask_NxKxR` if
+      they carry `spans` (all or none must, for each), `labeler_N` if any
+      carries `labeler` ('' where absent).
     """
     kind, k = parse_label_type(label_type)
     _check_lengths(path, "query_length", query_length)
     _check_lengths(path, "response_length", response_length)
     answer_field = {"best_N": "best", "score_N": "score",
                     "difference_N": "difference"}[_TARGET_FIELD[kind]]
-    queries, responses, answers, golds, labelers = [], [], [], [], []
-    has_gold = None
+    queries, responses, answers, golds, labelers, spans = [], [], [], [], [], []
+    has_gold = has_spans = None
     for rec, obj in _jsonl_records(path):
         queries.append(_token_list(rec, rec.get(obj, "query"), "query",
                                    vocab_size=vocab_size, pad_token=pad_token,
@@ -640,6 +775,14 @@ def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_toke
         if not isinstance(labeler, str):
             raise rec.error("labeler", f"={_short(labeler)} is not a string")
         labelers.append(labeler)
+        if has_spans is None:
+            has_spans = "spans" in obj
+        if ("spans" in obj) != has_spans:
+            raise rec.error("spans", " is missing (record 0 has it)" if has_spans else
+                            " is present but record 0 has none (all or none)")
+        if has_spans:
+            spans.append(_span_ranges(rec, obj["spans"], "spans",
+                                      [len(r) for r in responses[-1]]))
 
     if not queries:
         raise ValueError(f"{os.fspath(path)}: holds no records")
@@ -656,6 +799,7 @@ def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_toke
         pad_token=pad_token,
         gold_NxK=np.asarray(golds) if has_gold else None,
         labeler_N=np.asarray(labelers, dtype=np.str_) if any(labelers) else None,
+        span_mask_NxKxR=_span_mask(spans, k, response_length) if has_spans else None,
         **{_TARGET_FIELD[kind]: np.asarray(answers)},
     )
 

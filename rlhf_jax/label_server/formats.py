@@ -14,8 +14,10 @@ Both carry what the formats have no field for in extra fields that their
 readers ignore: who labelled (`labeler`, SFF `worker`), when (`time`), the
 database item (`item_id`), and the span marks. LHP `spans` is one list per
 sample of `[start, end)` token ranges; SFF `extra.spans` is one list per
-summary of `{"start", "end", "text"}`, counted in `extra.span_unit` ("token"
-for token items, "word" for text items, whose display pieces are words).
+summary of `{"start", "end", "text", "chars"}`: `start`/`end` count display
+pieces (`extra.span_unit`: "token" for token items, "word" for text items,
+whose display pieces are words), `chars` is the character range in the
+summary's text.
 
 Import reads the same files (validated with one-line errors naming the file,
 record and field) into items, with their answers unless `answers=False`, which
@@ -133,9 +135,8 @@ def sff_records(pairs: Iterable[tuple[Item, Answer]], *, split: str = "train") -
                                   "note": notes[m] if notes else None})
             extra = {**src.get("extra", {}), "item_id": item.id, "time": answer.created_at,
                      "span_unit": unit,
-                     "spans": [[{"start": s["start"], "end": s["end"],
-                                 "text": "".join(item.responses[m].pieces[s["start"]:s["end"]])}
-                                for s in spans[m]] for m in pair]}
+                     "spans": [[_sff_mark(item.responses[m].pieces, s) for s in spans[m]]
+                               for m in pair]}
             if item.k > 2:
                 extra["best_of_k"] = item.k
                 extra["responses"] = pair
@@ -150,6 +151,16 @@ def sff_records(pairs: Iterable[tuple[Item, Answer]], *, split: str = "train") -
                 "extra": extra,
             })
     return records
+
+
+def _sff_mark(pieces, span: dict) -> dict:
+    """A span mark as SFF `extra.spans` holds it: piece range, text, and `chars`,
+    its character range in the summary text (what `read_sff_comparisons` maps
+    to the re-encoded summary's tokens, whatever the display unit)."""
+    start = len("".join(pieces[:span["start"]]))
+    text = "".join(pieces[span["start"]:span["end"]])
+    return {"start": span["start"], "end": span["end"], "text": text,
+            "chars": [start, start + len(text)]}
 
 
 def export_lhp(db: LabelDB, path, *, batch: Optional[str] = None, **kwargs) -> int:

@@ -154,4 +154,15 @@ class HumanQueue:
             pad_token=request.pad_token,
             best_N=np.asarray([by_idx[i].choice for i in rows.tolist()], dtype=np.int32),
             labeler_N=np.asarray([by_idx[i].labeler for i in rows.tolist()], dtype=np.str_),
+            span_mask_NxKxR=_span_mask([by_idx[i] for i in rows.tolist()],
+                                       request.responses_NxKxR.shape[1:]),
         )
+
+
+def _span_mask(answers, k_r: tuple[int, int]) -> np.ndarray:
+    """[N, K, R] token marks of the answers (each piece of a posted item is one token)."""
+    mask = np.zeros((len(answers), *k_r), np.int32)
+    for i, answer in enumerate(answers):
+        for s in answer.spans:
+            mask[i, s["response"], s["start"]:s["end"]] = 1
+    return mask
