@@ -4,7 +4,9 @@ The labels stage, the online rounds and the evaluation sample N responses for
 N queries held on the host. `sample_responses` pads N up to whole batches (one
 compilation), runs the sampler sharded across devices, and returns host arrays;
 `postprocess` truncates them as labellers and the reward model see them;
-`gold_function` scores them with the gold reward on the host.
+`gold_function` scores them with the gold reward on the host; `best_of_n`
+keeps the best of n samples per query by the reward model (eval, expert
+iteration).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import parallel
+import functools
+
+from rlhf_jax import parallel, rollout, supervised
 from rlhf_jax.context import Context
 from rlhf_jax.data import tasks
 from rlhf_jax.sampling import sample
@@ -86,3 +90,22 @@ def gold_function(ctx: Context) -> Callable | None:
         return judge([ctx.decode(r[r != pad]) for r in np.asarray(processed_BxR)])
 
     return gold
+
+
+def _best_of_n_fn(rep, b, *, run):
+    best, score, _ = run(rep[0], rep[1], b["q"], b["m"], rep[2], row_offset=b["row"][0])
+    return {"best": best, "score": score}
+
+
+def best_of_n(dp, models: rollout.PPOModels, task: rollout.TaskSpec, n: int, params, rm_params,
+              q_NxQ, m_NxQ, key, batch_size: int):
+    """Host `(best_NxR, score_N)`: per query, of n responses sampled from
+    `models.reference` with `params`, the post-processed one the RM scores highest
+    and its penalised score (`rollout.make_best_of_n`, device-parallel batches).
+    Query i's candidates draw with its index in the list, whatever the batch size."""
+    data = {"q": q_NxQ, "m": m_NxQ, "row": np.arange(len(q_NxQ), dtype=np.int32)}
+    out = supervised.map_batches(
+        dp, functools.partial(_best_of_n_fn, run=rollout.make_best_of_n(models, task, n)),
+        dp.replicate((params, rm_params, key)), data, batch_size,
+        cache_key=("best_of_n", models, task, n))
+    return out["best"], out["score"]

@@ -1,13 +1,17 @@
 """The eval stage: held-out queries, every trained policy and the best-of-N baseline.
 
 For each policy the run produced (the initial one, PPO's `models/policy`,
-DPO's `models/dpo`) it samples one response per test query at the task
+DPO's `models/dpo`, `models/bon_sft`, `models/ul`) it samples one response per test query at the task
 temperature and reports the mean reward-model score (with the no-truncation
 penalty), the mean gold score when the task has a gold reward, and the mean
 sequence KL from the initial policy, sum_t log pi(y_t) - log rho(y_t) of the
 temperature-scaled distributions. Best-of-N samples N responses from the
 initial policy (`rollout.make_best_of_n`), keeps the one the RM scores highest
 and reports its RM and gold score; its KL is analytic, log N - (N-1)/N.
+
+With `eval.judge.enabled` a held-out mock labeller (`spans.judge_for_config`)
+compares every policy's responses (and best-of-N's) with the initial policy's
+and adds `judge_winrate` and `judge_score`.
 
 Writes `eval.json`, one `eval` metrics row and the first
 `eval.num_samples_logged` samples of each policy.
@@ -25,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import parallel, reward, rollout, supervised
-from rlhf_jax.batched import gold_function, postprocess, sample_responses
+from rlhf_jax.batched import best_of_n, gold_function, postprocess, sample_responses
 from rlhf_jax.context import Context, stage_key
 from rlhf_jax.data import tasks
 from rlhf_jax.models import loading
@@ -65,25 +69,10 @@ def _sequence_kl(ctx: Context, model, params, ref_params, q_NxQ, m_NxQ, raw_NxR,
         cache_key=("eval_kl", model, t.temperature))["kl"]
 
 
-def _best_of_n_fn(rep, b, *, run):
-    best, score, _ = run(rep[0], rep[1], b["q"], b["m"], rep[2], row_offset=b["row"][0])
-    return {"best": best, "score": score}
-
-
-def _best_of_n(ctx: Context, models: rollout.PPOModels, ref_params, rm_params, q_NxQ, m_NxQ,
-               n: int, key):
-    """(best processed responses [N,R], their penalised RM scores [N]) of best-of-n."""
-    task = ctx.task_spec()
-    data = {"q": q_NxQ, "m": m_NxQ, "row": np.arange(len(q_NxQ), dtype=np.int32)}
-    out = supervised.map_batches(
-        ctx.dp, functools.partial(_best_of_n_fn, run=rollout.make_best_of_n(models, task, n)),
-        ctx.dp.replicate((ref_params, rm_params, key)), data, ctx.cfg.eval.batch_size,
-        cache_key=("eval_best_of_n", models, task, n))
-    return out["best"], out["score"]
-
-
 def evaluate(ctx: Context) -> dict:
-    """Held-out comparison: initial policy, PPO, DPO, best-of-N; RM score, gold score, KL."""
+    """Held-out comparison: initial policy, PPO (or RLOO / REINFORCE), DPO, best-of-N SFT,
+    likelihood/unlikelihood, best-of-N; RM score, gold score, KL, and with
+    `eval.judge` the held-out labeller's win rate against the initial policy."""
     cfg = ctx.cfg
     e, t = cfg.eval, cfg.task
     q, m = _test_queries(ctx)
@@ -107,15 +96,16 @@ def evaluate(ctx: Context) -> dict:
             out["gold_score"] = np.asarray(gold(q, m, processed))
         return out
 
-    results, samples = {}, []
+    results, samples, judged = {}, [], {}
     policies = {"initial": ref_params}
-    for name, label in (("policy", "ppo"), ("dpo", "dpo")):
+    for name, label in (("policy", "ppo"), ("dpo", "dpo"), ("bon_sft", "bon_sft"), ("ul", "ul")):
         if os.path.exists(ctx.path("models", name, "model.safetensors")):
             policies[label] = loading.load_lm(cfg, ctx.path("models", name))[1]
     for i, (name, params) in enumerate(policies.items()):
         raw, rmask = sample_responses(ctx, ref_model, params, q, m, jax.random.fold_in(key, i),
                                       e.batch_size)
         processed, pmask = postprocess(ctx, raw)
+        judged[name] = (processed, pmask)
         scores = score_all(processed, pmask)
         kl = _sequence_kl(ctx, ref_model, params, ref_params, policy_q, policy_m, raw, rmask)
         results[name] = {**{k: float(np.mean(v)) for k, v in scores.items()},
@@ -127,12 +117,19 @@ def evaluate(ctx: Context) -> dict:
     if rm is not None:
         models = rollout.PPOModels(policy=ref_model, reference=ref_model, reward=rm[0])
         for n in e.best_of_n:
-            best, score = _best_of_n(ctx, models, ref_params, rm[1], q, m, n,
-                                     jax.random.fold_in(key, _BEST_OF_N_STREAM + n))
+            best, score = best_of_n(ctx.dp, models, ctx.task_spec(), n, ref_params, rm[1], q, m,
+                                    jax.random.fold_in(key, _BEST_OF_N_STREAM + n), e.batch_size)
+            judged[f"best_of_{n}"] = (best, (best != t.pad_token).astype(np.int32))
             res = {"score": float(np.mean(score)), "kl": rollout.best_of_n_kl(n)}
             if gold is not None:
                 res["gold_score"] = float(np.mean(gold(q, m, best)))
             results[f"best_of_{n}"] = res
+    if e.judge.enabled:  # a held-out labeller: each policy's responses vs the initial's
+        from rlhf_jax import spans
+
+        for name, r in spans.judge_winrates(spans.judge_for_config(cfg), ctx.decode, q, m,
+                                            judged["initial"], judged, t.pad_token).items():
+            results[name].update(r)
     flat = {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r.items()}
     ctx.writer.write(0, "eval", flat)
     ctx.writer.write_samples(0, "eval", samples)

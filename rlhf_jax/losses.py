@@ -9,6 +9,10 @@ Reward losses follow the original code (docs/implementation_details.md items 12,
 - `scalar_rating_loss`, `scalar_compare_loss`: LHP's MSE label types.
 - `dpo_loss`: Rafailov et al. 2023, which is Bradley-Terry on the implicit
   rewards `beta * (log pi - log ref)`.
+- `span_token_loss`: a token-level reward model's per-token binary
+  cross-entropy against span marks (Wu et al. 2023).
+- `likelihood_unlikelihood_loss`: likelihood of a preferred response's
+  unmarked tokens plus unlikelihood (Welleck et al. 2019) of marked tokens.
 
 Every loss returns a scalar mean over the batch, computed in at least float32
 (bf16 inputs are upcast) and stays finite, with finite gradients, at reward
@@ -216,6 +220,81 @@ def scalar_compare_metrics(r0_B: Array, r1_B: Array, difference_B: Array) -> dic
     labelled_B = (difference_B != 0).astype(credit_B.dtype)
     accuracy = jnp.sum(credit_B * labelled_B) / jnp.maximum(jnp.sum(labelled_B), 1.0)
     return {"loss": loss, "accuracy": accuracy}
+
+
+def span_token_sums(logits_BxT: Array, marks_BxT: Array, mask_BxT: Array) -> dict[str, Array]:
+    """Sums over the tokens where `mask` is nonzero (weighted by it) of a span head's
+    per-token binary cross-entropy and its confusion counts.
+
+    Args:
+      logits_BxT: [B, T] logits of "token t is marked wrong".
+      marks_BxT: [B, T] 0/1 span marks.
+      mask_BxT: [B, T] weights: 1 on the response tokens to count, 0 elsewhere.
+
+    Returns:
+      {"loss": sum of -log p(mark), "count": tokens, "correct": tokens whose
+       decision (logit > 0) equals the mark, "marked": marked tokens, "found":
+       marked tokens decided marked}, float32 scalars. Means are ratios of
+       these (global means: ratios of their sums over devices).
+    """
+    logits_BxT, marks_BxT, mask_BxT = _float(logits_BxT), _float(marks_BxT), _float(mask_BxT)
+    _check_rank("logits_BxT", logits_BxT, 2, "[B, T]")
+    _check_same_shape(("logits_BxT", "marks_BxT", "mask_BxT"), logits_BxT, marks_BxT, mask_BxT)
+    bce_BxT = optax.sigmoid_binary_cross_entropy(logits_BxT, marks_BxT)
+    decided_BxT = (logits_BxT > 0).astype(logits_BxT.dtype)
+    return {"loss": jnp.sum(bce_BxT * mask_BxT), "count": jnp.sum(mask_BxT),
+            "correct": jnp.sum((decided_BxT == marks_BxT) * mask_BxT),
+            "marked": jnp.sum(marks_BxT * mask_BxT),
+            "found": jnp.sum(decided_BxT * marks_BxT * mask_BxT)}
+
+
+def span_token_loss(logits_BxT: Array, marks_BxT: Array, mask_BxT: Array) -> Array:
+    """Mean per-token binary cross-entropy of a span head over the masked-in
+    tokens (0 when there are none); see `span_token_sums`."""
+    sums = span_token_sums(logits_BxT, marks_BxT, mask_BxT)
+    return sums["loss"] / jnp.maximum(sums["count"], 1.0)
+
+
+def log1m_exp(logp: Array) -> Array:
+    """`log(1 - exp(logp))` for `logp <= 0`, accurate near 0 and near -inf, and
+    finite (about log 1e-6) where `exp(logp)` rounds to 1."""
+    logp = jnp.minimum(_float(logp), jnp.log1p(-1e-6))
+    return jnp.where(logp > -0.6931, jnp.log(-jnp.expm1(logp)), jnp.log1p(-jnp.exp(logp)))
+
+
+def likelihood_unlikelihood_sums(logp_BxT: Array, like_mask_BxT: Array,
+                                 unlike_mask_BxT: Array) -> dict[str, Array]:
+    """Sums of the likelihood and unlikelihood terms over their tokens.
+
+    Args:
+      logp_BxT: [B, T] log-probs of the response tokens under the policy.
+      like_mask_BxT: [B, T] 1 on tokens to raise (a preferred response's
+        unmarked tokens).
+      unlike_mask_BxT: [B, T] 1 on tokens to lower (span-marked tokens).
+
+    Returns:
+      {"like": sum of -log p over like tokens, "like_count", "unlike": sum of
+       -log(1 - p) over unlike tokens (Welleck et al. 2019), "unlike_count",
+       "unlike_prob": sum of p over unlike tokens}, float32 scalars.
+    """
+    logp_BxT = _float(logp_BxT)
+    like, unlike = _float(like_mask_BxT), _float(unlike_mask_BxT)
+    _check_rank("logp_BxT", logp_BxT, 2, "[B, T]")
+    _check_same_shape(("logp_BxT", "like_mask_BxT", "unlike_mask_BxT"), logp_BxT, like, unlike)
+    # `where`, not multiply: tokens outside a mask add no value and no gradient.
+    return {"like": -jnp.sum(jnp.where(like != 0, logp_BxT, 0.0)), "like_count": jnp.sum(like),
+            "unlike": -jnp.sum(jnp.where(unlike != 0, log1m_exp(logp_BxT), 0.0)),
+            "unlike_count": jnp.sum(unlike),
+            "unlike_prob": jnp.sum(jnp.where(unlike != 0, jnp.exp(logp_BxT), 0.0))}
+
+
+def likelihood_unlikelihood_loss(logp_BxT: Array, like_mask_BxT: Array, unlike_mask_BxT: Array,
+                                 alpha) -> Array:
+    """`mean_like(-log p) + alpha * mean_unlike(-log(1 - p))`, each term a mean over
+    its own tokens (0 when it has none); see `likelihood_unlikelihood_sums`."""
+    s = likelihood_unlikelihood_sums(logp_BxT, like_mask_BxT, unlike_mask_BxT)
+    return (s["like"] / jnp.maximum(s["like_count"], 1.0)
+            + alpha * s["unlike"] / jnp.maximum(s["unlike_count"], 1.0))
 
 
 # --------------------------------------------------------------------------

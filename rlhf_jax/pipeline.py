@@ -202,7 +202,10 @@ def ppo_models_and_params(ctx: Context):
         raise ValueError("ppo.reward_source='rm' needs the reward stage (models/reward is missing)")
     from rlhf_jax.rollout import PPOModels
 
-    if cfg.ppo.value_model == "shared":
+    if cfg.ppo.algo != "ppo":  # RLOO / REINFORCE: the plain LM, no value model
+        params = {"policy": ref_params}
+        models = PPOModels(policy=ref_model, reference=ref_model, reward=rm_model, no_value=True)
+    elif cfg.ppo.value_model == "shared":
         policy = PolicyWithValueHead(ref_model.config)
         init = jax.jit(policy.init)(stage_key(cfg, "ppo"), jnp.zeros((1, 8), jnp.int32))["params"]
         params = {"policy": {"transformer": ref_params["transformer"],
@@ -269,6 +272,40 @@ def stage_dpo(ctx: Context) -> dict:
     return _scalars(summary)
 
 
+def stage_bon_sft(ctx: Context) -> dict:
+    """Expert iteration: best-of-n by the reward model, then SFT on the chosen samples."""
+    from rlhf_jax import expert_iteration
+
+    cfg = ctx.cfg
+    rm = ctx.reward_model()
+    if rm is None:
+        raise ValueError("the bon_sft stage ranks samples with the reward model: add the reward "
+                         "stage (models/reward is missing)")
+    model, params = ctx.initial_policy()
+    params, summary = expert_iteration.train_bon_sft(
+        cfg, task=ctx.task_spec(), model=model, params=params, rm_model=rm[0], rm_params=rm[1],
+        queries=ctx.queries("train"), dp=ctx.dp, rng=stage_key(cfg, "bon_sft"),
+        workdir=ctx.workdir, writer=ctx.writer)
+    _raise_if_preempted(summary, "bon_sft")
+    ctx.save_lm("bon_sft", model, params)
+    return _scalars(summary)
+
+
+def stage_ul(ctx: Context) -> dict:
+    """Likelihood on preferred responses + unlikelihood on span-marked tokens (no RL)."""
+    from rlhf_jax import unlikelihood
+
+    cfg = ctx.cfg
+    train, val = _read_labels(ctx)
+    model, params = ctx.initial_policy()
+    params, summary = unlikelihood.train_ul(cfg, model=model, params=params, train=train,
+                                            val=val, dp=ctx.dp, rng=stage_key(cfg, "ul"),
+                                            workdir=ctx.workdir, writer=ctx.writer)
+    _raise_if_preempted(summary, "ul")
+    ctx.save_lm("ul", model, params)
+    return _scalars(summary)
+
+
 def stage_eval(ctx: Context) -> dict:
     from rlhf_jax import eval as eval_lib
 
@@ -289,6 +326,8 @@ STAGE_FNS = {
     "reward": stage_reward,
     "ppo": stage_ppo,
     "dpo": stage_dpo,
+    "bon_sft": stage_bon_sft,
+    "ul": stage_ul,
     "eval": stage_eval,
     "figures": stage_figures,
 }

@@ -176,12 +176,14 @@ def kl_penalty_rewards(
     kl_coef,
     mask_BxT: Optional[Array] = None,
     score_index_B: Optional[Array] = None,
+    token_rewards_BxT: Optional[Array] = None,
 ) -> tuple[Array, Array, Array]:
     """Per-token rewards: `-kl_coef * (logp - ref_logp)`, plus the score at one index.
 
     docs/implementation_details.md item 19 / LHP `compute_rewards`: the KL penalty is paid at
     every token, the reward-model score once. Higher score -> higher reward;
-    higher `logp - ref_logp` -> lower reward.
+    higher `logp - ref_logp` -> lower reward. Dense rewards of a token-level
+    reward model (Wu et al. 2023) add at their own tokens.
 
     Args:
         score_B: the (penalised) reward-model score per sample.
@@ -192,6 +194,8 @@ def kl_penalty_rewards(
         score_index_B: where the score is added. Default: the last index T-1
             (Ziegler), or with a mask the last masked-in index. Stiennon passes the
             EOS index (`data.tasks.first_eos_index`).
+        token_rewards_BxT: optional per-token rewards, added where the mask is 1
+            (they count in neither `non_score_reward` nor `kl`).
     Returns:
         `(rewards_BxT, non_score_reward_BxT, kl_BxT)`.
     """
@@ -207,7 +211,37 @@ def kl_penalty_rewards(
             score_index_B = last_valid_index(mask_BxT)
     at_score_BxT = jax.nn.one_hot(score_index_B, t, dtype=jnp.float32)
     rewards_BxT = non_score_reward_BxT + at_score_BxT * jnp.asarray(score_B, jnp.float32)[:, None]
+    if token_rewards_BxT is not None:
+        tok_BxT = jnp.asarray(token_rewards_BxT, jnp.float32)
+        rewards_BxT = rewards_BxT + (tok_BxT if mask_BxT is None else tok_BxT * _mask_like(
+            tok_BxT, mask_BxT))
     return rewards_BxT, non_score_reward_BxT, kl_BxT
+
+
+def token_level_rewards(p_bad_BxT: Array, mask_BxT: Array, coef, clean, mode: str = "hard"
+                        ) -> Array:
+    """Dense rewards of a token-level reward model (Wu et al. 2023).
+
+    Each real token earns `coef * clean` if the model calls it clean and
+    `-coef` if it calls it wrong: `mode="hard"` takes the model's decision
+    (`p_bad > 0.5`, as Wu et al.'s classifiers), `"prob"` its expectation
+    `coef * ((1 - p_bad) * clean - p_bad)`. Masked-out tokens earn 0.
+
+    Args:
+        p_bad_BxT: the model's probability that each token is marked wrong.
+        mask_BxT: 0/1, the tokens that earn a reward.
+        coef: the weight of the dense rewards beside the sequence score.
+        clean: the reward of a clean token (Wu et al.: +1; 0 rewards only errors).
+        mode: "hard" | "prob".
+    """
+    p_BxT = jnp.asarray(p_bad_BxT, jnp.float32)
+    if mode == "hard":
+        p_BxT = (p_BxT > 0.5).astype(jnp.float32)
+    elif mode != "prob":
+        raise ValueError(f"ppo.token_reward_mode={mode!r}: expected 'hard' or 'prob'")
+    return coef * ((1.0 - p_BxT) * clean - p_BxT) * _mask_like(p_BxT, mask_BxT)
+
+
 
 
 def policy_loss(
@@ -306,6 +340,7 @@ class Rollout:
     values_BxR: Array
     scores_B: Array  # post-processed, penalised score
     score_index_B: Array  # where the score is paid (last index or EOS)
+    token_rewards_BxR: Optional[Array] = None  # dense rewards of a token-level RM, or None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,7 +404,7 @@ def advantages_and_returns(rewards_BxT, values_BxT, mask_BxT, hp: "PPOHParams",
 
 
 def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation,
-                     hp: PPOHParams, axis_name: str | None):
+                     hp: PPOHParams, axis_name: str | None, advantages=None):
     """Returns `update(state, rollout) -> (state, metrics)`: one PPO update, pure.
 
     Written for one device's shard; with `axis_name` (a name or a tuple of mesh
@@ -379,10 +414,15 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
     "global" whitens once over the global batch, so the result does not depend
     on the device count; "minibatch" is LHP's arithmetic, per minibatch and
     per device (LHP: per MPI rank), advantages recomputed in every minibatch.
+
+    `advantages(state, rollout, rewards_BxR, mask_BxR) -> (state, adv_BxR,
+    returns_BxR, stats)` replaces reward whitening and GAE (whatever the
+    scope), and then no value model is trained (`rlhf_jax.pg`: RLOO,
+    REINFORCE with a baseline).
     """
     if hp.whiten_scope not in WHITEN_SCOPES:
         raise ValueError(f"ppo.whiten_scope={hp.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
-    per_minibatch = hp.whiten_scope == "minibatch"
+    per_minibatch = hp.whiten_scope == "minibatch" and advantages is None
 
     def pmean(x):
         return jax.lax.pmean(x, axis_name) if axis_name else x
@@ -391,10 +431,15 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
         mask_BxR = ro.response_mask_BxR.astype(jnp.float32)
         kl_coef = state.kl.coef
         rewards_BxR, non_score_BxR, kl_BxR = kl_penalty_rewards(
-            ro.scores_B, ro.logprobs_BxR, ro.ref_logprobs_BxR, kl_coef, mask_BxR, ro.score_index_B)
+            ro.scores_B, ro.logprobs_BxR, ro.ref_logprobs_BxR, kl_coef, mask_BxR, ro.score_index_B,
+            ro.token_rewards_BxR)
         train = dict(query=ro.query_BxQ, query_mask=ro.query_mask_BxQ, response=ro.response_BxR,
                      mask=mask_BxR, logp=ro.logprobs_BxR, values=ro.values_BxR)
-        if per_minibatch:
+        extra_stats = {}
+        if advantages is not None:
+            state, train["adv"], train["returns"], extra_stats = advantages(
+                state, ro, rewards_BxR, mask_BxR)
+        elif per_minibatch:
             train["rewards"] = rewards_BxR
         else:
             train["adv"], train["returns"] = advantages_and_returns(
@@ -430,15 +475,19 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
                 mb["mask"].astype(jnp.int32), hp.temperature)
             pg_loss, pg_stats = policy_loss(logp_BxR, mb["logp"], adv_BxR, hp.cliprange,
                                             mb["mask"])
-            vf_loss, vf_stats = value_loss(v_BxR, mb["values"], returns_BxR, hp.cliprange_value,
-                                           mb["mask"])
             stats.update({
                 "ppo/loss/policy": pg_loss,
-                "ppo/loss/value": vf_loss,
-                "ppo/loss/total": pg_loss + hp.vf_coef * vf_loss,
                 "ppo/policy/entropy": masked_mean(entropy_BxR, mb["mask"]),
                 "ppo/policy/approxkl": pg_stats["approxkl"],
                 "ppo/policy/clipfrac": pg_stats["clipfrac"],
+            })
+            if advantages is not None:  # no value model
+                return weight * pg_loss, {**stats, "ppo/loss/total": pg_loss}
+            vf_loss, vf_stats = value_loss(v_BxR, mb["values"], returns_BxR, hp.cliprange_value,
+                                           mb["mask"])
+            stats.update({
+                "ppo/loss/value": vf_loss,
+                "ppo/loss/total": pg_loss + hp.vf_coef * vf_loss,
                 "ppo/val/vpred": vf_stats["vpred"],
                 "ppo/val/error": vf_stats["error"],
                 "ppo/val/clipfrac": vf_stats["clipfrac"],
@@ -489,7 +538,16 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
             "objective/score_total": jnp.mean(ro.scores_B + jnp.sum(non_score_BxR, axis=1)),
             "ppo/response_length": jnp.mean(jnp.sum(mask_BxR, axis=1)),
         }))
-        if per_minibatch:
+        if ro.token_rewards_BxR is not None:
+            stats["objective/token_reward"] = pmean(jnp.mean(jnp.sum(
+                ro.token_rewards_BxR * mask_BxR, axis=1)))
+        stats.update(extra_stats)
+        if advantages is not None:
+            g_mask = train["mask"]
+            stats["ppo/returns/mean"] = masked_mean(train["returns"], g_mask)
+            stats["ppo/returns/var"] = masked_var(train["returns"], g_mask)
+            stats["ppo/advantages/mean"] = masked_mean(train["adv"], g_mask)
+        elif per_minibatch:
             # LHP `record_step_stats` (line 241): from the minibatch averages.
             stats["ppo/val/var_explained"] = 1.0 - _safe_div(stats["ppo/val/error"],
                                                              stats["ppo/returns/var"])

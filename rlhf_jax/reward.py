@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import losses, supervised
+from rlhf_jax import losses, parallel, supervised
 from rlhf_jax.data.labels import Labels, parse_label_type
 from rlhf_jax.sampling import sample
 
@@ -112,6 +112,20 @@ def get_rewards(rm_model, rm_params, query_BxQ, query_mask_BxQ, response_BxR,
     method = "raw_rewards" if raw else "__call__"
     return rm_model.apply({"params": rm_params}, ids_BxT, mask_BxT, reward_index_B,
                           method=method)
+
+
+def get_rewards_and_token_logits(rm_model, rm_params, query_BxQ, query_mask_BxQ, response_BxR,
+                                 response_mask_BxR, *, reward_at: str,
+                                 eos_token: int | None = None):
+    """`(rewards_B, token_logits_BxR)` of a token-level reward model in one pass:
+    the rewards as `get_rewards`, and the span head's logit for each response
+    token (read at the token itself)."""
+    ids_BxT, mask_BxT = rm_inputs(query_BxQ, query_mask_BxQ, response_BxR, response_mask_BxR)
+    index_B = reward_index(query_BxQ.shape[1], response_BxR, response_mask_BxR,
+                           reward_at=reward_at, eos_token=eos_token)
+    rewards_B, logits_BxT = rm_model.apply({"params": rm_params}, ids_BxT, mask_BxT, index_B,
+                                           method="rewards_and_token_logits")
+    return rewards_B, logits_BxT[:, query_BxQ.shape[1]:]
 
 
 @functools.partial(jax.jit, static_argnames=("rm_model", "reward_at", "eos_token", "raw"))
@@ -446,42 +460,76 @@ def label_metrics(label_type: str, r_BxK, target_B) -> dict:
 
 
 def _rewards_BxK(rm_model, params, batch, reward_at, eos_token):
-    """Rewards of every (query, response_k) in a label batch, one forward pass."""
+    """Rewards of every (query, response_k) in a label batch, one forward pass, and
+    with span marks in the batch the span head's logits [B*K, R] (else None)."""
     b, k, r = batch["responses"].shape
     # Row-major flattening: row b*K + j is (query b, response j).
-    query_BKxQ = jnp.repeat(batch["query"], k, axis=0)
-    query_mask_BKxQ = jnp.repeat(batch["query_mask"], k, axis=0)
-    r_BK = get_rewards(rm_model, params, query_BKxQ, query_mask_BKxQ,
-                       batch["responses"].reshape(b * k, r),
-                       batch["response_mask"].reshape(b * k, r),
-                       reward_at=reward_at, eos_token=eos_token)
-    return r_BK.reshape(b, k)
+    args = (params, jnp.repeat(batch["query"], k, axis=0),
+            jnp.repeat(batch["query_mask"], k, axis=0), batch["responses"].reshape(b * k, r),
+            batch["response_mask"].reshape(b * k, r))
+    kw = dict(reward_at=reward_at, eos_token=eos_token)
+    if "span_mask" in batch:
+        r_BK, logits_BKxR = get_rewards_and_token_logits(rm_model, *args, **kw)
+        return r_BK.reshape(b, k), logits_BKxR
+    return get_rewards(rm_model, *args, **kw).reshape(b, k), None
 
 
-def _loss_fn(params, batch, rng, *, rm_model, label_type, reward_at, eos_token):
+def _span_sums(batch, logits_BKxR, weight_B=None):
+    b, k, r = batch["responses"].shape
+    mask_BxKxR = batch["response_mask"].astype(jnp.float32)
+    if weight_B is not None:
+        mask_BxKxR = mask_BxKxR * weight_B[:, None, None]
+    return losses.span_token_sums(logits_BKxR, batch["span_mask"].reshape(b * k, r),
+                                  mask_BxKxR.reshape(b * k, r))
+
+
+def _loss_fn(params, batch, rng, *, rm_model, label_type, reward_at, eos_token, span_coef):
     del rng  # no dropout (docs/implementation_details.md item 15)
-    r_BxK = _rewards_BxK(rm_model, params, batch, reward_at, eos_token)
+    r_BxK, logits_BKxR = _rewards_BxK(rm_model, params, batch, reward_at, eos_token)
     metrics = label_metrics(label_type, r_BxK, batch["target"])
-    return metrics.pop("loss"), metrics
+    loss = metrics.pop("loss")
+    if logits_BKxR is not None:
+        # The span loss is a mean over the global batch's response tokens: this
+        # shard's sum times devices / global count, so the loop's mean over
+        # shards is that mean whatever the shards' token counts.
+        sums = _span_sums(batch, logits_BKxR)
+        g = parallel.psum(sums)
+        count = jnp.maximum(g["count"], 1.0)
+        metrics.update(label_loss=loss, span_loss=g["loss"] / count,
+                       span_accuracy=g["correct"] / count,
+                       span_recall=g["found"] / jnp.maximum(g["marked"], 1.0))
+        loss = loss + span_coef * sums["loss"] * parallel.psum(1) / count
+    return loss, metrics
 
 
-def _eval_fn(params, batch, *, rm_model, label_type, reward_at, eos_token):
-    r_BxK = _rewards_BxK(rm_model, params, batch, reward_at, eos_token)
+def _eval_fn(params, batch, *, rm_model, label_type, reward_at, eos_token, span_coef):
+    del span_coef
+    r_BxK, logits_BKxR = _rewards_BxK(rm_model, params, batch, reward_at, eos_token)
     # Per-record metrics: the batch functions on one record at a time.
     per_B = jax.vmap(lambda r_K, t: label_metrics(label_type, r_K[None], t[None]))(
         r_BxK, batch["target"])
     w_B = batch["weight"]
-    return {k: (jnp.sum(w_B * v_B), jnp.sum(w_B)) for k, v_B in per_B.items()}
+    out = {k: (jnp.sum(w_B * v_B), jnp.sum(w_B)) for k, v_B in per_B.items()}
+    if logits_BKxR is not None:
+        sums = _span_sums(batch, logits_BKxR, w_B)
+        out.update(span_loss=(sums["loss"], sums["count"]),
+                   span_accuracy=(sums["correct"], sums["count"]),
+                   span_recall=(sums["found"], sums["marked"]))
+    return out
 
 
-def labels_to_data(labels: Labels) -> dict[str, np.ndarray]:
-    """The host arrays the RM loop consumes (one row per labelled query)."""
+def labels_to_data(labels: Labels, spans: bool = False) -> dict[str, np.ndarray]:
+    """The host arrays the RM loop consumes (one row per labelled query); with
+    `spans`, the span marks too (the token-level RM's targets)."""
     target = {"best_of_n": labels.best_N, "pairwise": labels.best_N,
               "scalar_rating": labels.score_N,
               "scalar_compare": labels.difference_N}[labels.label_type]
-    return {"query": labels.query_NxQ, "query_mask": labels.query_mask_NxQ,
+    data = {"query": labels.query_NxQ, "query_mask": labels.query_mask_NxQ,
             "responses": labels.responses_NxKxR, "response_mask": labels.response_mask_NxKxR,
             "target": target}
+    if spans:
+        data["span_mask"] = labels.span_mask_NxKxR
+    return data
 
 
 def _check_reward_at(reward_at, eos_token):
@@ -534,7 +582,12 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
       reward.normalize_samples: reference samples per normalisation (LHP 256),
         rounded up to whole `reward.rollout_batch_size` batches by the sampler.
       reward.normalize_mode: "gain_bias" (Ziegler) | "bias_only" (Stiennon).
-      reward.head: "linear" | "scalar_mix"; must match `rm_model.head`.
+      reward.head: "linear" | "scalar_mix" | "selector"; must match `rm_model.head`.
+      reward.token_head, reward.span_coef: with a token head (must match
+        `rm_model.token_head`) the loss adds `span_coef` times the mean
+        per-token cross-entropy against the labels' span marks
+        (`losses.span_token_loss`); metrics `reward/span_loss`,
+        `reward/span_accuracy`, `reward/span_recall` (and `val_` ones).
       reward.reward_at: "last" (Ziegler) | "eos" (Stiennon).
       labels.type: `best_of_4`, `pairwise`, `scalar_rating`, `scalar_compare`.
       labels.num_train: training labels used (the first ones of `train`).
@@ -571,6 +624,9 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
     if r.head != rm_model.head:
         raise ValueError(f"reward.head={r.head!r} but the reward model has head "
                          f"{rm_model.head!r}")
+    if bool(r.token_head) != rm_model.token_head:
+        raise ValueError(f"reward.token_head={r.token_head} but the reward model "
+                         f"{'has' if rm_model.token_head else 'has no'} token head")
     reward_at = r.reward_at
     eos_token = cfg.task.eos_token if reward_at == "eos" else None
     _check_reward_at(reward_at, eos_token)
@@ -598,8 +654,14 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
     else:
         val = None
 
+    spans = rm_model.token_head
+    for what, labels in (("training", train), ("held-out", val)):
+        if spans and labels is not None and labels.span_mask_NxKxR is None:
+            raise ValueError(f"reward.token_head trains on span marks, but the {what} labels "
+                             "carry none: set labels.spans.enabled (the mock span labeller) "
+                             "or use a label file with marks")
     kw = dict(rm_model=rm_model, label_type=train.label_type, reward_at=reward_at,
-              eos_token=eos_token)
+              eos_token=eos_token, span_coef=float(r.span_coef))
     target_mean, target_std = label_target_moments(train)
 
     def normalize(params, rng, target_mean, target_std, when):
@@ -624,8 +686,8 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
         loss_fn=functools.partial(_loss_fn, **kw),
         eval_fn=functools.partial(_eval_fn, **kw),
         params=rm_params,
-        train_data=labels_to_data(train),
-        val_data=None if val is None else labels_to_data(val),
+        train_data=labels_to_data(train, spans),
+        val_data=None if val is None else labels_to_data(val, spans),
         dp=dp,
         rng=rng,
         num_train_field="labels.num_train",
@@ -634,5 +696,6 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
         init_fn=init_fn,
         finalize_fn=finalize_fn,
         stop_after=stop_after,
-        cache_key=("reward", rm_model, train.label_type, reward_at, eos_token),
+        cache_key=("reward", rm_model, train.label_type, reward_at, eos_token,
+                   float(r.span_coef)),
     )

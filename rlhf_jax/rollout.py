@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from rlhf_jax import parallel
 from rlhf_jax.data import tasks
-from rlhf_jax.ppo import Rollout, forward_policy_value
+from rlhf_jax.ppo import Rollout, forward_policy_value, token_level_rewards
 from rlhf_jax.sampling import sample
 
 
@@ -77,6 +77,23 @@ class TaskSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class TokenRewards:
+    """Dense rewards from a token-level RM (`ppo.token_level_rewards`'s settings)."""
+
+    coef: float
+    clean: float
+    mode: str
+
+    @classmethod
+    def from_config(cls, ppo) -> "TokenRewards | None":
+        """`ppo.token_reward_{coef,clean,mode}`; None when the coefficient is 0."""
+        if not ppo.token_reward_coef:
+            return None
+        return cls(float(ppo.token_reward_coef), float(ppo.token_reward_clean),
+                   ppo.token_reward_mode)
+
+
+@dataclasses.dataclass(frozen=True)
 class PPOModels:
     """The Flax modules of a PPO run (params live elsewhere).
 
@@ -88,10 +105,11 @@ class PPOModels:
     reference: nn.Module
     value: nn.Module | None = None
     reward: nn.Module | None = None
+    no_value: bool = False  # a plain LM policy, no value model (RLOO, REINFORCE)
 
     @property
     def shared_value(self) -> bool:
-        return self.value is None
+        return self.value is None and not self.no_value
 
     def apply_policy_value(self, params, ids_BxT, mask_BxT, logits_at: slice = slice(None)):
         """(logits_BxLxV at positions `logits_at`, values_BxT) of the trained model(s).
@@ -103,7 +121,9 @@ class PPOModels:
         variables = {"params": params["policy"]}
         h_BxTxD = self.policy.apply(variables, ids_BxT, mask_BxT, method=_final_hidden)
         logits_BxLxV = self.policy.apply(variables, h_BxTxD[:, logits_at], method=_lm_logits)
-        if self.value is None:
+        if self.no_value:
+            values_BxT = jnp.zeros(ids_BxT.shape, jnp.float32)
+        elif self.value is None:
             values_BxT = self.policy.apply(variables, h_BxTxD, method=_value_head)
         else:
             values_BxT = self.value.apply({"params": params["value"]}, ids_BxT, mask_BxT)
@@ -166,13 +186,31 @@ def rm_scores(reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR,
         eos_token=task.eos_token if task.stop_at_eos else None)
 
 
-def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable:
+def rm_scores_and_token_rewards(reward_model, rm_params, query_BxQ, query_mask_BxQ,
+                                processed_BxR, task: TaskSpec, token: TokenRewards):
+    """`(scores_B, token_rewards_BxR)` of a token-level RM: the score as `rm_scores`,
+    and per response token the dense reward of its span head's decision."""
+    from rlhf_jax import reward
+
+    resp_mask_BxR = (processed_BxR != task.pad_token).astype(jnp.int32)
+    scores_B, logits_BxR = reward.get_rewards_and_token_logits(
+        reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR, resp_mask_BxR,
+        reward_at="eos" if task.stop_at_eos else "last",
+        eos_token=task.eos_token if task.stop_at_eos else None)
+    return scores_B, token_level_rewards(jax.nn.sigmoid(logits_BxR), resp_mask_BxR, token.coef,
+                                         token.clean, token.mode)
+
+
+def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool,
+                 token_rewards: TokenRewards | None = None) -> Callable:
     """Per-shard `rollout(params, ref_params, rm_params, query, query_mask, rng) -> (Rollout, processed)`.
 
     `query` is raw (what the RM reads); the Rollout holds the policy's
     formatted query, on which PPO trains. With `use_rm=False` the scores are zeros, to be filled on the host by a
     gold scorer (RL directly on the mock reward, Ziegler Fig. 2); the penalty
-    is then applied there with `penalize`.
+    is then applied there with `penalize`. With `token_rewards` the RM is a
+    token-level one and the rollout carries its dense rewards for the
+    post-processed response's tokens (0 after truncation).
     """
 
     def rollout(params, ref_params, rm_params, raw_query_BxQ, raw_query_mask_BxQ, rng):
@@ -192,7 +230,13 @@ def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable
         processed_BxR = tasks.postprocess_responses(
             response_BxR, task.truncate_token, task.truncate_after, task.pad_token)
         idx_B = score_index(processed_BxR, task)
-        if use_rm:
+        token_BxR = None
+        if use_rm and token_rewards is not None:
+            scores_B, token_BxR = rm_scores_and_token_rewards(
+                models.reward, rm_params, raw_query_BxQ, raw_query_mask_BxQ, processed_BxR, task,
+                token_rewards)
+            scores_B = penalize(scores_B, response_BxR, task)
+        elif use_rm:
             scores_B = rm_scores(models.reward, rm_params, raw_query_BxQ, raw_query_mask_BxQ,
                                  processed_BxR, task)
             scores_B = penalize(scores_B, response_BxR, task)
@@ -202,6 +246,7 @@ def make_rollout(models: PPOModels, task: TaskSpec, *, use_rm: bool) -> Callable
             query_BxQ=query_BxQ, query_mask_BxQ=query_mask_BxQ, response_BxR=response_BxR,
             response_mask_BxR=mask_BxR, logprobs_BxR=logp_BxR, ref_logprobs_BxR=ref_logp_BxR,
             values_BxR=values_BxR, scores_B=scores_B.astype(jnp.float32), score_index_B=idx_B,
+            token_rewards_BxR=token_BxR,
         )
         return ro, processed_BxR
 

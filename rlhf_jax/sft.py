@@ -154,9 +154,17 @@ def _eval_fn(params, batch, *, model, loss_on):
 # Trainers.
 
 
-def _train(cfg, stage: str, loss_on: str, *, model, params, train: SFTData,
-           val: SFTData | None, dp, rng, workdir, writer, stop_after):
-    loop = supervised.LoopConfig.from_config(cfg, stage)
+def _train(cfg, stage: str, loss_on: str, **kwargs):
+    return train_causal_lm(cfg, supervised.LoopConfig.from_config(cfg, stage), loss_on, **kwargs)
+
+
+def train_causal_lm(cfg, loop: supervised.LoopConfig, loss_on: str, *, model, params,
+                    train: SFTData, val: SFTData | None, dp, rng, workdir, writer,
+                    stop_after=None):
+    """Next-token training of `model` on `train` with the loop `loop` (its stage
+    names the metrics and checkpoints); `train_sft` and `train_lm` are this
+    with their config group's loop. Also expert iteration's rounds."""
+    stage = loop.stage
     dp.check_config(cfg)
     if loss_on not in LOSS_ON:
         raise ValueError(f"{stage}.loss_on={loss_on!r}: expected one of {LOSS_ON}")

@@ -34,6 +34,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from rlhf_jax.data.labels import Labels, char_spans_to_mask
+from rlhf_jax.labelers import LabelRequest, MockLabeler, VaderGold
 
 KINDS = ("negative", "ungrammatical")
 Span = tuple[int, int, str]
@@ -46,8 +47,9 @@ class SpanSource(Protocol):
         ...
 
 
-class VaderSpans:
-    """Marks the words VADER's lexicon scores negative (kind "negative").
+class VaderSpans(VaderGold):
+    """The VADER gold, which also marks the words its lexicon scores negative
+    (kind "negative"): a gold with `__call__`, `rewards` and `bad_spans`.
 
     VADER's compound score is a normalised sum of word valences (with
     boosters and negation rules on top); a word of negative valence is the
@@ -57,9 +59,8 @@ class VaderSpans:
     _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 
     def __init__(self):
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        self.lexicon = SentimentIntensityAnalyzer().lexicon
+        super().__init__()
+        self.lexicon = self._analyzer.lexicon
 
     def bad_spans(self, text: str) -> list[Span]:
         return [(m.start(), m.end(), "negative") for m in self._WORD.finditer(text)
@@ -67,7 +68,8 @@ class VaderSpans:
 
 
 def span_source(gold: str) -> SpanSource:
-    """The span source of a `labels.gold` name; ValueError naming the field."""
+    """The gold of a `labels.gold` name with its word-level spans; ValueError
+    naming the field when it has none."""
     if gold == "vader":
         return VaderSpans()
     raise ValueError(f"labels.gold={gold!r} has no word-level span source (span marks need "
@@ -210,3 +212,29 @@ def mark_unmarked(cfg, decode: Callable[[list[int]], str], labels: Labels | None
     if labels is None or labels.span_mask_NxKxR is not None:
         return labels
     return labeler_for_config(cfg, decode).annotate(labels)
+
+
+def judge_for_config(cfg) -> MockLabeler:
+    """The held-out pairwise labeller `eval.judge` describes (module doc)."""
+    j = cfg.eval.judge
+    world = span_source(cfg.labels.gold)
+    gold = JudgeGold(world, world, {"negative": j.weight_negative,
+                                    "ungrammatical": j.weight_ungrammatical})
+    return MockLabeler(gold, label_type="pairwise", noise=j.noise, seed=j.seed, name="judge")
+
+
+def judge_winrates(judge: MockLabeler, decode, query_NxQ, query_mask_NxQ, baseline, policies,
+                   pad_token: int) -> dict[str, dict[str, float]]:
+    """Per policy, how often the judge prefers its response to the baseline's for
+    the same query (`judge_winrate`), and the judge's mean reward of its
+    responses (`judge_score`). `baseline` and each of `policies` are
+    `(responses_NxR, mask_NxR)` as the gold reads them (post-processed)."""
+    out = {}
+    for name, (resp_NxR, mask_NxR) in policies.items():
+        request = LabelRequest.from_tokens(
+            query_NxQ, query_mask_NxQ, np.stack([baseline[0], resp_NxR], 1),
+            np.stack([baseline[1], mask_NxR], 1), pad_token=pad_token, decode=decode)
+        labels = judge.label(request)
+        out[name] = {"judge_winrate": float(np.mean(labels.best_N == 1)),
+                     "judge_score": float(np.mean(labels.gold_NxK[:, 1]))}
+    return out

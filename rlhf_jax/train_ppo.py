@@ -8,7 +8,8 @@ over updates, constant within one (item 25, LHP `lrnow`).
 Config fields read (groups `ppo`, `kl`, `task`, `parallel`, `seed`):
 `ppo.batch_size`, `ppo.nminibatches`, `ppo.noptepochs`, `ppo.lr`, `ppo.adam`
 ("tf" | "torch"), `ppo.adam_eps`, `ppo.cliprange`, `ppo.cliprange_value`,
-`ppo.vf_coef`, `ppo.gamma`, `ppo.lam`, `ppo.whiten_rewards`,
+`ppo.vf_coef`, `ppo.gamma`, `ppo.lam`, `ppo.whiten_rewards`, `ppo.algo`,
+`ppo.rloo_k`, `ppo.baseline_decay` (`rlhf_jax.pg`),
 `ppo.whiten_scope` ("global" | "minibatch"), `ppo.total_episodes`,
 `ppo.reward_source` ("rm" | "gold"), `ppo.log_every`, `ppo.checkpoint_every`,
 `ppo.num_logged_samples`; `kl.coef`, `kl.adaptive`, `kl.target`,
@@ -28,11 +29,11 @@ import numpy as np
 import optax
 
 from rlhf_jax import metrics as metrics_lib
-from rlhf_jax import config_lib, optim, parallel
+from rlhf_jax import config_lib, optim, parallel, pg
 from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.kl import init_kl_state
 from rlhf_jax.ppo import PPOHParams, PPOState, make_update_step
-from rlhf_jax.rollout import PPOModels, TaskSpec, make_rollout, penalize
+from rlhf_jax.rollout import PPOModels, TaskSpec, TokenRewards, make_rollout, penalize
 
 STAGE = "ppo"
 LOG_KEYS = (
@@ -86,10 +87,20 @@ def make_optimizer(ppo_cfg, lr=None) -> optax.GradientTransformation:
 
 
 def init_state(params, optimizer, cfg) -> PPOState:
-    return PPOState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-        kl=init_kl_state(cfg.kl.coef), rng=jax.random.key(cfg.seed),
-    )
+    fields = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                  kl=init_kl_state(cfg.kl.coef), rng=jax.random.key(cfg.seed))
+    if cfg.ppo.algo == "ppo":
+        return PPOState(**fields)
+    return pg.PGState(**fields, baseline=jnp.zeros((), jnp.float32))
+
+
+def query_batch(cfg, queries: QuerySource, update: int):
+    """The queries of one update: `ppo.batch_size` of them, or for RLOO
+    `batch_size / rloo_k` queries each repeated `rloo_k` times."""
+    if cfg.ppo.algo == "rloo":
+        k = cfg.ppo.rloo_k
+        return pg.repeat_queries(*queries.batch(update, cfg.ppo.batch_size // k), k)
+    return queries.batch(update, cfg.ppo.batch_size)
 
 
 class PPOTrainer:
@@ -108,10 +119,18 @@ class PPOTrainer:
             raise ValueError("ppo.reward_source='rm' but no reward model was given")
         self.optimizer = make_optimizer(cfg.ppo)
         R, S = parallel.REP, parallel.SHARD
-        self.rollout_fn = dp.compile(make_rollout(models, self.task, use_rm=self.use_rm),
+        token = TokenRewards.from_config(cfg.ppo)
+        if token is not None and (models.reward is None or not models.reward.token_head):
+            raise ValueError("ppo.token_reward_coef > 0 but the reward model has no token head "
+                             "(reward.token_head)")
+        self.rollout_fn = dp.compile(make_rollout(models, self.task, use_rm=self.use_rm,
+                                                  token_rewards=token),
                                      (R, R, R, S, S, R), (S, S))
+        advantages = None if cfg.ppo.algo == "ppo" else pg.make_advantages(
+            cfg.ppo.algo, k=cfg.ppo.rloo_k, decay=cfg.ppo.baseline_decay,
+            axis_name=dp.batch_axes)
         update = make_update_step(models.apply_policy_value, self.optimizer, hparams(cfg),
-                                  dp.batch_axes)
+                                  dp.batch_axes, advantages=advantages)
         self.update_fn = dp.compile(update, (R, S), (R, R), donate_argnums=(0,))
 
     def rollout(self, state, ref_params, rm_params, query_BxQ, query_mask_BxQ,
@@ -200,7 +219,7 @@ class PPOTrainer:
                         break
                     rm_r = dp.replicate(new_rm)
                     t_last = time.perf_counter()
-                q_BxQ, qm_BxQ = queries.batch(update, cfg.ppo.batch_size)
+                q_BxQ, qm_BxQ = query_batch(cfg, queries, update)
                 ro, processed, gold_B = self.rollout(state, ref_r, rm_r, q_BxQ, qm_BxQ, gold_fn)
                 state, stats = self.update_fn(state, ro)
                 update += 1

@@ -39,7 +39,8 @@ def ppo_config():
                  adam_eps=1e-5, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0,
                  lam=0.95, whiten_rewards=True, whiten_scope="global",
                  total_episodes=BATCH * UPDATES, reward_source="gold", log_every=1,
-                 checkpoint_every=100, num_logged_samples=2),
+                 checkpoint_every=100, num_logged_samples=2, algo="ppo",
+                 token_reward_coef=0.0),
         kl=dict(coef=0.05, adaptive=True, target=2.0, horizon=100)))
 
 

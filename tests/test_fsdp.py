@@ -34,7 +34,8 @@ def ppo_config() -> ml_collections.ConfigDict:
         seed=0, task=dict(temperature=0.7),
         ppo=dict(batch_size=B, nminibatches=2, noptepochs=2, lr=3e-3, adam="tf", adam_eps=1e-5,
                  cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
-                 whiten_rewards=True, whiten_scope="global", total_episodes=B * 4),
+                 whiten_rewards=True, whiten_scope="global", total_episodes=B * 4,
+                 algo="ppo"),
         kl=dict(coef=0.05, adaptive=True, target=2.0, horizon=640)))
 
 

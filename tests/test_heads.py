@@ -176,10 +176,12 @@ def test_scalar_mix_at_init_equals_linear():
     assert np.abs(np.asarray(_rm_outputs(rm_mix, uniform, ids, mask, index_B)[0]) - want).min() > 1e-3
 
 
-@pytest.mark.parametrize("module_cls", [RewardModel, ValueModel])
-def test_unknown_head_names_the_config_field(module_cls):
+@pytest.mark.parametrize("module_cls,heads", [
+    (RewardModel, r"\('linear', 'scalar_mix', 'selector'\)"),
+    (ValueModel, r"\('linear', 'scalar_mix'\)")])
+def test_unknown_head_names_the_config_field(module_cls, heads):
     cfg = tiny_pair()[1].config
-    with pytest.raises(ValueError, match=r"reward.head='mlp': expected one of \('linear', 'scalar_mix'\)"):
+    with pytest.raises(ValueError, match=r"reward.head='mlp': expected one of " + heads):
         module_cls(cfg, head="mlp").init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32))
 
 
@@ -231,3 +233,58 @@ def test_value_model_from_reward_model_values_are_rewards(head):
     np.testing.assert_allclose(values_BxT, GAIN * raw_BxT + BIAS, atol=1e-5)
     # The RM's params are left as they were.
     assert float(rm_params["reward_gain"]) == GAIN and float(rm_params["reward_bias"]) == BIAS
+
+
+# ------------------------------------------------------------- selector head
+
+
+def _selector_rm(layers=()):
+    _, lm, lm_params = tiny_pair()
+    rm = RewardModel(lm.config, head="selector", selector_layers=layers)
+    ids, mask = _batch()
+    fresh = jax.jit(rm.init)(jax.random.key(3), ids)["params"]
+    return rm, {**fresh, "transformer": lm_params["transformer"]}, ids, mask
+
+
+def test_selector_reads_only_the_chosen_layers_of_a_frozen_trunk():
+    rm, params, ids, mask = _selector_rm()
+    n = rm.config.n_layer
+    assert rm.selector_layers == () and set(params["selector"]) == {"weights", "h_0", "ln_f"}
+    index_B = jnp.asarray([8, 8, 5, 8])
+
+    def reward(p):
+        return _rm_outputs(rm, p, ids, mask, index_B)[0]
+
+    base = np.asarray(reward(params))
+    # Default: the middle hidden state (index n_layer // 2); blocks above it and
+    # the trunk's final layer norm do not reach the reward ...
+    above = {**params, "transformer": {**params["transformer"],
+                                       "ln_f": jax.tree.map(lambda x: x + 1.0,
+                                                            params["transformer"]["ln_f"])}}
+    for i in range(n // 2, n):
+        above["transformer"][f"h_{i}"] = jax.tree.map(lambda x: x * 1.5,
+                                                      params["transformer"][f"h_{i}"])
+    np.testing.assert_allclose(reward(above), base, atol=1e-6)
+    # ... the blocks below it do.
+    below = {**params, "transformer": {**params["transformer"], "h_0": jax.tree.map(
+        lambda x: x * 1.5, params["transformer"]["h_0"])}}
+    assert np.abs(np.asarray(reward(below)) - base).max() > 1e-4
+    # The trunk is frozen: no gradient reaches it; the fresh block and the head learn.
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(reward(p))))(params)
+    assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(grads["transformer"]))
+    assert float(jnp.abs(grads["selector"]["h_0"]["attn"]["c_attn"]["kernel"]).max()) > 0
+    assert float(jnp.abs(grads["reward_head"]["kernel"]).max()) > 0
+
+
+def test_selector_mixes_several_chosen_layers():
+    rm, params, ids, mask = _selector_rm(layers=(0, 1))
+    assert params["selector"]["weights"].shape == (2,)
+    index_B = jnp.asarray([8, 8, 5, 8])
+    base = np.asarray(_rm_outputs(rm, params, ids, mask, index_B)[0])
+    # Weight on layer 0 only: the reward no longer depends on block h_0.
+    only0 = {**params, "selector": {**params["selector"], "weights": jnp.asarray([30.0, -30.0])}}
+    changed = {**only0, "transformer": {**only0["transformer"], "h_0": jax.tree.map(
+        lambda x: x * 1.5, only0["transformer"]["h_0"])}}
+    np.testing.assert_allclose(_rm_outputs(rm, changed, ids, mask, index_B)[0],
+                               _rm_outputs(rm, only0, ids, mask, index_B)[0], atol=1e-5)
+    assert np.abs(np.asarray(_rm_outputs(rm, only0, ids, mask, index_B)[0]) - base).max() > 1e-4

@@ -54,7 +54,7 @@ def make_cfg(label_type, num_train, num_val, *, batch_size=32, epochs=1, lr=1e-3
         adam_eps=1e-5, log_every=4, eval_every=0, checkpoint_every=2,
         normalize_before=normalize, normalize_after=normalize,
         normalize_samples=normalize_samples, normalize_mode="gain_bias", head="linear",
-        reward_at="last", rollout_batch_size=1000)
+        reward_at="last", rollout_batch_size=1000, token_head=False, span_coef=1.0)
     cfg.labels = dict(type=label_type, num_train=num_train, num_val=num_val)
     cfg.parallel = dict(mode=mode)
     cfg.task = dict(temperature=0.7, response_length=R)

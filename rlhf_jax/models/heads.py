@@ -6,7 +6,7 @@ and a reward model can seed a value network (Stiennon, docs/implementation_detai
 
   GPT2LMHeadModel      {"transformer"}
   RewardModel          {"transformer", "reward_head", "reward_gain", "reward_bias"
-                        [, "scalar_mix"]}
+                        [, "scalar_mix" | "selector"] [, "span_head"]}
   PolicyWithValueHead  {"transformer", "value_head"}
   ValueModel           {"transformer", "value_head" [, "scalar_mix"]}
 """
@@ -19,9 +19,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.gpt2 import GPT2Config, GPT2Model
+from rlhf_jax.models.gpt2 import Block, GPT2Config, GPT2Model, _layer_norm
 
-HEAD_TYPES = ("linear", "scalar_mix")
+HEAD_TYPES = ("linear", "scalar_mix", "selector")
+VALUE_HEAD_TYPES = ("linear", "scalar_mix")  # a value network has no frozen trunk to select from
 
 
 class ScalarMix(nn.Module):
@@ -44,6 +45,43 @@ class ScalarMix(nn.Module):
         return scale * jnp.einsum("l,l...->...", probs, stacked)
 
 
+class SelectorHead(nn.Module):
+    """Fresh transformer blocks reading chosen middle layers of a frozen trunk.
+
+    The critique of RLHF reward models proposed reading a pretrained model's
+    middle layers, where much of a text's meaning is linearly available,
+    rather than fine-tuning the whole trunk. Here: a learned softmax mix of
+    the hidden states at `layers` (0 = the embeddings; no gradient reaches
+    the trunk), then `num_blocks` newly initialised GPT-2 blocks (causal
+    self-attention over that mix, padding masked) and a final layer norm;
+    the reward head reads the result as it reads the last layer otherwise.
+    """
+
+    config: GPT2Config
+    layers: tuple[int, ...]
+    num_blocks: int = 1
+
+    @nn.compact
+    def __call__(self, hidden_states, attention_mask_BxT):
+        cfg = self.config
+        chosen = [jax.lax.stop_gradient(hidden_states[i]) for i in self.layers]
+        w = self.param("weights", nn.initializers.zeros, (len(chosen),))  # uniform at init
+        x_BxTxD = jnp.einsum("l,l...->...", jax.nn.softmax(w),
+                             jnp.stack([h.astype(jnp.float32) for h in chosen]))
+        t = x_BxTxD.shape[1]
+        allowed_BxTxS = (jnp.tril(jnp.ones((t, t), bool))[None]
+                         & attention_mask_BxT.astype(bool)[:, None, :])
+        x_BxTxD = x_BxTxD.astype(cfg.dtype)
+        for i in range(self.num_blocks):
+            x_BxTxD, _ = Block(cfg, name=f"h_{i}")(x_BxTxD, allowed_BxTxS)
+        return _layer_norm(cfg, "ln_f")(x_BxTxD).astype(jnp.float32)
+
+
+def selector_layers(config: GPT2Config, layers=()) -> tuple[int, ...]:
+    """`reward.selector_layers`, `()` meaning the middle hidden state."""
+    return tuple(int(i) for i in layers) or (config.n_layer // 2,)
+
+
 def _gather_index(x_BxTxD, index_B):
     return jnp.take_along_axis(x_BxTxD, index_B[:, None, None], axis=1)[:, 0]
 
@@ -54,9 +92,9 @@ def _head_input(module, hidden_states, head_type):
     return hidden_states[-1].astype(jnp.float32)
 
 
-def _check_head(head_type):
-    if head_type not in HEAD_TYPES:
-        raise ValueError(f"reward.head={head_type!r}: expected one of {HEAD_TYPES}")
+def _check_head(head_type, allowed=HEAD_TYPES):
+    if head_type not in allowed:
+        raise ValueError(f"reward.head={head_type!r}: expected one of {allowed}")
 
 
 class RewardModel(nn.Module):
@@ -68,42 +106,74 @@ class RewardModel(nn.Module):
     trainable. `reward_index_B` is the position the reward is read at: the last
     token (Ziegler, the default) or the first EOS (Stiennon), chosen by the
     caller. Rewards are float32 [B].
+
+    `head` picks h: the last layer (`linear`), a learned mix of every layer
+    (`scalar_mix`), or fresh blocks on chosen middle layers of the frozen
+    trunk (`selector`, `SelectorHead`). `token_head` adds a per-token logit
+    `span_head(h[t])`: "token t is wrong", trained on span marks (Wu et al.
+    2023's token-level reward model, `token_logits`).
     """
 
     config: GPT2Config
     head: str = "linear"
+    token_head: bool = False
+    selector_layers: tuple[int, ...] = ()
+    selector_blocks: int = 1
 
     def setup(self):
         _check_head(self.head)
         d = self.config.n_embd
         self.transformer = GPT2Model(self.config)
-        self.reward_head = nn.Dense(
-            1,
-            dtype=jnp.float32,
-            param_dtype=self.config.param_dtype,
-            kernel_init=nn.initializers.normal(1.0 / math.sqrt(d + 1)),
-            name="reward_head",
-        )
+        dense = lambda name: nn.Dense(  # noqa: E731
+            1, dtype=jnp.float32, param_dtype=self.config.param_dtype,
+            kernel_init=nn.initializers.normal(1.0 / math.sqrt(d + 1)), name=name)
+        self.reward_head = dense("reward_head")
         self.reward_gain = self.param("reward_gain", nn.initializers.ones, (), jnp.float32)
         self.reward_bias = self.param("reward_bias", nn.initializers.zeros, (), jnp.float32)
         if self.head == "scalar_mix":
             self.scalar_mix = ScalarMix(self.config.n_layer + 1)
+        if self.head == "selector":
+            self.selector = SelectorHead(self.config, selector_layers(self.config,
+                                                                      self.selector_layers),
+                                         self.selector_blocks)
+        if self.token_head:
+            self.span_head = dense("span_head")
 
     def __call__(self, input_ids_BxT, attention_mask=None, reward_index_B=None):
+        if self.token_head and self.is_initializing():  # create the span head's params too
+            return self.rewards_and_token_logits(input_ids_BxT, attention_mask, reward_index_B)[0]
         return self.gain * self.raw_rewards(input_ids_BxT, attention_mask, reward_index_B) + self.bias
 
-    def raw_rewards(self, input_ids_BxT, attention_mask=None, reward_index_B=None):
-        """The head's output before gain and bias (what normalisation measures)."""
+    def features(self, input_ids_BxT, attention_mask=None):
+        """[B, T, D] float32: what the heads read at every position."""
+        if attention_mask is None:
+            attention_mask = jnp.ones(input_ids_BxT.shape, jnp.int32)
         out = self.transformer(input_ids_BxT, attention_mask)
-        h_BxTxD = (
-            self.scalar_mix(out.hidden_states)
-            if self.head == "scalar_mix"
-            else out.hidden_states[-1].astype(jnp.float32)
-        )
-        b, t = input_ids_BxT.shape
+        if self.head == "scalar_mix":
+            return self.scalar_mix(out.hidden_states)
+        if self.head == "selector":
+            return self.selector(out.hidden_states, attention_mask)
+        return out.hidden_states[-1].astype(jnp.float32)
+
+    def _read(self, h_BxTxD, reward_index_B):
+        b, t = h_BxTxD.shape[:2]
         if reward_index_B is None:
             reward_index_B = jnp.full((b,), t - 1, jnp.int32)
         return self.reward_head(_gather_index(h_BxTxD, reward_index_B))[:, 0]
+
+    def raw_rewards(self, input_ids_BxT, attention_mask=None, reward_index_B=None):
+        """The head's output before gain and bias (what normalisation measures)."""
+        return self._read(self.features(input_ids_BxT, attention_mask), reward_index_B)
+
+    def token_logits(self, input_ids_BxT, attention_mask=None):
+        """[B, T] float32 logits of "token t is marked wrong" (needs `token_head`)."""
+        return self.span_head(self.features(input_ids_BxT, attention_mask))[..., 0]
+
+    def rewards_and_token_logits(self, input_ids_BxT, attention_mask=None, reward_index_B=None):
+        """`(rewards_B, token_logits_BxT)` from one trunk pass."""
+        h_BxTxD = self.features(input_ids_BxT, attention_mask)
+        rewards_B = self.gain * self._read(h_BxTxD, reward_index_B) + self.bias
+        return rewards_B, self.span_head(h_BxTxD)[..., 0]
 
     @property
     def gain(self):
@@ -153,7 +223,7 @@ class ValueModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids_BxT, attention_mask=None):
-        _check_head(self.head)
+        _check_head(self.head, VALUE_HEAD_TYPES)
         out = GPT2Model(self.config, name="transformer")(input_ids_BxT, attention_mask)
         h_BxTxD = _head_input(self, out.hidden_states, self.head)
         head = nn.Dense(1, dtype=jnp.float32, param_dtype=self.config.param_dtype,

@@ -45,9 +45,18 @@ def load_lm(cfg, path: str):
                            kv_cache_dtype=kv_cache_dtype(cfg))
 
 
+def reward_model(cfg, config: GPT2Config) -> RewardModel:
+    """The `RewardModel` the `reward` group describes (head, token head, selector), on a
+    GPT-2 of `config`."""
+    r = cfg.reward
+    return RewardModel(config, head=r.head, token_head=bool(r.token_head),
+                       selector_layers=tuple(r.selector_layers),
+                       selector_blocks=r.selector_blocks)
+
+
 def init_reward_model(cfg, key: jax.Array, policy_model, policy_params):
     """`(rm_model, rm_params)`: a fresh reward head on the policy's language model (Ziegler)."""
-    rm_model = RewardModel(policy_model.config, head=cfg.reward.head)
+    rm_model = reward_model(cfg, policy_model.config)
     ids = jnp.zeros((1, 8), jnp.int32)
     rm_params = jax.jit(rm_model.init)(key, ids)["params"]  # one program, not one per op
     return rm_model, {**rm_params, "transformer": policy_params["transformer"]}
@@ -55,7 +64,9 @@ def init_reward_model(cfg, key: jax.Array, policy_model, policy_params):
 
 def save_reward_model(path: str, rm_model: RewardModel, rm_params) -> None:
     os.makedirs(path, exist_ok=True)
-    meta = {"head": rm_model.head, "gpt2": config_to_hf(rm_model.config)}
+    meta = {"head": rm_model.head, "token_head": rm_model.token_head,
+            "selector_layers": list(rm_model.selector_layers),
+            "selector_blocks": rm_model.selector_blocks, "gpt2": config_to_hf(rm_model.config)}
     tmp = os.path.join(path, REWARD_PARAMS + ".tmp")
     with open(tmp, "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.device_get(rm_params)))
@@ -75,4 +86,8 @@ def load_reward_model(cfg, path: str):
         params = flax.serialization.msgpack_restore(f.read())
     # Host arrays: each stage places them on its devices (`dp.replicate`: split
     # along fsdp on a mesh); a whole copy on the default device would not fit at scale.
-    return RewardModel(config, head=meta["head"]), jax.tree.map(np.asarray, params)
+    # Files written before the token head and the selector existed lack their keys.
+    model = RewardModel(config, head=meta["head"], token_head=meta.get("token_head", False),
+                        selector_layers=tuple(meta.get("selector_layers", ())),
+                        selector_blocks=meta.get("selector_blocks", 1))
+    return model, jax.tree.map(np.asarray, params)

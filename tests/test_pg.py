@@ -1,0 +1,127 @@
+"""RLOO and REINFORCE with a baseline (`rlhf_jax.pg`): hand-worked advantages and
+baselines, device-count invariance, and learning on the tiny problem of
+`tests/test_ppo_train.py` through the PPO stage's trainer."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from rlhf_jax import parallel, pg
+from rlhf_jax.models import GPT2LMHeadModel
+from rlhf_jax.models.heads import PolicyWithValueHead
+from rlhf_jax.rollout import PPOModels
+from rlhf_jax.train_ppo import PPOTrainer, init_state, query_batch
+from tests.test_ppo_train import BATCH, Queries, gold_fraction, make_config, metrics_close
+from tests.test_rollout import CONFIG, TARGET, V, random_params, target_fraction_rm
+
+
+def test_rloo_advantages_by_hand():
+    # One query, k = 4 returns 1, 2, 3, 6: A_i = R_i - mean(others).
+    np.testing.assert_allclose(pg.rloo_advantages(jnp.asarray([1.0, 2, 3, 6]), 4),
+                               [1 - 11 / 3, 2 - 10 / 3, 0.0, 4.0], rtol=1e-6)
+    # Two queries of k = 2: each sample against its sibling.
+    np.testing.assert_allclose(pg.rloo_advantages(jnp.asarray([1.0, 3, 5, 5]), 2),
+                               [-2.0, 2.0, 0.0, 0.0])
+
+
+def test_sequence_returns_and_baseline_by_hand():
+    rewards = jnp.asarray([[0.5, -0.1, 2.0], [1.0, 1.0, 9.0]])
+    mask = jnp.asarray([[1, 1, 1], [1, 1, 0]])
+    np.testing.assert_allclose(pg.sequence_returns(rewards, mask), [2.4, 2.0], rtol=1e-6)
+    assert float(pg.update_baseline(0.5, 1.5, 0.9)) == pytest.approx(0.6)
+
+
+def _state(baseline=0.0):
+    return pg.PGState(step=jnp.zeros((), jnp.int32), params={}, opt_state=(), kl=None,
+                      rng=jax.random.key(0), baseline=jnp.asarray(baseline, jnp.float32))
+
+
+def test_advantage_functions_broadcast_over_real_tokens():
+    rewards = jnp.asarray([[1.0, 0.0], [2.0, 0.0], [0.0, 4.0], [3.0, 5.0]])
+    mask = jnp.asarray([[1, 0], [1, 1], [1, 1], [1, 1]], jnp.float32)
+    # Returns 1, 2, 4, 8; RLOO k = 2 -> -1, 1, -4, 4.
+    rloo = pg.make_advantages("rloo", k=2, decay=0.9, axis_name=None)
+    _, adv, ret, stats = rloo(_state(), None, rewards, mask)
+    np.testing.assert_allclose(adv, [[-1, 0], [1, 1], [-4, -4], [4, 4]])
+    np.testing.assert_allclose(ret, [[1, 0], [2, 2], [4, 4], [8, 8]])
+    assert float(stats["pg/return_mean"]) == pytest.approx(3.75)
+    # REINFORCE: baseline 2 -> advantages R - 2; the baseline moves to 0.9*2 + 0.1*3.75.
+    reinforce = pg.make_advantages("reinforce", k=2, decay=0.9, axis_name=None)
+    state, adv, _, stats = reinforce(_state(2.0), None, rewards, mask)
+    np.testing.assert_allclose(adv, [[-1, 0], [0, 0], [2, 2], [6, 6]])
+    assert float(state.baseline) == pytest.approx(2.175)
+    assert float(stats["pg/baseline"]) == pytest.approx(2.0)
+    assert pg.make_advantages("ppo", k=2, decay=0.9, axis_name=None) is None
+
+
+@pytest.mark.parametrize("algo", ["rloo", "reinforce"])
+def test_advantages_on_4_devices_equal_one(algo):
+    # Groups and batch means are taken over the gathered global batch.
+    rng = np.random.default_rng(0)
+    rewards = jnp.asarray(rng.normal(size=(16, 3)), jnp.float32)
+    mask = jnp.asarray(rng.integers(0, 2, (16, 3)), jnp.float32)
+    fn = pg.make_advantages(algo, k=4, decay=0.5, axis_name=None)
+    want_state, want, _, _ = fn(_state(0.3), None, rewards, mask)
+    dp = parallel.DataParallel("pmap", 4)
+    fn4 = pg.make_advantages(algo, k=4, decay=0.5, axis_name=parallel.AXIS)
+    step = dp.compile(lambda s, r, m: fn4(s, None, r, m)[:2],
+                      (parallel.REP, parallel.SHARD, parallel.SHARD),
+                      (parallel.REP, parallel.SHARD))
+    state, adv = step(dp.replicate(_state(0.3)), dp.shard(rewards), dp.shard(mask))
+    np.testing.assert_allclose(dp.unshard(adv), want, atol=1e-6)
+    np.testing.assert_allclose(dp.unreplicate(state).baseline, want_state.baseline, atol=1e-6)
+
+
+def _pg_config(algo: str, updates: int):
+    cfg = make_config(stiennon=True)
+    cfg.ppo.algo, cfg.ppo.rloo_k, cfg.ppo.baseline_decay = algo, 4, 0.8
+    cfg.ppo.total_episodes = BATCH * updates
+    cfg.ppo.noptepochs, cfg.ppo.nminibatches = 1, 1
+    cfg.ppo.lr = 1e-2
+    return cfg
+
+
+@functools.lru_cache(maxsize=None)
+def _trainer(algo, updates, mode="pmap", num_devices=1):
+    cfg = _pg_config(algo, updates)
+    rm, rm_params = target_fraction_rm(CONFIG, TARGET)
+    lm = GPT2LMHeadModel(CONFIG)
+    ref = {"transformer": random_params(PolicyWithValueHead(CONFIG), seed=0)["transformer"]}
+    models = PPOModels(policy=lm, reference=lm, reward=rm, no_value=True)
+    trainer = PPOTrainer(cfg, models, parallel.DataParallel(mode, num_devices))
+    return cfg, trainer, ref, rm_params
+
+
+def _train(algo, updates, **kw):
+    cfg, trainer, ref, rm_params = _trainer(algo, updates, **kw)
+    return trainer.train(params={"policy": ref}, ref_params=ref, rm_params=rm_params,
+                         queries=Queries(), workdir=None, gold_fn=gold_fraction)
+
+
+def test_rloo_repeats_each_query_k_times():
+    cfg = _pg_config("rloo", 2)
+    q, m = query_batch(cfg, Queries(), 0)
+    assert q.shape[0] == BATCH
+    np.testing.assert_array_equal(q[0:4], np.repeat(Queries().batch(0, BATCH // 4)[0][:1], 4, 0))
+    assert isinstance(init_state({"policy": {}}, _trainer("rloo", 2)[1].optimizer, cfg),
+                      pg.PGState)
+
+
+@pytest.mark.parametrize("algo", ["rloo", "reinforce"])
+def test_no_value_model_learns_the_gold_reward(algo):
+    _, summary = _train(algo, 16)
+    h = summary["history"]
+    first, late = h[0]["objective/gold_score"], np.mean([x["objective/gold_score"] for x in h[-3:]])
+    print(f"{algo}: gold {first:.3f} -> {late:.3f}")
+    assert first < 1.5 / V and late > 3 / V
+    assert "ppo/val/var_explained" not in h[-1] and "ppo/loss/value" not in h[-1]
+
+
+def test_reinforce_on_4_devices_equals_one():
+    _, one = _train("reinforce", 2)
+    _, four = _train("reinforce", 2, num_devices=4)
+    metrics_close(four["history"], one["history"], atol=1e-4)
