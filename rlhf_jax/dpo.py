@@ -27,7 +27,7 @@ import numpy as np
 
 from rlhf_jax import losses, supervised
 from rlhf_jax.data.labels import Labels
-from rlhf_jax.reward import check_labels
+from rlhf_jax.reward import training_labels
 from rlhf_jax.sft import response_logprobs
 
 
@@ -167,16 +167,7 @@ def train_dpo(cfg, *, model, params, ref_params, train: Labels, val: Labels | No
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
         raise ValueError(f"dpo.beta={beta!r} must be a number > 0")
     dp.check_config(cfg)
-    train = check_labels(train, label_type=cfg.labels.type, count=cfg.labels.num_train,
-                         count_field="labels.num_train", what="training")
-    num_val = cfg.labels.num_val
-    if num_val and val is None:
-        raise ValueError(f"labels.num_val={num_val} but no held-out labels were given")
-    if val is not None and num_val:
-        val = check_labels(val, label_type=cfg.labels.type, count=num_val,
-                           count_field="labels.num_val", what="held-out")
-    else:
-        val = None
+    train, val = training_labels(cfg, train, val)
     dp.check_divisible(loop.batch_size, "dpo.batch_size")
 
     train_pairs = preference_pairs(train)

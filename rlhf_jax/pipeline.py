@@ -111,6 +111,9 @@ def stage_labels(ctx: Context) -> dict:
         read = dict(format=lb.format)
         if lb.format == "sff":
             read.update(encode=lambda s: ctx.tokenizer.encode(s, add_special_tokens=False),
+                        offsets=lambda s: ctx.tokenizer(s, add_special_tokens=False,
+                                                        return_offsets_mapping=True)[
+                                                            "offset_mapping"],
                         query_length=cfg.task.query_length,
                         response_length=cfg.task.response_length,
                         eos_token=cfg.task.eos_token, pad_token=cfg.task.pad_token)

@@ -560,6 +560,21 @@ def check_labels(labels: Labels, *, label_type: str, count: int, count_field: st
     return labels.subset(np.arange(count))
 
 
+def training_labels(cfg, train: Labels, val: Labels | None) -> tuple[Labels, Labels | None]:
+    """`(train, val)` cut to `labels.num_train` / `labels.num_val` after checking them
+    against `labels.type` (`check_labels`); val is None when `num_val` is 0, and a
+    missing held-out set with `num_val > 0` is an error naming the field."""
+    train = check_labels(train, label_type=cfg.labels.type, count=cfg.labels.num_train,
+                         count_field="labels.num_train", what="training")
+    num_val = cfg.labels.num_val
+    if num_val and val is None:
+        raise ValueError(f"labels.num_val={num_val} but no held-out labels were given")
+    if not num_val:
+        return train, None
+    return train, check_labels(val, label_type=cfg.labels.type, count=num_val,
+                               count_field="labels.num_val", what="held-out")
+
+
 # --------------------------------------------------------------------------
 # The trainer.
 
@@ -642,17 +657,7 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
             raise ValueError(f"reward.normalize_samples={num_samples!r} must be an int >= 2 "
                              "when normalising")
-    label_type = cfg.labels.type
-    train = check_labels(train, label_type=label_type, count=cfg.labels.num_train,
-                         count_field="labels.num_train", what="training")
-    num_val = cfg.labels.num_val
-    if val is not None and num_val:
-        val = check_labels(val, label_type=label_type, count=num_val,
-                           count_field="labels.num_val", what="held-out")
-    elif num_val and val is None:
-        raise ValueError(f"labels.num_val={num_val} but no held-out labels were given")
-    else:
-        val = None
+    train, val = training_labels(cfg, train, val)
 
     spans = rm_model.token_head
     for what, labels in (("training", train), ("held-out", val)):

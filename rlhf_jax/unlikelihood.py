@@ -30,7 +30,7 @@ import numpy as np
 from rlhf_jax import losses, parallel, supervised
 from rlhf_jax.data.labels import Labels
 from rlhf_jax.ppo import forward_policy_value
-from rlhf_jax.reward import check_labels
+from rlhf_jax.reward import training_labels
 from rlhf_jax.rollout import lm_apply
 
 
@@ -113,17 +113,9 @@ def train_ul(cfg, *, model, params, train: Labels, val: Labels | None, dp, rng,
     alpha = cfg.ul.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
         raise ValueError(f"ul.alpha={alpha!r} must be a number >= 0")
-    if cfg.parallel.mode != dp.mode:
-        raise ValueError(f"parallel.mode={cfg.parallel.mode!r} but the DataParallel given "
-                         f"runs in mode {dp.mode!r}")
-    train = check_labels(train, label_type=cfg.labels.type, count=cfg.labels.num_train,
-                         count_field="labels.num_train", what="training")
-    num_val = cfg.labels.num_val
-    val_rows = None
-    if val is not None and num_val:
-        val = check_labels(val, label_type=cfg.labels.type, count=num_val,
-                           count_field="labels.num_val", what="held-out")
-        val_rows = ul_rows(val)
+    dp.check_config(cfg)
+    train, val = training_labels(cfg, train, val)
+    val_rows = None if val is None else ul_rows(val)
     dp.check_divisible(loop.batch_size, "ul.batch_size")
     kw = dict(model=model, alpha=float(alpha))
     return supervised.run(

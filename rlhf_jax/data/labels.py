@@ -373,6 +373,19 @@ def char_spans_to_mask(offsets, char_spans, length: int) -> np.ndarray:
     return mask
 
 
+def _all_or_none(rec: "_Record", container: dict, key: str, has: Optional[bool],
+                 field: Optional[str] = None, first: str = "record 0") -> bool:
+    """Whether this record carries the optional `key`; the first record decides
+    for all (`has` None there), a record that differs is an error."""
+    present = key in container
+    if has is None:
+        return present
+    if present != has:
+        raise rec.error(field or key, f" is missing ({first} has it)" if has else
+                        f" is present but {first} has none (all or none)")
+    return has
+
+
 def _span_ranges(rec: "_Record", value, field: str, lengths: Sequence[int]) -> list:
     """Checks per-response `[start, end)` token ranges against the response lengths."""
     if not isinstance(value, list) or len(value) != len(lengths):
@@ -493,11 +506,7 @@ def read_lhp_labels(path, *, label_type: str, vocab_size: int,
             samples.append(sample)
         responses.append(samples)
         # Span marks: the label server's export field (one list of token ranges per sample).
-        if has_spans is None:
-            has_spans = "spans" in obj
-        if ("spans" in obj) != has_spans:
-            raise rec.error("spans", " is missing (record 0 has it)" if has_spans else
-                            " is present but record 0 has none (all or none)")
+        has_spans = _all_or_none(rec, obj, "spans", has_spans)
         if has_spans:
             spans.append(_span_ranges(rec, obj["spans"], "spans", lengths))
         if kind == "best_of_n":
@@ -617,12 +626,8 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
         workers.append(worker)
         if offsets is not None:
             extra = obj.get("extra") if isinstance(obj.get("extra"), dict) else {}
-            if has_spans is None:
-                has_spans = "spans" in extra
-            if ("spans" in extra) != has_spans:
-                raise rec.error("extra.spans", " is missing (the first record has it)"
-                                if has_spans else " is present but the first record has none "
-                                "(all or none)")
+            has_spans = _all_or_none(rec, extra, "spans", has_spans, "extra.spans",
+                                     "the first record read")
             if has_spans:
                 span_masks.append(_sff_span_masks(rec, extra["spans"], texts, offsets,
                                                   response_length))
@@ -760,11 +765,7 @@ def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_toke
             answers.append(_best(rec, obj, k, label_type))
         else:
             answers.append(_number(rec, obj, answer_field))
-        if has_gold is None:
-            has_gold = "gold" in obj
-        if ("gold" in obj) != has_gold:
-            raise rec.error("gold", " is missing (record 0 has it)" if has_gold else
-                            " is present but record 0 has none (all or none)")
+        has_gold = _all_or_none(rec, obj, "gold", has_gold)
         if has_gold:
             gold = obj["gold"]
             if (not isinstance(gold, list) or len(gold) != k
@@ -775,11 +776,7 @@ def read_labels_jsonl(path, *, query_length: int, response_length: int, pad_toke
         if not isinstance(labeler, str):
             raise rec.error("labeler", f"={_short(labeler)} is not a string")
         labelers.append(labeler)
-        if has_spans is None:
-            has_spans = "spans" in obj
-        if ("spans" in obj) != has_spans:
-            raise rec.error("spans", " is missing (record 0 has it)" if has_spans else
-                            " is present but record 0 has none (all or none)")
+        has_spans = _all_or_none(rec, obj, "spans", has_spans)
         if has_spans:
             spans.append(_span_ranges(rec, obj["spans"], "spans",
                                       [len(r) for r in responses[-1]]))
