@@ -308,7 +308,8 @@ def test_every_sweep_file_validates(path, arg, tmp_path):
     plan = sweep_lib.validate(sweep, str(tmp_path), 4)
     seeds = {cfg.seed for _, cfg in plan if cfg.stages != "pretrain,labels"
              and cfg.stages != "pretrain"}
-    assert len(seeds) >= (2 if arg else 3)
+    # A runlocal variant may run one seed (the study: its CI run tests the graph).
+    assert len(seeds) >= (1 if arg else 3)
     assert sweep.figures
     for fig in sweep.figures:
         for panel in fig.panels:
