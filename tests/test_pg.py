@@ -121,7 +121,8 @@ def test_no_value_model_learns_the_gold_reward(algo):
     assert "ppo/val/var_explained" not in h[-1] and "ppo/loss/value" not in h[-1]
 
 
-def test_reinforce_on_4_devices_equals_one():
-    _, one = _train("reinforce", 2)
-    _, four = _train("reinforce", 2, num_devices=4)
+@pytest.mark.parametrize("algo,mode", [("reinforce", "pmap"), ("rloo", "mesh")])
+def test_no_value_model_on_4_devices_equals_one(algo, mode):
+    _, one = _train(algo, 2)
+    _, four = _train(algo, 2, mode=mode, num_devices=4)
     metrics_close(four["history"], one["history"], atol=1e-4)
