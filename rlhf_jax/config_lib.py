@@ -548,7 +548,7 @@ def check_files(c: ml_collections.ConfigDict) -> None:
 
 
 # Gold rewards that can say which words lower them (`spans.span_source`).
-SPAN_GOLDS = ("vader",)
+SPAN_GOLDS = ("world", "vader")
 
 
 def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:

@@ -6,9 +6,10 @@ that mock span labeller and the held-out judge built on the same marks.
 
 * A *span source* is anything with `bad_spans(text) -> [(char_start,
   char_end, kind)]`: the character ranges of the words that lower the gold,
-  `kind` in `KINDS`. The miniature world's gold reward provides it; for the
-  VADER gold, `VaderSpans` marks the words VADER's lexicon gives a negative
-  valence.
+  `kind` in `KINDS`. The miniature world's gold (`labelers.WorldGold`,
+  `labels.gold=world`) provides it: its negative words and the stretch of a
+  sentence from where it stops being grammatical. For the VADER gold,
+  `VaderSpans` marks the words VADER's lexicon gives a negative valence.
 * `token_offsets` maps a response's token ids to character ranges of its
   decoded text (the offsets of the tokenizer that decodes it), and
   `data.labels.char_spans_to_mask` maps the spans onto tokens: a token is
@@ -34,7 +35,7 @@ from typing import Callable, Mapping, Protocol, Sequence
 import numpy as np
 
 from rlhf_jax.data.labels import Labels, char_spans_to_mask
-from rlhf_jax.labelers import LabelRequest, MockLabeler, VaderGold
+from rlhf_jax.labelers import LabelRequest, MockLabeler, VaderGold, make_gold
 
 KINDS = ("negative", "ungrammatical")
 Span = tuple[int, int, str]
@@ -67,13 +68,17 @@ class VaderSpans(VaderGold):
                 if self.lexicon.get(m.group().lower(), 0.0) < 0]
 
 
-def span_source(gold: str) -> SpanSource:
-    """The gold of a `labels.gold` name with its word-level spans; ValueError
-    naming the field when it has none."""
+def span_source(cfg) -> SpanSource:
+    """The gold `labels.gold` names, with its word-level spans: the miniature
+    world's `WorldGold` (negative words, ungrammatical stretches) or
+    `VaderSpans`; ValueError naming the field for a gold without spans."""
+    gold = cfg.labels.gold
+    if gold == "world":
+        return make_gold("world", ungrammatical_penalty=cfg.labels.ungrammatical_penalty)
     if gold == "vader":
         return VaderSpans()
-    raise ValueError(f"labels.gold={gold!r} has no word-level span source (span marks need "
-                     "one: 'vader')")
+    raise ValueError(f"labels.gold={gold!r} has no word-level spans (span marks need 'world' "
+                     "or 'vader')")
 
 
 def token_offsets(ids: Sequence[int], decode: Callable[[list[int]], str]) -> np.ndarray:
@@ -202,7 +207,7 @@ def labeler_for_config(cfg, decode: Callable[[list[int]], str]) -> SpanLabeler:
     """The mock span labeller `labels.spans` describes, on `labels.gold`'s span source."""
     sp = cfg.labels.spans
     kinds = tuple(k.strip() for k in sp.kinds.split(",") if k.strip())
-    return SpanLabeler(span_source(cfg.labels.gold), decode, kinds=kinds, miss=sp.miss,
+    return SpanLabeler(span_source(cfg), decode, kinds=kinds, miss=sp.miss,
                        flip=sp.flip, seed=sp.seed)
 
 
@@ -217,7 +222,7 @@ def mark_unmarked(cfg, decode: Callable[[list[int]], str], labels: Labels | None
 def judge_for_config(cfg) -> MockLabeler:
     """The held-out pairwise labeller `eval.judge` describes (module doc)."""
     j = cfg.eval.judge
-    world = span_source(cfg.labels.gold)
+    world = span_source(cfg)
     gold = JudgeGold(world, world, {"negative": j.weight_negative,
                                     "ungrammatical": j.weight_ungrammatical})
     return MockLabeler(gold, label_type="pairwise", noise=j.noise, seed=j.seed, name="judge")

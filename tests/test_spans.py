@@ -179,3 +179,21 @@ def test_human_queue_answers_carry_their_marks_as_a_token_mask():
                Answer(2, "b", 1, (), "web", "t")]
     mask = _span_mask(answers, (2, 3))
     np.testing.assert_array_equal(mask, [[[0, 0, 0], [1, 1, 0]], [[0, 0, 0], [0, 0, 0]]])
+
+
+def test_world_gold_marks_negative_words_and_ungrammatical_stretches():
+    from rlhf_jax import config_lib
+
+    cfg = config_lib.base_config()  # labels.gold = world
+    text = "He remembered the awful jar on the hill. Peter wa"
+    ids = [ord(c) for c in text]  # one token per character
+    world = spans.span_source(cfg)
+    assert world([text])[0] < 0  # the gold itself, as the labeller's
+    both = spans.SpanLabeler(world, lambda t: "".join(chr(i) for i in t)).mark(ids, len(ids) + 2)
+    marked = "".join(c for c, m in zip(text, both) if m)
+    assert marked == "awfulwa" and both[-2:].sum() == 0
+    neg = spans.SpanLabeler(world, lambda t: "".join(chr(i) for i in t), kinds=("negative",))
+    assert "".join(c for c, m in zip(text, neg.mark(ids, len(ids))) if m) == "awful"
+    cfg.labels.gold = "none"
+    with pytest.raises(ValueError, match="labels.gold='none' has no word-level spans"):
+        spans.span_source(cfg)

@@ -53,8 +53,8 @@ class Study:
     span_noise: float  # the training span labeller's miss and flip probability
 
 
-FULL = Study(fixed_kl=(0.05, 0.2), dpo_betas=(0.1, 1.0), bon_sft_n=(4, 16), bon_sft_queries=512,
-             rloo_k=4, token_reward_coef=0.5, online_every=20, span_noise=0.05)
+FULL = Study(fixed_kl=(0.05, 0.2), dpo_betas=(0.1, 1.0), bon_sft_n=(4, 16), bon_sft_queries=1024,
+             rloo_k=4, token_reward_coef=0.5, online_every=50, span_noise=0.05)
 RUNLOCAL = Study(fixed_kl=(0.1,), dpo_betas=(0.1,), bon_sft_n=(4,), bon_sft_queries=32,
                  rloo_k=4, token_reward_coef=0.5, online_every=2, span_noise=0.05)
 
