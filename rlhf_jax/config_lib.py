@@ -234,6 +234,7 @@ def base_config() -> ml_collections.ConfigDict:
     b.log_every = 10
     b.eval_every = 0
     b.checkpoint_every = 50
+    b.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
 
     c.ul = u = ml_collections.ConfigDict()  # likelihood on preferred + unlikelihood on marks
     u.alpha = 1.0  # weight of the unlikelihood term
@@ -246,6 +247,7 @@ def base_config() -> ml_collections.ConfigDict:
     u.log_every = 10
     u.eval_every = 0
     u.checkpoint_every = 50
+    u.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
 
     c.eval = e = ml_collections.ConfigDict()
     e.num_queries = 256
