@@ -428,7 +428,8 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
     k = _responses_per_label(cfg.labels.type)
     eos = cfg.task.eos_token if cfg.reward.reward_at == "eos" else None
     loss = functools.partial(reward._loss_fn, rm_model=rm, label_type=kind,
-                             reward_at=cfg.reward.reward_at, eos_token=eos)
+                             reward_at=cfg.reward.reward_at, eos_token=eos,
+                             span_coef=float(cfg.reward.span_coef))
     g = cfg.reward
     optimizer = make_optimizer(lr=g.lr, total_steps=10, schedule=g.schedule, adam=g.adam,
                                eps=g.adam_eps)
