@@ -33,12 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import compile_cache, config_lib, metrics as metrics_lib, parallel
+from rlhf_jax import compile_cache, config_lib, metrics as metrics_lib, parallel, pg
 from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.ppo import make_update_step
-from rlhf_jax.rollout import TaskSpec, make_rollout, penalize
+from rlhf_jax.rollout import TaskSpec, TokenRewards, make_rollout, penalize
 from rlhf_jax.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
-                                num_updates)
+                                num_updates, query_batch)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -70,6 +70,13 @@ def check_members(cfgs) -> None:
                                  f"{flat.get(key)!r}): only {', '.join(MEMBER_FIELDS)} may differ")
     if "labels" in cfgs[0] and cfgs[0].labels.online.enabled:
         raise ValueError("labels.online.enabled: online label collection runs one member at a time")
+
+
+def groupable(cfg) -> bool:
+    """Whether a run's PPO stage may join a group: it has one, and it collects no
+    online labels (a collection round runs one member at a time)."""
+    online = "labels" in cfg and cfg.labels.online.enabled
+    return "ppo" in config_lib.stage_list(cfg) and not online
 
 
 def shared_config_key(cfg) -> str:
@@ -125,7 +132,8 @@ class MemberPPOTrainer:
         self.hparams = {f: jnp.asarray([_field(c, f) for c in cfgs], jnp.float32)
                         for f in ("ppo.lr", *_TRACED)}
         R, S = parallel.REP, parallel.SHARD
-        rollout = jax.vmap(make_rollout(models, self.task, use_rm=self.use_rm),
+        rollout = jax.vmap(make_rollout(models, self.task, use_rm=self.use_rm,
+                                        token_rewards=TokenRewards.from_config(cfg.ppo)),
                            in_axes=(0, 0, 0, 1, 1, 0), out_axes=1)
         self.rollout_fn = dp.compile(rollout, (R, R, R, S, S, R), (S, S))
         base = hparams(cfg)
@@ -133,8 +141,11 @@ class MemberPPOTrainer:
         def update(state, ro, hp):
             optimizer = make_optimizer(cfg.ppo, lr=hp["ppo.lr"])
             member_hp = dataclasses.replace(base, **{name: hp[f] for f, name in _TRACED.items()})
+            advantages = None if cfg.ppo.algo == "ppo" else pg.make_advantages(
+                cfg.ppo.algo, k=cfg.ppo.rloo_k, decay=cfg.ppo.baseline_decay,
+                axis_name=dp.batch_axes)
             step = make_update_step(models.apply_policy_value, optimizer, member_hp,
-                                    dp.batch_axes)
+                                    dp.batch_axes, advantages=advantages)
             return step(state, ro)
 
         self.update_fn = dp.compile(jax.vmap(update, in_axes=(0, 1, 0)), (R, S, R), (R, R),
@@ -201,7 +212,7 @@ class MemberPPOTrainer:
 
         with PreemptionHandler() as preempt:
             while update < n:
-                batches = [mb.queries.batch(update, b) for mb in members]
+                batches = [query_batch(mb.cfg, mb.queries, update) for mb in members]
                 q_BxMxQ = np.stack([q for q, _ in batches], 1)
                 qm_BxMxQ = np.stack([qm for _, qm in batches], 1)
                 # Each member's key as its own run derives it (PPOTrainer.rollout).

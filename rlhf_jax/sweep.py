@@ -476,7 +476,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                 os.remove(lock)
                 continue
             group = [(run, cfg, lock)]
-            if members and "ppo" in config_lib.stage_list(cfg):
+            if members and members_lib.groupable(cfg):
                 group += _lock_members(run, cfg, pending, cfgs, runs_dir)
             names = ", ".join(r.name for r, _, _ in group)
             try:

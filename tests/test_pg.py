@@ -126,3 +126,30 @@ def test_no_value_model_on_4_devices_equals_one(algo, mode):
     _, one = _train(algo, 2)
     _, four = _train(algo, 2, mode=mode, num_devices=4)
     metrics_close(four["history"], one["history"], atol=1e-4)
+
+
+@pytest.mark.parametrize("algo", ["rloo", "reinforce"])
+def test_members_in_one_program_equal_separate_runs(algo):
+    # Sweeps run seeds and numeric hyperparameters of one setting as members of
+    # one vmapped program (`rlhf_jax.members`): the same advantages and queries.
+    from rlhf_jax import members as members_lib
+
+    _, trainer, ref, rm_params = _trainer(algo, 2)
+    cfgs = []
+    for seed, lr in ((0, 1e-2), (1, 3e-3)):
+        cfg = _pg_config(algo, 2)
+        cfg.seed, cfg.ppo.lr = seed, lr
+        cfgs.append(cfg)
+    separate = []
+    for cfg in cfgs:
+        t = PPOTrainer(cfg, trainer.models, trainer.dp)
+        separate.append(t.train(params={"policy": ref}, ref_params=ref, rm_params=rm_params,
+                                queries=Queries(), workdir=None, gold_fn=gold_fraction))
+    group = members_lib.MemberPPOTrainer(cfgs, trainer.models, trainer.dp).train(
+        [members_lib.Member(name=f"m{i}", cfg=cfg, params={"policy": ref}, ref_params=ref,
+                            rm_params=rm_params, queries=Queries(), workdir=None,
+                            gold_fn=gold_fraction) for i, cfg in enumerate(cfgs)])
+    for (_, s_sep), (_, s_grp) in zip(separate, group):
+        metrics_close(s_grp["history"], s_sep["history"], 2e-5)
+    assert group[0][1]["history"][-1]["pg/return_mean"] != group[1][1]["history"][-1][
+        "pg/return_mean"]

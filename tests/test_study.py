@@ -79,3 +79,23 @@ def test_runs_record_what_each_method_trained_on(study):
     with open(os.path.join(runs, "study-rm-s0", "eval.json")) as f:
         ev = json.load(f)
     assert {"judge_winrate", "judge_score", "gold_score"} <= set(ev["best_of_2"])
+
+
+def test_full_study_groups_only_runs_that_can_share_a_program(tmp_path):
+    # The full study's seeds and KL coefficients of one method train as members of
+    # one program (`rlhf_jax.members`); online-label runs never join a group.
+    from rlhf_jax import members as members_lib
+    from rlhf_jax import sweep as sweep_lib
+
+    plan = sweep_lib.validate(sweep_lib.load_sweep("configs/sweeps/study.py"), str(tmp_path), 4)
+    groups = {}
+    for run, cfg in plan:
+        if members_lib.groupable(cfg):
+            groups.setdefault(members_lib.shared_config_key(cfg), []).append((run.name, cfg))
+    names = sorted(sorted(n for n, _ in g) for g in groups.values())
+    assert ["study-rloo-kl0.05-s0", "study-rloo-kl0.05-s1", "study-rloo-kl0.05-s2",
+            "study-rloo-kl0.2-s0", "study-rloo-kl0.2-s1", "study-rloo-kl0.2-s2"] in names
+    for _, cfgs in ((k, [c for _, c in g]) for k, g in groups.items()):
+        members_lib.check_members(cfgs)  # raises for a group that cannot share a program
+    online = [cfg for run, cfg in plan if run.name.startswith("study-online")]
+    assert len(online) == 6 and not any(members_lib.groupable(c) for c in online)
