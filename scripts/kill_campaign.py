@@ -1,8 +1,8 @@
 """Resume under random kills: `kill -9` a run at N moments over every stage, then compare.
 
-    python scripts/kill_campaign.py --kills 20 --workdir runs/kill_campaign
-    python scripts/kill_campaign.py --kills 2 --plan reward:save,ppo:export \
-        --reference runs/ref --set ppo.log_every=1 ...          # what the CI test runs
+    python scripts/kill_campaign.py --kills 20 --seed 0 --workdir runs/kill_campaign
+    python scripts/kill_campaign.py --plan pretrain:early,reward:save,ppo:export \
+        --reference runs/ref --set ppo.log_every=1 ...   # the CI test (tests/test_pipeline.py)
 
 It runs `python launch.py --config=CONFIG [--config.KEY=VALUE ...]` once
 uninterrupted (`WORKDIR/reference`, or `--reference DIR`), then again in
@@ -10,17 +10,20 @@ uninterrupted (`WORKDIR/reference`, or `--reference DIR`), then again in
 command after each, and finally lets it finish. Each moment is one of
 (stage, kind), spread over every stage of the config:
 
-    time     a uniformly random moment of the stage (a fraction of its duration
-             in the reference run, counted from the launch's `[stage] starting`;
-             the moment its done marker appears if the stage ends sooner)
+    time     a uniformly random moment of the stage: for a stage that logs
+             `<stage> step k/n`, once k/n passes a uniform fraction (at its first
+             step line if a resume starts past it); for the others, a uniform
+             fraction of its duration in the reference run (less compilation),
+             counted from `[stage] starting`; the moment its done marker appears
+             if the stage ends first
     early    right after the stage logs its first row (`<stage> step ...`), before
              its first checkpoint is committed: the relaunch starts it over
     save     while an Orbax checkpoint save is in flight (a
              `*.orbax-checkpoint-tmp*` directory in `checkpoints/<stage>/`)
     export   while the stage exports its model (`models/<name>/` exists, the
              stage's done marker does not yet)
-    write    while the stage writes its outputs (label files, eval.json,
-             figures/) before its done marker
+    write    while the stage writes its outputs before its done marker (label
+             files; eval's metrics row, samples and eval.json; figures/)
 
 With N below the number of (stage, kind) pairs, N of them are drawn at random
 (`--seed`); above it, the rest are `time` moments drawn with the stages'
@@ -49,7 +52,7 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("time", "early", "save", "export", "write")
+KINDS = ("early", "time", "save", "export", "write")
 # The model directory each stage exports; the files that a stage writes last.
 EXPORTS = {"pretrain": "pretrained", "sft": "sft", "reward": "reward", "ppo": "policy",
            "dpo": "dpo"}
@@ -60,8 +63,12 @@ POLL_S = 0.002
 
 
 def kinds_of(stage: str) -> list[str]:
-    return (["time"] + (["early", "save"] if stage in CHECKPOINTED else [])
-            + (["export"] if stage in EXPORTS else []) + (["write"] if stage in WRITES else []))
+    """The stage's kinds in the order they are tried. A stage without checkpoints
+    starts over when killed: its `write` first, then its `time` moments, the last of
+    which may end it."""
+    if stage not in CHECKPOINTED:
+        return (["write"] if stage in WRITES else []) + ["time"]
+    return ["early", "time", "save"] + (["export"] if stage in EXPORTS else [])
 
 
 def make_plan(stages: list[str], durations: dict[str, float], n: int,
@@ -70,11 +77,12 @@ def make_plan(stages: list[str], durations: dict[str, float], n: int,
     pairs = [(s, k) for s in stages for k in kinds_of(s)]
     if n <= len(pairs):
         chosen = rng.sample(pairs, n)
-    else:
-        weights = [max(durations.get(s, 1.0), 1.0) for s in stages]
-        chosen = pairs + [(s, "time") for s in rng.choices(stages, weights, k=n - len(pairs))]
+    else:  # more `time` moments, by duration, in stages long enough to hold them
+        long = [s for s in stages if durations.get(s, 0.0) >= 5.0] or stages
+        weights = [durations.get(s, 1.0) for s in long]
+        chosen = pairs + [(s, "time") for s in rng.choices(long, weights, k=n - len(pairs))]
     order = {s: i for i, s in enumerate(stages)}
-    return sorted(chosen, key=lambda p: (order[p[0]], KINDS.index(p[1])))
+    return sorted(chosen, key=lambda p: (order[p[0]], kinds_of(p[0]).index(p[1])))
 
 
 class Launch:
@@ -128,17 +136,35 @@ def _committed(workdir: str, stage: str) -> bool:
     return os.path.isdir(d) and any(e.isdigit() for e in os.listdir(d))
 
 
-def _event(run: Launch, workdir: str, stage: str, kind: str) -> bool:
-    """Whether `stage` is in the middle of `kind` (early/save/export/write)."""
+def _saves_in_flight(workdir: str, stage: str) -> set[str]:
+    try:
+        return {e for e in os.listdir(os.path.join(workdir, "checkpoints", stage))
+                if ".orbax-checkpoint-tmp" in e}
+    except FileNotFoundError:
+        return set()
+
+
+def _last_row_stage(workdir: str) -> str | None:
+    try:
+        with open(os.path.join(workdir, "metrics.jsonl"), "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - 4096, 0))
+            tail = f.read().decode(errors="replace").strip().splitlines()
+        return json.loads(tail[-1]).get("stage") if tail else None
+    except (OSError, ValueError):
+        return None
+
+
+def _event(run: Launch, workdir: str, stage: str, kind: str, stale: set[str]) -> bool:
+    """Whether `stage` is in the middle of `kind` (early/save/export/write). `stale`:
+    saves cut short earlier, still there until the stage's checkpointer clears them."""
     marker = os.path.join(workdir, "stages", f"{stage}.json")
     if kind == "early":
         return any(line.startswith(f"{stage} step ") for line in list(run.lines))
     if kind == "save":
-        d = os.path.join(workdir, "checkpoints", stage)
-        try:
-            return any(".orbax-checkpoint-tmp" in e for e in os.listdir(d))
-        except FileNotFoundError:
-            return False
+        return bool(_saves_in_flight(workdir, stage) - stale)
+    if kind == "write" and stage == "eval":
+        # Its metrics row is written first, then samples, eval.json, the marker.
+        return _last_row_stage(workdir) == "eval" and not os.path.exists(marker)
     if kind == "export":
         path = os.path.join(workdir, "models", EXPORTS[stage])
     elif stage == "labels":
@@ -157,12 +183,28 @@ def wait_and_kill(run: Launch, workdir: str, stage: str, kind: str, duration: fl
     deadline = time.monotonic() + timeout
     start = None
     at = None
+    fraction = rng.random()
+    step_line = re.compile(rf"^{stage} step (\d+)/(\d+) ")
+    seen = 0
+    passed = False  # a `time` moment of a stage that logs steps: k/n >= fraction
+    stale: set[str] = set()
     while time.monotonic() < deadline:
         if run.proc.poll() is not None:
             return "ended", None
         if start is None and run.started(stage):
+            if os.path.exists(marker):
+                return "missed", None  # it ran and ended in this launch, before this moment
             start = time.monotonic()
-            at = start + rng.random() * duration if kind == "time" else None
+            at = start + fraction * duration
+            seen = run.lines.index(f"[{stage}] starting")
+            stale = _saves_in_flight(workdir, stage)
+        if start is not None and kind == "time" and stage in CHECKPOINTED:
+            lines = run.lines[seen:]
+            seen += len(lines)
+            for line in lines:
+                m = step_line.match(line)
+                passed = passed or bool(m and int(m.group(1)) >= fraction * int(m.group(2)))
+            at = math.inf  # progress, not the clock, decides
         done = os.path.exists(marker)
         if done and (start is None or kind != "time"):
             return "missed", None  # the stage is done (or was done before this launch)
@@ -170,8 +212,8 @@ def wait_and_kill(run: Launch, workdir: str, stage: str, kind: str, duration: fl
             return "missed", None  # a checkpoint came first
         if start is not None:
             # A `time` moment past the stage's end here (a faster launch) is its end.
-            if (kind == "time" and (time.monotonic() >= at or done)) or (
-                    kind != "time" and _event(run, workdir, stage, kind)):
+            if (kind == "time" and (passed or time.monotonic() >= at or done)) or (
+                    kind != "time" and _event(run, workdir, stage, kind, stale)):
                 run.kill()
                 return "killed", time.monotonic() - start
         time.sleep(POLL_S)
@@ -289,10 +331,12 @@ def main(argv=None) -> int:
         named = json.load(f)["stages"].split(",")
     stages = [s for s in ("pretrain", "sft", "labels", "reward", "ppo", "dpo", "eval",
                           "figures") if s in named]
-    durations = {}
+    durations = {}  # without compilation: relaunches load the compiled programs
     for s in stages:
         with open(os.path.join(reference, "stages", f"{s}.json")) as f:
-            durations[s] = float(json.load(f)["seconds"])
+            marker = json.load(f)
+        durations[s] = max(float(marker["seconds"]) - float(marker.get("compile_seconds", 0)),
+                           0.5)
     rng = random.Random(args.seed)
     if args.plan:
         plan = [tuple(item.split(":")) for item in args.plan.split(",")]
