@@ -6,7 +6,7 @@ directory under ./runs/. Relaunching with the same --workdir resumes; a
 finished workdir does no new work. `--dry_run` prints the resolved config and
 derived sizes and exits. `--sweep=configs/sweeps/NAME.py[:runlocal]` runs a
 sweep's members (each resumable the same way) and aggregates its figures
-(`rlhf_jax/sweep.py`).
+(`rlhf_jax/experiments/sweep.py`).
 """
 
 import datetime
@@ -62,12 +62,12 @@ flags.DEFINE_bool("compile_cache", True, "Keep compiled programs in a persistent
                   "relaunch or a similar run loads them (--nocompile_cache: off).")
 flags.DEFINE_string("compile_cache_dir", None, "Compilation cache directory (default: "
                     "$RLHF_JAX_COMPILE_CACHE, $JAX_COMPILATION_CACHE_DIR, else "
-                    "~/.cache/rlhf_jax/jax; see rlhf_jax/compile_cache.py).")
+                    "~/.cache/rlhf_jax/jax; see rlhf_jax/infra/compile_cache.py).")
 flags.DEFINE_bool("allow_config_change", False, "Resume a workdir although its started stages "
                   "ran with another config (see rlhf_jax/config_guard.py).")
 flags.DEFINE_string("sweep", None, "Sweep file[:runlocal] (configs/sweeps/NAME.py): run its "
                     "members under --workdir/runs, aggregate into --workdir/NAME and "
-                    "results/NAME; --config is not used (see rlhf_jax/sweep.py).")
+                    "results/NAME; --config is not used (see rlhf_jax/experiments/sweep.py).")
 
 
 _DISK_FULL = re.compile(r"No space left on device|Read-only file system|Disk quota exceeded|"
@@ -116,17 +116,17 @@ def main(argv):
     workdir = flags.FLAGS.workdir or os.path.join(
         "runs", f"{cfg.name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
     if not flags.FLAGS.dry_run:
-        from rlhf_jax import compile_cache
+        from rlhf_jax.infra import compile_cache
 
         compile_cache.enable(flags.FLAGS.compile_cache_dir, off=not flags.FLAGS.compile_cache)
     try:
         if flags.FLAGS.sweep:
-            from rlhf_jax import sweep as sweep_lib
+            from rlhf_jax.experiments import sweep_run
 
-            spec = sweep_lib.load_sweep(flags.FLAGS.sweep)
+            spec = sweep_run.load_sweep(flags.FLAGS.sweep)
             sweep_dir = flags.FLAGS.workdir or os.path.join("runs", "sweeps")
             print(f"sweep {spec.name}: workdir {os.path.abspath(sweep_dir)}", flush=True)
-            sweep_lib.run_sweep(spec, sweep_dir, dry_run=flags.FLAGS.dry_run,
+            sweep_run.run_sweep(spec, sweep_dir, dry_run=flags.FLAGS.dry_run,
                                 results_dir=os.path.join(_HERE, "results"),
                                 members=flags.FLAGS.sweep_members)
             return

@@ -45,7 +45,8 @@ def _config(seed: int, updates: int | None):
 
 def child(dirs: list[str], updates: int | None) -> None:
     """Runs the PPO stage of `dirs` (seed i in dirs[i]): alone if one, else as members."""
-    from rlhf_jax import compile_cache, members, pipeline
+    from rlhf_jax import members, pipeline
+    from rlhf_jax.infra import compile_cache
 
     compile_cache.enable(off=True)
     cfgs = [_config(i, updates) for i in range(len(dirs))]

@@ -105,11 +105,11 @@ def main():
 
     from benchmarks.ppo import Shape, run_config
     from benchmarks.sampling import measure_matmul_peak
-    from rlhf_jax import parallel
+    from rlhf_jax.infra import parallel
     from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
     from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel
-    from rlhf_jax.rollout import PPOModels
-    from rlhf_jax.train_ppo import PPOTrainer, init_state
+    from rlhf_jax.stages.rollout import PPOModels
+    from rlhf_jax.stages.train_ppo import PPOTrainer, init_state
 
     if args.small:
         cfg = GPT2Config(vocab_size=512, n_positions=64, n_embd=64, n_layer=1, n_head=4)

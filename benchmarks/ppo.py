@@ -85,7 +85,7 @@ def ours_params(cfg, trunk, head_Dx1, value: str):
     from rlhf_jax.models import GPT2LMHeadModel
     from rlhf_jax.models.heads import (PolicyWithValueHead, RewardModel, ValueModel,
                                        value_params_from_reward)
-    from rlhf_jax.rollout import PPOModels
+    from rlhf_jax.stages.rollout import PPOModels
 
     d = cfg.n_embd
     trunk = jax.tree.map(jnp.asarray, trunk)
@@ -159,11 +159,11 @@ def aot(fn, *args):
 def bench_ours(cfg, trunk, head_Dx1, shape: Shape, queries_BxQ, value: str,
                iters: int) -> dict:
     """Breakdown pieces, then full iterations through PPOTrainer: a `Clock` per part."""
-    from rlhf_jax import parallel
-    from rlhf_jax.ppo import forward_policy_value
-    from rlhf_jax.rollout import TaskSpec, rm_scores
-    from rlhf_jax.sampling import sample
-    from rlhf_jax.train_ppo import PPOTrainer, init_state
+    from rlhf_jax.algorithms.ppo import forward_policy_value
+    from rlhf_jax.algorithms.sampling import sample
+    from rlhf_jax.infra import parallel
+    from rlhf_jax.stages.rollout import TaskSpec, rm_scores
+    from rlhf_jax.stages.train_ppo import PPOTrainer, init_state
 
     models, params, ref_params, rm_params = ours_params(cfg, trunk, head_Dx1, value)
     run_cfg = run_config(shape, cfg.vocab_size)

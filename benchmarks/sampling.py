@@ -87,9 +87,9 @@ def main():
     from transformers import GPT2Config as HFConfig
     from transformers import GPT2LMHeadModel as HFModel
 
+    from rlhf_jax.algorithms.sampling import sample
     from rlhf_jax.models.gpt2 import GPT2LMHeadModel
     from rlhf_jax.models.hf import config_from_hf, state_dict_to_params
-    from rlhf_jax.sampling import sample
 
     on_gpu = jax.default_backend() == "gpu"
     if on_gpu:

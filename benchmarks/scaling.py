@@ -39,12 +39,12 @@ def worker(args) -> dict:
     import numpy as np
 
     sys.path.insert(0, ROOT)
-    from rlhf_jax import parallel
+    from rlhf_jax.algorithms.ppo import Rollout, make_update_step
+    from rlhf_jax.infra import parallel
     from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
     from rlhf_jax.models.heads import ValueModel
-    from rlhf_jax.ppo import Rollout, make_update_step
-    from rlhf_jax.rollout import PPOModels
-    from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+    from rlhf_jax.stages.rollout import PPOModels
+    from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
 
     n = jax.device_count()
     batch = args.per_device * n

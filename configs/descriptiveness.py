@@ -9,12 +9,12 @@ the reward model normalised before and after training, PPO with adaptive KL.
         --config.labels.path=/data/lhp/descriptiveness/offline_5k.json \
         --config.task.dataset_path=DATA --workdir=runs/descriptiveness
     python launch.py --config=configs/descriptiveness.py:runlocal --workdir=/tmp/desc  # CPU smoke
-    python -m rlhf_jax.figures runs/descriptiveness --reference lhp_descriptiveness
+    python -m rlhf_jax.experiments.figures runs/descriptiveness --reference lhp_descriptiveness
 
 DATA: see README "Data" (a local text file with one passage per line, or the
 Hugging Face `bookcorpus`: LHP's own book passages are no longer public).
 Expected (the published reproduction of LHP's runs, GPT-2 124M, 10 seeds;
-`rlhf_jax/references/lhp_descriptiveness.csv`): at the end of the 1,954
+`rlhf_jax/experiments/references/lhp_descriptiveness.csv`): at the end of the 1,954
 updates `objective/score` about 2.25, `objective/kl` held at the target 6
 nats, `objective/kl_coef` risen from 0.15 to about 0.32. A full run needs
 accelerators (1M episodes); `:runlocal` takes a minute or two on a CPU and

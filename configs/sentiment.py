@@ -9,12 +9,12 @@ the reward model normalised before and after training, PPO with adaptive KL.
         --config.labels.path=/data/lhp/sentiment/offline_5k.json \
         --config.task.dataset_path=DATA --workdir=runs/sentiment
     python launch.py --config=configs/sentiment.py:runlocal --workdir=/tmp/sentiment  # CPU smoke
-    python -m rlhf_jax.figures runs/sentiment --reference lhp_sentiment   # against LHP's runs
+    python -m rlhf_jax.experiments.figures runs/sentiment --reference lhp_sentiment   # against LHP's runs
 
 DATA: see README "Data" (a local text file with one passage per line, or the
 Hugging Face `bookcorpus`: LHP's own book passages are no longer public).
 Expected (the published reproduction of LHP's runs, GPT-2 124M, 10 seeds;
-`rlhf_jax/references/lhp_sentiment.csv`): at the end of the 1,954 updates
+`rlhf_jax/experiments/references/lhp_sentiment.csv`): at the end of the 1,954 updates
 `objective/score` about 1.8, `objective/kl` held at the target 6 nats,
 `objective/kl_coef` risen from 0.15 to about 0.25. A full run needs
 accelerators (1M episodes); `:runlocal` takes a minute or two on a CPU and

@@ -134,13 +134,13 @@ def base_config() -> ml_collections.ConfigDict:
     o.num_queries = 512  # queries labelled per collection
     o.k = 0  # responses per query; 0 = labels.type's K (must match it)
     o.labeler = "mock"  # mock (labels.gold picks) | human (the label server's queue)
-    o.db = ""  # human: the label server's SQLite file (python -m rlhf_jax.label_server)
+    o.db = ""  # human: the label server's SQLite file (python -m rlhf_jax.labelling.label_server)
     o.poll_seconds = 10.0  # human: how often the queue is polled while waiting
     o.max_skips = 3  # human: an item skipped by this many labellers is dropped
     o.retrain = "continue"  # continue (from the current RM) | reinit (Ziegler: fresh head)
     o.reward_epochs = 1  # passes over the grown label set per retrain (Ziegler: 1)
     # Span marks (tokens that lower the gold), by the mock span labeller
-    # (`rlhf_jax.spans`) on every record that has none (file labels keep theirs).
+    # (`rlhf_jax.labelling.spans`) on every record that has none (file labels keep theirs).
     lb.spans = sp = ml_collections.ConfigDict()
     sp.enabled = False
     sp.miss = 0.0  # probability a bad word goes unmarked
@@ -385,11 +385,16 @@ def _need(cond: bool, msg: str):
         raise ValueError(msg)
 
 
+def num_updates(ppo_cfg) -> int:
+    """`ceil(total_episodes / batch_size)`, as LHP `train_policy.nupdates` (line 79)."""
+    return -(-ppo_cfg.total_episodes // ppo_cfg.batch_size)
+
+
 def check_ppo(p, num_devices: int) -> int:
     """Validates the `ppo` fields the PPO trainer reads for `num_devices`; returns the
     per-device batch. `resolve` runs it for a config with a ppo stage, and
     `PPOTrainer` for the config it is given."""
-    from rlhf_jax.ppo import WHITEN_SCOPES
+    from rlhf_jax.algorithms.ppo import WHITEN_SCOPES
 
     _need(p.total_episodes >= p.batch_size,
           f"ppo.total_episodes={p.total_episodes} is smaller than ppo.batch_size={p.batch_size}")
@@ -520,9 +525,7 @@ def resolve(c, num_devices: int) -> dict:
                   "add the reward stage or use value=shared")
         if c.kl.adaptive:
             _need(c.kl.target > 0, f"kl.target={c.kl.target} must be > 0 when kl.adaptive")
-        from rlhf_jax import train_ppo
-
-        d["ppo_updates"] = train_ppo.num_updates(p)
+        d["ppo_updates"] = num_updates(p)
         d["ppo_minibatch"] = p.batch_size // p.nminibatches
         d["ppo_per_device_batch"] = local
     _resolve_methods(c, stages, num_devices, d)
@@ -670,7 +673,7 @@ def _resolve_online(c, stages, num_devices: int) -> int:
               f"labels.online.labeler='human' answers comparisons: labels.type={lt!r} must "
               "be best_of_N or pairwise")
         _need(bool(o.db), "labels.online.labeler='human' needs labels.online.db: the label "
-              "server's SQLite file (python -m rlhf_jax.label_server --db FILE)")
+              "server's SQLite file (python -m rlhf_jax.labelling.label_server --db FILE)")
         directory = os.path.dirname(os.path.abspath(o.db))
         _need(os.path.isdir(directory),
               f"labels.online.db={o.db!r}: directory {directory} does not exist")
@@ -680,7 +683,7 @@ def _resolve_online(c, stages, num_devices: int) -> int:
     _need(c.labels.batch_size % num_devices == 0,
           f"labels.batch_size={c.labels.batch_size} is not divisible by the device count "
           f"{num_devices}")
-    updates = -(-c.ppo.total_episodes // c.ppo.batch_size)  # LHP: ceil (train_ppo.num_updates)
+    updates = num_updates(c.ppo)
     rounds = (updates - 1) // o.every
     _need(rounds >= 1, f"labels.online.every={o.every}: no collection within the {updates} "
           "PPO updates (one runs before each update whose index is a multiple of it)")

@@ -33,12 +33,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import compile_cache, config_lib, metrics as metrics_lib, parallel, pg
-from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
-from rlhf_jax.ppo import make_update_step
-from rlhf_jax.rollout import TaskSpec, TokenRewards, make_rollout, penalize
-from rlhf_jax.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
-                                num_updates, query_batch)
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms import pg
+from rlhf_jax.algorithms.ppo import make_update_step
+from rlhf_jax.infra import compile_cache, metrics as metrics_lib, parallel
+from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
+from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout, penalize
+from rlhf_jax.stages.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
+                                       query_batch)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -171,7 +173,7 @@ class MemberPPOTrainer:
               stage: str = "ppo") -> list[tuple[dict, dict]]:
         """Runs (or resumes) the members' PPO stage; `[(params, summary)]` per member."""
         cfg, dp, m = self.cfg, self.dp, len(members)
-        n, b = num_updates(cfg.ppo), cfg.ppo.batch_size
+        n, b = config_lib.num_updates(cfg.ppo), cfg.ppo.batch_size
         states = [init_state(mb.params, make_optimizer(mb.cfg.ppo), mb.cfg) for mb in members]
         ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage)) if mb.workdir
                  else None for mb in members]
@@ -291,7 +293,7 @@ def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> lis
     `allow_config_change`: see `pipeline.open_run`.
     """
     from rlhf_jax import pipeline
-    from rlhf_jax.batched import gold_function
+    from rlhf_jax.stages.batched import gold_function
 
     cfg = cfgs[0]
     parallel.initialize_distributed()

@@ -35,19 +35,17 @@ machine it runs on (a TPU VM gives the TPU's numbers).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import fsdp
-from rlhf_jax.models.gpt2 import _SIZES, GPT2Config, GPT2LMHeadModel
+from rlhf_jax.infra import fsdp
+from rlhf_jax.models import loading
+from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel, ValueModel
 
 _BYTES = {"float32": 4, "bfloat16": 2}
-GPT2_VOCAB = 50257
 # Per token and layer: D-wide tensors kept for the backward pass, and H x T ones.
 BLOCK_D_TENSORS = 19
 BLOCK_HT_TENSORS = 3
@@ -115,33 +113,6 @@ class Report:
         return self.params + self.optimizer + max(update_temp, rollout_temp)
 
 
-def model_config(cfg) -> tuple[GPT2Config, str]:
-    """The GPT-2 architecture the config runs, without loading weights, and its source.
-
-    A known size name (`gpt2`, ..., `stiennon-6.7b`) or a local Hugging Face
-    directory gives the dims; otherwise (a random init, a pretrain stage, or a
-    hub name not on disk) the `model.*` fields do.
-    """
-    m = cfg.model
-    dtypes = dict(dtype=getattr(jnp, m.dtype), param_dtype=getattr(jnp, m.param_dtype),
-                  remat=m.remat)
-    stages = cfg.stages.split(",")
-    name = m.name_or_path
-    if m.init != "scratch" and "pretrain" not in stages and name:
-        if name in _SIZES:
-            return GPT2Config.from_name(name, **dtypes), f"{name} (known size)"
-        path = os.path.join(name, "config.json")
-        if os.path.isfile(path):
-            from rlhf_jax.models.hf import config_from_hf
-
-            with open(path) as f:
-                return config_from_hf(json.load(f), source=path, **dtypes), path
-    vocab = cfg.pretrain.vocab_size if m.tokenizer == "synthetic" else GPT2_VOCAB
-    config = GPT2Config(vocab_size=vocab, n_positions=m.n_positions, n_embd=m.n_embd,
-                        n_layer=m.n_layer, n_head=m.n_head, **dtypes)
-    return config, "model.n_embd / n_layer / n_head / n_positions"
-
-
 def param_shapes(module) -> dict:
     """The params of a Flax model as `ShapeDtypeStruct`s (`jax.eval_shape`: no allocation)."""
     ids = jnp.zeros((1, 2), jnp.int32)
@@ -190,7 +161,7 @@ def report(cfg, num_devices: int) -> Report:
     config must have passed `config_lib.resolve` (sizes divide).
     """
     f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_lib.resolve)
-    config, arch = model_config(cfg)
+    config, arch = loading.architecture(cfg)
     q, r = cfg.task.query_length, cfg.task.response_length
     context = q + r
     separate = cfg.ppo.value_model == "separate"
@@ -372,12 +343,12 @@ def compiled_update_step(cfg, dp) -> tuple[int, object]:
     TPU compiler's numbers for a pod config. Returns `(argument + temp bytes,
     the `memory_analysis()` object)`.
     """
-    from rlhf_jax import parallel
-    from rlhf_jax.ppo import Rollout, make_update_step
-    from rlhf_jax.rollout import PPOModels
-    from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+    from rlhf_jax.algorithms.ppo import Rollout, make_update_step
+    from rlhf_jax.infra import parallel
+    from rlhf_jax.stages.rollout import PPOModels
+    from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
 
-    config, _ = model_config(cfg)
+    config, _ = loading.architecture(cfg)
     if cfg.ppo.value_model == "separate":
         lm = GPT2LMHeadModel(config)
         value = ValueModel(config, head=cfg.reward.head)
@@ -418,16 +389,17 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
     """
     import functools
 
-    from rlhf_jax import parallel, reward, supervised
+    from rlhf_jax.algorithms.optim import make_optimizer
     from rlhf_jax.data.labels import parse_label_type
-    from rlhf_jax.optim import make_optimizer
+    from rlhf_jax.infra import parallel
+    from rlhf_jax.stages import reward_train, supervised
 
-    config, _ = model_config(cfg)
+    config, _ = loading.architecture(cfg)
     rm = RewardModel(config, head=cfg.reward.head)
     kind, _ = parse_label_type(cfg.labels.type)
     k = _responses_per_label(cfg.labels.type)
     eos = cfg.task.eos_token if cfg.reward.reward_at == "eos" else None
-    loss = functools.partial(reward._loss_fn, rm_model=rm, label_type=kind,
+    loss = functools.partial(reward_train._loss_fn, rm_model=rm, label_type=kind,
                              reward_at=cfg.reward.reward_at, eos_token=eos,
                              span_coef=float(cfg.reward.span_coef))
     g = cfg.reward

@@ -15,7 +15,7 @@ Artifacts:
   models/{pretrained,sft,policy,dpo}/   Hugging Face GPT-2 directories
   models/reward/             reward model params (msgpack) and its config
   labels/{train,val}.jsonl   the labels the reward model trained on
-  labels/online_<r>.jsonl, online/round_<r>/   online collection rounds (rlhf_jax.online)
+  labels/online_<r>.jsonl, online/round_<r>/   online collection rounds (rlhf_jax.stages.online)
   eval.json                  the final evaluation summary
 """
 
@@ -33,14 +33,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rlhf_jax import compile_cache, config_guard, config_lib, parallel
-from rlhf_jax.batched import gold_function, postprocess, sample_responses
-from rlhf_jax.context import Context, resolve_task, setup_tokenizer, stage_key
-from rlhf_jax.data import labels as labels_lib
-from rlhf_jax.files import write_json_atomic
-from rlhf_jax.metrics import MetricsWriter
+from rlhf_jax import config_guard, config_lib
+from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
+from rlhf_jax.infra import compile_cache, parallel
+from rlhf_jax.infra.files import write_json_atomic
+from rlhf_jax.infra.metrics import MetricsWriter
 from rlhf_jax.models import GPT2LMHeadModel, loading
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
+from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
+from rlhf_jax.stages.context import Context, resolve_task, setup_tokenizer, stage_key
 
 
 # --------------------------------------------------------------------------
@@ -49,7 +50,7 @@ from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_
 
 def stage_pretrain(ctx: Context) -> dict:
     """Tiny GPT-2 pretrained on the synthetic corpus (offline default only)."""
-    from rlhf_jax import sft
+    from rlhf_jax.stages import sft
 
     cfg = ctx.cfg
     p = cfg.pretrain
@@ -79,7 +80,7 @@ def stage_pretrain(ctx: Context) -> dict:
 
 
 def stage_sft(ctx: Context) -> dict:
-    from rlhf_jax import sft
+    from rlhf_jax.stages import sft
 
     cfg = ctx.cfg
     train_q = ctx.queries("train", limit=cfg.sft.num_train)
@@ -124,10 +125,10 @@ def stage_labels(ctx: Context) -> dict:
             read.update(label_type=kind, vocab_size=len(ctx.tokenizer),
                         pad_token=cfg.task.pad_token, query_length=cfg.task.query_length,
                         response_length=cfg.task.response_length)
-        train = labels_lib.read_labels(lb.path, **read)
-        val = labels_lib.read_labels(lb.val_path, **read) if lb.val_path else None
+        train = label_files_lib.read_labels(lb.path, **read)
+        val = label_files_lib.read_labels(lb.val_path, **read) if lb.val_path else None
     else:
-        from rlhf_jax.labelers import LabelRequest, MockLabeler, make_gold
+        from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
 
         model, params = ctx.initial_policy()
         labeler = MockLabeler(make_gold(lb.gold, ungrammatical_penalty=lb.ungrammatical_penalty),
@@ -150,13 +151,13 @@ def stage_labels(ctx: Context) -> dict:
         train = every.subset(np.arange(lb.num_train))
         val = every.subset(np.arange(lb.num_train, need)) if lb.num_val else None
     if lb.spans.enabled:  # the mock span labeller marks records that carry no marks
-        from rlhf_jax import spans
+        from rlhf_jax.labelling import spans
 
         train, val = (spans.mark_unmarked(cfg, ctx.decode, x) for x in (train, val))
     if parallel.process_is_main():
-        labels_lib.write_labels_jsonl(ctx.path("labels", "train.jsonl"), train)
+        label_files_lib.write_labels_jsonl(ctx.path("labels", "train.jsonl"), train)
         if val is not None:
-            labels_lib.write_labels_jsonl(ctx.path("labels", "val.jsonl"), val)
+            label_files_lib.write_labels_jsonl(ctx.path("labels", "val.jsonl"), val)
     out = {"num_train": len(train), "num_val": 0 if val is None else len(val)}
     if train.gold_NxK is not None:
         # How often the labelled best is the gold best (1.0 for a noiseless mock).
@@ -172,14 +173,14 @@ def _read_labels(ctx: Context):
     kind, _ = labels_lib.parse_label_type(cfg.labels.type)
     kw = dict(query_length=cfg.task.query_length, response_length=cfg.task.response_length,
               pad_token=cfg.task.pad_token, vocab_size=len(ctx.tokenizer), label_type=kind)
-    train = labels_lib.read_labels_jsonl(ctx.path("labels", "train.jsonl"), **kw)
+    train = label_files_lib.read_labels_jsonl(ctx.path("labels", "train.jsonl"), **kw)
     val_path = ctx.path("labels", "val.jsonl")
-    val = labels_lib.read_labels_jsonl(val_path, **kw) if os.path.exists(val_path) else None
+    val = label_files_lib.read_labels_jsonl(val_path, **kw) if os.path.exists(val_path) else None
     return train, val
 
 
 def stage_reward(ctx: Context) -> dict:
-    from rlhf_jax import reward
+    from rlhf_jax.stages import reward, reward_train
 
     cfg = ctx.cfg
     train, val = _read_labels(ctx)
@@ -187,7 +188,7 @@ def stage_reward(ctx: Context) -> dict:
     rm_model, rm_params = loading.init_reward_model(cfg, stage_key(cfg, "reward"), policy_model,
                                                     policy_params)
     normalizer = reward.reference_normalizer(ctx, policy_model, policy_params)
-    rm_params, summary = reward.train_reward_model(
+    rm_params, summary = reward_train.train_reward_model(
         cfg, rm_model=rm_model, rm_params=rm_params, train=train, val=val, dp=ctx.dp,
         rng=stage_key(cfg, "reward"), workdir=ctx.workdir, writer=ctx.writer,
         normalizer=normalizer)
@@ -203,7 +204,7 @@ def ppo_models_and_params(ctx: Context):
     rm_model, rm_params = ctx.reward_model() or (None, None)
     if cfg.ppo.reward_source == "rm" and rm_model is None:
         raise ValueError("ppo.reward_source='rm' needs the reward stage (models/reward is missing)")
-    from rlhf_jax.rollout import PPOModels
+    from rlhf_jax.stages.rollout import PPOModels
 
     if cfg.ppo.algo != "ppo":  # RLOO / REINFORCE: the plain LM, no value model
         params = {"policy": ref_params}
@@ -224,7 +225,7 @@ def ppo_models_and_params(ctx: Context):
 
 
 def stage_ppo(ctx: Context) -> dict:
-    from rlhf_jax.train_ppo import PPOTrainer
+    from rlhf_jax.stages.train_ppo import PPOTrainer
 
     cfg = ctx.cfg
     models, params, ref_params, rm_params = ppo_models_and_params(ctx)
@@ -232,7 +233,7 @@ def stage_ppo(ctx: Context) -> dict:
     qs = ctx.queries("train")
     online = None
     if cfg.labels.online.enabled:  # Ziegler 2.3: label as the policy moves, retrain the RM
-        from rlhf_jax.online import OnlineCollector
+        from rlhf_jax.stages.online import OnlineCollector
 
         online = OnlineCollector(ctx, policy_model=models.reference, rm_model=models.reward,
                                  rm_params=rm_params)
@@ -260,7 +261,7 @@ def _policy_labels(ctx: Context, labels):
 
 
 def stage_dpo(ctx: Context) -> dict:
-    from rlhf_jax import dpo
+    from rlhf_jax.stages import dpo
 
     cfg = ctx.cfg
     train, val = _read_labels(ctx)
@@ -277,7 +278,7 @@ def stage_dpo(ctx: Context) -> dict:
 
 def stage_bon_sft(ctx: Context) -> dict:
     """Expert iteration: best-of-n by the reward model, then SFT on the chosen samples."""
-    from rlhf_jax import expert_iteration
+    from rlhf_jax.stages import expert_iteration
 
     cfg = ctx.cfg
     rm = ctx.reward_model()
@@ -296,7 +297,7 @@ def stage_bon_sft(ctx: Context) -> dict:
 
 def stage_ul(ctx: Context) -> dict:
     """Likelihood on preferred responses + unlikelihood on span-marked tokens (no RL)."""
-    from rlhf_jax import unlikelihood
+    from rlhf_jax.stages import unlikelihood
 
     cfg = ctx.cfg
     train, val = _read_labels(ctx)
@@ -310,13 +311,13 @@ def stage_ul(ctx: Context) -> dict:
 
 
 def stage_eval(ctx: Context) -> dict:
-    from rlhf_jax import eval as eval_lib
+    from rlhf_jax.stages import eval as eval_lib
 
     return eval_lib.evaluate(ctx)
 
 
 def stage_figures(ctx: Context) -> dict:
-    from rlhf_jax import figures
+    from rlhf_jax.experiments import figures
 
     paths = figures.make_figures(ctx.workdir) if parallel.process_is_main() else []
     return {"figures": [os.path.relpath(p, ctx.workdir) for p in paths]}

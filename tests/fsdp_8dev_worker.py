@@ -15,12 +15,12 @@ import json
 import jax
 import numpy as np
 
-from rlhf_jax import parallel
+from rlhf_jax.algorithms.ppo import make_update_step
+from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import ValueModel
-from rlhf_jax.ppo import make_update_step
-from rlhf_jax.rollout import PPOModels
-from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+from rlhf_jax.stages.rollout import PPOModels
+from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
 from tests.test_fsdp import ppo_config, synthetic_rollout
 from tests.test_rollout import CONFIG, random_params
 

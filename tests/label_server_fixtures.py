@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from rlhf_jax.label_server import Item, Response, create_app, make_server
+from rlhf_jax.labelling.label_server import Item, Response, create_app, make_server
 
 
 @contextlib.contextmanager

@@ -73,11 +73,11 @@ def run_ppo() -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from rlhf_jax import parallel
+    from rlhf_jax.infra import parallel
     from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
     from rlhf_jax.models.heads import PolicyWithValueHead
-    from rlhf_jax.rollout import PPOModels
-    from rlhf_jax.train_ppo import PPOTrainer
+    from rlhf_jax.stages.rollout import PPOModels
+    from rlhf_jax.stages.train_ppo import PPOTrainer
 
     gpt2 = GPT2Config(vocab_size=VOCAB, n_positions=QUERY_LEN + RESPONSE_LEN, n_embd=16,
                       n_layer=1, n_head=2)
@@ -109,7 +109,7 @@ def main(argv) -> None:
 
     # CPU collectives across processes (the default CPU backend has none).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    from rlhf_jax import parallel
+    from rlhf_jax.infra import parallel
 
     parallel.initialize_distributed()
     print(f"process {jax.process_index()}/{jax.process_count()}: "

@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from rlhf_jax.checkpoint import Checkpointer, PreemptionHandler, mark_finished
+from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 
 
 def make_state(scale: float = 1.0):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from rlhf_jax import compile_cache
+from rlhf_jax.infra import compile_cache
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGE_RE = re.compile(r"^\[(\w+)\] done in \d+s \(compile [\d.]+s: (\d+) programs, (\d+) from the cache\)$")

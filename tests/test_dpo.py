@@ -6,11 +6,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import dpo, losses
+from rlhf_jax.algorithms import losses
 from rlhf_jax.data.labels import Labels
-from rlhf_jax.metrics import read_metrics
+from rlhf_jax.infra.metrics import read_metrics
+from rlhf_jax.infra.parallel import DataParallel
 from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
-from rlhf_jax.parallel import DataParallel
+from rlhf_jax.stages import dpo
 
 V, PAD, Q, R = 32, 32, 3, 6
 GOLD_TOKEN = 7

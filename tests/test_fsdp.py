@@ -1,4 +1,4 @@
-"""FSDP over a ("data", "fsdp") mesh (`rlhf_jax.fsdp`, `DataParallel(mode="mesh", fsdp=F)`).
+"""FSDP over a ("data", "fsdp") mesh (`rlhf_jax.infra.fsdp`, `DataParallel(mode="mesh", fsdp=F)`).
 
 The PPO update on 4 simulated devices: `pmap` (params replicated) against the
 mesh with the params and Adam state split 2 and 4 ways. One synthetic
@@ -17,12 +17,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rlhf_jax import config_lib, fsdp, parallel
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms.ppo import Rollout, make_update_step
+from rlhf_jax.infra import fsdp, parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import ValueModel
-from rlhf_jax.ppo import Rollout, make_update_step
-from rlhf_jax.rollout import PPOModels
-from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+from rlhf_jax.stages.rollout import PPOModels
+from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
 from tests.test_rollout import CONFIG, Q, R, V, random_params
 
 B = 16

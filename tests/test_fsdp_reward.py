@@ -1,4 +1,4 @@
-"""The reward-model step with FSDP (`rlhf_jax.supervised` under a ("data", "fsdp") mesh).
+"""The reward-model step with FSDP (`rlhf_jax.stages.supervised` under a ("data", "fsdp") mesh).
 
 Pairwise (Stiennon) labels, two steps of batch 16 on 4 simulated devices:
 `pmap` against the mesh with the reward model's params and Adam state split
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rlhf_jax import fsdp, reward
+from rlhf_jax.infra import fsdp
+from rlhf_jax.infra.parallel import DataParallel
 from rlhf_jax.models.heads import RewardModel
-from rlhf_jax.parallel import DataParallel
+from rlhf_jax.stages import reward_train
 from tests.test_reward import CONFIG, Q, R, assert_trees_close, make_cfg, make_labels
 
 NUM_TRAIN, BATCH = 32, 16
@@ -29,7 +30,7 @@ def setup():
 def train(setup, mode, f=1):
     model, params, labels = setup
     cfg = make_cfg("pairwise", NUM_TRAIN, 0, batch_size=BATCH, lr=1e-3, mode=mode)
-    out, summary = reward.train_reward_model(
+    out, summary = reward_train.train_reward_model(
         cfg, rm_model=model, rm_params=params, train=labels, val=None,
         dp=DataParallel(mode, num_devices=4, fsdp=f), rng=jax.random.key(2))
     assert summary["steps"] == NUM_TRAIN // BATCH

@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from rlhf_jax import gao
+from rlhf_jax.experiments import gao
 
 
 @pytest.mark.parametrize("form, curve", [

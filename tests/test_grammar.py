@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.data import grammar, synthetic
-from rlhf_jax.labelers import (LabelRequest, MockLabeler, WorldGold, make_gold)
+from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, WorldGold, make_gold
 
 
 def _sentences(docs):

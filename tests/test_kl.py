@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import kl
+from rlhf_jax.algorithms import kl
 
 
 def test_adaptive_kl_coef_hand_numbers():

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from tests.label_server_fixtures import Client, best_of_4_items, decode, piece, serve, token_item
-from rlhf_jax.data.labels import read_lhp_labels, read_sff_comparisons
-from rlhf_jax.label_server import (Conflict, HumanQueue, Item, LabelDB, LabelingStopped, Response,
-                                   export_lhp, export_sff, import_lhp, import_sff)
-from rlhf_jax.label_server.__main__ import main as cli_main
-from rlhf_jax.labelers import LabelRequest
+from rlhf_jax.data.label_files import read_lhp_labels, read_sff_comparisons
+from rlhf_jax.labelling.label_server import (Conflict, HumanQueue, Item, LabelDB, LabelingStopped,
+                                             Response, export_lhp, export_sff, import_lhp,
+                                             import_sff)
+from rlhf_jax.labelling.label_server.__main__ import main as cli_main
+from rlhf_jax.labelling.labelers import LabelRequest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -399,9 +400,9 @@ def test_server_command_serves_over_http(tmp_path):
     db = tmp_path / "s.sqlite"
     LabelDB(db).add_items("b", best_of_4_items(2))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LABEL_SERVER_TOKEN": "tok"}
-    proc = subprocess.Popen([sys.executable, "-m", "rlhf_jax.label_server", "--db", str(db),
-                             "--port", "0"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "rlhf_jax.labelling.label_server", "--db",
+                             str(db), "--port", "0"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = proc.stdout.readline()
         assert line.startswith(f"label server: {db} at http://127.0.0.1:"), line

@@ -21,7 +21,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
-from rlhf_jax.label_server import Item, LabelDB, export_lhp
+from rlhf_jax.labelling.label_server import Item, LabelDB, export_lhp
 from tests.label_server_fixtures import serve, token_item
 
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")

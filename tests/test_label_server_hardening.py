@@ -15,9 +15,8 @@ import time
 
 import pytest
 
-from rlhf_jax.label_server import LabelDB
-from rlhf_jax.label_server import __main__ as cli
-from rlhf_jax.label_server.db import _repair_sidecars
+from rlhf_jax.labelling.label_server import LabelDB, __main__ as cli
+from rlhf_jax.labelling.label_server.db import _repair_sidecars
 from tests.label_server_fixtures import Client, best_of_4_items, read_only, serve
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -60,8 +59,8 @@ def raw_http(base: str, head: bytes, body: bytes = b"", *, timeout: float = 10.0
 def start_server(db_path, *args, env=None):
     """The CLI's server on a free port; returns (process, base URL)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf_jax.label_server", "--db", str(db_path), "--port", "0",
-         *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        [sys.executable, "-m", "rlhf_jax.labelling.label_server", "--db", str(db_path), "--port",
+         "0", *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     assert line.startswith("label server: "), (line, proc.stderr.read() if proc.poll() else "")

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax.labelers import (LabelRequest, MockLabeler, TokenFractionGold, VaderGold,
-                               token_fraction)
+from rlhf_jax.labelling.labelers import (LabelRequest, MockLabeler, TokenFractionGold, VaderGold,
+                                         token_fraction)
 
 PAD = 1_000_000  # above every id the tests use
 

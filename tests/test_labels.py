@@ -7,9 +7,10 @@ import pathlib
 import numpy as np
 import pytest
 
-from rlhf_jax.data import labels as labels_lib
-from rlhf_jax.data.labels import (Labels, parse_label_type, read_labels, read_labels_jsonl,
-                                  read_lhp_labels, read_sff_comparisons, write_labels_jsonl)
+from rlhf_jax.data import label_files as label_files_lib
+from rlhf_jax.data.label_files import (read_labels, read_labels_jsonl, read_lhp_labels,
+                                       read_sff_comparisons, write_labels_jsonl)
+from rlhf_jax.data.labels import Labels, parse_label_type
 from rlhf_jax.data.tasks import format_tldr_query
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -379,14 +380,14 @@ def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path, monkeypatch):
     write_labels_jsonl(path, _mock_labels())
     before = path.read_bytes()
 
-    real = labels_lib._record_to_json
+    real = label_files_lib._record_to_json
 
     def fail_on_second(labels, i):
         if i == 1:
             raise RuntimeError("disk full")
         return real(labels, i)
 
-    monkeypatch.setattr(labels_lib, "_record_to_json", fail_on_second)
+    monkeypatch.setattr(label_files_lib, "_record_to_json", fail_on_second)
     with pytest.raises(RuntimeError, match="disk full"):
         write_labels_jsonl(path, _lhp())
     assert path.read_bytes() == before

@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.losses: hand-worked numbers, stability, masking, jit."""
+"""Tests for rlhf_jax.algorithms.losses: hand-worked numbers, stability, masking, jit."""
 
 import math
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import logprobs, losses
+from rlhf_jax.algorithms import logprobs, losses
 
 LOG2 = math.log(2.0)
 

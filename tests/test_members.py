@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax import members as members_lib
-from rlhf_jax.train_ppo import PPOTrainer
+from rlhf_jax.stages.train_ppo import PPOTrainer
 from tests.test_ppo_train import (BATCH, Setup, gold_fraction, make_config, metrics_close,
                                   params_close)
 from tests.test_rollout import random_queries

@@ -13,7 +13,9 @@ to lie below the CPU's temp size rather than near it.
 
 import pytest
 
-from rlhf_jax import config_lib, memory, parallel
+from rlhf_jax import config_lib, memory
+from rlhf_jax.infra import parallel
+from rlhf_jax.models import loading
 
 
 def small_config(*, d=64, layers=2, vocab=512, q=32, r=16, batch=64, separate=False, f=1,
@@ -92,7 +94,7 @@ def test_every_stage_has_a_peak_and_the_reward_step_matches_xla():
     assert rep.peak_stage.peak == max(s.peak for s in rep.stages)
     text = memory.format_report(rep)
     assert "every stage" in text and "the largest: " + rep.peak_stage.stage in text
-    config, _ = memory.model_config(c)
+    config, _ = loading.architecture(c)
     rm = memory._model("RM", memory.param_shapes(memory.RewardModel(config)), 2, True)
     rows = 16 // 4 * 4  # 4 labels per device, 4 responses each
     estimate = rm.params + rm.optimizer + sum(memory.step_temporaries(

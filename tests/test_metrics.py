@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import metrics as M
+from rlhf_jax.infra import metrics as M
 
 
 def read_events(path):

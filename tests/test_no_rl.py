@@ -1,5 +1,5 @@
-"""Training without RL: likelihood + unlikelihood on span marks (`rlhf_jax.unlikelihood`)
-and best-of-N then SFT (`rlhf_jax.expert_iteration`), on hand-worked numbers and
+"""Training without RL: likelihood + unlikelihood on span marks (`rlhf_jax.stages.unlikelihood`)
+and best-of-N then SFT (`rlhf_jax.stages.expert_iteration`), on hand-worked numbers and
 on the tiny problem of `tests/test_rollout.py`."""
 
 import jax
@@ -7,13 +7,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib, expert_iteration, losses, parallel, unlikelihood
-from rlhf_jax.batched import best_of_n
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms import losses
 from rlhf_jax.data.datasets import QueryDataset
 from rlhf_jax.data.labels import Labels
+from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead
-from rlhf_jax.rollout import PPOModels, TaskSpec
+from rlhf_jax.stages import expert_iteration, unlikelihood
+from rlhf_jax.stages.batched import best_of_n
+from rlhf_jax.stages.rollout import PPOModels, TaskSpec
 from tests.test_rollout import (CONFIG, PAD, TARGET, R, V, random_params, random_queries,
                                 target_fraction_rm)
 

@@ -29,12 +29,12 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib, online as online_lib, pipeline, train_ppo
-from rlhf_jax import reward as reward_lib
-from rlhf_jax.checkpoint import PreemptionHandler
-from rlhf_jax.label_server import LabelDB
-from rlhf_jax.metrics import MetricsWriter
+from rlhf_jax import config_lib, pipeline
+from rlhf_jax.infra.checkpoint import PreemptionHandler
+from rlhf_jax.infra.metrics import MetricsWriter
+from rlhf_jax.labelling.label_server import LabelDB
 from rlhf_jax.models import loading
+from rlhf_jax.stages import online as online_lib, reward_train as reward_train_lib, train_ppo
 from tests.label_server_fixtures import Client, serve
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,13 +129,13 @@ def copy_of(base, tmp_path, name):
 def recording_retrain_starts(patch):
     """Records the `rm_params` each online retrain starts from; `patch(obj, name, value)`."""
     starts = []
-    original = reward_lib.train_reward_model
+    original = reward_train_lib.train_reward_model
 
     def train_reward_model(cfg, **kwargs):
         starts.append(jax.device_get(kwargs["rm_params"]))
         return original(cfg, **kwargs)
 
-    patch(reward_lib, "train_reward_model", train_reward_model)
+    patch(reward_train_lib, "train_reward_model", train_reward_model)
     return starts
 
 

@@ -1,4 +1,4 @@
-"""Tests for rlhf_jax.optim: TF-style Adam against numpy, schedules, state."""
+"""Tests for rlhf_jax.algorithms.optim: TF-style Adam against numpy, schedules, state."""
 
 import math
 
@@ -10,7 +10,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from rlhf_jax import optim
+from rlhf_jax.algorithms import optim
 
 # Small quadratic f(x) = 0.5 * sum(a * (x - c)^2), gradient a * (x - c).
 _A = np.array([1.0, 10.0, 0.01])

@@ -1,4 +1,4 @@
-"""RLOO and REINFORCE with a baseline (`rlhf_jax.pg`): hand-worked advantages and
+"""RLOO and REINFORCE with a baseline (`rlhf_jax.algorithms.pg`): hand-worked advantages and
 baselines, device-count invariance, and learning on the tiny problem of
 `tests/test_ppo_train.py` through the PPO stage's trainer."""
 
@@ -10,11 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import parallel, pg
+from rlhf_jax.algorithms import pg
+from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead
-from rlhf_jax.rollout import PPOModels
-from rlhf_jax.train_ppo import PPOTrainer, init_state, query_batch
+from rlhf_jax.stages.rollout import PPOModels
+from rlhf_jax.stages.train_ppo import PPOTrainer, init_state, query_batch
 from tests.test_ppo_train import BATCH, Queries, gold_fraction, make_config, metrics_close
 from tests.test_rollout import CONFIG, TARGET, V, random_params, target_fraction_rm
 

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import ppo
-from rlhf_jax.logprobs import logprobs_and_entropy
+from rlhf_jax.algorithms import ppo
+from rlhf_jax.algorithms.logprobs import logprobs_and_entropy
 
 
 def gae_loop(rewards, values, gamma, lam):

@@ -1,4 +1,4 @@
-"""The PPO stage end to end (`rlhf_jax.train_ppo.PPOTrainer`) on a tiny problem.
+"""The PPO stage end to end (`rlhf_jax.stages.train_ppo.PPOTrainer`) on a tiny problem.
 
 A 1-layer GPT-2 over 16 tokens learns to emit a target token. The reward is
 either the gold "fraction of TARGET in the response" (`ppo.reward_source=
@@ -22,13 +22,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-import rlhf_jax.train_ppo as train_ppo
-from rlhf_jax import config_lib, parallel
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms.ppo import make_update_step
+from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
-from rlhf_jax.ppo import make_update_step
-from rlhf_jax.rollout import PPOModels
-from rlhf_jax.train_ppo import PPOTrainer, hparams, init_state, make_optimizer
+from rlhf_jax.stages import train_ppo
+from rlhf_jax.stages.rollout import PPOModels
+from rlhf_jax.stages.train_ppo import PPOTrainer, hparams, init_state, make_optimizer
 from tests.test_rollout import (CONFIG, PAD, TARGET, R, V, random_params, random_queries,
                                 target_fraction_rm)
 

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 
 from rlhf_jax import config_lib
-from rlhf_jax.models import GPT2LMHeadModel, init_cache
-from rlhf_jax.models import loading
+from rlhf_jax.algorithms.ppo import make_update_step
+from rlhf_jax.algorithms.sampling import sample
+from rlhf_jax.models import GPT2LMHeadModel, init_cache, loading
 from rlhf_jax.models.heads import ValueModel
-from rlhf_jax.ppo import make_update_step
-from rlhf_jax.rollout import PPOModels
-from rlhf_jax.sampling import sample
-from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+from rlhf_jax.stages.rollout import PPOModels
+from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
 from tests.test_fsdp import ppo_config, synthetic_rollout
 from tests.test_rollout import CONFIG, Q, R, V, random_params, random_queries
 

@@ -10,12 +10,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import reward
 from rlhf_jax.data.labels import Labels
-from rlhf_jax.metrics import MetricsWriter, read_metrics
+from rlhf_jax.infra.metrics import MetricsWriter, read_metrics
+from rlhf_jax.infra.parallel import DataParallel
 from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from rlhf_jax.models.heads import RewardModel
-from rlhf_jax.parallel import DataParallel
+from rlhf_jax.stages import reward, reward_train
 
 V, PAD, Q, R = 32, 32, 3, 6  # vocab, pad (outside the vocabulary), query / response length
 GOLD_TOKEN = 7
@@ -156,12 +156,12 @@ def test_label_target_moments_follow_lhp():
 
 def test_label_metrics_by_type():
     r_BxK = jnp.array([[0.0, 2.0], [1.0, -1.0]])
-    pair = reward.label_metrics("pairwise", r_BxK, jnp.array([1, 1]))
+    pair = reward_train.label_metrics("pairwise", r_BxK, jnp.array([1, 1]))
     # chosen - rejected = [2, -2]: loss mean(log(1+e^-2), log(1+e^2)).
     want = np.mean([np.log1p(np.exp(-2.0)), np.log1p(np.exp(2.0))])
     assert float(pair["loss"]) == pytest.approx(want, rel=1e-6)
     assert float(pair["accuracy"]) == 0.5 and float(pair["margin"]) == 0.0
-    comp = reward.label_metrics("scalar_compare", r_BxK, jnp.array([1.0, -3.0]))
+    comp = reward_train.label_metrics("scalar_compare", r_BxK, jnp.array([1.0, -3.0]))
     # r1 - r0 = [2, -2] vs [1, -3]: squared errors 1, 1.
     assert float(comp["loss"]) == pytest.approx(1.0) and float(comp["accuracy"]) == 1.0
 
@@ -181,7 +181,7 @@ def test_rm_learns_token_count_preference(rm_init, label_type, k, tmp_path):
     kind = "best_of_n" if k == 4 else "pairwise"
     train, val = make_labels(NUM_TRAIN, k, 1, kind), make_labels(120, k, 2, kind)
     cfg = make_cfg(label_type, NUM_TRAIN, 120, epochs=EPOCHS, lr=LR)
-    trained, summary = reward.train_reward_model(
+    trained, summary = reward_train.train_reward_model(
         cfg, rm_model=model, rm_params=params, train=train, val=val, dp=DataParallel("pmap"),
         rng=jax.random.key(1), workdir=str(tmp_path))
     print(f"{label_type}: held-out accuracy {summary['initial_val']['val_accuracy']:.3f} -> "
@@ -214,7 +214,7 @@ def test_normalisation_gives_n01_on_fresh_reference_samples(rm_init):
     cfg = make_cfg("best_of_4", 64, 0, lr=1e-4, normalize=True, normalize_samples=2000)
     sampler = reward.make_reference_sampler(cfg, policy_model=policy, policy_params=policy_params,
                                             query_NxQ=queries, query_mask_NxQ=np.ones_like(queries))
-    trained, summary = reward.train_reward_model(
+    trained, summary = reward_train.train_reward_model(
         cfg, rm_model=model, rm_params=params, train=make_labels(64, 4, 1, "best_of_n"), val=None,
         dp=DataParallel("pmap"), rng=jax.random.key(1), normalizer=sampler)
     before, after = summary["init"], summary["finalize"]
@@ -286,7 +286,7 @@ def test_four_devices_match_one(rm_init):
     train = make_labels(NUM_TRAIN, 4, 1, "best_of_n")
     out = {}
     for mode, n in (("pmap", 1), ("pmap", 4), ("mesh", 4)):
-        out[mode, n], _ = reward.train_reward_model(
+        out[mode, n], _ = reward_train.train_reward_model(
             make_cfg("best_of_4", NUM_TRAIN, 0, epochs=EPOCHS, lr=LR, mode=mode), rm_model=model,
             rm_params=params, train=train, val=None, dp=DataParallel(mode, num_devices=n),
             rng=jax.random.key(2))
@@ -303,11 +303,12 @@ def test_exact_resume_after_interruption(rm_init, tmp_path):
     cfg = make_cfg("pairwise", NUM_TRAIN, 0, epochs=EPOCHS, lr=LR)  # 18 steps
     kw = dict(rm_model=model, rm_params=params, train=train, val=None, dp=DataParallel("pmap"),
               rng=jax.random.key(4))
-    full, full_summary = reward.train_reward_model(cfg, workdir=str(tmp_path / "a"), **kw)
-    part, summary = reward.train_reward_model(cfg, workdir=str(tmp_path / "b"), stop_after=7, **kw)
+    train = reward_train.train_reward_model
+    full, full_summary = train(cfg, workdir=str(tmp_path / "a"), **kw)
+    part, summary = train(cfg, workdir=str(tmp_path / "b"), stop_after=7, **kw)
     assert summary["stopped_early"] and summary["steps"] == 7
     assert os.path.isdir(tmp_path / "b" / "checkpoints" / "reward" / "7")
-    resumed, resumed_summary = reward.train_reward_model(cfg, workdir=str(tmp_path / "b"), **kw)
+    resumed, resumed_summary = train(cfg, workdir=str(tmp_path / "b"), **kw)
     assert not resumed_summary["stopped_early"]
     assert_trees_close(resumed, full, atol=1e-6)
     assert resumed_summary["train"] == pytest.approx(full_summary["train"], abs=1e-6, rel=1e-6)
@@ -324,13 +325,13 @@ def test_exact_resume_after_interruption(rm_init, tmp_path):
                 os.kill(os.getpid(), signal.SIGTERM)
 
     with KillAtStep8(str(tmp_path / "c")) as writer:
-        _, summary = reward.train_reward_model(cfg, workdir=str(tmp_path / "c"), writer=writer,
-                                               **kw)
+        _, summary = reward_train.train_reward_model(cfg, workdir=str(tmp_path / "c"),
+                                                     writer=writer, **kw)
     assert summary["stopped_early"] and summary["steps"] == 9  # stopped at its next check
-    resumed_c, _ = reward.train_reward_model(cfg, workdir=str(tmp_path / "c"), **kw)
+    resumed_c, _ = reward_train.train_reward_model(cfg, workdir=str(tmp_path / "c"), **kw)
     assert_trees_close(resumed_c, full, atol=1e-6)
     # A finished stage does no new work on relaunch.
-    again, again_summary = reward.train_reward_model(cfg, workdir=str(tmp_path / "b"), **kw)
+    again, again_summary = reward_train.train_reward_model(cfg, workdir=str(tmp_path / "b"), **kw)
     assert_trees_close(again, full, atol=1e-6)
     assert json.dumps(again_summary, sort_keys=True) == json.dumps(resumed_summary, sort_keys=True)
 
@@ -342,20 +343,20 @@ def test_config_errors_name_the_field(rm_init):
               rng=jax.random.key(0))
     with pytest.raises(ValueError, match=r"labels.num_train=40 is not divisible by "
                                          r"reward.batch_size=16"):
-        reward.train_reward_model(make_cfg("best_of_4", 40, 0, batch_size=16), **kw)
+        reward_train.train_reward_model(make_cfg("best_of_4", 40, 0, batch_size=16), **kw)
     with pytest.raises(ValueError, match=r"reward.batch_size=10 is not divisible by the device"):
-        reward.train_reward_model(make_cfg("best_of_4", 40, 0, batch_size=10), **kw)
+        reward_train.train_reward_model(make_cfg("best_of_4", 40, 0, batch_size=10), **kw)
     with pytest.raises(ValueError, match=r"labels.num_train=48 but only 40"):
-        reward.train_reward_model(make_cfg("best_of_4", 48, 0, batch_size=16), **kw)
+        reward_train.train_reward_model(make_cfg("best_of_4", 48, 0, batch_size=16), **kw)
     with pytest.raises(ValueError, match=r"labels.type='pairwise'"):
-        reward.train_reward_model(make_cfg("pairwise", 40, 0, batch_size=8), **kw)
+        reward_train.train_reward_model(make_cfg("pairwise", 40, 0, batch_size=8), **kw)
     with pytest.raises(ValueError, match="normalizer"):
-        reward.train_reward_model(
+        reward_train.train_reward_model(
             make_cfg("best_of_4", 40, 0, batch_size=8, normalize=True, normalize_samples=8), **kw)
     cfg = make_cfg("best_of_4", 40, 0, batch_size=8)
     del cfg.reward["reward_at"]
     with pytest.raises(AttributeError, match="reward_at"):
-        reward.train_reward_model(cfg, **kw)
+        reward_train.train_reward_model(cfg, **kw)
 
 
 def test_mesh_runs_keep_the_reward_model_off_the_default_device(rm_init, tmp_path, monkeypatch):
@@ -386,7 +387,7 @@ def test_mesh_runs_keep_the_reward_model_off_the_default_device(rm_init, tmp_pat
         cfg, policy_model=policy, policy_params={"transformer": params["transformer"]},
         query_NxQ=queries, query_mask_NxQ=np.ones_like(queries), dp=dp)
     cfg.reward.batch_size = 16
-    out, summary = reward.train_reward_model(
+    out, summary = reward_train.train_reward_model(
         cfg, rm_model=loaded_model, rm_params=loaded, train=make_labels(16, 4, 1, "best_of_n"),
         val=None, dp=dp, rng=jax.random.key(1), normalizer=sampler)
     assert summary["init"]["num_samples"] == summary["finalize"]["num_samples"] == 8

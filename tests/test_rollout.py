@@ -1,4 +1,4 @@
-"""Rollouts and the best-of-N baseline (`rlhf_jax.rollout`).
+"""Rollouts and the best-of-N baseline (`rlhf_jax.stages.rollout`).
 
 A 1-layer GPT-2 over 16 tokens plays policy and reference, and a hand-set
 1-layer `RewardModel` scores "the fraction of target tokens" exactly enough to
@@ -17,13 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import parallel
+from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.data import tasks
+from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel
-from rlhf_jax.rollout import (PPOModels, TaskSpec, best_of_n_kl, make_best_of_n, make_rollout,
-                              rm_scores, score_index)
-from rlhf_jax.sampling import sample
+from rlhf_jax.stages.rollout import (PPOModels, TaskSpec, best_of_n_kl, make_best_of_n,
+                                     make_rollout, rm_scores, score_index)
 
 V, Q, R = 16, 4, 8
 PAD = V  # outside the vocabulary: never sampled (docs/implementation_details.md item 2)
@@ -239,8 +239,8 @@ def test_policy_reads_the_formatted_query_and_the_reward_model_the_raw_one():
 def test_forward_policy_value_equals_the_full_forward(shared):
     # The LM head runs only at the response positions; the result must be the
     # full forward's logprobs, entropies and values at those positions.
+    from rlhf_jax.algorithms.ppo import forward_policy_value
     from rlhf_jax.models.heads import ValueModel
-    from rlhf_jax.ppo import forward_policy_value
 
     policy = PolicyWithValueHead(CONFIG) if shared else GPT2LMHeadModel(CONFIG)
     value = None if shared else ValueModel(CONFIG)

@@ -15,11 +15,11 @@ import torch
 from transformers import GPT2Config as HFConfig
 from transformers import GPT2LMHeadModel as HFModel
 
-from rlhf_jax import sampling
+from rlhf_jax.algorithms import sampling
+from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead
 from rlhf_jax.models.hf import config_from_hf, state_dict_to_params
-from rlhf_jax.sampling import sample
 from tests.hf_fixtures import ODD, left_padded_batch
 
 V = ODD["vocab_size"]

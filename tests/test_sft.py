@@ -6,10 +6,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import sft
-from rlhf_jax.metrics import read_metrics
+from rlhf_jax.infra.metrics import read_metrics
+from rlhf_jax.infra.parallel import DataParallel
 from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
-from rlhf_jax.parallel import DataParallel
+from rlhf_jax.stages import sft
 
 V, PAD, Q, R = 32, 32, 4, 4
 CONFIG = GPT2Config(vocab_size=V, n_positions=16, n_embd=32, n_layer=2, n_head=2)

@@ -1,15 +1,14 @@
 """Span marks: token masks from character spans, the mock span labeller and its
-noise, the label files that carry marks, the held-out judge (`rlhf_jax.spans`)."""
+noise, the label files that carry marks, the held-out judge (`rlhf_jax.labelling.spans`)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from rlhf_jax import spans
-from rlhf_jax.data import labels as labels_lib
-from rlhf_jax.data.labels import (Labels, char_spans_to_mask, mask_to_ranges, ranges_to_mask,
-                                  read_labels_jsonl, read_sff_comparisons, write_labels_jsonl)
+from rlhf_jax.data.label_files import read_labels_jsonl, read_sff_comparisons, write_labels_jsonl
+from rlhf_jax.data.labels import Labels, char_spans_to_mask, mask_to_ranges, ranges_to_mask
+from rlhf_jax.labelling import spans
 
 # A toy tokenizer: id -> text piece.
 PIECES = {1: "The", 2: " cat", 3: " was", 4: " horrible", 5: " bad", 6: "ly", 7: ".", 8: ""}
@@ -172,8 +171,8 @@ def test_judge_gold_subtracts_weighted_bad_word_counts():
 
 
 def test_human_queue_answers_carry_their_marks_as_a_token_mask():
-    from rlhf_jax.label_server.db import Answer
-    from rlhf_jax.label_server.queue import _span_mask
+    from rlhf_jax.labelling.label_server.db import Answer
+    from rlhf_jax.labelling.label_server.queue import _span_mask
 
     answers = [Answer(1, "a", 0, ({"response": 1, "start": 0, "end": 2},), "web", "t"),
                Answer(2, "b", 1, (), "web", "t")]

@@ -85,9 +85,10 @@ def test_full_study_groups_only_runs_that_can_share_a_program(tmp_path):
     # The full study's seeds and KL coefficients of one method train as members of
     # one program (`rlhf_jax.members`); online-label runs never join a group.
     from rlhf_jax import members as members_lib
-    from rlhf_jax import sweep as sweep_lib
+    from rlhf_jax.experiments import sweep_run as sweep_run_lib
 
-    plan = sweep_lib.validate(sweep_lib.load_sweep("configs/sweeps/study.py"), str(tmp_path), 4)
+    study = sweep_run_lib.load_sweep("configs/sweeps/study.py")
+    plan = sweep_run_lib.validate(study, str(tmp_path), 4)
     groups = {}
     for run, cfg in plan:
         if members_lib.groupable(cfg):

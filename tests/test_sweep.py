@@ -1,4 +1,4 @@
-"""Sweeps (`rlhf_jax.sweep`, `launch.py --sweep`): runs, skip, resume, aggregation, CSV.
+"""Sweeps (`rlhf_jax.experiments.sweep`, `launch.py --sweep`): runs, skip, resume, aggregation, CSV.
 
 One real two-member sweep (PPO on the gold reward from a tiny random GPT-2,
 seeds 0 and 1, two updates each) runs through `launch.py --sweep=FILE:runlocal`
@@ -21,8 +21,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from rlhf_jax import sweep as sweep_lib
-from rlhf_jax.metrics import read_metrics
+from rlhf_jax.experiments import (sweep as sweep_lib, sweep_aggregate as sweep_aggregate_lib,
+                                  sweep_run as sweep_run_lib)
+from rlhf_jax.infra.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sweeps", "*.py"))
@@ -32,8 +33,8 @@ SWEEP_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sweeps"
 # GPT-2 (mock_sentiment:runlocal) on the world gold reward: no pretraining, no
 # labels, so each member costs two PPO updates and a 16-query evaluation.
 TWO_MEMBER_SWEEP = textwrap.dedent('''
-    from rlhf_jax.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point,
-                                grid, metric, seeds_of)
+    from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples,
+                                            eval_point, grid, metric, seeds_of)
 
     OVERRIDES = {"stages": "ppo,eval", "ppo.reward_source": "gold", "pretrain.num_docs": 300,
                  "ppo.batch_size": 16, "ppo.total_episodes": 32, "ppo.log_every": 1,
@@ -102,7 +103,7 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
 def test_csv_holds_every_plotted_number_from_the_members(swept):
     _, workdir, _ = swept
     rows = _read_csv(os.path.join(workdir, "two_member", "curves.csv"))
-    assert tuple(rows[0]) == sweep_lib.CSV_FIELDS
+    assert tuple(rows[0]) == sweep_aggregate_lib.CSV_FIELDS
     curve = [r for r in rows if r["curve"] == "gold PPO"]
     per_seed = []
     for m in MEMBERS:
@@ -134,7 +135,7 @@ def test_csv_holds_every_plotted_number_from_the_members(swept):
 
 def test_relaunch_skips_finished_members_and_resumes_unfinished(swept):
     spec, workdir, _ = swept
-    sweep = sweep_lib.load_sweep(f"{spec}:runlocal")
+    sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
     s1 = os.path.join(workdir, "runs", "gold-s1")
     ppo_marker = os.path.join(s1, "stages", "ppo.json")
     ppo_mtime = os.path.getmtime(ppo_marker)
@@ -144,7 +145,7 @@ def test_relaunch_skips_finished_members_and_resumes_unfinished(swept):
     os.remove(os.path.join(s1, "stages", "eval.json"))
     os.remove(os.path.join(s1, "eval.json"))
     lines = []
-    summary = sweep_lib.run_sweep(sweep, workdir, results_dir=None, log=lines.append)
+    summary = sweep_run_lib.run_sweep(sweep, workdir, results_dir=None, log=lines.append)
     assert summary["runs"]["gold-s0"]["skipped"] is True
     assert summary["runs"]["gold-s1"]["skipped"] is False
     assert any(line.endswith("gold-s0: finished; skipping") for line in lines)
@@ -156,7 +157,7 @@ def test_relaunch_skips_finished_members_and_resumes_unfinished(swept):
     for policy, values in eval_before.items():
         assert eval_after[policy] == pytest.approx(values)
     # A second relaunch does no work at all.
-    again = sweep_lib.run_sweep(sweep, workdir, results_dir=None, log=lines.append)
+    again = sweep_run_lib.run_sweep(sweep, workdir, results_dir=None, log=lines.append)
     assert all(r["skipped"] for r in again["runs"].values())
 
 
@@ -165,11 +166,11 @@ def test_changed_overrides_on_an_existing_run_are_refused(swept, tmp_path):
     changed = tmp_path / "changed.py"
     changed.write_text(open(spec).read().replace('"eval.num_queries": 16',
                                                  '"eval.num_queries": 32'))
-    sweep = sweep_lib.load_sweep(f"{changed}:runlocal")
+    sweep = sweep_run_lib.load_sweep(f"{changed}:runlocal")
     marker = os.path.join(workdir, "runs", "gold-s0", "stages", "eval.json")
     before = os.path.getmtime(marker)
     with pytest.raises(ValueError, match=r"gold-s0.*different overrides \['eval.num_queries'\]"):
-        sweep_lib.run_sweep(sweep, workdir, results_dir=None, log=lambda _: None)
+        sweep_run_lib.run_sweep(sweep, workdir, results_dir=None, log=lambda _: None)
     assert os.path.getmtime(marker) == before
 
 
@@ -197,13 +198,13 @@ def test_window_means_and_seed_band_by_hand(tmp_path):
                              for i in range(1, 8)]
               + [{"step": 3, "stage": "reward", "y": 99.0}])  # another stage: ignored
     pts = sweep_lib.Points(("x-s0", "x-s1"), sweep_lib.metric("ppo", "e", "y", window=2))
-    data = sweep_lib.curve_data(sweep_lib.Curve("c", (pts,)), os.path.join(root, "runs"))
+    data = sweep_aggregate_lib.curve_data(sweep_lib.Curve("c", (pts,)), os.path.join(root, "runs"))
     # Blocks of two rows: seed 0 -> 1.5, 3.5, 5.5; seed 1 -> 11.5, 13.5, 15.5 (row 7 dropped).
     np.testing.assert_allclose(data.y_XxZ, [[1.5, 11.5], [3.5, 13.5], [5.5, 15.5]])
     np.testing.assert_allclose(data.x_XxZ[:, 0], [15.0, 35.0, 55.0])
     fig = sweep_lib.Figure("f", "t", (sweep_lib.Panel("p", "x", "y", (
         sweep_lib.Curve("c", (pts,)),)),))
-    png, path = sweep_lib.draw_figure(fig, os.path.join(root, "runs"), root)
+    png, path = sweep_aggregate_lib.draw_figure(fig, os.path.join(root, "runs"), root)
     rows = _read_csv(path)
     assert [float(r["y_mean"]) for r in rows] == [6.5, 8.5, 10.5]
     assert [float(r["y_min"]) for r in rows] == [1.5, 3.5, 5.5]
@@ -222,7 +223,7 @@ def test_points_from_several_run_groups_form_one_curve(tmp_path):
         sweep_lib.Points(sweep_lib.seeds_of(f"rm-n{n}", (0, 1)),
                          sweep_lib.last_metric("reward", "reward/val_accuracy", n))
         for n in (128, 512)))
-    data = sweep_lib.curve_data(curve, os.path.join(root, "runs"))
+    data = sweep_aggregate_lib.curve_data(curve, os.path.join(root, "runs"))
     np.testing.assert_allclose(data.x_XxZ, [[128, 128], [512, 512]])
     np.testing.assert_allclose(data.y_XxZ.mean(1), [0.35, 0.6])
     assert data.runs_XxZ == [("rm-n128-s0", "rm-n128-s1"), ("rm-n512-s0", "rm-n512-s1")]
@@ -239,28 +240,28 @@ def _run(name, **overrides):
 def test_bad_overrides_and_references_fail_before_any_work(tmp_path):
     bad_field = sweep_lib.Sweep("s", (_run("a", **{"ppo.nope": 1}),), ())
     with pytest.raises(ValueError, match=r"run 'a': override ppo.nope=1: .* no such field"):
-        sweep_lib.run_sweep(bad_field, str(tmp_path), log=lambda _: None)
+        sweep_run_lib.run_sweep(bad_field, str(tmp_path), log=lambda _: None)
     impossible = sweep_lib.Sweep("s", (_run("a", **{"ppo.batch_size": 30}),), ())
     with pytest.raises(ValueError, match=r"run 'a': ppo.batch_size=30 is not divisible"):
-        sweep_lib.run_sweep(impossible, str(tmp_path), log=lambda _: None)
+        sweep_run_lib.run_sweep(impossible, str(tmp_path), log=lambda _: None)
     dangling = sweep_lib.Sweep("s", (_run("a", **{"model.name_or_path":
                                                   sweep_lib.Ref("missing", "m")}),), ())
     with pytest.raises(ValueError, match=r"run 'a' refers to run 'missing'"):
-        sweep_lib.run_sweep(dangling, str(tmp_path), log=lambda _: None)
+        sweep_run_lib.run_sweep(dangling, str(tmp_path), log=lambda _: None)
     cycle = sweep_lib.Sweep("s", (
         _run("a", **{"model.name_or_path": sweep_lib.Ref("b")}),
         _run("b", **{"model.name_or_path": sweep_lib.Ref("a")})), ())
     with pytest.raises(ValueError, match="circular dependency"):
-        sweep_lib.run_sweep(cycle, str(tmp_path), log=lambda _: None)
+        sweep_run_lib.run_sweep(cycle, str(tmp_path), log=lambda _: None)
     assert not os.path.exists(tmp_path / "runs")  # nothing started
     with pytest.raises(ValueError, match="no such file"):
-        sweep_lib.load_sweep(str(tmp_path / "nope.py"))
+        sweep_run_lib.load_sweep(str(tmp_path / "nope.py"))
 
 
 def test_dependencies_run_first_and_refs_become_paths(tmp_path):
     runs = (_run("ppo", **{"model.name_or_path": sweep_lib.Ref("base", "models/pretrained")}),
             _run("base"))
-    plan = sweep_lib.validate(sweep_lib.Sweep("s", runs, ()), str(tmp_path), 4)
+    plan = sweep_run_lib.validate(sweep_lib.Sweep("s", runs, ()), str(tmp_path), 4)
     assert [r.name for r, _ in plan] == ["base", "ppo"]
     assert plan[1][1].model.name_or_path == str(tmp_path / "runs" / "base" / "models" /
                                                 "pretrained")
@@ -272,40 +273,40 @@ def test_records_survive_a_moved_workdir_and_catch_a_changed_ref(tmp_path):
     for run in runs:
         os.makedirs(tmp_path / "a" / "runs" / run.name)
         with open(tmp_path / "a" / "runs" / run.name / sweep_lib.RUN_RECORD, "w") as f:
-            json.dump(sweep_lib._record(run), f)
+            json.dump(sweep_run_lib._record(run), f)
     os.rename(tmp_path / "a", tmp_path / "b")  # refs are stored by run name, not path
-    sweep_lib.validate(sweep_lib.Sweep("s", runs, ()), str(tmp_path / "b"), 4)
+    sweep_run_lib.validate(sweep_lib.Sweep("s", runs, ()), str(tmp_path / "b"), 4)
     moved = (_run("ppo", **{"model.name_or_path": sweep_lib.Ref("base", "models/other")}),
              _run("base"))
     with pytest.raises(ValueError, match=r"'ppo' was started with different overrides "
                                          r"\['model.name_or_path'\]"):
-        sweep_lib.validate(sweep_lib.Sweep("s", moved, ()), str(tmp_path / "b"), 4)
+        sweep_run_lib.validate(sweep_lib.Sweep("s", moved, ()), str(tmp_path / "b"), 4)
 
 
 def test_lock_is_exclusive_and_a_dead_owner_is_taken_over(tmp_path):
     run_dir = str(tmp_path / "r")
-    lock = sweep_lib._try_lock(run_dir)
+    lock = sweep_run_lib._try_lock(run_dir)
     assert lock is not None and open(lock).read() == str(os.getpid())
-    assert sweep_lib._try_lock(run_dir) is None  # held (by us)
+    assert sweep_run_lib._try_lock(run_dir) is None  # held (by us)
     os.remove(lock)
     # A live other process holds it: refused. A dead one: taken over.
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         with open(os.path.join(run_dir, sweep_lib.LOCK_FILE), "w") as f:
             f.write(str(sleeper.pid))
-        assert sweep_lib._try_lock(run_dir) is None
+        assert sweep_run_lib._try_lock(run_dir) is None
     finally:
         sleeper.kill()
         sleeper.wait()
-    assert sweep_lib._try_lock(run_dir) is not None
+    assert sweep_run_lib._try_lock(run_dir) is not None
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
 @pytest.mark.parametrize("arg", ["", ":runlocal"])
 def test_every_sweep_file_validates(path, arg, tmp_path):
-    sweep = sweep_lib.load_sweep(path + arg)
+    sweep = sweep_run_lib.load_sweep(path + arg)
     assert sweep.runlocal == (arg == ":runlocal")
-    plan = sweep_lib.validate(sweep, str(tmp_path), 4)
+    plan = sweep_run_lib.validate(sweep, str(tmp_path), 4)
     seeds = {cfg.seed for _, cfg in plan if cfg.stages != "pretrain,labels"
              and cfg.stages != "pretrain"}
     # A runlocal variant may run one seed (the study: its CI run tests the graph).
@@ -324,9 +325,9 @@ def test_seed_members_trained_in_one_program_equal_separate_runs(swept, tmp_path
     assert "gold-s0: running in " in out and "; PPO as one program with gold-s1" in out
     assert "[ppo] starting: 2 members in one program (gold-s0, gold-s1)" in out
     # ... and every logged number equals separate runs' to float tolerance.
-    sweep = sweep_lib.load_sweep(f"{spec}:runlocal")
+    sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
     alone = str(tmp_path / "alone")
-    sweep_lib.run_sweep(sweep, alone, results_dir=None, members=False, log=lambda _: None)
+    sweep_run_lib.run_sweep(sweep, alone, results_dir=None, members=False, log=lambda _: None)
     timing = ("elapsed/fps", "seconds")
     for name in MEMBERS:
         # PPO rows (an earlier test re-ran gold-s1's eval in `workdir`, appending its rows).

@@ -9,10 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib, losses, parallel, ppo, reward
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms import losses, ppo
 from rlhf_jax.data.labels import Labels
+from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2Config, loading
-from rlhf_jax.rollout import TaskSpec, TokenRewards, rm_scores, rm_scores_and_token_rewards
+from rlhf_jax.stages import reward_train
+from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, rm_scores, rm_scores_and_token_rewards
 
 V, Q, R, PAD, BAD = 16, 4, 6, 16, 3
 CONFIG = GPT2Config(vocab_size=V, n_positions=Q + R, n_embd=32, n_layer=2, n_head=2)
@@ -120,7 +123,7 @@ def _train(num_devices, stop_after=None, epochs=3, log_every=4):
     cfg.reward.normalize_before = cfg.reward.normalize_after = False
     cfg.reward.log_every, cfg.reward.adam = log_every, "torch"
     model, params = _rm()
-    return reward.train_reward_model(cfg, rm_model=model, rm_params=params,
+    return reward_train.train_reward_model(cfg, rm_model=model, rm_params=params,
                                      train=_span_labels(256, 1), val=_span_labels(64, 2),
                                      dp=parallel.DataParallel("pmap", num_devices),
                                      rng=jax.random.key(0), stop_after=stop_after)
@@ -155,6 +158,6 @@ def test_token_head_needs_marked_labels():
     unmarked = Labels(**{**unmarked.__dict__, "span_mask_NxKxR": None})
     with pytest.raises(ValueError, match="reward.token_head trains on span marks, but the "
                                          "training labels carry none"):
-        reward.train_reward_model(cfg, rm_model=model, rm_params=params, train=unmarked,
+        reward_train.train_reward_model(cfg, rm_model=model, rm_params=params, train=unmarked,
                                   val=None, dp=parallel.DataParallel("pmap", 1),
                                   rng=jax.random.key(0))

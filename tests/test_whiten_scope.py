@@ -14,9 +14,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib, parallel
-from rlhf_jax.ppo import Rollout, make_update_step
-from rlhf_jax.train_ppo import hparams, init_state, make_optimizer
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms.ppo import Rollout, make_update_step
+from rlhf_jax.infra import parallel
+from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
 
 B, Q, R, V = 32, 3, 5, 7  # global batch, query, response, vocabulary
 NMB, EPOCHS, DEVICES = 2, 2, 4

@@ -15,8 +15,8 @@ score with RM held-out accuracy per head.
 """
 
 from configs.sweeps import mock_scale
-from rlhf_jax.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point, last_metric, metric,
-                            seeds_of)
+from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point,
+                                        last_metric, metric, seeds_of)
 
 VARIANTS = (  # (label, run name, ppo_runs keyword arguments)
     ("separate value model", "ppo-value-separate",

@@ -13,7 +13,7 @@ labels themselves at several beta; 3 seeds each. Shares every PPO run with
 """
 
 from configs.sweeps import mock_scale, overoptimization
-from rlhf_jax.sweep import Curve, Figure, Panel, Points, Sweep, eval_point, seeds_of
+from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, eval_point, seeds_of
 
 
 def get_sweep(arg=None):

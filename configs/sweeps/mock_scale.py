@@ -3,7 +3,7 @@
 The sweeps run the offline default's pipeline, task and model size
 (`configs/mock_sentiment.py`: width 64, 2 layers, pretrained ~940 steps on
 40k synthetic stories, the world gold) and share work through runs every
-sweep names identically (`rlhf_jax.sweep`: a run is trained once per
+sweep names identically (`rlhf_jax.experiments.sweep`: a run is trained once per
 --workdir):
 
   base            tokenizer + GPT-2 (width 64, 2 layers) pretrained as the
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from rlhf_jax.sweep import Ref, Run, grid
+from rlhf_jax.experiments.sweep import Ref, Run, grid
 
 CONFIG = "configs/mock_sentiment.py"
 

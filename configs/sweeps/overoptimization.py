@@ -13,8 +13,8 @@ go to `results/overoptimization/reward_hacking_kl0.txt`.
 """
 
 from configs.sweeps import mock_scale
-from rlhf_jax.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point, metric,
-                            seeds_of)
+from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point,
+                                        metric, seeds_of)
 
 
 def coef_runs(s):

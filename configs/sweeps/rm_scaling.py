@@ -12,7 +12,7 @@ labels (chance 0.25). Paper: accuracy grows with both data and model size
 """
 
 from configs.sweeps import mock_scale
-from rlhf_jax.sweep import Curve, Figure, Panel, Points, Sweep, last_metric, seeds_of
+from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, last_metric, seeds_of
 
 ACC = "reward/val_accuracy"
 

@@ -37,8 +37,8 @@ Figure: `results/study/study.{png,csv}` (CSV: the sweep CSV format).
 import dataclasses
 
 from configs.sweeps import mock_scale
-from rlhf_jax.sweep import (Curve, Figure, Panel, Points, Ref, Sweep, eval_point, grid,
-                            last_metric, seeds_of)
+from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Ref, Sweep, eval_point, grid,
+                                        last_metric, seeds_of)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,8 @@ gold reward, more labels closer. Outputs: `results/ziegler_fig2/`.
 """
 
 from configs.sweeps import mock_scale
-from rlhf_jax.sweep import Curve, Figure, Panel, Points, Sweep, eval_point, metric, seeds_of
+from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point, metric,
+                                        seeds_of)
 
 
 def settings(s):

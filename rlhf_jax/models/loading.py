@@ -17,11 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.models.gpt2 import GPT2Config
+from rlhf_jax.models.gpt2 import GPT2Config, _SIZES
 from rlhf_jax.models.heads import RewardModel
 from rlhf_jax.models.hf import config_from_hf, config_to_hf, load_pretrained
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+GPT2_VOCAB = 50257
 REWARD_PARAMS = "params.msgpack"
 
 
@@ -91,3 +92,30 @@ def load_reward_model(cfg, path: str):
                         selector_layers=tuple(meta.get("selector_layers", ())),
                         selector_blocks=meta.get("selector_blocks", 1))
     return model, jax.tree.map(np.asarray, params)
+
+
+def architecture(cfg) -> tuple[GPT2Config, str]:
+    """The GPT-2 architecture the config runs, without loading weights, and its source.
+
+    A known size name (`gpt2`, ..., `stiennon-6.7b`) or a local Hugging Face
+    directory gives the dims; otherwise (a random init, a pretrain stage, or a
+    hub name not on disk) the `model.*` fields do.
+    """
+    m = cfg.model
+    dtypes = dict(dtype=getattr(jnp, m.dtype), param_dtype=getattr(jnp, m.param_dtype),
+                  remat=m.remat)
+    stages = cfg.stages.split(",")
+    name = m.name_or_path
+    if m.init != "scratch" and "pretrain" not in stages and name:
+        if name in _SIZES:
+            return GPT2Config.from_name(name, **dtypes), f"{name} (known size)"
+        path = os.path.join(name, "config.json")
+        if os.path.isfile(path):
+            from rlhf_jax.models.hf import config_from_hf
+
+            with open(path) as f:
+                return config_from_hf(json.load(f), source=path, **dtypes), path
+    vocab = cfg.pretrain.vocab_size if m.tokenizer == "synthetic" else GPT2_VOCAB
+    config = GPT2Config(vocab_size=vocab, n_positions=m.n_positions, n_embd=m.n_embd,
+                        n_layer=m.n_layer, n_head=m.n_head, **dtypes)
+    return config, "model.n_embd / n_layer / n_head / n_positions"

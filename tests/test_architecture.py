@@ -1,0 +1,69 @@
+"""The import rules of docs/architecture.md: each package imports only the layers below it."""
+
+import ast
+import sys
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "rlhf_jax"
+PACKAGES = ("infra", "models", "data", "algorithms", "labelling", "stages", "experiments")
+# What each part of rlhf_jax may import (besides itself), as docs/architecture.md states.
+BELOW = {"infra": set(), "models": set(), "data": {"infra"},
+         "algorithms": {"models", "infra"},
+         "labelling": {"data", "models", "infra"},
+         "config_lib": {"algorithms", "data"},
+         "config_guard": {"config_lib", "infra"},
+         "stages": {"infra", "models", "data", "algorithms", "labelling", "config_lib"}}
+# The runners and the tools built on them.
+ANYTHING = {"pipeline", "members", "memory", "experiments"}
+
+
+def part_of(module: str) -> str:
+    """`rlhf_jax.stages.eval` -> `stages`; `rlhf_jax.config_lib` -> `config_lib`."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def imports(path: pathlib.Path):
+    """Every rlhf_jax module `path` imports, nested imports included."""
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
+                and node.module.startswith("rlhf_jax"):
+            if node.module in ("rlhf_jax", *(f"rlhf_jax.{p}" for p in PACKAGES)):
+                yield from (f"{node.module}.{a.name}" for a in node.names)
+            else:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("rlhf_jax."))
+
+
+def violations():
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        module = "rlhf_jax." + ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        here = part_of(module)
+        if here in ANYTHING or here in ("", "__init__"):
+            continue
+        for target in imports(path):
+            there = part_of(target)
+            if there != here and there not in BELOW[here]:
+                found.append(f"{module} imports {target}")
+    return found
+
+
+def test_every_package_imports_only_the_layers_below():
+    assert violations() == []
+
+
+def test_the_rules_cover_every_package():
+    parts = {p.name if p.is_dir() else p.stem for p in ROOT.iterdir()
+             if (p.is_dir() and (p / "__init__.py").exists()) or p.suffix == ".py"}
+    assert parts - {"__init__"} == set(BELOW) | ANYTHING
+
+
+def test_a_forbidden_import_is_reported(tmp_path, monkeypatch):
+    # The check itself can fail: a pure algorithm reaching up into a trainer.
+    fake = tmp_path / "rlhf_jax"
+    (fake / "algorithms").mkdir(parents=True)
+    (fake / "algorithms" / "bad.py").write_text("from rlhf_jax.stages import reward\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", fake)
+    assert violations() == ["rlhf_jax.algorithms.bad imports rlhf_jax.stages.reward"]
