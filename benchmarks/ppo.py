@@ -106,20 +106,22 @@ def ours_params(cfg, trunk, head_Dx1, value: str):
 
 
 def run_config(shape: Shape, vocab: int):
-    import ml_collections
+    """The base config with the benchmark's shape (every field a trainer reads exists)."""
+    from rlhf_jax import config_lib
 
-    return ml_collections.ConfigDict(dict(
-        seed=0,
-        task=dict(response_length=shape.response, temperature=shape.temperature, pad_token=vocab,
-                  truncate_token=None, truncate_after=0, penalty_reward_value=None,
-                  eos_token=None, stop_at_eos=False),
-        ppo=dict(batch_size=shape.batch, nminibatches=shape.nminibatches,
-                 noptepochs=shape.noptepochs, lr=1e-5, adam="tf", adam_eps=1e-5, cliprange=0.2,
-                 cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, whiten_rewards=True,
-                 whiten_scope="global", total_episodes=shape.batch * 10, reward_source="rm",
-                 log_every=1, checkpoint_every=10, num_logged_samples=0),
-        kl=dict(coef=0.15, adaptive=True, target=6.0, horizon=10000),
-    ))
+    c = config_lib.base_config()
+    c.seed = 0
+    c.task.update(dict(response_length=shape.response, temperature=shape.temperature,
+                       pad_token=vocab, truncate_token=None, truncate_after=0,
+                       penalty_reward_value=None, eos_token=None, stop_at_eos=False))
+    c.ppo.update(dict(batch_size=shape.batch, nminibatches=shape.nminibatches,
+                      noptepochs=shape.noptepochs, lr=1e-5, adam="tf", adam_eps=1e-5,
+                      cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
+                      whiten_rewards=True, whiten_scope="global",
+                      total_episodes=shape.batch * 10, reward_source="rm", log_every=1,
+                      checkpoint_every=10, num_logged_samples=0))
+    c.kl.update(dict(coef=0.15, adaptive=True, target=6.0, horizon=10000))
+    return c
 
 
 # --------------------------------------------------------------------------- ours

@@ -26,13 +26,16 @@ REP, SHARD = parallel.REP, parallel.SHARD
 
 
 def config(scope: str, lr: float) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        seed=3, task=dict(temperature=TEMPERATURE),
-        ppo=dict(batch_size=B, nminibatches=NMB, noptepochs=EPOCHS, lr=lr, adam="torch",
-                 adam_eps=1e-5, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0,
-                 lam=0.95, whiten_rewards=True, whiten_scope=scope, total_episodes=B * 10,
-                 reward_source="rm"),
-        kl=dict(coef=KL_COEF, adaptive=False, target=6.0, horizon=10000)))
+    """The base config with this test's values, so every field a trainer reads exists."""
+    c = config_lib.base_config()
+    c.seed = 3
+    c.task.temperature = TEMPERATURE
+    c.ppo.update(dict(batch_size=B, nminibatches=NMB, noptepochs=EPOCHS, lr=lr, adam="torch",
+                      adam_eps=1e-5, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0,
+                      lam=0.95, whiten_rewards=True, whiten_scope=scope, total_episodes=B * 10,
+                      reward_source="rm"))
+    c.kl.update(dict(coef=KL_COEF, adaptive=False, target=6.0, horizon=10000))
+    return c
 
 
 def toy_apply(params, ids_BxT, mask_BxT, logits_at=slice(None)):
