@@ -110,7 +110,7 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
     if not flags.FLAGS.traceback:
         logging.get_absl_handler().addFilter(_NoLibraryTracebacks())
-    from rlhf_jax import config_lib, pipeline
+    from rlhf_jax import config_check, pipeline
 
     cfg = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or os.path.join(
@@ -134,8 +134,8 @@ def main(argv):
             import jax
 
             n = cfg.parallel.num_devices or jax.device_count()
-            derived = config_lib.resolve(cfg, n)
-            config_lib.check_files(cfg)
+            derived = config_check.resolve(cfg, n)
+            config_check.check_files(cfg)
             print(cfg)
             from rlhf_jax import memory  # shapes only (jax.eval_shape): nothing allocated
 

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax import config_lib
+from rlhf_jax import config_check, config_lib
 from rlhf_jax.algorithms import pg
 from rlhf_jax.algorithms.ppo import make_update_step
 from rlhf_jax.infra import compile_cache, metrics as metrics_lib, parallel
@@ -127,7 +127,7 @@ class MemberPPOTrainer:
     def __init__(self, cfgs, models, dp: parallel.DataParallel, *, task: TaskSpec | None = None):
         check_members(cfgs)
         cfg = cfgs[0]
-        config_lib.check_ppo(cfg.ppo, dp.num_devices)
+        config_check.check_ppo(cfg.ppo, dp.num_devices)
         self.cfgs, self.cfg, self.models, self.dp = list(cfgs), cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -173,7 +173,7 @@ class MemberPPOTrainer:
               stage: str = "ppo") -> list[tuple[dict, dict]]:
         """Runs (or resumes) the members' PPO stage; `[(params, summary)]` per member."""
         cfg, dp, m = self.cfg, self.dp, len(members)
-        n, b = config_lib.num_updates(cfg.ppo), cfg.ppo.batch_size
+        n, b = config_check.num_updates(cfg.ppo), cfg.ppo.batch_size
         states = [init_state(mb.params, make_optimizer(mb.cfg.ppo), mb.cfg) for mb in members]
         ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage)) if mb.workdir
                  else None for mb in members]

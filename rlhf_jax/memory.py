@@ -158,9 +158,9 @@ def report(cfg, num_devices: int) -> Report:
     `task.response_length`, `ppo.batch_size`, `ppo.nminibatches`,
     `ppo.value_model`, `ppo.reward_source`, `reward.head`, and for the stages
     the batch sizes of `pretrain`, `sft`, `labels`, `reward`, `dpo`, `eval`. The
-    config must have passed `config_lib.resolve` (sizes divide).
+    config must have passed `config_check.resolve` (sizes divide).
     """
-    f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_lib.resolve)
+    f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_check.resolve)
     config, arch = loading.architecture(cfg)
     q, r = cfg.task.query_length, cfg.task.response_length
     context = q + r
@@ -272,7 +272,7 @@ def stage_report(cfg, num_devices: int, config: GPT2Config, ppo: Report) -> tupl
     """A `StageMemory` for each stage of the config with models (all but figures)."""
     from rlhf_jax import config_lib
 
-    f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_lib.resolve)
+    f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_check.resolve)
     lm = _model("LM", param_shapes(GPT2LMHeadModel(config)), f, True)
     rm = _model("RM", param_shapes(RewardModel(config, head=cfg.reward.head)), f, True)
     frozen = lambda m: m.params  # noqa: E731

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rlhf_jax import config_guard, config_lib
+from rlhf_jax import config_guard, config_check, config_lib
 from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
 from rlhf_jax.infra import compile_cache, parallel
 from rlhf_jax.infra.files import write_json_atomic
@@ -402,9 +402,9 @@ def open_run(cfg: ml_collections.ConfigDict, workdir: str,
     if dp is None:
         dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
                                    fsdp=cfg.parallel.fsdp)
-    derived = config_lib.resolve(cfg, dp.num_devices)
+    derived = config_check.resolve(cfg, dp.num_devices)
     if not os.path.exists(os.path.join(workdir, "stages", "labels.json")):
-        config_lib.check_files(cfg)  # the labels stage reads them
+        config_check.check_files(cfg)  # the labels stage reads them
     _check_workdir(workdir)
     launched = config_guard.config_dict(cfg)  # before the tokenizer fills in task ids
     config_guard.check(workdir, launched, config_lib.stage_list(cfg),

@@ -11,8 +11,10 @@ BELOW = {"infra": set(), "models": set(), "data": {"infra"},
          "algorithms": {"models", "infra"},
          "labelling": {"data", "models", "infra"},
          "config_lib": {"algorithms", "data"},
+         "config_check": {"config_lib", "algorithms", "data"},
          "config_guard": {"config_lib", "infra"},
-         "stages": {"infra", "models", "data", "algorithms", "labelling", "config_lib"}}
+         "stages": {"infra", "models", "data", "algorithms", "labelling", "config_lib",
+                    "config_check"}}
 # The runners and the tools built on them.
 ANYTHING = {"pipeline", "members", "memory", "experiments"}
 

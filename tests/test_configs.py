@@ -1,7 +1,7 @@
 """Configs: every file loads and validates, switches set their fields, launch.py fails early.
 
 Each `configs/NAME.py` loads with `get_config(None)` and `get_config("runlocal")`;
-`config_lib.resolve` accepts it on 1 and 4 devices and derives the sizes worked
+`config_check.resolve` accepts it on 1 and 4 devices and derives the sizes worked
 out by hand below; its docstring gives its command. `launch.py --dry_run`
 prints the config and derived sizes without touching the workdir; impossible
 configs exit with code 2 and one `error:` line naming the field.
@@ -17,7 +17,7 @@ import sys
 import ml_collections
 import pytest
 
-from rlhf_jax import config_lib
+from rlhf_jax import config_check, config_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
@@ -91,10 +91,10 @@ def test_full_config_loads_and_resolves(name):
     if c.labels.source == "file":
         # No labels.path: the config names the missing field before any work.
         with pytest.raises(ValueError, match=r"labels\.path"):
-            config_lib.resolve(c, device_counts[0])
+            config_check.resolve(c, device_counts[0])
         c = with_label_file(c)
     for devices in device_counts:
-        derived = config_lib.resolve(c, devices)
+        derived = config_check.resolve(c, devices)
         assert derived["devices"] == devices
         for key, value in FULL_SIZES[name].items():
             assert derived[key] == value, (name, key)
@@ -109,7 +109,7 @@ def test_runlocal_config_loads_and_resolves(name):
     assert c.labels.source == "mock"  # offline: no label file needed
     assert c.stages == full.stages
     for devices in (1, 4):
-        derived = config_lib.resolve(c, devices)
+        derived = config_check.resolve(c, devices)
         for key, value in RUNLOCAL_SIZES[name].items():
             assert derived[key] == value, (name, key)
     # Local data only: any dataset path points into the repository.
@@ -273,7 +273,7 @@ def test_switches_compose_left_to_right():
         32, "separate", 96, 3)
     # runlocal sets labels.num_train itself; the later switch wins.
     assert get_config("mock_sentiment", "labels=96,runlocal").labels.num_train == 128
-    config_lib.resolve(c, 4)
+    config_check.resolve(c, 4)
 
 
 @pytest.mark.parametrize("arg,match", [

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from rlhf_jax import config_lib
+from rlhf_jax import config_check, config_lib
 from rlhf_jax.algorithms.ppo import Rollout, make_update_step
 from rlhf_jax.infra import fsdp, parallel
 from rlhf_jax.models import GPT2LMHeadModel
@@ -236,7 +236,7 @@ def test_resolve_names_the_parallel_and_precision_fields(overrides, message):
         group, name = dotted.split(".")
         c[group][name] = value
     with pytest.raises(ValueError, match=message):
-        config_lib.resolve(c, 4)
+        config_check.resolve(c, 4)
     c.parallel.mode, c.parallel.fsdp = "mesh", 2
     c.model.kv_cache_dtype, c.model.param_dtype = "bfloat16", "float32"
-    assert config_lib.resolve(c, 4)["mesh"] == {"data": 2, "fsdp": 2}
+    assert config_check.resolve(c, 4)["mesh"] == {"data": 2, "fsdp": 2}

@@ -12,7 +12,6 @@ resumes to the same result, and a member's checkpoint resumes as a separate run.
 import os
 import shutil
 
-import numpy as np
 import pytest
 
 from rlhf_jax import members as members_lib

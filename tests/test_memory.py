@@ -13,7 +13,7 @@ to lie below the CPU's temp size rather than near it.
 
 import pytest
 
-from rlhf_jax import config_lib, memory
+from rlhf_jax import config_check, config_lib, memory
 from rlhf_jax.infra import parallel
 from rlhf_jax.models import loading
 
@@ -42,7 +42,7 @@ def small_config(*, d=64, layers=2, vocab=512, q=32, r=16, batch=64, separate=Fa
 ], ids=["1dev-shared", "4dev-fsdp4-separate", "4dev-fsdp2", "4dev-fsdp2-bf16"])
 def test_report_matches_xla_memory_analysis(devices, kwargs):
     c = small_config(**kwargs)
-    config_lib.resolve(c, devices)
+    config_check.resolve(c, devices)
     rep = memory.report(c, devices)
     dp = parallel.DataParallel("mesh", devices, fsdp=c.parallel.fsdp)
     xla_bytes, analysis = memory.compiled_update_step(c, dp)
@@ -87,7 +87,7 @@ def test_every_stage_has_a_peak_and_the_reward_step_matches_xla():
     c.labels.source, c.labels.type = "mock", "best_of_4"
     c.reward.batch_size, c.labels.num_train = 16, 64
     c.reward.rollout_batch_size, c.labels.batch_size, c.eval.batch_size = 16, 16, 16
-    config_lib.resolve(c, 4)
+    config_check.resolve(c, 4)
     rep = memory.report(c, 4)
     assert [s.stage for s in rep.stages] == ["labels", "reward", "ppo", "eval"]
     assert rep.stages[2].peak == rep.peak  # the PPO stage is the table's peak

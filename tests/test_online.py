@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib, pipeline
+from rlhf_jax import config_check, pipeline
 from rlhf_jax.infra.checkpoint import PreemptionHandler
 from rlhf_jax.infra.metrics import MetricsWriter
 from rlhf_jax.labelling.label_server import LabelDB
@@ -342,11 +342,11 @@ def test_nested_preemption_handlers_pass_the_signal_out():
 def test_impossible_online_configs_fail_up_front(overrides, message):
     cfg = make_config("runlocal,online=mock", **overrides)
     with pytest.raises(ValueError, match=re.escape(message)):
-        config_lib.resolve(cfg, 4)
+        config_check.resolve(cfg, 4)
 
 
 def test_online_switch_and_resolved_rounds():
     cfg = make_config("runlocal,online=mock")
     assert cfg.labels.online.enabled and cfg.labels.online.labeler == "mock"
-    assert config_lib.resolve(cfg, 4)["online_rounds"] == 1
+    assert config_check.resolve(cfg, 4)["online_rounds"] == 1
     assert not make_config("runlocal").labels.online.enabled

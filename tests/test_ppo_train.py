@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib
+from rlhf_jax import config_check
 from rlhf_jax.algorithms.ppo import make_update_step
 from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
@@ -358,7 +358,7 @@ def test_validate_names_the_field(field, value, devices, message):
     cfg = make_config(stiennon=False)
     cfg.ppo[field] = value
     with pytest.raises(ValueError, match=message):
-        config_lib.check_ppo(cfg.ppo, devices)
+        config_check.check_ppo(cfg.ppo, devices)
 
 
 def test_rm_reward_without_a_reward_model_is_refused():

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rlhf_jax import config_lib
+from rlhf_jax import config_check, config_lib
 from rlhf_jax.algorithms.ppo import Rollout, make_update_step
 from rlhf_jax.infra import parallel
 from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
@@ -219,7 +219,7 @@ def test_minibatch_scope_with_one_minibatch_on_one_device_equals_global():
 def test_lhp_minimum_minibatch_for_whitening_is_enforced():
     cfg = config("minibatch", lr=0.0)  # 32 rows / 2 minibatches / 4 devices = 4 < 8
     with pytest.raises(ValueError, match=r"whiten_scope='minibatch'.*4 rows.*at least 8"):
-        config_lib.check_ppo(cfg.ppo, DEVICES)
-    config_lib.check_ppo(cfg.ppo, 2)  # 8 rows per device's minibatch
+        config_check.check_ppo(cfg.ppo, DEVICES)
+    config_check.check_ppo(cfg.ppo, 2)  # 8 rows per device's minibatch
     cfg.ppo.whiten_scope = "global"
-    config_lib.check_ppo(cfg.ppo, DEVICES)  # one global whitening: no such limit
+    config_check.check_ppo(cfg.ppo, DEVICES)  # one global whitening: no such limit

@@ -166,14 +166,14 @@ def is_finished(run_dir: str, cfg) -> bool:
 
 def validate(sweep: Sweep, workdir: str, num_devices: int) -> list[tuple[Run, Any]]:
     """Every run's config built and resolved, in dependency order, before any work."""
-    from rlhf_jax import config_lib
+    from rlhf_jax import config_check
 
     runs_dir = os.path.join(workdir, RUNS_DIR)
     out = []
     for run in _order(sweep):
         cfg = build_config(run, runs_dir)
         try:
-            config_lib.resolve(cfg, cfg.parallel.num_devices or num_devices)
+            config_check.resolve(cfg, cfg.parallel.num_devices or num_devices)
         except ValueError as e:
             raise ValueError(f"run {run.name!r}: {e}") from None
         _check_record(run, runs_dir)

@@ -34,7 +34,7 @@ request is saved before it is sent (`online/round_<r>/request.npz`), the human
 queue finds its items and answers already in the database, the label file
 marks the labels as collected, the retrain resumes from its checkpoint, and
 `online/round_<r>/done.json` marks the round done. A resumed run ends with the
-same metrics as an uninterrupted one. Single process only (`config_lib.resolve`
+same metrics as an uninterrupted one. Single process only (`config_check.resolve`
 checks).
 """
 
@@ -48,7 +48,7 @@ from typing import Callable
 import jax
 import numpy as np
 
-from rlhf_jax.config_lib import num_updates
+from rlhf_jax.config_check import num_updates
 from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.files import savez_atomic, write_json_atomic

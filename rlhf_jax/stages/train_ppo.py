@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlhf_jax import config_lib
+from rlhf_jax import config_check
 from rlhf_jax.algorithms import optim, pg
 from rlhf_jax.algorithms.kl import init_kl_state
 from rlhf_jax.algorithms.ppo import PPOHParams, PPOState, make_update_step
@@ -70,7 +70,7 @@ def make_optimizer(ppo_cfg, lr=None) -> optax.GradientTransformation:
     `lr` overrides `ppo_cfg.lr`; it may be traced (one per vmapped member).
     """
     steps_per_update = ppo_cfg.noptepochs * ppo_cfg.nminibatches
-    n = config_lib.num_updates(ppo_cfg)
+    n = config_check.num_updates(ppo_cfg)
     lr = ppo_cfg.lr if lr is None else lr
 
     def schedule(count):
@@ -107,7 +107,7 @@ class PPOTrainer:
         """`task`: the rollout's task fields, with the query prefix / suffix as token
         ids (`TaskSpec.from_config`); default from `cfg.task`, which then must not
         set a prefix or suffix."""
-        config_lib.check_ppo(cfg.ppo, dp.num_devices)
+        config_check.check_ppo(cfg.ppo, dp.num_devices)
         self.cfg, self.models, self.dp = cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -165,7 +165,7 @@ class PPOTrainer:
         PPO then continues against the new RM (Ziegler 2.3).
         """
         cfg, dp = self.cfg, self.dp
-        n = config_lib.num_updates(cfg.ppo)
+        n = config_check.num_updates(cfg.ppo)
         # On a mesh the params are placed split along fsdp and the optimizer state
         # created split: no host or device holds a full copy of it.
         state = dp.init(lambda p: init_state(p, self.optimizer, cfg), params)
