@@ -86,8 +86,9 @@ def main():
             load0 = os.getloadavg()[0]
             cmd = [sys.executable, os.path.abspath(__file__), f"--prepared={args.prepared}",
                    "--child", *dirs] + ([f"--updates={args.updates}"] if args.updates else [])
-            out = subprocess.run(cmd, capture_output=True, text=True, env={
-                **os.environ, "PYTHONPATH": ROOT})
+            path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
+            out = subprocess.run(cmd, capture_output=True, text=True,
+                                 env={**os.environ, "PYTHONPATH": path})
             if out.returncode:
                 raise SystemExit(out.stdout[-2000:] + out.stderr[-2000:])
             results[label] = {**json.loads(out.stdout.strip().splitlines()[-1]),

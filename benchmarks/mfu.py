@@ -101,6 +101,8 @@ def main():
     parser.add_argument("--nminibatches", type=int, default=4)
     parser.add_argument("--iters", type=int, default=3, help="timed calls of each step (median)")
     parser.add_argument("--remat", action="store_true", help="rematerialise each block")
+    parser.add_argument("--profile", default="", help="trace one rollout and one update into "
+                        "this dir and print where their device time goes")
     args = parser.parse_args()
 
     from benchmarks.ppo import Shape, run_config
@@ -198,6 +200,18 @@ def main():
     else:
         print(f"datasheet peak: unknown for {device.device_kind!r}; MFU vs the measured "
               f"matmul peak only")
+
+    if args.profile:
+        from benchmarks import trace_summary
+        for name, fn in (("update", step), ("rollout", rollout)):
+            out = os.path.join(args.profile, name)
+            with jax.profiler.trace(out, create_perfetto_trace=True):
+                t = time.perf_counter()
+                jax.block_until_ready(fn())
+                wall = time.perf_counter() - t
+            events = trace_summary.device_events(trace_summary.load(trace_summary.newest_trace(out)))
+            print(f"profile of one {name} (traced, so slower than the median):\n"
+                  + trace_summary.report(trace_summary.summarize(events), wall), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,3 +39,27 @@ def test_small_run_prints_the_breakdown_and_utilisation():
                     r"^achieved: [\d.]+ [TGM]FLOP/s", r"^measured matmul peak .* of it$",
                     r"^datasheet peak: unknown for 'cpu'"):
         assert re.search(pattern, text, re.M), (pattern, text)
+
+
+def test_trace_summary_adds_device_kernels_by_name_and_kind():
+    from benchmarks import trace_summary
+
+    trace = {"traceEvents": [
+        {"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/device:GPU:0"}},
+        {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/host:CPU"}},
+        {"ph": "X", "pid": 1, "name": "nvjet_sm90_tst_128x128", "dur": 300.0},
+        {"ph": "X", "pid": 1, "name": "nvjet_sm90_tst_128x128", "dur": 200.0},
+        {"ph": "X", "pid": 1, "name": "gemm_fusion_dot_1", "dur": 100.0},
+        {"ph": "X", "pid": 1, "name": "input_add_reduce_fusion_7", "dur": 250.0},
+        {"ph": "X", "pid": 1, "name": "wrapped_transpose_3", "dur": 50.0},
+        {"ph": "X", "pid": 1, "name": "mystery_kernel", "dur": 100.0},
+        {"ph": "X", "pid": 2, "name": "PjitFunction(update)", "dur": 5000.0},  # host: left out
+        {"ph": "i", "pid": 1, "name": "instant"},  # not a complete event
+    ]}
+    s = trace_summary.summarize(trace_summary.device_events(trace), top=2)
+    assert s["total_us"] == 1000.0
+    assert s["by_kind"] == {"matmul": 600.0, "fusion": 250.0, "copy": 50.0, "other": 100.0}
+    assert s["top"] == [("nvjet_sm90_tst_128x128", 500.0, 2), ("input_add_reduce_fusion_7", 250.0, 1)]
+    text = trace_summary.report(s, wall_s=0.002)
+    assert "device kernel time 1.0 ms over 2.0 ms wall (50% busy" in text
+    assert "matmul" in text.splitlines()[1]  # kinds largest first
