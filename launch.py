@@ -55,8 +55,9 @@ except (AttributeError, KeyError) as _e:
 flags.DEFINE_string("workdir", None, "Output directory (default: ./runs/<config>-<time>).")
 flags.DEFINE_bool("dry_run", False, "Print the resolved config and derived sizes, then exit.")
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a config or data error.")
-flags.DEFINE_bool("sweep_members", True, "In a sweep, train the PPO stage of runs that differ "
-                  "only in seed or numeric hyperparameters as one vmapped program "
+flags.DEFINE_bool("sweep_members", True, "In a sweep, train the reward-model and PPO stages "
+                  "of runs that differ only in seed or numeric hyperparameters as one "
+                  "vmapped program each "
                   "(rlhf_jax/members.py); --nosweep_members runs each alone.")
 flags.DEFINE_bool("compile_cache", True, "Keep compiled programs in a persistent cache, so a "
                   "relaunch or a similar run loads them (--nocompile_cache: off).")

@@ -1,10 +1,13 @@
-"""Many PPO runs in one compiled program: members that differ only in seed or numbers.
+"""Many runs in one compiled program: members that differ only in seed or numbers.
 
 A sweep's runs whose configs agree except in `MEMBER_FIELDS` (the seed and
-numeric PPO/KL hyperparameters) run their PPO stage together: one `jax.vmap`
-over a leading member axis of the rollout and the update, each member with
-its own params, optimizer state, KL controller state, PRNG key, queries,
-reward model and reference. Where one small run leaves the device mostly
+numeric PPO/KL/reward hyperparameters) run their reward-model and PPO stages
+together. PPO: one `jax.vmap` over a leading member axis of the rollout and
+the update, each member with its own params, optimizer state, KL controller
+state, PRNG key, queries, reward model and reference. Reward model
+(`run_reward_members`): the supervised loop vmapped the same way
+(`rlhf_jax.stages.supervised_members`), each member with its own labels, data
+order, initial head, normalisation samples and `reward.lr`. Where one small run leaves the device mostly
 idle (an accelerator), M members cost far less than M runs; on a small CPU
 whose cores one run already keeps busy, about M times one (docs/sweeps.md).
 
@@ -46,7 +49,9 @@ from rlhf_jax.stages.train_ppo import (LOG_KEYS, hparams, init_state, log_sample
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
            "ppo.vf_coef": "vf_coef", "ppo.gamma": "gamma", "ppo.lam": "lam",
            "kl.target": "kl_target", "kl.horizon": "kl_horizon"}
-MEMBER_FIELDS = ("seed", "kl.coef", "ppo.lr", *_TRACED)
+MEMBER_FIELDS = ("seed", "kl.coef", "ppo.lr", "reward.lr", *_TRACED)
+# The stages that run as members, in pipeline order (`group_stages`).
+GROUP_STAGES = ("reward", "ppo")
 
 
 def _flat(tree, prefix="") -> dict:
@@ -74,11 +79,24 @@ def check_members(cfgs) -> None:
         raise ValueError("labels.online.enabled: online label collection runs one member at a time")
 
 
+def group_stages(cfg) -> tuple[str, ...]:
+    """The run's stages that may run as members of a group: its reward and PPO
+    stages, none when it collects online labels (a collection round retrains
+    the reward model inside PPO, one member at a time)."""
+    if "labels" in cfg and cfg.labels.online.enabled:
+        return ()
+    stages = config_lib.stage_list(cfg)
+    return tuple(s for s in GROUP_STAGES if s in stages)
+
+
 def groupable(cfg) -> bool:
-    """Whether a run's PPO stage may join a group: it has one, and it collects no
-    online labels (a collection round runs one member at a time)."""
-    online = "labels" in cfg and cfg.labels.online.enabled
-    return "ppo" in config_lib.stage_list(cfg) and not online
+    """Whether a run may join a group (`group_stages`)."""
+    return bool(group_stages(cfg))
+
+
+def run_members(stage: str, cfgs, workdirs, **kw) -> list[dict]:
+    """`run_reward_members` or `run_ppo_members`, by stage."""
+    return {"reward": run_reward_members, "ppo": run_ppo_members}[stage](cfgs, workdirs, **kw)
 
 
 def shared_config_key(cfg) -> str:
@@ -334,6 +352,69 @@ def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> lis
             # The group's time, shared: each member's marker holds its share.
             out.update(members=len(todo), group_seconds=round(seconds, 1))
             done[i] = pipeline.record_stage(ctxs[i], "ppo", out, seconds / len(todo), compiled)
+        return done
+    finally:
+        for ctx in ctxs:
+            ctx.writer.close()
+
+
+def run_reward_members(cfgs, workdirs, *, allow_config_change: bool = False,
+                       stop_after: int | None = None) -> list[dict]:
+    """The reward stage of every unfinished member, in one program; then each member's
+    marker and `models/reward`, as `pipeline.stage_reward` leaves them.
+
+    Every stage before `reward` must be finished in each workdir. Returns the
+    stage summaries (a finished member's from its marker). `stop_after`:
+    stop every member after this many steps (tests; the stage stays
+    unfinished, as after a preemption).
+    """
+    from rlhf_jax import pipeline
+    from rlhf_jax.stages import reward_train, supervised_members
+
+    cfg = cfgs[0]
+    check_members(cfgs)
+    parallel.initialize_distributed()
+    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
+                               fsdp=cfg.parallel.fsdp)
+    compile_cache.track()
+    ctxs = [pipeline.open_run(c, w, dp, allow_config_change=allow_config_change)
+            for c, w in zip(cfgs, workdirs)]
+    try:
+        done = [pipeline.finished_stage(ctx, "reward") for ctx in ctxs]
+        todo = [i for i, d in enumerate(done) if d is None]
+        if not todo:
+            return done
+        runs, loops, models = [], [], []
+        for i in todo:
+            ctx = ctxs[i]
+            pipeline.start_stage(ctx, "reward")
+            inputs = pipeline.reward_inputs(ctx)
+            p = reward_train.prepare(ctx.cfg, rm_model=inputs["rm_model"], train=inputs["train"],
+                                     val=inputs["val"], dp=dp, normalizer=inputs["normalizer"])
+            if models and inputs["rm_model"] != models[0]:
+                raise ValueError(f"{workdirs[i]}: its reward model differs from "
+                                 f"{workdirs[todo[0]]}'s; members share one architecture")
+            models.append(inputs["rm_model"])
+            loops.append(p)
+            runs.append(supervised_members.MemberRun(
+                name=os.path.basename(os.path.normpath(ctx.workdir)), params=inputs["rm_params"],
+                train_data=p.train_data, val_data=p.val_data, rng=inputs["rng"],
+                workdir=ctx.workdir, writer=ctx.writer, init_fn=p.init_fn,
+                finalize_fn=p.finalize_fn, lr=ctx.cfg.reward.lr))
+        print(f"[reward] starting: {len(runs)} members in one program "
+              f"({', '.join(r.name for r in runs)})", flush=True)
+        ts, cs = time.time(), compile_cache.stats()
+        results = supervised_members.run_members(
+            loops[0].loop, runs, loss_fn=loops[0].loss_fn, eval_fn=loops[0].eval_fn, dp=dp,
+            num_train_field="labels.num_train", stop_after=stop_after)
+        seconds, compiled = time.time() - ts, compile_cache.stats() - cs
+        stopped = [summary for _, summary in results if summary["stopped_early"]]
+        if stopped:  # checkpointed, not finished: no model, no marker
+            raise pipeline.Preempted("reward")
+        for k, (i, (params, summary)) in enumerate(zip(todo, results)):
+            out = pipeline.finish_reward(ctxs[i], models[k], params, summary)
+            out.update(members=len(todo), group_seconds=round(seconds, 1))
+            done[i] = pipeline.record_stage(ctxs[i], "reward", out, seconds / len(todo), compiled)
         return done
     finally:
         for ctx in ctxs:

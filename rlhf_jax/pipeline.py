@@ -179,23 +179,36 @@ def _read_labels(ctx: Context):
     return train, val
 
 
-def stage_reward(ctx: Context) -> dict:
-    from rlhf_jax.stages import reward, reward_train
+def reward_inputs(ctx: Context) -> dict:
+    """The reward stage's inputs: `rm_model`, `rm_params` (initial), `train`, `val`
+    labels, `normalizer` and the stage key `rng` (also for `rlhf_jax.members`)."""
+    from rlhf_jax.stages import reward
 
     cfg = ctx.cfg
     train, val = _read_labels(ctx)
     policy_model, policy_params = ctx.initial_policy()
     rm_model, rm_params = loading.init_reward_model(cfg, stage_key(cfg, "reward"), policy_model,
                                                     policy_params)
-    normalizer = reward.reference_normalizer(ctx, policy_model, policy_params)
-    rm_params, summary = reward_train.train_reward_model(
-        cfg, rm_model=rm_model, rm_params=rm_params, train=train, val=val, dp=ctx.dp,
-        rng=stage_key(cfg, "reward"), workdir=ctx.workdir, writer=ctx.writer,
-        normalizer=normalizer)
+    return dict(rm_model=rm_model, rm_params=rm_params, train=train, val=val,
+                normalizer=reward.reference_normalizer(ctx, policy_model, policy_params),
+                rng=stage_key(cfg, "reward"))
+
+
+def finish_reward(ctx: Context, rm_model, rm_params, summary: dict) -> dict:
+    """Saves the trained reward model; the stage's summary for its marker."""
     _raise_if_preempted(summary, "reward")
     if parallel.process_is_main():
         loading.save_reward_model(ctx.path("models", "reward"), rm_model, rm_params)
     return _scalars(summary)
+
+
+def stage_reward(ctx: Context) -> dict:
+    from rlhf_jax.stages import reward_train
+
+    inputs = reward_inputs(ctx)
+    rm_params, summary = reward_train.train_reward_model(
+        ctx.cfg, **inputs, dp=ctx.dp, workdir=ctx.workdir, writer=ctx.writer)
+    return finish_reward(ctx, inputs["rm_model"], rm_params, summary)
 
 
 def ppo_models_and_params(ctx: Context):

@@ -322,7 +322,7 @@ def test_every_sweep_file_validates(path, arg, tmp_path):
 def test_seed_members_trained_in_one_program_equal_separate_runs(swept, tmp_path):
     # The launch trained both seeds' PPO as one vmapped program (rlhf_jax.members) ...
     spec, workdir, out = swept
-    assert "gold-s0: running in " in out and "; PPO as one program with gold-s1" in out
+    assert "gold-s0: running in " in out and "; ppo as one program with gold-s1" in out
     assert "[ppo] starting: 2 members in one program (gold-s0, gold-s1)" in out
     # ... and every logged number equals separate runs' to float tolerance.
     sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")

@@ -211,10 +211,10 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
               log: Callable[[str], None] = print) -> dict | None:
     """Runs (or resumes) every run of `sweep` under `workdir`, then aggregates.
 
-    `members`: runs whose configs differ only in the seed or numeric PPO/KL
-    hyperparameters (`rlhf_jax.members.MEMBER_FIELDS`) train their PPO stage
-    together, as one vmapped program; the results equal separate runs to float
-    tolerance. False runs every run alone.
+    `members`: runs whose configs differ only in the seed or numeric PPO/KL/reward
+    hyperparameters (`rlhf_jax.members.MEMBER_FIELDS`) train their reward-model
+    and PPO stages together, each as one vmapped program; the results equal
+    separate runs to float tolerance. False runs every run alone.
 
     Returns the summary written to `workdir/<sweep>/summary.json`: per run
     whether it was skipped and its seconds. Outputs are copied to
@@ -272,14 +272,16 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                     _copy_inputs(r, runs_dir, r_dir)
                 ts = time.time()
                 if len(group) > 1:
-                    # The stages before PPO run by run, PPO for all members in one
-                    # program (rlhf_jax.members), the rest run by run again.
-                    log(f"{prefix}: running in {run_dir}; PPO as one program with "
-                        + ", ".join(r.name for r, _, _ in group[1:]))
+                    # The other stages run by run; the reward and PPO stages for all
+                    # members in one program each (rlhf_jax.members).
+                    shared = members_lib.group_stages(cfg)
+                    log(f"{prefix}: running in {run_dir}; {' and '.join(shared)} as one "
+                        "program with " + ", ".join(r.name for r, _, _ in group[1:]))
                     dirs = [os.path.join(runs_dir, r.name) for r, _, _ in group]
-                    for (_, c, _), d in zip(group, dirs):
-                        pipeline.run(c, d, until="ppo")
-                    members_lib.run_ppo_members([c for _, c, _ in group], dirs)
+                    for stage in shared:
+                        for (_, c, _), d in zip(group, dirs):
+                            pipeline.run(c, d, until=stage)
+                        members_lib.run_members(stage, [c for _, c, _ in group], dirs)
                 else:
                     log(f"{prefix}: running in {run_dir}")
                 for r, c, _ in group:

@@ -11,6 +11,7 @@ Scoring and normalisation: `reward`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable
 
@@ -219,6 +220,45 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
       holds the normalisation stats under `init` (before) and `finalize`
       (after).
     """
+    p = prepare(cfg, rm_model=rm_model, train=train, val=val, dp=dp, normalizer=normalizer)
+    return supervised.run(
+        p.loop,
+        loss_fn=p.loss_fn,
+        eval_fn=p.eval_fn,
+        params=rm_params,
+        train_data=p.train_data,
+        val_data=p.val_data,
+        dp=dp,
+        rng=rng,
+        num_train_field="labels.num_train",
+        workdir=workdir,
+        writer=writer,
+        init_fn=p.init_fn,
+        finalize_fn=p.finalize_fn,
+        stop_after=stop_after,
+        cache_key=p.cache_key,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardLoop:
+    """What the supervised loop takes for one reward model (`prepare`)."""
+
+    loop: supervised.LoopConfig
+    loss_fn: Callable
+    eval_fn: Callable
+    train_data: dict
+    val_data: dict | None
+    init_fn: Callable | None
+    finalize_fn: Callable | None
+    cache_key: tuple
+
+
+def prepare(cfg, *, rm_model, train: Labels, val: Labels | None, dp,
+            normalizer: Callable[[int, jax.Array], ReferenceSamples] | None) -> RewardLoop:
+    """Checks the config against the model and labels (one ValueError naming the
+    field) and builds the loop's pieces: `train_reward_model` and the members'
+    trainer (`rlhf_jax.members.run_reward_members`) share them."""
     r = cfg.reward
     loop = supervised.LoopConfig.from_config(cfg, "reward")
     dp.check_config(cfg)
@@ -272,21 +312,10 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
     if normalize_after:
         finalize_fn = lambda p, k: normalize(p, k, 0.0, 1.0, "after")  # noqa: E731
 
-    return supervised.run(
-        loop,
-        loss_fn=functools.partial(_loss_fn, **kw),
-        eval_fn=functools.partial(_eval_fn, **kw),
-        params=rm_params,
-        train_data=labels_to_data(train, spans),
-        val_data=None if val is None else labels_to_data(val, spans),
-        dp=dp,
-        rng=rng,
-        num_train_field="labels.num_train",
-        workdir=workdir,
-        writer=writer,
-        init_fn=init_fn,
+    return RewardLoop(
+        loop=loop, loss_fn=functools.partial(_loss_fn, **kw),
+        eval_fn=functools.partial(_eval_fn, **kw), train_data=labels_to_data(train, spans),
+        val_data=None if val is None else labels_to_data(val, spans), init_fn=init_fn,
         finalize_fn=finalize_fn,
-        stop_after=stop_after,
         cache_key=("reward", rm_model, train.label_type, reward_at, eos_token,
-                   float(r.span_coef)),
-    )
+                   float(r.span_coef)))

@@ -236,7 +236,7 @@ def _epoch_permutation(data_key: jax.Array, epoch: int, n: int) -> np.ndarray:
 
 
 def _make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    def train_step(state: TrainState, batch):
+    def train_step(state: TrainState, batch, lr_scale=None):
         step_rng = jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step)
         rng = parallel.fold_in_device(step_rng)
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -244,6 +244,9 @@ def _make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation)
         grads = parallel.mean_grads(grads)  # pmean; FSDP-aware in mesh mode
         metrics = parallel.pmean({"loss": loss, **metrics})
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        if lr_scale is not None:
+            # A member's own lr (`supervised_members`): Adam's step is linear in the lr.
+            updates = jax.tree.map(lambda u: u * lr_scale.astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         return state.replace(params=params, opt_state=opt_state, step=state.step + 1), metrics
 
