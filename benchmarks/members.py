@@ -1,4 +1,4 @@
-"""PPO members in one program vs one run: the offline default's PPO stage, M seeds.
+"""Members in one program vs one run: the offline default's PPO (or reward) stage, M seeds.
 
 Needs a workdir where `configs/mock_sentiment.py` has finished the stages
 before PPO (pretrain, labels, reward), e.g.
@@ -11,6 +11,9 @@ ordinary `PPOTrainer` path) and (b) the PPO stage of seeds 0..M-1 as one
 vmapped program (`rlhf_jax.members`), each in its own process with compilation
 included (no persistent cache), and prints the wall-time ratio b/a beside the
 load average. `--updates` shortens the stage (150 updates by default).
+`--stage reward` does the same for the reward-model stage (each seed its
+own labels' order, head and normalisation samples; the copies share the
+prepared workdir's labels).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mock_sentiment.py")
 
 
-def _config(seed: int, updates: int | None):
+def _config(seed: int, updates: int | None, stage: str):
     sys.path.insert(0, ROOT)
     import importlib.util
 
@@ -37,27 +40,27 @@ def _config(seed: int, updates: int | None):
     spec.loader.exec_module(module)
     cfg = module.get_config()
     cfg.seed = seed
-    cfg.stages = "pretrain,labels,reward,ppo"
+    cfg.stages = "pretrain,labels,reward" + (",ppo" if stage == "ppo" else "")
     if updates:
         cfg.ppo.total_episodes = cfg.ppo.batch_size * updates
     return cfg
 
 
-def child(dirs: list[str], updates: int | None) -> None:
-    """Runs the PPO stage of `dirs` (seed i in dirs[i]): alone if one, else as members."""
+def child(dirs: list[str], updates: int | None, stage: str) -> None:
+    """Runs `stage` of `dirs` (seed i in dirs[i]): alone if one, else as members."""
     from rlhf_jax import members, pipeline
     from rlhf_jax.infra import compile_cache
 
     compile_cache.enable(off=True)
-    cfgs = [_config(i, updates) for i in range(len(dirs))]
+    cfgs = [_config(i, updates, stage) for i in range(len(dirs))]
     t0 = time.perf_counter()
     # The copies' earlier stages ran with seed 0 (shared, as in the sweeps).
     if len(dirs) == 1:
         pipeline.run(cfgs[0], dirs[0], allow_config_change=True)
     else:
-        members.run_ppo_members(cfgs, dirs, allow_config_change=True)
+        members.run_members(stage, cfgs, dirs, allow_config_change=True)
     wall = time.perf_counter() - t0
-    with open(os.path.join(dirs[0], "stages", "ppo.json")) as f:
+    with open(os.path.join(dirs[0], "stages", f"{stage}.json")) as f:
         marker = json.load(f)
     print(json.dumps({"wall": wall, "compile": marker["compile_seconds"]}))
 
@@ -67,10 +70,11 @@ def main():
     parser.add_argument("--prepared", required=True, help="workdir with pretrain/labels/reward done")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--updates", type=int, default=None, help="PPO updates (default: 150)")
+    parser.add_argument("--stage", choices=("ppo", "reward"), default="ppo")
     parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        return child(args.child, args.updates)
+        return child(args.child, args.updates, args.stage)
     for stage in ("pretrain", "labels", "reward"):
         if not os.path.exists(os.path.join(args.prepared, "stages", f"{stage}.json")):
             raise SystemExit(f"error: {args.prepared} has not finished the {stage} stage")
@@ -80,12 +84,15 @@ def main():
             dirs = []
             for i in range(m):
                 d = os.path.join(tmp, f"{label.replace(' ', '_')}_s{i}")
-                shutil.copytree(args.prepared, d, ignore=shutil.ignore_patterns(
-                    "ppo.json", "ppo", "policy", "eval.json", "figures"))
+                drop = ("ppo.json", "ppo", "policy", "eval.json", "figures")
+                if args.stage == "reward":
+                    drop += ("reward.json", "reward")
+                shutil.copytree(args.prepared, d, ignore=shutil.ignore_patterns(*drop))
                 dirs.append(d)
             load0 = os.getloadavg()[0]
             cmd = [sys.executable, os.path.abspath(__file__), f"--prepared={args.prepared}",
-                   "--child", *dirs] + ([f"--updates={args.updates}"] if args.updates else [])
+                   f"--stage={args.stage}", "--child", *dirs] + (
+                       [f"--updates={args.updates}"] if args.updates else [])
             path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
             out = subprocess.run(cmd, capture_output=True, text=True,
                                  env={**os.environ, "PYTHONPATH": path})
@@ -94,7 +101,7 @@ def main():
             results[label] = {**json.loads(out.stdout.strip().splitlines()[-1]),
                               "load": (load0, os.getloadavg()[0])}
             r = results[label]
-            print(f"{label:>10}: PPO stage {r['wall']:.0f} s wall (compile {r['compile']:.0f} s), "
+            print(f"{label:>10}: {args.stage} stage {r['wall']:.0f} s wall (compile {r['compile']:.0f} s), "
                   f"load average {r['load'][0]:.2f} -> {r['load'][1]:.2f}", flush=True)
     one, many = results["one run"], results[f"{args.members} members"]
     print(f"{args.members} members / one run: {many['wall'] / one['wall']:.2f}x wall "
