@@ -302,6 +302,59 @@ class MemberPPOTrainer:
                   "preempted": update < n}) for i in range(m)]
 
 
+def _run_group(stage: str, cfgs, workdirs, *, allow_config_change: bool, prepare, train,
+               finish) -> list[dict]:
+    """One stage of every unfinished member, in one program; then each member's marker.
+
+    Opens every member's run; for each unfinished one (after `start_stage`)
+    `prepare(ctx, dp)` builds its inputs; `train(prepared, dp)` runs them all
+    and returns one result per member; `finish(ctx, k, result)` exports member
+    k's model and returns its marker summary, which records its share of the
+    group's time (`group_seconds`, `members`). A finished member's summary is
+    read from its marker.
+    """
+    from rlhf_jax import pipeline
+
+    cfg = cfgs[0]
+    check_members(cfgs)
+    parallel.initialize_distributed()
+    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
+                               fsdp=cfg.parallel.fsdp)
+    compile_cache.track()
+    ctxs = [pipeline.open_run(c, w, dp, allow_config_change=allow_config_change)
+            for c, w in zip(cfgs, workdirs)]
+    try:
+        done = [pipeline.finished_stage(ctx, stage) for ctx in ctxs]
+        todo = [i for i, d in enumerate(done) if d is None]
+        if not todo:
+            return done
+        prepared = []
+        for i in todo:
+            pipeline.start_stage(ctxs[i], stage)
+            prepared.append(prepare(ctxs[i], dp))
+        names = [os.path.basename(os.path.normpath(ctxs[i].workdir)) for i in todo]
+        print(f"[{stage}] starting: {len(todo)} members in one program ({', '.join(names)})",
+              flush=True)
+        ts, cs = time.time(), compile_cache.stats()
+        results = train(prepared, dp)
+        seconds, compiled = time.time() - ts, compile_cache.stats() - cs
+        for k, (i, result) in enumerate(zip(todo, results)):
+            out = finish(ctxs[i], k, result)
+            # The group's time, shared: each member's marker holds its share.
+            out.update(members=len(todo), group_seconds=round(seconds, 1))
+            done[i] = pipeline.record_stage(ctxs[i], stage, out, seconds / len(todo), compiled)
+        return done
+    finally:
+        for ctx in ctxs:
+            ctx.writer.close()
+
+
+def _same_architecture(models, what: str, workdir: str) -> None:
+    if len(models) > 1 and models[-1] != models[0]:
+        raise ValueError(f"{workdir}: its {what} differ from the first member's; members "
+                         "share one architecture")
+
+
 def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> list[dict]:
     """The PPO stage of every unfinished member, in one program; then each member's marker.
 
@@ -313,49 +366,30 @@ def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> lis
     from rlhf_jax import pipeline
     from rlhf_jax.stages.batched import gold_function
 
-    cfg = cfgs[0]
-    parallel.initialize_distributed()
-    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
-                               fsdp=cfg.parallel.fsdp)
-    compile_cache.track()
-    ctxs = [pipeline.open_run(c, w, dp, allow_config_change=allow_config_change)
-            for c, w in zip(cfgs, workdirs)]
-    try:
-        done = [pipeline.finished_stage(ctx, "ppo") for ctx in ctxs]
-        todo = [i for i, d in enumerate(done) if d is None]
-        if not todo:
-            return done
-        members, models = [], None
-        for i in todo:
-            ctx = ctxs[i]
-            pipeline.start_stage(ctx, "ppo")
-            m_models, params, ref_params, rm_params = pipeline.ppo_models_and_params(ctx)
-            if models is not None and m_models != models:
-                raise ValueError(f"{workdirs[i]}: its PPO models differ from "
-                                 f"{workdirs[todo[0]]}'s; members share one architecture")
-            models = m_models
-            members.append(Member(
-                name=os.path.basename(os.path.normpath(ctx.workdir)), cfg=ctx.cfg,
-                params=params, ref_params=ref_params,
-                rm_params=rm_params if ctx.cfg.ppo.reward_source == "rm" else None,
-                queries=ctx.queries("train"), workdir=ctx.workdir, writer=ctx.writer,
-                gold_fn=gold_function(ctx), decode=ctx.decode))
-        print(f"[ppo] starting: {len(members)} members in one program "
-              f"({', '.join(mb.name for mb in members)})", flush=True)
-        ts, cs = time.time(), compile_cache.stats()
-        trainer = MemberPPOTrainer([mb.cfg for mb in members], models, dp,
-                                   task=ctxs[todo[0]].task_spec())
-        results = trainer.train(members)
-        seconds, compiled = time.time() - ts, compile_cache.stats() - cs
-        for i, (params, summary) in zip(todo, results):
-            out = pipeline.finish_ppo(ctxs[i], models, params, summary)
-            # The group's time, shared: each member's marker holds its share.
-            out.update(members=len(todo), group_seconds=round(seconds, 1))
-            done[i] = pipeline.record_stage(ctxs[i], "ppo", out, seconds / len(todo), compiled)
-        return done
-    finally:
-        for ctx in ctxs:
-            ctx.writer.close()
+    models = []
+
+    def prepare(ctx, dp):
+        m_models, params, ref_params, rm_params = pipeline.ppo_models_and_params(ctx)
+        models.append(m_models)
+        _same_architecture(models, "PPO models", ctx.workdir)
+        return ctx, Member(
+            name=os.path.basename(os.path.normpath(ctx.workdir)), cfg=ctx.cfg,
+            params=params, ref_params=ref_params,
+            rm_params=rm_params if ctx.cfg.ppo.reward_source == "rm" else None,
+            queries=ctx.queries("train"), workdir=ctx.workdir, writer=ctx.writer,
+            gold_fn=gold_function(ctx), decode=ctx.decode)
+
+    def train(prepared, dp):
+        members = [mb for _, mb in prepared]
+        trainer = MemberPPOTrainer([mb.cfg for mb in members], models[0], dp,
+                                   task=prepared[0][0].task_spec())
+        return trainer.train(members)
+
+    def finish(ctx, k, result):
+        return pipeline.finish_ppo(ctx, models[0], *result)
+
+    return _run_group("ppo", cfgs, workdirs, allow_config_change=allow_config_change,
+                      prepare=prepare, train=train, finish=finish)
 
 
 def run_reward_members(cfgs, workdirs, *, allow_config_change: bool = False,
@@ -371,51 +405,31 @@ def run_reward_members(cfgs, workdirs, *, allow_config_change: bool = False,
     from rlhf_jax import pipeline
     from rlhf_jax.stages import reward_train, supervised_members
 
-    cfg = cfgs[0]
-    check_members(cfgs)
-    parallel.initialize_distributed()
-    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
-                               fsdp=cfg.parallel.fsdp)
-    compile_cache.track()
-    ctxs = [pipeline.open_run(c, w, dp, allow_config_change=allow_config_change)
-            for c, w in zip(cfgs, workdirs)]
-    try:
-        done = [pipeline.finished_stage(ctx, "reward") for ctx in ctxs]
-        todo = [i for i, d in enumerate(done) if d is None]
-        if not todo:
-            return done
-        runs, loops, models = [], [], []
-        for i in todo:
-            ctx = ctxs[i]
-            pipeline.start_stage(ctx, "reward")
-            inputs = pipeline.reward_inputs(ctx)
-            p = reward_train.prepare(ctx.cfg, rm_model=inputs["rm_model"], train=inputs["train"],
-                                     val=inputs["val"], dp=dp, normalizer=inputs["normalizer"])
-            if models and inputs["rm_model"] != models[0]:
-                raise ValueError(f"{workdirs[i]}: its reward model differs from "
-                                 f"{workdirs[todo[0]]}'s; members share one architecture")
-            models.append(inputs["rm_model"])
-            loops.append(p)
-            runs.append(supervised_members.MemberRun(
-                name=os.path.basename(os.path.normpath(ctx.workdir)), params=inputs["rm_params"],
-                train_data=p.train_data, val_data=p.val_data, rng=inputs["rng"],
-                workdir=ctx.workdir, writer=ctx.writer, init_fn=p.init_fn,
-                finalize_fn=p.finalize_fn, lr=ctx.cfg.reward.lr))
-        print(f"[reward] starting: {len(runs)} members in one program "
-              f"({', '.join(r.name for r in runs)})", flush=True)
-        ts, cs = time.time(), compile_cache.stats()
+    models, loops = [], []
+
+    def prepare(ctx, dp):
+        inputs = pipeline.reward_inputs(ctx)
+        models.append(inputs["rm_model"])
+        _same_architecture(models, "reward model", ctx.workdir)
+        p = reward_train.prepare(ctx.cfg, rm_model=inputs["rm_model"], train=inputs["train"],
+                                 val=inputs["val"], dp=dp, normalizer=inputs["normalizer"])
+        loops.append(p)
+        return supervised_members.MemberRun(
+            name=os.path.basename(os.path.normpath(ctx.workdir)), params=inputs["rm_params"],
+            train_data=p.train_data, val_data=p.val_data, rng=inputs["rng"],
+            workdir=ctx.workdir, writer=ctx.writer, init_fn=p.init_fn,
+            finalize_fn=p.finalize_fn, lr=ctx.cfg.reward.lr)
+
+    def train(runs, dp):
         results = supervised_members.run_members(
             loops[0].loop, runs, loss_fn=loops[0].loss_fn, eval_fn=loops[0].eval_fn, dp=dp,
             num_train_field="labels.num_train", stop_after=stop_after)
-        seconds, compiled = time.time() - ts, compile_cache.stats() - cs
-        stopped = [summary for _, summary in results if summary["stopped_early"]]
-        if stopped:  # checkpointed, not finished: no model, no marker
-            raise pipeline.Preempted("reward")
-        for k, (i, (params, summary)) in enumerate(zip(todo, results)):
-            out = pipeline.finish_reward(ctxs[i], models[k], params, summary)
-            out.update(members=len(todo), group_seconds=round(seconds, 1))
-            done[i] = pipeline.record_stage(ctxs[i], "reward", out, seconds / len(todo), compiled)
-        return done
-    finally:
-        for ctx in ctxs:
-            ctx.writer.close()
+        if any(summary["stopped_early"] for _, summary in results):
+            raise pipeline.Preempted("reward")  # checkpointed, not finished: no model, no marker
+        return results
+
+    def finish(ctx, k, result):
+        return pipeline.finish_reward(ctx, models[k], *result)
+
+    return _run_group("reward", cfgs, workdirs, allow_config_change=allow_config_change,
+                      prepare=prepare, train=train, finish=finish)
