@@ -129,8 +129,9 @@ def run_members(loop: supervised.LoopConfig, members: list[MemberRun], *, loss_f
 
 
 def _restore(loop, members, ckpts, optimizer, dp):
-    """`(start, results, states, summaries)`: finished members' results, and every
-    other member's state at the newest step all of them have on disk."""
+    """`(start, results, active, restored)`: finished members' results (None for the
+    others), the indices of the others, and their checkpoints `{i: (step, tree,
+    meta)}` at the newest step all of them have on disk (None on a fresh start)."""
     m = len(members)
     targets = [dp.placed_shapes(_to_ckpt(TrainState(
         params=mb.params, opt_state=jax.eval_shape(optimizer.init, mb.params), rng=mb.rng,
