@@ -25,6 +25,11 @@ def test_corpus_is_deterministic_and_prefix_stable():
     assert generate_corpus(0, seed=3) == []
     with pytest.raises(ValueError, match="num_docs=-1"):
         generate_corpus(-1, seed=0)
+    # Memoised per process: each call hands out its own list.
+    docs.append("changed")
+    docs[0] = "changed"
+    assert generate_corpus(40, seed=0)[0].startswith("Anna lifted")
+    assert len(generate_corpus(40, seed=0)) == 40
 
 
 def _sentences(docs):
@@ -116,3 +121,26 @@ def test_tokenizer_rejects_bad_arguments(tmp_path):
         train_tokenizer(["a b c."], vocab_size=256, out_dir=str(tmp_path))
     with pytest.raises(ValueError, match="texts is empty"):
         train_tokenizer([], vocab_size=300, out_dir=str(tmp_path))
+
+
+def test_batched_query_encoding_equals_one_by_one(tokenizer_dir):
+    from rlhf_jax.data import datasets
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    texts = generate_corpus(300, seed=4)
+    encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+    batch = datasets._batch_encoder(tok)
+    assert batch(texts[:3]) == [encode(t) for t in texts[:3]]
+    period = period_token_id(tok)
+    # Start and end at '.', 12 tokens: some texts are skipped, as in the default task.
+    kw = dict(query_length=12, start_token=period, end_token=period, pad_token=512)
+    whole = datasets.queries_from_texts(texts, encode, **kw)
+    assert 50 < len(whole[0]) < len(texts)
+    for limit in (None, 5, 70, len(whole[0]) - 1):
+        one = datasets.queries_from_texts(texts, encode, limit=limit, **kw)
+        # Chunks of 32: the limit falls inside a chunk, after several.
+        many = datasets.queries_from_texts(iter(texts), encode, limit=limit, encode_batch=batch,
+                                           chunk=32, **kw)
+        assert len(one[0]) == (len(whole[0]) if limit is None else limit)
+        np.testing.assert_array_equal(one[0], many[0])
+        np.testing.assert_array_equal(one[1], many[1])

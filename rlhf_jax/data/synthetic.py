@@ -39,6 +39,7 @@ more just gives that size (`len(tokenizer)` is the size to use, always).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -216,7 +217,14 @@ def generate_corpus(num_docs: int, seed: int) -> list[str]:
         raise ValueError(f"generate_corpus: num_docs={num_docs} must be >= 0")
     if seed < 0:
         raise ValueError(f"generate_corpus: seed={seed} must be >= 0")
-    return [_story(seed, i)[0] for i in range(num_docs)]
+    return list(_corpus(num_docs, seed))
+
+
+@functools.lru_cache(maxsize=8)
+def _corpus(num_docs: int, seed: int) -> tuple[str, ...]:
+    # Memoised: a sweep opens each run several times in one process, and
+    # 40,000 stories take seconds to generate each time.
+    return tuple(_story(seed, i)[0] for i in range(num_docs))
 
 
 def corpus_log_probs(num_docs: int, seed: int) -> tuple[list[str], np.ndarray]:

@@ -157,11 +157,14 @@ def _check_record(run: Run, runs_dir: str) -> None:
                          "this sweep asks for; use another --workdir or remove that run")
 
 
-def is_finished(run_dir: str, cfg) -> bool:
+def is_finished(run_dir: str, cfg, until: str | None = None) -> bool:
+    """Whether every stage of the run (before stage `until`, when given) left its marker."""
     from rlhf_jax import config_lib
 
-    return all(os.path.exists(os.path.join(run_dir, "stages", f"{s}.json"))
-               for s in config_lib.stage_list(cfg))
+    stages = config_lib.stage_list(cfg)
+    if until is not None:
+        stages = stages[:stages.index(until)]
+    return all(os.path.exists(os.path.join(run_dir, "stages", f"{s}.json")) for s in stages)
 
 
 def validate(sweep: Sweep, workdir: str, num_devices: int) -> list[tuple[Run, Any]]:
@@ -280,12 +283,16 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                     dirs = [os.path.join(runs_dir, r.name) for r, _, _ in group]
                     for stage in shared:
                         for (_, c, _), d in zip(group, dirs):
-                            pipeline.run(c, d, until=stage)
+                            # Opening a run costs seconds: only when a stage is left to run.
+                            if not is_finished(d, c, until=stage):
+                                pipeline.run(c, d, until=stage)
                         members_lib.run_members(stage, [c for _, c, _ in group], dirs)
                 else:
                     log(f"{prefix}: running in {run_dir}")
                 for r, c, _ in group:
-                    pipeline.run(c, os.path.join(runs_dir, r.name))  # resumes from checkpoints
+                    r_dir = os.path.join(runs_dir, r.name)
+                    if len(group) == 1 or not is_finished(r_dir, c):
+                        pipeline.run(c, r_dir)  # resumes from checkpoints
                 jax.clear_caches()  # runs compile fresh closures; the disk cache serves them
             finally:
                 for _, _, lk in group:

@@ -9,6 +9,7 @@ stage run alone after a relaunch sees what it would have seen in one go.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -21,6 +22,11 @@ from rlhf_jax.data import datasets, tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.metrics import MetricsWriter
 from rlhf_jax.models import GPT2LMHeadModel, loading
+
+# Synthetic query datasets, per process: a sweep opens dozens of runs on one
+# corpus and tokenizer, and encoding 36,000 stories takes seconds each time.
+_QUERIES: dict = {}
+_QUERIES_KEPT = 8
 
 # Fold-in constants: one independent PRNG stream per stage from the base key.
 _STREAMS = {s: i + 101 for i, s in enumerate(config_lib.STAGE_STREAMS)}
@@ -69,8 +75,27 @@ class Context:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def queries(self, split: str, limit: int | None = None) -> datasets.QueryDataset:
-        return datasets.load_queries(self.cfg.task, self.tokenizer, split=split,
-                                     seed=self.cfg.seed, limit=limit, synthetic_texts=self.corpus)
+        key = self._queries_key(split, limit)
+        if key is not None and key in _QUERIES:
+            return _QUERIES[key]
+        out = datasets.load_queries(self.cfg.task, self.tokenizer, split=split,
+                                    seed=self.cfg.seed, limit=limit, synthetic_texts=self.corpus)
+        if key is not None:
+            for a in (out.query_NxQ, out.query_mask_NxQ):
+                a.flags.writeable = False  # shared by every run of this process
+            while len(_QUERIES) >= _QUERIES_KEPT:
+                _QUERIES.pop(next(iter(_QUERIES)))
+            _QUERIES[key] = out
+        return out
+
+    def _queries_key(self, split, limit):
+        """What the synthetic queries depend on, or None (other datasets: not memoised)."""
+        if self.cfg.task.query_dataset != "synthetic" or not getattr(self.tokenizer, "is_fast",
+                                                                      False):
+            return None
+        tok = hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        return (tok, self.cfg.task.to_json(), self.cfg.pretrain.num_docs, self.cfg.seed, split,
+                limit)
 
     # -- models in the workdir ----------------------------------------------------
 
