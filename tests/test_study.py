@@ -57,6 +57,15 @@ def test_every_method_has_a_finite_point_in_each_panel(study):
         assert 0.0 <= float(points[0]["y_mean"]) <= 1.0
 
 
+def test_the_study_tables_find_every_part(study):
+    from rlhf_jax.experiments import study_table
+
+    points = study_table.read_points(os.path.join(study[0], "study", "study.csv"))
+    table = study_table.parts_table(points)
+    # Every part names curves the study draws (one seed at CI scale: no range claimed).
+    assert table.count("one seed: no range") == len(study_table.PARTS), table
+
+
 def test_runs_record_what_each_method_trained_on(study):
     workdir, _ = study
     runs = os.path.join(workdir, "runs")
