@@ -144,3 +144,40 @@ def test_batched_query_encoding_equals_one_by_one(tokenizer_dir):
         assert len(one[0]) == (len(whole[0]) if limit is None else limit)
         np.testing.assert_array_equal(one[0], many[0])
         np.testing.assert_array_equal(one[1], many[1])
+
+
+def test_context_memoises_synthetic_queries_by_what_they_depend_on(tokenizer_dir):
+    import ml_collections
+
+    from rlhf_jax.stages import context
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    period = tok.convert_ids_to_tokens(period_token_id(tok))
+
+    def ctx(seed, tokenizer=tok, docs=200):
+        cfg = ml_collections.ConfigDict({
+            "seed": seed, "pretrain": {"num_docs": docs},
+            "task": {"query_dataset": "synthetic", "dataset_path": None, "query_format": "lhp",
+                     "query_length": 12, "response_length": 8, "start_text": period,
+                     "end_text": period, "pad_token": 512, "eos_token": 511,
+                     "query_prefix": "", "query_suffix": ""}})
+        return context.Context(cfg=cfg, workdir="", dp=None, writer=None, stages=[],
+                               tokenizer=tokenizer, corpus=generate_corpus(docs, seed))
+
+    context._QUERIES.clear()
+    first = ctx(0).queries("train")
+    again = ctx(0).queries("train")  # another run of the same world: served from the memo
+    assert again is first and not first.query_NxQ.flags.writeable
+    # A different seed, corpus size, split or tokenizer is a different dataset.
+    other_seed = ctx(1).queries("train")
+    assert other_seed is not first and not np.array_equal(other_seed.query_NxQ[:20],
+                                                          first.query_NxQ[:20])
+    assert ctx(0, docs=150).queries("train") is not first
+    assert ctx(0).queries("valid") is not first
+    retrained = tok.__class__.from_pretrained(str(tokenizer_dir))
+    retrained.add_tokens(["zebra"])
+    assert ctx(0, tokenizer=retrained).queries("train") is not first
+    # Equal to loading without the memo.
+    direct = ctx(0)
+    context._QUERIES.clear()
+    np.testing.assert_array_equal(direct.queries("train").query_NxQ, first.query_NxQ)

@@ -291,7 +291,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                     log(f"{prefix}: running in {run_dir}")
                 for r, c, _ in group:
                     r_dir = os.path.join(runs_dir, r.name)
-                    if len(group) == 1 or not is_finished(r_dir, c):
+                    if not is_finished(r_dir, c):  # a member may have no stage left
                         pipeline.run(c, r_dir)  # resumes from checkpoints
                 jax.clear_caches()  # runs compile fresh closures; the disk cache serves them
             finally:

@@ -53,6 +53,8 @@ class Context:
     # `task.query_prefix` / `task.query_suffix` encoded (`resolve_task`).
     query_prefix_ids: tuple[int, ...] = ()
     query_suffix_ids: tuple[int, ...] = ()
+    # sha256 of the tokenizer's JSON, the query memo's key (`queries`).
+    tokenizer_fingerprint: str | None = None
 
     def path(self, *parts) -> str:
         return os.path.join(self.workdir, *parts)
@@ -93,9 +95,11 @@ class Context:
         if self.cfg.task.query_dataset != "synthetic" or not getattr(self.tokenizer, "is_fast",
                                                                       False):
             return None
-        tok = hashlib.sha256(self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
-        return (tok, self.cfg.task.to_json(), self.cfg.pretrain.num_docs, self.cfg.seed, split,
-                limit)
+        if self.tokenizer_fingerprint is None:  # once per run: a GPT-2 vocabulary is 2 MB of JSON
+            self.tokenizer_fingerprint = hashlib.sha256(
+                self.tokenizer.backend_tokenizer.to_str().encode()).hexdigest()
+        return (self.tokenizer_fingerprint, self.cfg.task.to_json(), self.cfg.pretrain.num_docs,
+                self.cfg.seed, split, limit)
 
     # -- models in the workdir ----------------------------------------------------
 
