@@ -79,6 +79,37 @@ def test_bfloat16_compute_with_float32_master_weights():
     assert not np.allclose(np.asarray(l16), np.asarray(l32), atol=1e-6)  # really bf16
 
 
+def test_bfloat16_dots_write_float32_on_cpu_and_round_once():
+    """On XLA:CPU every bfloat16 dot of the model (dense layers, attention, LM
+    head) has a float32 result, the form its fast kernels run; the dense and
+    attention outputs are still rounded to bfloat16, so activations stay bf16."""
+    import re
+
+    from rlhf_jax.models import gpt2
+
+    assert jax.default_backend() == "cpu"
+    cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4, dtype=jnp.bfloat16)
+    model, params = init_params(cfg, jax.random.key(0))
+    ids = jnp.arange(12).reshape(2, 6) % 50
+    text = jax.jit(model.apply).lower({"params": params}, ids).as_text()
+    dots = re.findall(r"stablehlo.dot_general.*?-> (tensor<[^>]*>)", text)
+    assert len(dots) == cfg.n_layer * 6 + 1  # c_attn, scores, probs@v, c_proj, c_fc, mlp c_proj; head
+    assert all(t.endswith("xf32>") for t in dots), dots
+    out = model.apply({"params": params}, ids)
+    assert out.hidden_states[1].dtype == jnp.bfloat16 and out.logits.dtype == jnp.float32
+    # A dense layer equals its float32-accumulated product rounded once to bf16, plus the bias.
+    x = jax.random.normal(jax.random.key(1), (4, 32), jnp.bfloat16)
+    layer = gpt2._dense(cfg, 8, "d", 0.02)
+    p = layer.init(jax.random.key(2), x)
+    p = jax.tree.map(lambda a: a + 0.1, p)  # a nonzero bias
+    want = (jnp.dot(x, p["params"]["kernel"].astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+            .astype(jnp.bfloat16) + p["params"]["bias"].astype(jnp.bfloat16))
+    np.testing.assert_array_equal(np.asarray(layer.apply(p, x), np.float32), np.asarray(want, np.float32))
+    # Float32 models are untouched: plain float32 dots, no conversions added.
+    model32, _ = init_params(cfg.replace(dtype=jnp.float32), jax.random.key(0))
+    assert gpt2._dot_dtype(model32.config) is None
+
+
 def test_remat_gives_identical_gradients():
     cfg = GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4)
     model, params = init_params(cfg, jax.random.key(0))

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.gpt2 import Block, GPT2Config, GPT2Model, _layer_norm
+from rlhf_jax.models.gpt2 import Block, GPT2Config, GPT2Model, _layer_norm, tied_lm_logits
 
 HEAD_TYPES = ("linear", "scalar_mix", "selector")
 VALUE_HEAD_TYPES = ("linear", "scalar_mix")  # a value network has no frozen trunk to select from
@@ -212,7 +212,7 @@ class PolicyWithValueHead(nn.Module):
     def lm_logits(self, h_BxTxD):
         # Unboxed as `self.param` would be (an FSDP shard is gathered here).
         wte = nn.unbox(self.transformer.variables["params"]["wte"]["embedding"])
-        return jnp.einsum("btd,vd->btv", h_BxTxD, wte.astype(self.config.dtype)).astype(jnp.float32)
+        return tied_lm_logits(h_BxTxD, wte, self.config.dtype)
 
 
 class ValueModel(nn.Module):
