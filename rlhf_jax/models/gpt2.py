@@ -113,7 +113,8 @@ def position_ids_from_mask(mask_BxT: jax.Array) -> jax.Array:
 
 
 def _dot_dtype(config: GPT2Config):
-    """The result dtype of the model's low-precision dots before rounding, or None.
+    """The result dtype, before rounding, of the low-precision dots whose output
+    stays in the compute dtype (dense layers, the attention's probs @ v), or None.
 
     XLA:CPU's library kernels (YNNPACK, AMX on recent x86) run a bfloat16 x
     bfloat16 dot with a float32 result 3-4x faster than the same dot with a
