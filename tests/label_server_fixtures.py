@@ -4,19 +4,25 @@ import contextlib
 import http.cookiejar
 import json
 import os
+import pathlib
+import socket
 import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
 
 from rlhf_jax.labelling.label_server import Item, Response, create_app, make_server
 
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
 
 @contextlib.contextmanager
-def serve(db, *, request_timeout=30.0, max_connections=64, **app_kwargs):
-    """The app on a free port of 127.0.0.1 (the CLI's threaded server); yields its base URL."""
+def serve(db, *, request_timeout=30.0, server_kwargs=None, **app_kwargs):
+    """The app on a free port of 127.0.0.1, on the server the CLI runs (waitress,
+    `make_server`); yields its base URL."""
     server = make_server(create_app(db, **app_kwargs), "127.0.0.1", 0,
-                         request_timeout=request_timeout, max_connections=max_connections)
+                         request_timeout=request_timeout, **(server_kwargs or {}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -25,6 +31,37 @@ def serve(db, *, request_timeout=30.0, max_connections=64, **app_kwargs):
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+def start_server(db_path, *args, env=None):
+    """`python -m rlhf_jax.labelling.label_server --db DB --port 0 ARGS`, the one
+    command that serves; returns (process, base URL) once it listens."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rlhf_jax.labelling.label_server", "--db", str(db_path), "--port",
+         "0", *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("label server: "), (line, proc.stderr.read() if proc.poll() else "")
+    return proc, line.split(" at ")[1].split("/?")[0].strip().rstrip("/")
+
+
+def raw_http(base: str, head: bytes, body: bytes = b"", *, timeout: float = 10.0) -> bytes:
+    """Sends `head` (request line and headers, CRLF-separated, no blank line) and
+    `body` on one connection; returns everything the server sends back."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head + b"\r\n\r\n" + body)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def chunked(body: bytes, size: int = 65536) -> bytes:
+    """`body` in HTTP/1.1 chunked transfer coding."""
+    parts = [b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+             for i in range(0, len(body), size)]
+    return b"".join(parts) + b"0\r\n\r\n"
 
 
 @contextlib.contextmanager

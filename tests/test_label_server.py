@@ -112,7 +112,7 @@ def test_non_json_post_is_415(db):
     assert status == 415 and "JSON" in reply["error"] and answer_count(db) == 0
 
 
-def test_replayed_answer_is_409_and_keeps_the_first(db):
+def test_replayed_answer_is_409_keeps_the_first_and_names_nobody(db):
     db.add_items("b", best_of_4_items(1))
     with serve(db) as base:
         c = Client(base)
@@ -121,8 +121,11 @@ def test_replayed_answer_is_409_and_keeps_the_first(db):
         other = c.post("/api/answer", {"item_id": 1, "labeler": "bob", "choice": 3})
         skip = c.post("/api/skip", {"item_id": 1, "labeler": "bob"})
     assert first[0] == 201
+    answered_at = db.answers()[0][1].created_at
     for status, reply, _ in (replay, other, skip):
-        assert status == 409 and "already answered (by alice" in reply["error"]
+        # Nobody is told who answered, nor when.
+        assert (status, reply["error"]) == (409, "item 1 is already answered; nothing stored")
+        assert "alice" not in json.dumps(reply) and answered_at[:16] not in json.dumps(reply)
     [(_, answer)] = db.answers()
     assert (answer.labeler, answer.choice) == ("alice", 1)
     assert db.skips() == []

@@ -17,9 +17,8 @@ import pytest
 
 from rlhf_jax.labelling.label_server import LabelDB, __main__ as cli
 from rlhf_jax.labelling.label_server.db import _repair_sidecars
-from tests.label_server_fixtures import Client, best_of_4_items, read_only, serve
-
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+from tests.label_server_fixtures import (Client, best_of_4_items, raw_http, read_only, serve,
+                                         start_server)
 SECRET = "s3cret-token-value"
 
 
@@ -44,29 +43,6 @@ def run_cli(argv) -> tuple[int, str]:
     return rc, err.getvalue()
 
 
-def raw_http(base: str, head: bytes, body: bytes = b"", *, timeout: float = 10.0) -> bytes:
-    """Sends `head` (request line and headers, CRLF-separated, no blank line) and
-    `body` on one connection; returns everything the server sends back."""
-    host, port = base.split("//")[1].split(":")
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
-        s.sendall(head + b"\r\n\r\n" + body)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def start_server(db_path, *args, env=None):
-    """The CLI's server on a free port; returns (process, base URL)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rlhf_jax.labelling.label_server", "--db", str(db_path), "--port",
-         "0", *args], env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("label server: "), (line, proc.stderr.read() if proc.poll() else "")
-    return proc, line.split(" at ")[1].split("/?")[0].strip().rstrip("/")
-
-
 # --------------------------------------------------------------------------
 # 1. The token stays out of logs and the process table.
 
@@ -83,7 +59,8 @@ def test_token_is_never_logged_nor_on_the_command_line(db, tmp_path):
         proc.terminate()
         out, err = proc.communicate(timeout=10)
     log = out + err
-    assert "GET /?token=<redacted>&labeler=alice" in log, log
+    # What follows the token may be its tail: the log keeps none of it.
+    assert '"GET /?token=<redacted> HTTP/1.1" 302' in log, log
     assert SECRET not in log and "wrong-guess" not in log
 
     # From a file instead of the environment; --token itself is refused in one line.
@@ -99,6 +76,31 @@ def test_token_is_never_logged_nor_on_the_command_line(db, tmp_path):
     rc, err = run_cli(["--db", db.path, "--token", SECRET])
     assert rc == 2 and err.count("\n") == 1 and "LABEL_SERVER_TOKEN" in err, err
     assert SECRET not in err
+
+
+def test_a_token_of_any_characters_stays_out_of_the_log(db):
+    # A shared token with a quote used to leak its tail: token=<redacted>'SECRETTAIL.
+    token = "s3cret'SECRETTAIL"
+    proc, base = start_server(db.path, env={"LABEL_SERVER_TOKEN": token})
+    host = b"\r\nHost: 127.0.0.1\r\nConnection: close"
+    try:
+        for target in (b"/?token=s3cret'SECRETTAIL&labeler=alice",  # the token, raw
+                       b"/?token=s3cret%27SECRETTAIL",  # the token, encoded
+                       b'/?token=s3cret"SECRETTAIL', b"/?token=s3cret SECRETTAIL",
+                       b"/?token=s3cret&SECRETTAIL=1&labeler=alice",  # an `&` in a token
+                       b"/?labeler=alice&TOKEN=s3cret'SECRETTAIL",
+                       b"/?%74oken=s3cret'SECRETTAIL", b"/api/progress?token=s3cret=SECRETTAIL"):
+            reply = raw_http(base, b"GET " + target + b" HTTP/1.1" + host)
+            assert reply.startswith((b"HTTP/1.1 ", b"HTTP/1.0 400")), (target, reply[:100])
+        assert raw_http(base, b"GET /?token=s3cret'SECRETTAIL HTTP/1.1" + host).startswith(
+            b"HTTP/1.1 302")  # the right token: let in
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    log = out + err
+    assert log.count("token=<redacted>") >= 6 and "not a valid request" in log, log
+    assert "SECRETTAIL" not in log and "s3cret" not in log, log
+    assert '"GET /?labeler=alice&token=<redacted> HTTP/1.1"' in log, log
 
 
 # --------------------------------------------------------------------------
@@ -157,42 +159,73 @@ def test_large_bodies_are_413_and_errors_echo_little(db):
     assert db.answers() == []
 
 
-def test_stalled_bodies_time_out_and_hold_at_most_max_connections_threads(db):
-    baseline = threading.active_count()
-    n_stalled, max_connections = 20, 4
-    with serve(db, request_timeout=0.5, max_connections=max_connections) as base:
+def _closed_by_server(s: socket.socket, wait: float) -> bool:
+    """Whether the server closes `s` within `wait` seconds."""
+    s.settimeout(wait)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_trickled_requests_are_cut_at_the_deadline_and_hold_no_thread(db):
+    # One byte every 0.2 s resets any silence timeout; the deadline counts from the
+    # connection's first byte. The old server also gave each one a thread.
+    n_slow = 20
+    with serve(db, request_timeout=1.0) as base:
+        Client(base).get("/api/progress")  # the worker threads are started
+        threads = threading.active_count()
         host, port = base.split("//")[1].split(":")
-        socks = []
-        for _ in range(n_stalled):
-            s = socket.create_connection((host, int(port)), timeout=10)
+        socks = [socket.create_connection((host, int(port)), timeout=10) for _ in range(n_slow)]
+        for s in socks:
             s.sendall(b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                       b"application/json\r\nContent-Length: 1000\r\n\r\n{\"item_id\": ")
-            socks.append(s)
         t0 = time.monotonic()
-        peak = 0
-        closed = 0
-        for s in socks:  # every stalled request is cut off by the server
-            s.settimeout(0.05)
-            while time.monotonic() - t0 < 15:
-                peak = max(peak, threading.active_count())
+        open_socks, peak = list(socks), threads
+        while open_socks and time.monotonic() - t0 < 10:
+            for s in list(open_socks):
                 try:
-                    if s.recv(65536) == b"":
-                        closed += 1
-                        break
-                except socket.timeout:
+                    s.sendall(b" ")
+                except OSError:  # closed by the server
+                    open_socks.remove(s)
                     continue
-                except ConnectionResetError:
-                    closed += 1
-                    break
-            s.close()
+                if _closed_by_server(s, 0.001):
+                    open_socks.remove(s)
+            peak = max(peak, threading.active_count())
+            time.sleep(0.2)
         waited = time.monotonic() - t0
-        # A well-behaved client is served once the stalled ones are gone.
+        for s in socks:
+            s.close()
         assert Client(base).get("/api/progress")[0] == 200
-    assert closed == n_stalled
-    # 20 stalled requests, 4 at a time, each cut after 0.5 s: about 2.5 s, not 20 x 0.5.
-    assert waited < 10, waited
-    # serve()'s own thread + the reaper + the connection threads.
-    assert peak <= baseline + 2 + max_connections, (peak, baseline)
+    assert not open_socks
+    # 1 s deadline, checked once a second: cut after 1-2 s, not kept alive by the trickle.
+    assert 0.9 < waited < 4, waited
+    assert peak == threads, (peak, threads)  # slow clients hold sockets, never threads
+    assert db.answers() == []
+
+
+def test_waiting_connections_are_capped_the_longest_waiting_closed_first(db):
+    # Connections that have not sent a whole request have shown no token: at most
+    # `max_waiting` of them are kept, so they cannot fill the server.
+    with serve(db, server_kwargs={"max_waiting": 10, "max_connections": 40}) as base:
+        host, port = base.split("//")[1].split(":")
+        socks = []
+        for _ in range(30):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"GET /api/progress HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
+            socks.append(s)
+            time.sleep(0.02)  # accepted in this order
+        closed = [_closed_by_server(s, 1.5 if i < 20 else 0.1) for i, s in enumerate(socks)]
+        assert closed == [True] * 20 + [False] * 10, closed
+        t0 = time.monotonic()
+        assert Client(base).get("/api/progress")[0] == 200  # a labeller gets in at once
+        assert time.monotonic() - t0 < 2
+        for s in socks:
+            s.close()
 
 
 # --------------------------------------------------------------------------
@@ -329,6 +362,12 @@ def test_registered_labellers_cannot_act_as_anyone_else(db, capsys):
     (["--lease-seconds", "0"], "--lease-seconds=0.0"),
     (["--lease-seconds", "nan"], "--lease-seconds=nan"),
     (["--request-timeout", "0"], "--request-timeout=0.0"),
+    (["--request-timeout", "1e-6"], "--request-timeout=1e-06 must be a number of seconds >= 1"),
+    (["--request-timeout", "0.5"], "--request-timeout=0.5"),
+    (["--request-timeout", "inf"], "--request-timeout=inf"),
+    (["--lease-seconds", "1e-300"], "--lease-seconds=1e-300 must be a number of seconds >= 5"),
+    (["--lease-seconds", "4.9"], "--lease-seconds=4.9"),
+    (["--new-labelers-per-hour", "0"], "--new-labelers-per-hour=0"),
     (["--port", "-1"], "--port=-1"),
     (["--port", "99999"], "--port=99999"),
     (["--port", "eighty"], "argument --port"),

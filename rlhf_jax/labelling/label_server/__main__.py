@@ -11,8 +11,9 @@
         --tokenizer gpt2 --unlabelled
     python -m rlhf_jax.labelling.label_server --db labels.sqlite status
 
-The server is werkzeug's threaded WSGI server (see `app.make_server`): one
-thread per request, each with its own SQLite connection. Registered labellers
+The server is waitress (see `server.make_server`): one event loop reads the
+connections, and a request reaches one of its worker threads, each request
+with its own SQLite connection, only once it has arrived whole. Registered labellers
 open `http://HOST:PORT/?token=THEIR_TOKEN`; with a shared token (from
 `$LABEL_SERVER_TOKEN` or `--token-file`, never the command line, which `ps`
 shows) labellers open `?token=...` and enter their labeller id. `export` and
@@ -28,8 +29,10 @@ import os
 import sys
 
 from rlhf_jax.data.labels import LHP_PAD_TOKEN
-from rlhf_jax.labelling.label_server.app import LOOPBACK_HOSTS
+from rlhf_jax.labelling.label_server.app import (LOOPBACK_HOSTS, MIN_LEASE_SECONDS,
+                                                 NEW_LABELERS_PER_WINDOW, check_lease_seconds)
 from rlhf_jax.labelling.label_server.db import LabelDB
+from rlhf_jax.labelling.label_server.server import MIN_REQUEST_TIMEOUT
 
 TOKEN_ENV = "LABEL_SERVER_TOKEN"
 
@@ -54,9 +57,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="a Host name served without a token besides the loopback names "
                         "(repeatable)")
     p.add_argument("--lease-seconds", type=float, default=600.0,
-                   help="how long an item shown to one labeller is kept from others (> 0)")
+                   help="how long an item shown to one labeller is kept from others, from when "
+                        f"it is shown (>= {MIN_LEASE_SECONDS:g}; the page renews it while "
+                        "they work)")
     p.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds a client has to send a whole request (> 0)")
+                   help="seconds a client has to send a whole request; an idle connection "
+                        f"is closed after as long (>= {MIN_REQUEST_TIMEOUT:g})")
+    p.add_argument("--new-labelers-per-hour", type=int, default=NEW_LABELERS_PER_WINDOW,
+                   help="without registered labellers: labeller ids not seen before that one "
+                        f"client address may bring per hour (default {NEW_LABELERS_PER_WINDOW})")
     sub = p.add_subparsers(dest="command", parser_class=_Parser)
     ex = sub.add_parser("export", help="write answered items as LHP JSON or SFF comparisons")
     ex.add_argument("--format", choices=("lhp", "sff"), required=True)
@@ -92,11 +101,13 @@ def _check_settings(args) -> None:
                          f"set ${TOKEN_ENV} or use --token-file")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port={args.port} must be 1-65535 (0: any free port)")
-    for flag in ("lease_seconds", "request_timeout"):
-        value = getattr(args, flag)
-        if not (math.isfinite(value) and value > 0):
-            raise ValueError(f"--{flag.replace('_', '-')}={value} must be a positive number "
-                             "of seconds")
+    check_lease_seconds(args.lease_seconds, "--lease-seconds")
+    if not (math.isfinite(args.request_timeout) and args.request_timeout >= MIN_REQUEST_TIMEOUT):
+        raise ValueError(f"--request-timeout={args.request_timeout} must be a number of seconds "
+                         f">= {MIN_REQUEST_TIMEOUT:g} (below it a request cannot be expected to "
+                         "arrive whole)")
+    if args.new_labelers_per_hour < 1:
+        raise ValueError(f"--new-labelers-per-hour={args.new_labelers_per_hour} must be >= 1")
 
 
 def _token(args) -> str | None:
@@ -113,15 +124,18 @@ def _token(args) -> str | None:
 
 
 def serve(db: LabelDB, *, host: str, port: int, token: str | None, lease_seconds: float,
-          request_timeout: float = 30.0, allowed_hosts: tuple[str, ...] = ()) -> None:
-    from rlhf_jax.labelling.label_server.app import create_app, make_server
+          request_timeout: float = 30.0, allowed_hosts: tuple[str, ...] = (),
+          new_labelers_per_hour: int = NEW_LABELERS_PER_WINDOW) -> None:
+    from rlhf_jax.labelling.label_server.app import create_app
+    from rlhf_jax.labelling.label_server.server import make_server
 
     registered = db.has_labelers()
     if registered and token is not None:
         raise ValueError(f"{db.path} has registered labellers, who use their own tokens; "
                          f"unset ${TOKEN_ENV} / --token-file (or remove the labellers)")
     app = create_app(db, token=token, lease_seconds=lease_seconds,
-                     allowed_hosts=(host, *allowed_hosts))
+                     allowed_hosts=(host, *allowed_hosts),
+                     new_labelers_per_window=new_labelers_per_hour, new_labeler_window_s=3600.0)
     try:
         server = make_server(app, host, port, request_timeout=request_timeout)
     except OSError as e:  # a bad host, a port in use or not ours
@@ -169,7 +183,8 @@ def main(argv=None) -> int:
         if args.command is None:
             serve(db, host=args.host, port=args.port, token=_token(args),
                   lease_seconds=args.lease_seconds, request_timeout=args.request_timeout,
-                  allowed_hosts=tuple(args.allowed_host))
+                  allowed_hosts=tuple(args.allowed_host),
+                  new_labelers_per_hour=args.new_labelers_per_hour)
         elif args.command == "labelers":
             _labelers(db, args.action, args.names)
         elif args.command == "export":

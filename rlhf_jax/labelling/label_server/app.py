@@ -9,6 +9,7 @@ Pages and endpoints:
     GET  /api/next?labeler=ID   the next item as JSON ({"item": null} when none)
     POST /api/answer            {"item_id", "labeler", "choice", "spans"?} -> 201
     POST /api/skip              {"item_id", "labeler"} -> 200
+    POST /api/renew             {"item_id", "labeler"} -> 200, the lease moved on
     GET  /api/progress[?labeler=ID]   counts
 
 Errors under /api/ are JSON `{"error": "..."}` (one line, echoed values cut
@@ -16,9 +17,16 @@ short): 400 bad input (a choice outside 0..K-1, a bad span, item id or
 labeller id, unknown fields, a body that is not JSON or nested too deep, an
 unexpected Host), 401 a missing or wrong token, 403 a labeller's token used
 for another labeller id, 404 an unknown item or path, 405 a wrong method, 409
-an item already answered or retired (a replayed answer), 413 a body over
-`max_body_bytes`, 415 a POST that is not JSON, 503 a database that cannot be
-written (read-only, full). Nothing is stored on any error.
+an item already answered or retired (a replayed answer; it does not say who
+answered, nor when) or a lease to renew that is not the labeller's, 413 a body
+over `max_body_bytes` (declared or chunked: refused whole, never cut), 415 a
+POST that is not JSON, 429 too many new labeller ids from one address, 503 a
+database that cannot be written (read-only, full, replaced by another file).
+Nothing is stored on any error.
+
+Leases: `/api/next` leases one item to a labeller until a deadline fixed when
+it is granted (`lease_seconds`); asking again returns the same item and does
+not move it; only `/api/renew` does. A labeller holds at most one lease.
 
 Access, one of three modes:
 * registered labellers (`LabelDB.add_labeler`): each has a token of their own
@@ -30,32 +38,31 @@ Access, one of three modes:
 * neither (bind to 127.0.0.1 then): only requests whose Host header names a
   loopback address or one of `allowed_hosts` are served, so a web page on
   another site cannot reach the server through DNS rebinding.
+In the last two modes labeller ids are claimed, not proven, so one client
+could invent ids to lease many items: a client address may bring at most
+`new_labelers_per_window` ids this server has not seen (in answers, skips,
+leases or earlier requests) per `new_labeler_window_s`; more get 429.
 A token goes in `?token=` once (which sets an HttpOnly SameSite=Strict cookie
 and redirects to a URL without it), or in an `X-Label-Token` /
 `Authorization: Bearer` header. Writes must be JSON, which a cross-site form
 cannot send; templates are autoescaped (Jinja) and a strict
 Content-Security-Policy allows only this app's own script and style.
 
-`make_server` wraps werkzeug's threaded server so that a request (headers
-and body) must arrive within `request_timeout` seconds, at most
-`max_connections` are served at once (more wait in the listen queue), and the
-access log never shows a token (`token=<redacted>`).
+The app is served by `server.make_server` (waitress), see there.
 """
 
 from __future__ import annotations
 
+import collections
 import hmac
 import json
 import math
-import re
-import socket
 import threading
 import time
 from typing import Any, Optional
 
 import flask
-from werkzeug.exceptions import HTTPException
-from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from rlhf_jax.labelling.label_server.db import Item, LabelDB, LabelError, check_labeler, short
 
@@ -64,9 +71,13 @@ LABELER_COOKIE = "labeler"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY_BYTES = 1 << 20  # an answer with a span on every token of 4 long responses is ~100 KB
 MAX_ERROR_CHARS = 300
+# Below this an item leased to one labeller goes back to the pool before they
+# can have read it, and several labellers are shown the same item at once.
+MIN_LEASE_SECONDS = 5.0
+NEW_LABELERS_PER_WINDOW = 10  # new labeller ids per client address per window
+NEW_LABELER_WINDOW_S = 3600.0
 _CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
         "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']*", re.IGNORECASE)
 
 
 class NotYours(LabelError):
@@ -75,9 +86,41 @@ class NotYours(LabelError):
     status = 403
 
 
-def redact(text: str) -> str:
-    """`text` with every `token=...` value replaced by `<redacted>`."""
-    return _TOKEN_IN_TEXT.sub(r"\1<redacted>", text)
+class TooManyNewLabelers(LabelError):
+    """One client address bringing more new labeller ids than the window allows."""
+
+    status = 429
+
+
+class _NewLabelerLimit:
+    """Admits labeller ids: known ones always; new ones at most `per_window` per
+    client address in any `window_s` seconds. Thread-safe."""
+
+    def __init__(self, known, per_window: int, window_s: float):
+        self.known = set(known)
+        self.per_window, self.window_s = per_window, window_s
+        self._recent: dict[str, collections.deque] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, labeler: str, address: str, now: Optional[float] = None) -> None:
+        if labeler in self.known:  # no lock: a set lookup, and `known` only grows
+            return
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if labeler in self.known:
+                return
+            recent = self._recent.setdefault(address, collections.deque())
+            while recent and recent[0] <= now - self.window_s:
+                recent.popleft()
+            if len(recent) >= self.per_window:
+                raise TooManyNewLabelers(
+                    f"this address has started {len(recent)} new labeller ids in the last "
+                    f"{self.window_s:g} s, the most allowed; use an id you have used before "
+                    "or ask the operator for a labeller token")
+            recent.append(now)
+            self.known.add(labeler)
+            for a in [a for a, q in self._recent.items() if not q or q[-1] <= now - self.window_s]:
+                del self._recent[a]  # addresses idle for a window: memory stays bounded
 
 
 def host_name(host: str) -> str:
@@ -92,12 +135,30 @@ def item_json(item: Item) -> dict:
     """What a client needs to show and answer an item."""
     return {"id": item.id, "label_type": item.label_type, "k": item.k,
             "query": item.query_text,
-            "responses": [{"text": r.text, "pieces": list(r.pieces)} for r in item.responses]}
+            "responses": [{"text": r.text, "pieces": list(r.pieces)} for r in item.responses],
+            "lease_seconds_left": _seconds_left(item.lease_until)}
+
+
+def _seconds_left(until: Optional[float]) -> Optional[float]:
+    # Seconds, not a time: the browser's clock need not agree with the server's.
+    return None if until is None else round(max(until - time.time(), 0.0), 3)
+
+
+def check_lease_seconds(lease_seconds: Any, name: str = "lease_seconds") -> float:
+    """`lease_seconds` as a float, or ValueError naming `name` and the minimum."""
+    if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
+            or not math.isfinite(lease_seconds) or lease_seconds < MIN_LEASE_SECONDS):
+        raise ValueError(f"{name}={lease_seconds!r} must be a number of seconds >= "
+                         f"{MIN_LEASE_SECONDS:g} (a shorter lease gives an item back before its "
+                         "labeller can have read it, so several are shown the same item)")
+    return float(lease_seconds)
 
 
 def create_app(db, *, token: Optional[str] = None, lease_seconds: float = 600.0,
                allowed_hosts: tuple[str, ...] = (),
-               max_body_bytes: int = MAX_BODY_BYTES) -> flask.Flask:
+               max_body_bytes: int = MAX_BODY_BYTES,
+               new_labelers_per_window: int = NEW_LABELERS_PER_WINDOW,
+               new_labeler_window_s: float = NEW_LABELER_WINDOW_S) -> flask.Flask:
     """The Flask app serving `db` (a `LabelDB` or a path).
 
     Args:
@@ -105,18 +166,26 @@ def create_app(db, *, token: Optional[str] = None, lease_seconds: float = 600.0,
       token: a shared access token; None leaves the app open (bind it to
         127.0.0.1 then) unless the database has registered labellers.
       lease_seconds: how long an item shown to one labeller is kept from
-        the others (> 0).
+        the others, from the grant (>= MIN_LEASE_SECONDS); `/api/renew` moves
+        the deadline to now + lease_seconds.
       allowed_hosts: Host header names served without a token, besides the
         loopback names.
       max_body_bytes: larger request bodies are refused (413).
+      new_labelers_per_window, new_labeler_window_s: without registered
+        labellers, a client address may bring at most this many labeller ids
+        not seen before in any window of this many seconds (429 beyond).
     """
     db = db if isinstance(db, LabelDB) else LabelDB(db)
     if token is not None and not token:
         raise ValueError("create_app: token is empty; pass None for no token")
-    if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
-            or not math.isfinite(lease_seconds) or lease_seconds <= 0):
-        raise ValueError(f"lease_seconds={lease_seconds!r} must be a positive number of seconds "
-                         "(an item shown to one labeller is kept from others that long)")
+    lease_seconds = check_lease_seconds(lease_seconds)
+    if not isinstance(new_labelers_per_window, int) or new_labelers_per_window < 1:
+        raise ValueError(f"new_labelers_per_window={new_labelers_per_window!r} must be an "
+                         "int >= 1")
+    if not (isinstance(new_labeler_window_s, (int, float)) and new_labeler_window_s > 0):
+        raise ValueError(f"new_labeler_window_s={new_labeler_window_s!r} must be > 0 seconds")
+    new_labelers = _NewLabelerLimit(db.labeler_ids(), new_labelers_per_window,
+                                    new_labeler_window_s)
     hosts = frozenset(host_name(h) for h in (*LOOPBACK_HOSTS, *allowed_hosts))
     app = flask.Flask(__name__)
     app.config["LABEL_DB"] = db
@@ -193,9 +262,20 @@ def create_app(db, *, token: Optional[str] = None, lease_seconds: float = 600.0,
             return error(500, "internal error; the server log has the details")
         return "Internal error; the server log has the details.", 500
 
+    def raw_body() -> bytes:
+        request = flask.request
+        if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+            # A chunked body: werkzeug's reader would stop at the limit and hand
+            # over the first `max_body_bytes` as if they were all. Refuse it whole.
+            data = request.environ["wsgi.input"].read(max_body_bytes + 1)
+            if len(data) > max_body_bytes:
+                raise RequestEntityTooLarge()
+            return data
+        return request.get_data(cache=False)  # the declared length is checked (413)
+
     def body(fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:
         try:
-            data = json.loads(flask.request.get_data(cache=False))
+            data = json.loads(raw_body())
         except RecursionError:
             raise LabelError("the body is JSON nested too deeply") from None
         except ValueError:
@@ -211,12 +291,19 @@ def create_app(db, *, token: Optional[str] = None, lease_seconds: float = 600.0,
             raise LabelError(f"missing field(s) {missing}")
         return data
 
-    def acting_labeler(claimed: Any) -> str:
+    def admitted(labeler: str) -> str:
+        """`labeler`, if this client may act as them (a claimed id, not a token's)."""
+        new_labelers.admit(labeler, flask.request.remote_addr or "")
+        return labeler
+
+    def acting_labeler(claimed: Any, *, admit: bool = True) -> str:
         """The labeller a request acts for: the token's owner when labellers are
-        registered (any other `claimed` id is 403), else the `claimed` id."""
+        registered (any other `claimed` id is 403), else the `claimed` id
+        (`admit`: within the client's allowance of new ids, else 429)."""
         me = flask.g.labeler
         if me is None:
-            return check_labeler(claimed)
+            labeler = check_labeler(claimed)
+            return admitted(labeler) if admit else labeler
         if claimed is not None and claimed != me:
             raise NotYours(f"this token is labeller {me!r}'s; it cannot act as {short(claimed)}")
         return me
@@ -248,9 +335,17 @@ def create_app(db, *, token: Optional[str] = None, lease_seconds: float = 600.0,
             labeler = None
         if labeler is None:
             return flask.render_template("label.html", ask=True)
+        if me is None:
+            try:
+                admitted(labeler)
+            except TooManyNewLabelers as e:
+                return flask.render_template("label.html", ask=True, message=str(e)), 429
         item = db.next_item(labeler, lease_seconds=lease_seconds)
         return flask.render_template("label.html", item=item, labeler=labeler,
-                                     progress=db.progress(labeler))
+                                     progress=db.progress(labeler),
+                                     lease_left=None if item is None
+                                     else _seconds_left(item.lease_until),
+                                     lease_seconds=lease_seconds)
 
     @app.get("/switch")
     def switch():
@@ -284,98 +379,20 @@ def create_app(db, *, token: Optional[str] = None, lease_seconds: float = 600.0,
         status = db.skip(data["item_id"], acting_labeler(data.get("labeler")))
         return flask.jsonify({"stored": True, "item_id": data["item_id"], "status": status})
 
+    @app.post("/api/renew")
+    def api_renew():
+        required, optional = labeler_fields()
+        data = body(("item_id",) + required, optional)
+        until = db.renew(data["item_id"], acting_labeler(data.get("labeler")),
+                         lease_seconds=lease_seconds)
+        return flask.jsonify({"item_id": data["item_id"],
+                              "lease_seconds_left": _seconds_left(until)})
+
     @app.get("/api/progress")
     def api_progress():
         labeler: Any = flask.request.args.get("labeler")
         if flask.g.labeler is not None or labeler:
-            labeler = acting_labeler(labeler)
+            labeler = acting_labeler(labeler, admit=False)  # a read: no allowance used
         return flask.jsonify(db.progress(labeler or None))
 
     return app
-
-
-class _Handler(WSGIRequestHandler):
-    """werkzeug's handler with the request deadline and tokens kept out of the log."""
-
-    def handle(self):
-        self.server.watch(self.connection)
-        try:
-            super().handle()
-        finally:
-            self.server.unwatch(self.connection)
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        super().log(type, "%s", redact(message % args if args else message))
-
-
-class _Server(ThreadedWSGIServer):
-    """A thread per connection (werkzeug closes each after one request), at most
-    `max_connections` at once; a reaper shuts any connection whose request has
-    not been answered `request_timeout` seconds after it was accepted (a stalled
-    or trickled body), so slow clients cannot hold threads."""
-
-    def __init__(self, sock: socket.socket, app, *, request_timeout: float,
-                 max_connections: int):
-        self.request_timeout = request_timeout
-        self._slots = threading.BoundedSemaphore(max_connections)
-        self._deadlines: dict[socket.socket, float] = {}
-        self._lock = threading.Lock()
-        host, port = sock.getsockname()[:2]
-        super().__init__(host, port, app, handler=_Handler, fd=sock.fileno())
-        self.server_name, self.server_port = host, self.port  # what binding would have set
-        self._closed = threading.Event()  # after __init__, which closes a socket of its own
-        threading.Thread(target=self._reap, name="label-server-reaper", daemon=True).start()
-
-    def watch(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._deadlines[conn] = time.monotonic() + self.request_timeout
-
-    def unwatch(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(conn, None)
-
-    def _reap(self) -> None:
-        tick = min(1.0, self.request_timeout / 4)
-        while not self._closed.wait(tick):
-            now = time.monotonic()
-            with self._lock:
-                late = [c for c, t in self._deadlines.items() if t < now]
-            for conn in late:
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)  # the handler's read ends; it cleans up
-                except OSError:
-                    pass
-
-    def process_request(self, request, client_address):
-        self._slots.acquire()  # the accept loop waits: more clients queue in the backlog
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address):
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-    def server_close(self):
-        if hasattr(self, "_closed"):
-            self._closed.set()
-        super().server_close()
-
-
-def make_server(app: flask.Flask, host: str, port: int, *, request_timeout: float = 30.0,
-                max_connections: int = 64) -> _Server:
-    """The threaded server for `app` on host:port (0: a free port), see the module doc."""
-    if not request_timeout > 0:
-        raise ValueError(f"request_timeout={request_timeout!r} must be > 0 seconds")
-    if not isinstance(max_connections, int) or max_connections < 1:
-        raise ValueError(f"max_connections={max_connections!r} must be an int >= 1")
-    # Bound here, not by werkzeug, which prints and exits on a bind error: an
-    # OSError (a bad host, a port in use) is the caller's to report.
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.create_server((host, port), family=family) as sock:
-        return _Server(sock, app, request_timeout=request_timeout,
-                       max_connections=max_connections)  # it holds a duplicate of `sock`

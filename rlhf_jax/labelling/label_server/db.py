@@ -47,10 +47,14 @@ import urllib.parse
 from typing import Any, Iterator, Optional, Sequence
 
 SCHEMA_VERSION = 2  # 2 added `labelers`; a version-1 file is upgraded when opened for writing
+_TABLES = frozenset(("meta", "items", "answers", "skips", "labelers"))  # all a label database holds
 MAX_ITEM_ID = 2 ** 63 - 1  # SQLite's INTEGER range
 ITEM_LABEL_TYPES = ("best_of_n", "pairwise")
 # Labeller ids: short, printable, safe in logs, files and HTML attributes.
 LABELER_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,64}")
+# A labeller is given a new item only once their lease has ended or the item is
+# answered or skipped: however often they ask, they keep at most this many.
+MAX_LEASES_PER_LABELER = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -203,6 +207,7 @@ class Item:
     status: Optional[str] = None
     max_skips: Optional[int] = None
     created_at: Optional[str] = None
+    lease_until: Optional[float] = None  # the lease's deadline (time.time()), when leased
 
     def __post_init__(self):
         object.__setattr__(self, "responses", tuple(self.responses))
@@ -299,6 +304,7 @@ class LabelDB:
             raise ValueError(f"{self.path}: no such label database")
         try:
             with self._connect(write=not readonly) as con:
+                self._check_tables(con)
                 if not readonly:
                     self._create(con)
                 version = self._schema_version(con)
@@ -311,19 +317,72 @@ class LabelDB:
             raise ValueError(f"{self.path}: label database schema version {version}; this code "
                              f"reads version {SCHEMA_VERSION}")
 
+    def _check_tables(self, con: sqlite3.Connection) -> None:
+        """ValueError, before anything is written, for a file that is not a label
+        database: tables of another application, or tables without a version row.
+        An empty file (no tables) is a new label database."""
+        tables = {r[0] for r in con.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'")}
+        foreign = sorted(tables - _TABLES)
+        if foreign:
+            raise ValueError(f"{self.path}: not a label database (it holds other tables: "
+                             f"{short(foreign, 120)}); refusing to change it")
+        if tables and self._schema_version(con, missing=None) is None:
+            raise ValueError(f"{self.path}: not a label database (tables {sorted(tables)} but "
+                             "no schema_version row); refusing to change it")
+
     def _create(self, con: sqlite3.Connection) -> None:
-        version = self._schema_version(con, missing=None)
-        if version is not None and version > SCHEMA_VERSION:
-            return  # refused by the caller, before anything is changed
-        con.execute("PRAGMA journal_mode=WAL")
-        # IF NOT EXISTS throughout: safe to run again, and from several processes.
-        con.executescript(_SCHEMA)
-        with _write(con):
+        # One write transaction: concurrent openers of a new file create it once,
+        # and a file that changed since `_check_tables` is checked again inside it.
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            self._check_tables(con)
+            version = self._schema_version(con, missing=None)
+            if version is not None and version > SCHEMA_VERSION:
+                con.execute("ROLLBACK")
+                return  # refused by the caller, before anything is changed
+            # IF NOT EXISTS throughout: safe to run again, and from several processes.
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    con.execute(statement)
             con.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                         (str(SCHEMA_VERSION),))
             # Version 1 -> 2 only added the `labelers` table (created just above).
             con.execute("UPDATE meta SET value=? WHERE key='schema_version' AND value='1'",
                         (str(SCHEMA_VERSION),))
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        con.execute("PRAGMA journal_mode=WAL")  # only now: a refused file keeps its journal
+
+    @contextlib.contextmanager
+    def _write(self, con: sqlite3.Connection):
+        """One write transaction: takes the write lock up front, so the reads inside
+        it see the state the writes apply to (no lost updates between labellers).
+
+        It first reads the schema version (one primary-key lookup): a file
+        replaced or changed by another program while this one runs is refused
+        (StorageError, HTTP 503) before anything is written to it.
+        """
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            try:
+                row = con.execute(
+                    "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            except sqlite3.OperationalError:  # no `meta` table
+                row = None
+            if row is None or row[0] != str(SCHEMA_VERSION):
+                found = "no schema_version" if row is None else f"schema version {short(row[0])}"
+                raise StorageError(f"{self.path}: the file has {found} now, not label database "
+                                   f"version {SCHEMA_VERSION}; nothing written")
+            yield
+        except BaseException:
+            if con.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
+                con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
 
     def _schema_version(self, con: sqlite3.Connection, missing: Any = "error"):
         try:
@@ -362,7 +421,7 @@ class LabelDB:
             yield con
         except sqlite3.OperationalError as e:
             if "no such table" in str(e) or "no such column" in str(e):
-                raise  # a foreign file: the caller says so
+                raise StorageError(f"{self.path}: not a label database ({e})") from None
             raise StorageError(f"{self.path}: the label database cannot be "
                                f"{'written' if write else 'read'} ({e})") from None
         finally:
@@ -393,7 +452,7 @@ class LabelDB:
         """
         check_labeler(name)
         token = secrets.token_urlsafe(24)
-        with self._connect(write=True) as con, _write(con):
+        with self._connect(write=True) as con, self._write(con):
             try:
                 con.execute("INSERT INTO labelers VALUES (?, ?, ?)",
                             (name, _token_hash(token), now_iso()))
@@ -403,7 +462,7 @@ class LabelDB:
 
     def remove_labeler(self, name: str) -> None:
         """Unregisters `name` (their token stops working; their answers stay)."""
-        with self._connect(write=True) as con, _write(con):
+        with self._connect(write=True) as con, self._write(con):
             if con.execute("DELETE FROM labelers WHERE name=?", (name,)).rowcount == 0:
                 raise ValueError(f"labeller {name!r} is not registered")
 
@@ -419,6 +478,13 @@ class LabelDB:
         with self._connect() as con:
             return (_has_table(con, "labelers")
                     and con.execute("SELECT 1 FROM labelers LIMIT 1").fetchone() is not None)
+
+    def labeler_ids(self) -> set[str]:
+        """Every labeller id that has answered, skipped, or holds a lease."""
+        with self._connect() as con:
+            return {r[0] for r in con.execute(
+                "SELECT labeler FROM answers UNION SELECT labeler FROM skips "
+                "UNION SELECT lease_labeler FROM items WHERE lease_labeler IS NOT NULL")}
 
     def labeler_for_token(self, token: str) -> Optional[str]:
         """The registered labeller whose token this is, or None."""
@@ -442,7 +508,7 @@ class LabelDB:
             raise ValueError(f"max_skips={max_skips!r} must be an int >= 1")
         ids = []
         created = now_iso()
-        with self._connect(write=True) as con, _write(con):
+        with self._connect(write=True) as con, self._write(con):
             for i, item in enumerate(items):
                 idx = start_idx + i
                 con.execute(
@@ -510,28 +576,54 @@ class LabelDB:
                   now: Optional[float] = None) -> Optional[Item]:
         """The open item `labeler` should label next, leased to them; None if none.
 
-        A labeller holding an unexpired lease gets that item again (a page
-        reload shows the same item); otherwise the oldest open item they have
-        not skipped and nobody else holds. Leases only steer who sees what: any
-        labeller may still answer any open item, the first answer wins.
+        A labeller holds at most one lease (`MAX_LEASES_PER_LABELER`): while it
+        runs they get that item again (a page reload shows the same item), and
+        asking again does not move its deadline, which is fixed when the lease
+        is granted; only `renew` moves it. Otherwise they get the oldest open
+        item they have not skipped and nobody else holds. Leases only steer who
+        sees what: any labeller may still answer any open item, the first
+        answer wins. The returned item's `lease_until` is the deadline.
         """
         check_labeler(labeler)
         now = time.time() if now is None else now
-        with self._connect(write=True) as con, _write(con):
+        with self._connect(write=True) as con, self._write(con):
             row = con.execute(
                 "SELECT * FROM items WHERE status='open' AND lease_labeler=? AND lease_until>? "
                 "ORDER BY id LIMIT 1", (labeler, now)).fetchone()
-            if row is None:
-                row = con.execute(
-                    "SELECT * FROM items i WHERE status='open' "
-                    "AND (lease_until IS NULL OR lease_until<=? OR lease_labeler=?) "
-                    "AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.item_id=i.id AND s.labeler=?) "
-                    "ORDER BY id LIMIT 1", (now, labeler, labeler)).fetchone()
+            if row is not None:  # the lease they hold, deadline unchanged
+                return _row_to_item(row)
+            row = con.execute(
+                "SELECT * FROM items i WHERE status='open' "
+                "AND (lease_until IS NULL OR lease_until<=? OR lease_labeler=?) "
+                "AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.item_id=i.id AND s.labeler=?) "
+                "ORDER BY id LIMIT 1", (now, labeler, labeler)).fetchone()
             if row is None:
                 return None
+            until = now + lease_seconds
             con.execute("UPDATE items SET lease_labeler=?, lease_until=? WHERE id=?",
-                        (labeler, now + lease_seconds, row["id"]))
-        return _row_to_item(row)
+                        (labeler, until, row["id"]))
+        return dataclasses.replace(_row_to_item(row), lease_until=until)
+
+    def renew(self, item_id: Any, labeler: Any, *, lease_seconds: float = 600.0,
+              now: Optional[float] = None) -> float:
+        """Moves `labeler`'s running lease on `item_id` to `now + lease_seconds`
+        (the explicit "still working on it"); returns the new deadline.
+
+        Conflict if the item is not open or the lease is not theirs or has
+        ended (then anyone may have been given the item: ask `next_item`).
+        """
+        check_labeler(labeler)
+        now = time.time() if now is None else now
+        with self._connect(write=True) as con, self._write(con):
+            item = _get_item(con, item_id)
+            _check_open(con, item)
+            until = now + lease_seconds
+            n = con.execute("UPDATE items SET lease_until=? WHERE id=? AND lease_labeler=? "
+                            "AND lease_until>?", (until, item.id, labeler, now)).rowcount
+            if n == 0:
+                raise Conflict(f"item {item.id} is not leased to {labeler} (the lease ended "
+                               "or was never theirs); nothing renewed")
+        return until
 
     def answer(self, item_id: Any, labeler: Any, choice: Any, spans: Any = None, *,
                source: str = "web", created_at: Optional[str] = None) -> Answer:
@@ -544,7 +636,7 @@ class LabelDB:
         """
         check_labeler(labeler)
         created = now_iso() if created_at is None else created_at
-        with self._connect(write=True) as con, _write(con):
+        with self._connect(write=True) as con, self._write(con):
             item = _get_item(con, item_id)
             choice = check_choice(choice, item)
             spans = check_spans(spans, item)
@@ -554,7 +646,7 @@ class LabelDB:
                             "created_at) VALUES (?, ?, ?, ?, ?, ?)",
                             (item.id, labeler, choice, json.dumps(list(spans)), source, created))
             except sqlite3.IntegrityError:
-                raise Conflict(f"item {item.id} is already answered") from None
+                raise Conflict(f"item {item.id} is already answered; nothing stored") from None
             con.execute("UPDATE items SET status='answered', lease_labeler=NULL, "
                         "lease_until=NULL WHERE id=?", (item.id,))
         return Answer(item.id, labeler, choice, spans, source, created)
@@ -567,7 +659,7 @@ class LabelDB:
         Conflict (answered, retired, or already skipped by this labeller).
         """
         check_labeler(labeler)
-        with self._connect(write=True) as con, _write(con):
+        with self._connect(write=True) as con, self._write(con):
             item = _get_item(con, item_id)
             _check_open(con, item)
             try:
@@ -587,18 +679,6 @@ class LabelDB:
 # Helpers (one connection, inside or outside a transaction).
 
 
-@contextlib.contextmanager
-def _write(con: sqlite3.Connection):
-    """One write transaction: takes the write lock up front, so the reads inside
-    it see the state the writes apply to (no lost updates between labellers)."""
-    con.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        if con.in_transaction:  # SQLite rolls back by itself on some errors (a full disk)
-            con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
 
 
 def _token_hash(token: str) -> str:
@@ -656,7 +736,8 @@ def _row_to_item(row) -> Item:
         query_tokens=None if tokens is None else tuple(tokens),
         meta=_json_or_none(row["meta"]),
         id=row["id"], batch=row["batch"], idx=row["idx"], status=row["status"],
-        max_skips=row["max_skips"], created_at=row["created_at"])
+        max_skips=row["max_skips"], created_at=row["created_at"],
+        lease_until=row["lease_until"] if row["status"] == "open" else None)
 
 
 def _get_item(con, item_id) -> Item:
@@ -672,10 +753,8 @@ def _get_item(con, item_id) -> Item:
 
 def _check_open(con, item: Item) -> None:
     if item.status == "answered":
-        a = con.execute("SELECT labeler, created_at FROM answers WHERE item_id=?",
-                        (item.id,)).fetchone()
-        raise Conflict(f"item {item.id} is already answered (by {a['labeler']} at "
-                       f"{a['created_at']}); nothing stored")
+        # Not who answered nor when: that is for the exports, not for every labeller.
+        raise Conflict(f"item {item.id} is already answered; nothing stored")
     if item.status == "retired":
         raise Conflict(f"item {item.id} was retired after {item.max_skips} skips; "
                        "nothing stored")
