@@ -1,6 +1,7 @@
 """The label server under hostile or careless use: tokens, bad input, slow clients,
 read-only and foreign databases, who may label, bad settings, the Host header."""
 
+import io
 import json
 import os
 import pathlib
@@ -14,11 +15,14 @@ import threading
 import time
 
 import pytest
+from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from rlhf_jax.labelling.label_server import LabelDB, __main__ as cli
-from rlhf_jax.labelling.label_server.db import _repair_sidecars
-from tests.label_server_fixtures import (Client, best_of_4_items, raw_http, read_only, serve,
-                                         start_server)
+from tests.label_server_fixtures import ROOT
+
+from rlhf_jax.labelling.label_server import LabelDB, __main__ as cli, create_app
+from rlhf_jax.labelling.label_server.db import Conflict, _repair_sidecars
+from tests.label_server_fixtures import (Client, best_of_4_items, chunked, raw_http, read_only,
+                                         serve, start_server)
 SECRET = "s3cret-token-value"
 
 
@@ -157,6 +161,64 @@ def test_large_bodies_are_413_and_errors_echo_little(db):
                                                              long_id: 1, "labeler": "a"})
         assert status == 400 and len(reply["error"]) < 400
     assert db.answers() == []
+
+
+def _post_raw(base: str, head: bytes, body: bytes) -> bytes:
+    """Sends a request while reading the reply (a server that refuses a body
+    closes before reading it all); returns the reply."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        def send():
+            try:
+                s.sendall(head + b"\r\n\r\n" + body)
+            except OSError:  # refused before it was all sent
+                pass
+        sender = threading.Thread(target=send)
+        sender.start()
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        sender.join(10)
+    return b"".join(chunks)
+
+
+def test_bodies_over_the_limit_are_refused_whole_chunked_or_declared(db):
+    # A chunked 2 MiB body whose first MiB is a valid answer used to be cut to
+    # 1 MiB and stored (201).
+    def padded(item_id: int, size: int) -> bytes:
+        answer = json.dumps({"item_id": item_id, "labeler": "alice", "choice": 0}).encode()
+        return answer + b" " * (size - len(answer))
+
+    head = (b"POST /api/answer HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\n")
+    limit = 1 << 20
+    with serve(db) as base:
+        for body, framing in ((padded(1, 2 * limit), b"Transfer-Encoding: chunked"),
+                              (padded(1, limit + 1), b"Transfer-Encoding: chunked"),
+                              (padded(1, limit + 1), b"Content-Length: %d" % (limit + 1))):
+            sent = chunked(body) if b"chunked" in framing else body
+            reply = _post_raw(base, head + framing, sent)
+            status, _, payload = reply.partition(b"\r\n\r\n")
+            assert status.startswith(b"HTTP/1.1 413"), (framing, reply[:300])
+            assert json.loads(payload) == {"error": "the request body is larger than 1048576 "
+                                                    "bytes"}
+        assert db.answers() == []
+        # Exactly the limit is a body like any other.
+        reply = _post_raw(base, head + b"Transfer-Encoding: chunked", chunked(padded(2, limit)))
+        assert reply.startswith(b"HTTP/1.1 201"), reply[:300]
+    assert [item.id for item, _ in db.answers()] == [2]
+    # The app alone, under a WSGI server that hands it a chunked stream undecoded
+    # (no length; werkzeug's own server does this): refused whole too.
+    environ = EnvironBuilder(method="POST", path="/api/answer", content_type="application/json",
+                             input_stream=io.BytesIO(padded(3, 2 * limit))).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ.update({"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    payload, status, _ = run_wsgi_app(create_app(db), environ, buffered=True)
+    assert status.startswith("413"), (status, b"".join(payload)[:200])
+    assert [item.id for item, _ in db.answers()] == [2]
 
 
 def _closed_by_server(s: socket.socket, wait: float) -> bool:
@@ -307,6 +369,77 @@ def test_unknown_schema_version_is_refused_and_version_1_upgraded(tmp_path):
         assert con.execute("SELECT value FROM meta").fetchone()[0] == "2"
 
 
+def _foreign(path):
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY, total REAL)")
+        con.execute("INSERT INTO orders VALUES (1, 9.5)")
+    return path
+
+
+def _changed_label_db(path, sql):
+    LabelDB(path)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute(sql)
+    con.execute("PRAGMA journal_mode=DELETE")  # all in the file itself, no -wal
+    con.close()
+    return path
+
+
+def _no_version_row(path):
+    return _changed_label_db(path, "DELETE FROM meta")
+
+
+def _label_db_plus_a_foreign_table(path):
+    return _changed_label_db(path, "CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+
+
+@pytest.mark.parametrize("make, named", [
+    (_foreign, "not a label database (it holds other tables: ['orders'])"),
+    (_no_version_row, "no schema_version row"),
+    (_label_db_plus_a_foreign_table, "not a label database (it holds other tables: ['orders'])"),
+])
+def test_a_file_that_is_not_a_label_database_is_refused_unchanged(tmp_path, monkeypatch, make,
+                                                                   named):
+    # `serve` used to add the label tables to another application's database,
+    # stamp it version 2 and switch its journal to WAL.
+    path = make(tmp_path / "other.sqlite")
+    before = path.read_bytes()
+    monkeypatch.setattr(cli, "serve", lambda *a, **k: pytest.fail("served"))
+    for args in ([], ["status"], ["labelers", "add", "alice"],
+                 ["import", "--format", "sff", str(ROOT / "tests/fixtures/sff_comparisons.jsonl")]):
+        rc, err = run_cli(["--db", str(path), "--port", "0", *args])
+        assert rc == 2 and err.count("\n") == 1 and named in err and str(path) in err, (args, err)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["other.sqlite"]  # no -wal, no -shm
+    with sqlite3.connect(path) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+
+
+def test_schema_version_is_checked_on_every_write(db, tmp_path):
+    with serve(db) as base:
+        c = Client(base)
+        assert c.get("/api/next?labeler=alice")[0] == 200
+        with sqlite3.connect(db.path) as con:  # another program changes the file meanwhile
+            con.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+        for status, reply, _ in (
+                c.post("/api/answer", {"item_id": 1, "labeler": "alice", "choice": 0}),
+                c.post("/api/skip", {"item_id": 2, "labeler": "alice"}),
+                c.get("/api/next?labeler=bob")):
+            assert status == 503 and "schema version '3'" in reply["error"], reply
+            assert "\n" not in reply["error"]
+        # Replaced by another application's database: no write lands in it either.
+        with sqlite3.connect(db.path) as con:
+            con.execute("DROP TABLE meta")
+        status, reply, _ = c.post("/api/answer", {"item_id": 1, "labeler": "alice", "choice": 0})
+        assert status == 503 and "no schema_version" in reply["error"], reply
+        with sqlite3.connect(db.path) as con:
+            con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            con.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        assert c.post("/api/answer", {"item_id": 1, "labeler": "alice", "choice": 0})[0] == 201
+    assert [(item.id, a.labeler) for item, a in db.answers()] == [(1, "alice")]
+    assert db.skips() == []
+
+
 # --------------------------------------------------------------------------
 # 6. Registered labellers: a token says who labels.
 
@@ -351,6 +484,85 @@ def test_registered_labellers_cannot_act_as_anyone_else(db, capsys):
     finally:
         del os.environ["LABEL_SERVER_TOKEN"]
     assert rc == 2 and "has registered labellers" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------
+# 6b. Leases: a fixed deadline, one per labeller, few invented ids.
+
+
+def _leased(db) -> dict:
+    with sqlite3.connect(db.path) as con:
+        return dict(con.execute("SELECT id, lease_labeler FROM items WHERE lease_until IS NOT "
+                                "NULL ORDER BY id").fetchall())
+
+
+def test_asking_again_does_not_extend_a_lease_only_renew_does(db):
+    # Each /api/next used to push the deadline on, so polling held an item forever.
+    t0 = 1_000_000.0
+    assert db.next_item("alice", lease_seconds=60, now=t0).lease_until == t0 + 60
+    for dt in range(1, 60, 3):  # alice polls for a minute: the same item, the same deadline
+        item = db.next_item("alice", lease_seconds=60, now=t0 + dt)
+        assert (item.id, item.lease_until) == (1, t0 + 60)
+    assert _leased(db) == {1: "alice"}  # one lease however often she asks
+    assert db.next_item("bob", lease_seconds=60, now=t0 + 60.5).id == 1  # the deadline held
+    # An explicit renew moves a running lease on; nobody else's, no ended one.
+    assert db.next_item("carol", lease_seconds=60, now=t0 + 61).id == 2
+    assert db.renew(2, "carol", lease_seconds=60, now=t0 + 100) == t0 + 160
+    # At t0 + 130 bob's lease on 1 has ended, carol's renewed one on 2 has not.
+    assert db.next_item("dave", lease_seconds=60, now=t0 + 130).id == 1
+    assert db.next_item("erin", lease_seconds=60, now=t0 + 131).id == 3
+    for item_id, labeler, now in ((2, "dave", t0 + 130), (1, "bob", t0 + 121)):
+        with pytest.raises(Conflict, match=f"item {item_id} is not leased to {labeler}"):
+            db.renew(item_id, labeler, lease_seconds=60, now=now)
+
+
+def test_renew_over_http_and_one_lease_per_labeller(db):
+    with serve(db, lease_seconds=30) as base:
+        c = Client(base)
+        first = c.get("/api/next?labeler=alice")[1]["item"]
+        assert first["id"] == 1 and 29 < first["lease_seconds_left"] <= 30
+        time.sleep(1.1)
+        again = c.get("/api/next?labeler=alice")[1]["item"]
+        assert again["id"] == 1 and again["lease_seconds_left"] <= 29  # not moved on
+        # Answering someone else's item does not get her a second lease.
+        assert c.get("/api/next?labeler=bob")[1]["item"]["id"] == 2
+        assert c.post("/api/answer", {"item_id": 2, "labeler": "alice", "choice": 0})[0] == 201
+        assert c.get("/api/next?labeler=alice")[1]["item"]["id"] == 1
+        assert _leased(db) == {1: "alice"}
+        status, reply, _ = c.post("/api/renew", {"item_id": 1, "labeler": "alice"})
+        assert status == 200 and reply["item_id"] == 1 and reply["lease_seconds_left"] > 29.5
+        status, reply, _ = c.post("/api/renew", {"item_id": 1, "labeler": "bob"})
+        assert status == 409 and "not leased to bob" in reply["error"]
+        assert c.post("/api/renew", {"item_id": 2, "labeler": "alice"})[0] == 409  # answered
+
+
+@pytest.mark.parametrize("token", [SECRET, None])
+def test_invented_labeller_ids_from_one_address_are_capped(tmp_path, token):
+    # In open and shared-token modes, /api/next?labeler=hog1..20 used to lease all
+    # 20 items, and an honest labeller got none.
+    db = LabelDB(tmp_path / "labels.sqlite")
+    db.add_items("b", best_of_4_items(20))
+    db.skip(20, "erin")  # a labeller the database knows
+    headers = {"X-Label-Token": token} if token else {}
+    with serve(db, token=token, new_labelers_per_window=3, new_labeler_window_s=2.0) as base:
+        c = Client(base)
+        assert c.get("/api/next?labeler=alice", headers=headers)[1]["item"]["id"] == 1
+        statuses = [c.get(f"/api/next?labeler=hog{i}", headers=headers)[0] for i in range(20)]
+        assert statuses == [200, 200] + [429] * 18, statuses
+        status, reply, _ = c.post("/api/skip", {"item_id": 5, "labeler": "hog99"},
+                                  headers=headers)
+        assert status == 429 and "new labeller ids" in reply["error"]
+        assert c.get("/?labeler=hog98", headers=headers)[0] == 429  # the page too
+        # Known ids are never refused: alice again, erin from the database.
+        assert c.get("/api/next?labeler=erin", headers=headers)[1]["item"]["id"] == 4
+        assert c.post("/api/answer", {"item_id": 1, "labeler": "alice", "choice": 0},
+                      headers=headers)[0] == 201
+        assert c.get("/api/next?labeler=alice", headers=headers)[1]["item"]["id"] == 5
+        assert c.get("/api/progress?labeler=hog97", headers=headers)[0] == 200  # a read
+        assert sorted(_leased(db).values()) == ["alice", "erin", "hog0", "hog1"]
+        time.sleep(2.1)  # a new window
+        assert c.get("/api/next?labeler=hog20", headers=headers)[0] == 200
+    assert db.skips() == [(20, "erin", db.skips()[0][2])]
 
 
 # --------------------------------------------------------------------------

@@ -18,7 +18,10 @@ On top of waitress's own limits, `LabelServer` adds:
   Slow clients cannot keep labellers out; they only evict each other. At most
   `max_connections` sockets are open in all (more wait in the listen queue);
 * bodies over `max_body_bytes` (declared or chunked) are refused whole with
-  413, before the app runs; waitress's error replies are JSON like the app's;
+  413: waitress stops reading a body once it passes `max_body_bytes` plus
+  64 KiB (a chunked body's framing counts), and hands the app the rest with
+  its decoded length, which the app checks. waitress's error replies are JSON
+  like the app's;
 * an access log (stderr) that never shows a token, whatever its characters
   (`redact_query`).
 
@@ -52,6 +55,7 @@ MAX_CONNECTIONS = 512  # open sockets in all
 MAX_WAITING = 256  # sockets waiting for their client (see the module doc)
 THREADS = 8  # workers running the app; each request opens its own SQLite connection
 MAX_HEADER_BYTES = 32 * 1024
+_CHUNK_FRAMING_BYTES = 64 * 1024
 _SPARE_FILES = 64  # open files besides the connections (SQLite, temp buffers, logs)
 _SAFE_PATH = "/-._~!$&'()*+,;=:@"
 
@@ -260,8 +264,10 @@ def make_server(app, host: str, port: int, *, request_timeout: float = 30.0,
         adj = Adjustments(
             sockets=[sock], threads=threads, connection_limit=max_connections,
             cleanup_interval=1, asyncore_loop_timeout=1,
-            # waitress refuses a body of this size or more: max_body_bytes itself is allowed.
-            max_request_body_size=max_body_bytes + 1, max_request_header_size=MAX_HEADER_BYTES,
+            # waitress refuses a body of this size or more, counting a chunked body's
+            # framing: room for it, and the app refuses a body over max_body_bytes.
+            max_request_body_size=max_body_bytes + _CHUNK_FRAMING_BYTES,
+            max_request_header_size=MAX_HEADER_BYTES,
             inbuf_overflow=64 * 1024,  # larger bodies wait in a temporary file, not memory
             ident="label-server", expose_tracebacks=False)
         return LabelServer(app, sock, request_timeout=float(request_timeout),
