@@ -112,6 +112,36 @@
   document.getElementById("skip").addEventListener("click", doSkip);
   document.getElementById("clear").addEventListener("click", clearMarks);
 
+  // The item is held for this labeller until a deadline fixed when it was shown;
+  // only a renew moves it. Working on the item (a key, a click) renews the hold
+  // once half of it has passed, so a labeller who is still at it keeps it.
+  const leaseSeconds = Number(main.dataset.leaseSeconds);
+  let renewAt = Date.now() + (Number(main.dataset.leaseLeft) - leaseSeconds / 2) * 1000;
+  let renewing = false;
+
+  async function renewIfDue() {
+    if (renewing || busy || !(Date.now() >= renewAt)) return;
+    renewing = true;
+    try {
+      const res = await fetch("/api/renew", {
+        method: "POST", credentials: "same-origin",
+        headers: {"Content-Type": "application/json"},
+        body: JSON.stringify({item_id: itemId, labeler})});
+      const data = await res.json().catch(() => ({}));
+      if (res.ok) {
+        renewAt = Date.now() + (data.lease_seconds_left - leaseSeconds / 2) * 1000;
+      } else if (res.status === 409) {
+        renewAt = Infinity;
+        status.textContent = "This item is no longer held for you: another labeller may answer it first";
+      }
+    } catch (e) {
+      // Offline for a moment: the next key or click tries again.
+    }
+    renewing = false;
+  }
+  document.addEventListener("keydown", renewIfDue);
+  document.addEventListener("mouseup", renewIfDue);
+
   document.addEventListener("keydown", (ev) => {
     if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
     const n = Number(ev.key);
