@@ -20,7 +20,9 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 from tests.label_server_fixtures import ROOT
 
 from rlhf_jax.labelling.label_server import LabelDB, __main__ as cli, create_app
+from rlhf_jax.labelling.label_server.app import TooManyNewLabelers, _NewLabelerLimit
 from rlhf_jax.labelling.label_server.db import Conflict, _repair_sidecars
+from rlhf_jax.labelling.label_server.server import MAX_WAITING
 from tests.label_server_fixtures import (Client, best_of_4_items, chunked, raw_http, read_only,
                                          serve, start_server)
 SECRET = "s3cret-token-value"
@@ -179,7 +181,7 @@ def _post_raw(base: str, head: bytes, body: bytes) -> bytes:
         try:
             while chunk := s.recv(65536):
                 chunks.append(chunk)
-        except ConnectionResetError:
+        except (ConnectionResetError, socket.timeout):  # the reply so far is what counts
             pass
         sender.join(10)
     return b"".join(chunks)
@@ -272,22 +274,34 @@ def test_trickled_requests_are_cut_at_the_deadline_and_hold_no_thread(db):
 
 def test_waiting_connections_are_capped_the_longest_waiting_closed_first(db):
     # Connections that have not sent a whole request have shown no token: at most
-    # `max_waiting` of them are kept, so they cannot fill the server.
-    with serve(db, server_kwargs={"max_waiting": 10, "max_connections": 40}) as base:
+    # MAX_WAITING of them are kept, so they cannot fill the server.
+    n_extra = 44
+    with serve(db) as base:
         host, port = base.split("//")[1].split(":")
         socks = []
-        for _ in range(30):
+        for _ in range(MAX_WAITING + n_extra):  # accepted in this order
             s = socket.create_connection((host, int(port)), timeout=10)
             s.sendall(b"GET /api/progress HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # never finished
             socks.append(s)
-            time.sleep(0.02)  # accepted in this order
-        closed = [_closed_by_server(s, 1.5 if i < 20 else 0.1) for i, s in enumerate(socks)]
-        assert closed == [True] * 20 + [False] * 10, closed
+        time.sleep(1.5)
+        closed = [not _open(s) for s in socks]
+        assert closed == [True] * n_extra + [False] * MAX_WAITING, closed.count(True)
         t0 = time.monotonic()
         assert Client(base).get("/api/progress")[0] == 200  # a labeller gets in at once
         assert time.monotonic() - t0 < 2
         for s in socks:
             s.close()
+
+
+def _open(s: socket.socket) -> bool:
+    """Whether `s` is still open, nothing received (not waiting)."""
+    s.setblocking(False)
+    try:
+        return s.recv(1) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------
@@ -496,15 +510,21 @@ def _leased(db) -> dict:
                                 "NULL ORDER BY id").fetchall())
 
 
+def _lease_until(db, item_id):
+    with sqlite3.connect(db.path) as con:
+        return con.execute("SELECT lease_until FROM items WHERE id=?", (item_id,)).fetchone()[0]
+
+
 def test_asking_again_does_not_extend_a_lease_only_renew_does(db):
     # Each /api/next used to push the deadline on, so polling held an item forever.
     t0 = 1_000_000.0
-    assert db.next_item("alice", lease_seconds=60, now=t0).lease_until == t0 + 60
+    assert db.next_item("alice", lease_seconds=60, now=t0).id == 1
     for dt in range(1, 60, 3):  # alice polls for a minute: the same item, the same deadline
-        item = db.next_item("alice", lease_seconds=60, now=t0 + dt)
-        assert (item.id, item.lease_until) == (1, t0 + 60)
+        assert db.next_item("alice", lease_seconds=60, now=t0 + dt).id == 1
+        assert _lease_until(db, 1) == t0 + 60
     assert _leased(db) == {1: "alice"}  # one lease however often she asks
     assert db.next_item("bob", lease_seconds=60, now=t0 + 60.5).id == 1  # the deadline held
+    assert db.item(1).lease_until == t0 + 120.5
     # An explicit renew moves a running lease on; nobody else's, no ended one.
     assert db.next_item("carol", lease_seconds=60, now=t0 + 61).id == 2
     assert db.renew(2, "carol", lease_seconds=60, now=t0 + 100) == t0 + 160
@@ -539,30 +559,42 @@ def test_renew_over_http_and_one_lease_per_labeller(db):
 @pytest.mark.parametrize("token", [SECRET, None])
 def test_invented_labeller_ids_from_one_address_are_capped(tmp_path, token):
     # In open and shared-token modes, /api/next?labeler=hog1..20 used to lease all
-    # 20 items, and an honest labeller got none.
+    # 20 items, and an honest labeller got none. 10 new ids per address and hour.
     db = LabelDB(tmp_path / "labels.sqlite")
-    db.add_items("b", best_of_4_items(20))
-    db.skip(20, "erin")  # a labeller the database knows
+    db.add_items("b", best_of_4_items(24))
+    db.skip(24, "erin")  # a labeller the database knows
     headers = {"X-Label-Token": token} if token else {}
-    with serve(db, token=token, new_labelers_per_window=3, new_labeler_window_s=2.0) as base:
+    with serve(db, token=token) as base:
         c = Client(base)
         assert c.get("/api/next?labeler=alice", headers=headers)[1]["item"]["id"] == 1
         statuses = [c.get(f"/api/next?labeler=hog{i}", headers=headers)[0] for i in range(20)]
-        assert statuses == [200, 200] + [429] * 18, statuses
-        status, reply, _ = c.post("/api/skip", {"item_id": 5, "labeler": "hog99"},
+        assert statuses == [200] * 9 + [429] * 11, statuses
+        status, reply, _ = c.post("/api/skip", {"item_id": 15, "labeler": "hog99"},
                                   headers=headers)
-        assert status == 429 and "new labeller ids" in reply["error"]
+        assert status == 429 and "new labeller ids" in reply["error"], reply
         assert c.get("/?labeler=hog98", headers=headers)[0] == 429  # the page too
         # Known ids are never refused: alice again, erin from the database.
-        assert c.get("/api/next?labeler=erin", headers=headers)[1]["item"]["id"] == 4
+        assert c.get("/api/next?labeler=erin", headers=headers)[1]["item"]["id"] == 11
         assert c.post("/api/answer", {"item_id": 1, "labeler": "alice", "choice": 0},
                       headers=headers)[0] == 201
-        assert c.get("/api/next?labeler=alice", headers=headers)[1]["item"]["id"] == 5
+        assert c.get("/api/next?labeler=alice", headers=headers)[1]["item"]["id"] == 12
         assert c.get("/api/progress?labeler=hog97", headers=headers)[0] == 200  # a read
-        assert sorted(_leased(db).values()) == ["alice", "erin", "hog0", "hog1"]
-        time.sleep(2.1)  # a new window
-        assert c.get("/api/next?labeler=hog20", headers=headers)[0] == 200
-    assert db.skips() == [(20, "erin", db.skips()[0][2])]
+        assert len(_leased(db)) == 11  # alice, erin, 9 hogs: 13 of 24 items left for others
+    assert [(i, name) for i, name, _ in db.skips()] == [(24, "erin")]
+
+
+def test_the_allowance_of_new_ids_is_per_address_and_window():
+    limit = _NewLabelerLimit({"erin"}, per_window=2, window_s=60.0)
+    limit.admit("a1", "10.0.0.1", now=0.0)
+    limit.admit("a2", "10.0.0.1", now=1.0)
+    with pytest.raises(TooManyNewLabelers, match="started 2 new labeller ids in the last 60 s"):
+        limit.admit("a3", "10.0.0.1", now=2.0)
+    limit.admit("a1", "10.0.0.1", now=2.0)  # known now
+    limit.admit("erin", "10.0.0.1", now=2.0)
+    limit.admit("b1", "10.0.0.2", now=2.0)  # another address
+    limit.admit("a3", "10.0.0.1", now=60.5)  # a1's minute is over
+    with pytest.raises(TooManyNewLabelers):
+        limit.admit("a4", "10.0.0.1", now=60.6)
 
 
 # --------------------------------------------------------------------------
