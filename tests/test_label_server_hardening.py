@@ -9,8 +9,6 @@ import shutil
 import socket
 import sqlite3
 import stat
-import subprocess
-import sys
 import threading
 import time
 
