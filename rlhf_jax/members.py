@@ -43,7 +43,7 @@ from rlhf_jax.infra import compile_cache, metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout, penalize
 from rlhf_jax.stages.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
-                                       query_batch)
+                                       query_batch, update_lr)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -145,7 +145,6 @@ class MemberPPOTrainer:
     def __init__(self, cfgs, models, dp: parallel.DataParallel, *, task: TaskSpec | None = None):
         check_members(cfgs)
         cfg = cfgs[0]
-        config_check.check_ppo(cfg.ppo, dp.num_devices)
         self.cfgs, self.cfg, self.models, self.dp = list(cfgs), cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -258,7 +257,7 @@ class MemberPPOTrainer:
                 now = time.perf_counter()
                 extras = [{"elapsed/fps": m * b / max(now - t_last, 1e-9),
                            "ppo/episodes": update * b,
-                           "ppo/lr": mb.cfg.ppo.lr * (1.0 - (update - 1) / n)}
+                           "ppo/lr": update_lr(mb.cfg.ppo, update - 1)}
                           for mb in members]
                 t_last = now
                 if gold_BxM is not None:

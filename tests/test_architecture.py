@@ -11,7 +11,7 @@ BELOW = {"infra": set(), "models": set(), "data": {"infra"},
          "algorithms": {"models", "infra"},
          "labelling": {"data", "models", "infra"},
          "config_lib": {"algorithms", "data"},
-         "config_check": {"config_lib", "algorithms", "data"},
+         "config_check": {"config_lib", "algorithms", "data", "infra"},
          "config_guard": {"config_lib", "infra"},
          "stages": {"infra", "models", "data", "algorithms", "labelling", "config_lib",
                     "config_check"}}

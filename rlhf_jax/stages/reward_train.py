@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms import losses
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.data.labels import Labels, parse_label_type
 from rlhf_jax.infra import parallel
 from rlhf_jax.stages import supervised
@@ -244,7 +245,7 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
 class RewardLoop:
     """What the supervised loop takes for one reward model (`prepare`)."""
 
-    loop: supervised.LoopConfig
+    loop: LoopConfig
     loss_fn: Callable
     eval_fn: Callable
     train_data: dict
@@ -260,7 +261,7 @@ def prepare(cfg, *, rm_model, train: Labels, val: Labels | None, dp,
     field) and builds the loop's pieces: `train_reward_model` and the members'
     trainer (`rlhf_jax.members.run_reward_members`) share them."""
     r = cfg.reward
-    loop = supervised.LoopConfig.from_config(cfg, "reward")
+    loop = LoopConfig.from_config(cfg, "reward")
     dp.check_config(cfg)
     if r.head != rm_model.head:
         raise ValueError(f"reward.head={r.head!r} but the reward model has head "

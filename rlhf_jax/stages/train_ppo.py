@@ -64,22 +64,27 @@ def hparams(cfg) -> PPOHParams:
     )
 
 
+def lr_schedule(ppo_cfg, lr=None):
+    """The lr of each optimizer step (item 25): linear to zero over updates, constant
+    within one; `lr` overrides `ppo_cfg.lr` and may be traced (a vmapped member's).
+    Logging reads the lr of update u as `lr_schedule(cfg)(u * steps_per_update(cfg))`."""
+    return optim.per_update_linear(ppo_cfg.lr if lr is None else lr,
+                                   config_check.num_updates(ppo_cfg), steps_per_update(ppo_cfg))
+
+
+def steps_per_update(ppo_cfg) -> int:
+    """Optimizer steps in one PPO update: every minibatch of every epoch."""
+    return ppo_cfg.noptepochs * ppo_cfg.nminibatches
+
+
+def update_lr(ppo_cfg, update: int) -> float:
+    """The lr update `update` (0-based) applied, as the optimizer computes it."""
+    return float(lr_schedule(ppo_cfg)(update * steps_per_update(ppo_cfg)))
+
+
 def make_optimizer(ppo_cfg, lr=None) -> optax.GradientTransformation:
-    """Adam (TF-style by default, item 26), lr linear to zero over updates (item 25).
-
-    `lr` overrides `ppo_cfg.lr`; it may be traced (one per vmapped member).
-    """
-    steps_per_update = ppo_cfg.noptepochs * ppo_cfg.nminibatches
-    n = config_check.num_updates(ppo_cfg)
-    lr = ppo_cfg.lr if lr is None else lr
-
-    def schedule(count):
-        update = count // steps_per_update
-        return lr * (1.0 - update / n)
-
-    if ppo_cfg.adam == "tf":
-        return optim.tf_adam(schedule, eps=ppo_cfg.adam_eps)
-    return optax.adam(schedule, eps=ppo_cfg.adam_eps)
+    """Adam (TF-style by default, item 26) on `lr_schedule`."""
+    return optim.adam_optimizer(lr_schedule(ppo_cfg, lr), ppo_cfg.adam, eps=ppo_cfg.adam_eps)
 
 
 def init_state(params, optimizer, cfg) -> PPOState:
@@ -107,7 +112,6 @@ class PPOTrainer:
         """`task`: the rollout's task fields, with the query prefix / suffix as token
         ids (`TaskSpec.from_config`); default from `cfg.task`, which then must not
         set a prefix or suffix."""
-        config_check.check_ppo(cfg.ppo, dp.num_devices)
         self.cfg, self.models, self.dp = cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -222,7 +226,7 @@ class PPOTrainer:
                 now = time.perf_counter()
                 extra = {"elapsed/fps": cfg.ppo.batch_size / max(now - t_last, 1e-9),
                          "ppo/episodes": update * cfg.ppo.batch_size,
-                         "ppo/lr": cfg.ppo.lr * (1.0 - (update - 1) / n)}
+                         "ppo/lr": update_lr(cfg.ppo, update - 1)}
                 t_last = now
                 if gold_B is not None:
                     extra["objective/gold_score"] = float(np.mean(gold_B))
