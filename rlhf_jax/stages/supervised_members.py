@@ -33,7 +33,6 @@ from rlhf_jax.infra import parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.infra.metrics import (DeferredMetrics, MetricsWriter, check_finite, format_log_line,
                                     rate_and_eta)
-from rlhf_jax.stages import supervised
 from rlhf_jax.stages.supervised import (_DATA_STREAM, _FINAL_STREAM, _INIT_STREAM, TrainState,
                                         _epoch_permutation, _from_ckpt, _make_eval_step,
                                         _make_train_step, _to_ckpt, log_line, num_rows, pad_rows,

@@ -34,7 +34,10 @@ from rlhf_jax.algorithms.kl import init_kl_state
 from rlhf_jax.algorithms.ppo import PPOHParams, PPOState, make_update_step
 from rlhf_jax.infra import metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
+from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
+from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.rollout import PPOModels, TaskSpec, TokenRewards, make_rollout, penalize
+from rlhf_jax.stages.run import raise_if_preempted
 
 STAGE = "ppo"
 LOG_KEYS = (
@@ -293,3 +296,42 @@ def log_samples(cfg, task: TaskSpec, writer, update, ro, processed, gold_B, deco
         print(f"  sample{f' [{label}]' if label else ''} | {r['query']!r} -> {r['response']!r} "
               f"| score {r['score']:.3f} | kl {r['kl']:.2f} | total {r['total']:.3f}"
               + (f" | gold {r['gold_score']:.3f}" if "gold_score" in r else ""), flush=True)
+
+
+# --------------------------------------------------------------------------
+# The PPO stage in a workdir (`pipeline.stage_ppo`, `rlhf_jax.members`).
+
+
+def ppo_models_and_params(ctx: Context):
+    """`(models, params, ref_params, rm_params)` for the PPO stage from the workdir: the
+    initial policy (with a value head or a separate value model, by `ppo.value_model`;
+    none for RLOO / REINFORCE), its reference copy and the reward model."""
+    cfg = ctx.cfg
+    ref_model, ref_params = ctx.initial_policy()
+    rm_model, rm_params = ctx.reward_model() or (None, None)
+    if cfg.ppo.reward_source == "rm" and rm_model is None:
+        raise ValueError("ppo.reward_source='rm' needs the reward stage (models/reward is missing)")
+    if cfg.ppo.algo != "ppo":  # RLOO / REINFORCE: the plain LM, no value model
+        params = {"policy": ref_params}
+        models = PPOModels(policy=ref_model, reference=ref_model, reward=rm_model, no_value=True)
+    elif cfg.ppo.value_model == "shared":
+        policy = PolicyWithValueHead(ref_model.config)
+        init = jax.jit(policy.init)(stage_key(cfg, "ppo"), jnp.zeros((1, 8), jnp.int32))["params"]
+        params = {"policy": {"transformer": ref_params["transformer"],
+                             "value_head": init["value_head"]}}
+        models = PPOModels(policy=policy, reference=ref_model, reward=rm_model)
+    else:
+        if rm_model is None:
+            raise ValueError("ppo.value_model='separate' is initialised from the reward model")
+        value = ValueModel(rm_model.config, head=rm_model.head)
+        params = {"policy": ref_params, "value": value_params_from_reward(rm_params)}
+        models = PPOModels(policy=ref_model, reference=ref_model, value=value, reward=rm_model)
+    return models, params, ref_params, rm_params
+
+
+def finish_ppo(ctx: Context, models, params, summary: dict) -> dict:
+    """Exports the trained policy (`models/policy`); the stage summary (its last log row)."""
+    raise_if_preempted(summary, "ppo")
+    ctx.save_lm("policy", models.reference, {"transformer": params["policy"]["transformer"]})
+    hist = summary.get("history") or []  # a resume of a finished PPO keeps only the last
+    return {"updates": summary["updates"], **({k: v for k, v in hist[-1].items()} if hist else {})}
