@@ -9,7 +9,7 @@ the reward model normalised before and after training, PPO with adaptive KL.
         --config.labels.path=/data/lhp/descriptiveness/offline_5k.json \
         --config.task.dataset_path=DATA --workdir=runs/descriptiveness
     python launch.py --config=configs/descriptiveness.py:runlocal --workdir=/tmp/desc  # CPU smoke
-    python -m rlhf_jax.experiments.figures runs/descriptiveness --reference lhp_descriptiveness
+    python -m rlhf_jax.stages.figures runs/descriptiveness --reference lhp_descriptiveness
 
 DATA: see README "Data" (a local text file with one passage per line, or the
 Hugging Face `bookcorpus`: LHP's own book passages are no longer public).

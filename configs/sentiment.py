@@ -9,7 +9,7 @@ the reward model normalised before and after training, PPO with adaptive KL.
         --config.labels.path=/data/lhp/sentiment/offline_5k.json \
         --config.task.dataset_path=DATA --workdir=runs/sentiment
     python launch.py --config=configs/sentiment.py:runlocal --workdir=/tmp/sentiment  # CPU smoke
-    python -m rlhf_jax.experiments.figures runs/sentiment --reference lhp_sentiment   # against LHP's runs
+    python -m rlhf_jax.stages.figures runs/sentiment --reference lhp_sentiment   # against LHP's runs
 
 DATA: see README "Data" (a local text file with one passage per line, or the
 Hugging Face `bookcorpus`: LHP's own book passages are no longer public).

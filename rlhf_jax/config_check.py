@@ -2,18 +2,25 @@
 
 `resolve(config, num_devices)` checks every stage the config names (sizes
 divisible by the device count, label counts, files, method combinations) and
-returns the derived sizes that `launch.py --dry_run` prints. `check_ppo` is
-the PPO trainer's share of it, which `PPOTrainer` also runs on the config it
-is given; `num_updates` is LHP's count of PPO updates.
+returns the derived sizes that `launch.py --dry_run` prints; each rule that
+ties fields together is written once, here or beside the field it governs
+(`config_lib.LoopConfig.validate`, `parallel.check_layout`), and `resolve` runs
+it. `check_ppo` is PPO's share; `num_updates` is LHP's count of PPO updates.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
+import jax
 import ml_collections
 
-from rlhf_jax.config_lib import stage_list
+from rlhf_jax.algorithms.optim import ADAM_STYLES
+from rlhf_jax.algorithms.ppo import WHITEN_SCOPES
+from rlhf_jax.config_lib import LoopConfig, loop_groups, stage_list
+from rlhf_jax.data.datasets import check_query_format
+from rlhf_jax.infra import parallel
 
 
 def _need(cond: bool, msg: str):
@@ -28,10 +35,7 @@ def num_updates(ppo_cfg) -> int:
 
 def check_ppo(p, num_devices: int) -> int:
     """Validates the `ppo` fields the PPO trainer reads for `num_devices`; returns the
-    per-device batch. `resolve` runs it for a config with a ppo stage, and
-    `PPOTrainer` for the config it is given."""
-    from rlhf_jax.algorithms.ppo import WHITEN_SCOPES
-
+    per-device batch. `resolve` runs it for a config with a ppo stage."""
     _need(p.total_episodes >= p.batch_size,
           f"ppo.total_episodes={p.total_episodes} is smaller than ppo.batch_size={p.batch_size}")
     _need(p.batch_size % num_devices == 0,
@@ -40,7 +44,7 @@ def check_ppo(p, num_devices: int) -> int:
     _need(local % p.nminibatches == 0,
           f"ppo.batch_size per device ({local}) is not divisible by ppo.nminibatches="
           f"{p.nminibatches}")
-    _need(p.adam in ("tf", "torch"), f"ppo.adam={p.adam!r}: expected 'tf' or 'torch'")
+    check_adam(p, "ppo")
     _need(p.whiten_scope in WHITEN_SCOPES,
           f"ppo.whiten_scope={p.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
     # LHP `train_policy.train` (lines 459-462) refuses these too.
@@ -54,12 +58,17 @@ def check_ppo(p, num_devices: int) -> int:
     return local
 
 
+def check_adam(group, name: str) -> None:
+    """An optimizer group's `adam` style and `adam_eps` (every group with an `adam`)."""
+    _need(group.adam in ADAM_STYLES,
+          f"{name}.adam={group.adam!r}: expected one of {ADAM_STYLES}")
+    _need(group.adam_eps > 0, f"{name}.adam_eps={group.adam_eps!r} must be > 0")
+
+
 def resolve(c, num_devices: int) -> dict:
     """Validates `c` for `num_devices` and returns derived sizes (one line per error)."""
     stages = stage_list(c)
     d = {"devices": num_devices, "stages": ",".join(stages)}
-    _need(c.parallel.mode in ("pmap", "mesh"),
-          f"parallel.mode={c.parallel.mode!r}: expected 'pmap' or 'mesh'")
     _need(c.model.dtype in ("float32", "bfloat16"),
           f"model.dtype={c.model.dtype!r}: expected float32 or bfloat16")
     _need(c.model.param_dtype in ("float32", "bfloat16"),
@@ -68,19 +77,12 @@ def resolve(c, num_devices: int) -> dict:
           f"model.kv_cache_dtype={c.model.kv_cache_dtype!r}: expected '' (the compute dtype), "
           "float32 or bfloat16")
     f = c.parallel.fsdp
-    _need(isinstance(f, int) and not isinstance(f, bool) and f >= 1,
-          f"parallel.fsdp={f!r} must be an int >= 1")
-    _need(f == 1 or c.parallel.mode == "mesh",
-          f"parallel.fsdp={f} shards params over a mesh: it needs parallel.mode='mesh'")
-    _need(num_devices % f == 0, f"parallel.fsdp={f} does not divide the device count "
-          f"{num_devices}")
+    parallel.check_layout(c.parallel.mode, f, num_devices)
     if c.parallel.mode == "mesh":
         d["mesh"] = {"data": num_devices // f, "fsdp": f}
     _need(c.model.init in ("pretrained", "scratch"),
           f"model.init={c.model.init!r}: expected 'pretrained' or 'scratch'")
     t = c.task
-    from rlhf_jax.data.datasets import check_query_format
-
     check_query_format(t)
     _need(t.query_length > 0, f"task.query_length={t.query_length} must be positive")
     _need(t.response_length > 0, f"task.response_length={t.response_length} must be positive")
@@ -97,6 +99,12 @@ def resolve(c, num_devices: int) -> dict:
         _need(c.model.n_embd % c.model.n_head == 0,
               f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}")
     d["context"] = ctx
+
+    for group in loop_groups(c):
+        if group in stages:
+            loop = LoopConfig.from_config(c, group)
+            loop.validate()
+            check_adam(c[group], group)
 
     def divisible(value, by, field, by_field):
         _need(value % by == 0, f"{field}={value} is not divisible by {by_field}={by}")
@@ -178,8 +186,6 @@ def check_files(c: ml_collections.ConfigDict) -> None:
     """ValueError naming the field of an input file the labels stage would read that
     is missing (local label files). Separate from `resolve`, which also validates
     sweep members whose inputs an earlier member will write."""
-    import os
-
     if c.labels.source != "file" or "labels" not in stage_list(c):
         return
     for field in ("path", "val_path"):
@@ -277,10 +283,6 @@ def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:
 
 def _resolve_online(c, stages, num_devices: int) -> int:
     """Validates `labels.online` (enabled); returns the collections PPO will make."""
-    import os
-
-    import jax
-
     o = c.labels.online
     _need(jax.process_count() == 1,
           f"labels.online.enabled runs on a single process, not {jax.process_count()} (the "

@@ -12,6 +12,8 @@ comma list such as
 
 from __future__ import annotations
 
+import dataclasses
+import os
 
 import ml_collections
 
@@ -40,6 +42,85 @@ SWITCHES = {
     "token_rm": "on | off: token-level reward model on span marks + dense PPO rewards",
     "judge": "on | off: held-out mock labeller in eval (eval.judge.enabled)",
 }
+
+
+# The fields of every supervised training loop's group (`LoopConfig`), in one list.
+LOOP_FIELDS = ("batch_size", "epochs", "lr", "schedule", "warmup_frac", "adam", "adam_eps",
+               "log_every", "eval_every", "checkpoint_every")
+
+
+def loop_group(*, batch_size: int, lr: float, schedule: str, adam: str, adam_eps: float,
+               log_every: int, checkpoint_every: int, epochs: int = 1, warmup_frac: float = 0.0,
+               eval_every: int = 0) -> ml_collections.ConfigDict:
+    """A config group holding the `LOOP_FIELDS` of one supervised training loop.
+
+    `batch_size`: global examples per optimizer step; `schedule`: linear (to zero,
+    Ziegler) | cosine (to zero, Stiennon) | constant; `warmup_frac`: share of steps
+    with a linear lr warmup (cosine only); `adam`: tf (LHP's TensorFlow Adam) |
+    torch; `eval_every`: held-out evaluation every this many steps (0: before and
+    after training only). The stage adds its own fields to the group.
+    """
+    values = dict(batch_size=batch_size, epochs=epochs, lr=lr, schedule=schedule,
+                  warmup_frac=warmup_frac, adam=adam, adam_eps=adam_eps, log_every=log_every,
+                  eval_every=eval_every, checkpoint_every=checkpoint_every)
+    return ml_collections.ConfigDict({f: values[f] for f in LOOP_FIELDS})
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """A supervised loop's settings, read from one config group (`cfg.<stage>`,
+    fields `LOOP_FIELDS`, documented at `loop_group`). `stage` is the group's
+    name; also the metric prefix (`reward/loss`), the writer's stage and the
+    checkpoint subdirectory."""
+
+    stage: str
+    batch_size: int
+    epochs: int
+    lr: float
+    schedule: str
+    warmup_frac: float
+    adam: str
+    adam_eps: float
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def from_config(cls, cfg, stage: str) -> "LoopConfig":
+        """Reads `cfg.<stage>`'s `LOOP_FIELDS`; a missing field raises. The values
+        are checked once, by `config_check.resolve` (`validate`)."""
+        return cls(stage=stage, **{f: cfg[stage][f] for f in LOOP_FIELDS})
+
+    def validate(self) -> None:
+        """ValueError naming the field for a value out of range."""
+        for name, low in (("batch_size", 1), ("epochs", 1), ("log_every", 1),
+                          ("eval_every", 0), ("checkpoint_every", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{self.stage}.{name}={value!r} must be an int >= {low}")
+        if not self.lr >= 0:
+            raise ValueError(f"{self.stage}.lr={self.lr!r} must be >= 0")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"{self.stage}.warmup_frac={self.warmup_frac!r} must be in [0, 1)")
+        if self.warmup_frac and self.schedule != "cosine":
+            raise ValueError(f"{self.stage}.warmup_frac={self.warmup_frac!r} needs "
+                             f"{self.stage}.schedule='cosine', got {self.schedule!r}")
+
+    def steps_per_epoch(self, num_examples: int, *, num_field: str, drop_last: bool,
+                        num_devices: int) -> int:
+        """Optimizer steps per epoch; ValueError naming the fields when the sizes
+        do not divide (`drop_last` allows a remainder, dropped each epoch)."""
+        if self.batch_size % num_devices:
+            raise ValueError(f"{self.stage}.batch_size={self.batch_size} is not divisible "
+                             f"by the device count {num_devices}")
+        if not drop_last and num_examples % self.batch_size:
+            raise ValueError(f"{num_field}={num_examples} is not divisible by "
+                             f"{self.stage}.batch_size={self.batch_size}")
+        steps = num_examples // self.batch_size
+        if steps < 1:
+            raise ValueError(f"{num_field}={num_examples} is smaller than "
+                             f"{self.stage}.batch_size={self.batch_size}: no full batch")
+        return steps
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -81,33 +162,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Outside the vocabulary (docs/implementation_details.md item 2); None: the tokenizer's size.
     t.pad_token = 50259
 
-    c.pretrain = p = ml_collections.ConfigDict()  # offline default only
+    c.pretrain = p = loop_group(  # offline default only
+        batch_size=64, lr=1e-3, schedule="cosine", adam="torch", adam_eps=1e-8, log_every=50,
+        checkpoint_every=200)
     p.num_docs = 20000
     p.vocab_size = 1024
     p.seq_len = 64
-    p.batch_size = 64
-    p.epochs = 1
-    p.lr = 1e-3
-    p.schedule = "cosine"
-    p.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
-    p.adam = "torch"
-    p.adam_eps = 1e-8
-    p.log_every = 50
-    p.eval_every = 0
-    p.checkpoint_every = 200
     p.num_val = 256
 
-    c.sft = s = ml_collections.ConfigDict()  # Stiennon
-    s.batch_size = 128
-    s.epochs = 1
-    s.lr = 6.35e-5
-    s.schedule = "cosine"
-    s.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
-    s.adam = "torch"
-    s.adam_eps = 1e-5
-    s.log_every = 20
-    s.eval_every = 0
-    s.checkpoint_every = 200
+    c.sft = s = loop_group(  # Stiennon
+        batch_size=128, lr=6.35e-5, schedule="cosine", adam="torch", adam_eps=1e-5,
+        log_every=20, checkpoint_every=200)
     s.loss_on = "response"
     s.num_train = 116000
     s.num_val = 512
@@ -146,17 +211,8 @@ def base_config() -> ml_collections.ConfigDict:
     sp.seed = 0  # the span labeller's noise draw (not `seed`: one label pool for every seed)
     sp.kinds = "negative,ungrammatical"  # which kinds of bad word are marked
 
-    c.reward = r = ml_collections.ConfigDict()
-    r.batch_size = 32
-    r.epochs = 1
-    r.lr = 5e-5
-    r.schedule = "linear"
-    r.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
-    r.adam = "tf"
-    r.adam_eps = 1e-5
-    r.log_every = 10
-    r.eval_every = 0
-    r.checkpoint_every = 50
+    c.reward = r = loop_group(batch_size=32, lr=5e-5, schedule="linear", adam="tf",
+                              adam_eps=1e-5, log_every=10, checkpoint_every=50)
     r.normalize_before = True
     r.normalize_after = True
     r.normalize_samples = 256
@@ -206,46 +262,21 @@ def base_config() -> ml_collections.ConfigDict:
     k.target = 6.0
     k.horizon = 10000
 
-    c.dpo = d = ml_collections.ConfigDict()
+    c.dpo = d = loop_group(batch_size=32, lr=5e-6, schedule="linear", adam="torch",
+                           adam_eps=1e-8, log_every=10, checkpoint_every=50)
     d.beta = 0.1
-    d.batch_size = 32
-    d.epochs = 1
-    d.lr = 5e-6
-    d.schedule = "linear"
-    d.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
-    d.adam = "torch"
-    d.adam_eps = 1e-8
-    d.log_every = 10
-    d.eval_every = 0
-    d.checkpoint_every = 50
 
-    c.bon_sft = b = ml_collections.ConfigDict()  # expert iteration: best-of-n by the RM, then SFT
+    # Expert iteration: best-of-n by the RM, then SFT.
+    c.bon_sft = b = loop_group(batch_size=32, lr=1e-4, schedule="linear", adam="torch",
+                               adam_eps=1e-8, log_every=10, checkpoint_every=50)
     b.n = 4  # candidates per query
     b.num_queries = 512  # training queries per round
     b.rounds = 1  # sample-select-train rounds, each sampling from the latest policy
-    b.batch_size = 32
-    b.epochs = 1
-    b.lr = 1e-4
-    b.schedule = "linear"
-    b.adam = "torch"
-    b.adam_eps = 1e-8
-    b.log_every = 10
-    b.eval_every = 0
-    b.checkpoint_every = 50
-    b.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
 
-    c.ul = u = ml_collections.ConfigDict()  # likelihood on preferred + unlikelihood on marks
+    # Likelihood on preferred responses + unlikelihood on marked tokens.
+    c.ul = u = loop_group(batch_size=32, lr=1e-4, schedule="linear", adam="torch",
+                          adam_eps=1e-8, log_every=10, checkpoint_every=50)
     u.alpha = 1.0  # weight of the unlikelihood term
-    u.batch_size = 32
-    u.epochs = 1
-    u.lr = 1e-4
-    u.schedule = "linear"
-    u.adam = "torch"
-    u.adam_eps = 1e-8
-    u.log_every = 10
-    u.eval_every = 0
-    u.checkpoint_every = 50
-    u.warmup_frac = 0.0  # share of steps with a linear lr warmup (cosine only)
 
     c.eval = e = ml_collections.ConfigDict()
     e.num_queries = 256
@@ -273,8 +304,21 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def optimizer_groups(c: ml_collections.ConfigDict) -> list[str]:
+    """The config groups with an optimizer (an `adam` field), read from the schema."""
+    return [name for name, group in c.items()
+            if isinstance(group, ml_collections.ConfigDict) and "adam" in group]
+
+
+def loop_groups(c: ml_collections.ConfigDict) -> list[str]:
+    """The config groups a supervised training loop reads (`LoopConfig`)."""
+    return [name for name, group in c.items()
+            if isinstance(group, ml_collections.ConfigDict)
+            and all(f in group for f in LOOP_FIELDS)]
+
+
 def _set_adam(c, style):
-    for g in ("reward", "ppo", "dpo", "sft", "pretrain"):
+    for g in optimizer_groups(c):
         c[g].adam = style
         if style == "tf":
             c[g].adam_eps = 1e-5
@@ -380,8 +424,6 @@ def stage_list(c) -> list[str]:
 
 def fixtures_dir() -> str:
     """The repository's small local datasets (tests/fixtures), used by `:runlocal`."""
-    import os
-
     return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         "tests", "fixtures")
 

@@ -41,9 +41,11 @@ from rlhf_jax.algorithms import pg
 from rlhf_jax.algorithms.ppo import make_update_step
 from rlhf_jax.infra import compile_cache, metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
+from rlhf_jax.stages import reward_train, run as run_lib, supervised_members, train_ppo
+from rlhf_jax.stages.batched import gold_function
 from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout, penalize
 from rlhf_jax.stages.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
-                                       query_batch)
+                                       query_batch, update_lr)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -145,7 +147,6 @@ class MemberPPOTrainer:
     def __init__(self, cfgs, models, dp: parallel.DataParallel, *, task: TaskSpec | None = None):
         check_members(cfgs)
         cfg = cfgs[0]
-        config_check.check_ppo(cfg.ppo, dp.num_devices)
         self.cfgs, self.cfg, self.models, self.dp = list(cfgs), cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -258,7 +259,7 @@ class MemberPPOTrainer:
                 now = time.perf_counter()
                 extras = [{"elapsed/fps": m * b / max(now - t_last, 1e-9),
                            "ppo/episodes": update * b,
-                           "ppo/lr": mb.cfg.ppo.lr * (1.0 - (update - 1) / n)}
+                           "ppo/lr": update_lr(mb.cfg.ppo, update - 1)}
                           for mb in members]
                 t_last = now
                 if gold_BxM is not None:
@@ -313,24 +314,19 @@ def _run_group(stage: str, cfgs, workdirs, *, allow_config_change: bool, prepare
     group's time (`group_seconds`, `members`). A finished member's summary is
     read from its marker.
     """
-    from rlhf_jax import pipeline
-
-    cfg = cfgs[0]
     check_members(cfgs)
-    parallel.initialize_distributed()
-    dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
-                               fsdp=cfg.parallel.fsdp)
+    dp = run_lib.data_parallel(cfgs[0])
     compile_cache.track()
-    ctxs = [pipeline.open_run(c, w, dp, allow_config_change=allow_config_change)
+    ctxs = [run_lib.open_run(c, w, dp, allow_config_change=allow_config_change)
             for c, w in zip(cfgs, workdirs)]
     try:
-        done = [pipeline.finished_stage(ctx, stage) for ctx in ctxs]
+        done = [run_lib.finished_stage(ctx, stage) for ctx in ctxs]
         todo = [i for i, d in enumerate(done) if d is None]
         if not todo:
             return done
         prepared = []
         for i in todo:
-            pipeline.start_stage(ctxs[i], stage)
+            run_lib.start_stage(ctxs[i], stage)
             prepared.append(prepare(ctxs[i], dp))
         names = [os.path.basename(os.path.normpath(ctxs[i].workdir)) for i in todo]
         print(f"[{stage}] starting: {len(todo)} members in one program ({', '.join(names)})",
@@ -342,7 +338,7 @@ def _run_group(stage: str, cfgs, workdirs, *, allow_config_change: bool, prepare
             out = finish(ctxs[i], k, result)
             # The group's time, shared: each member's marker holds its share.
             out.update(members=len(todo), group_seconds=round(seconds, 1))
-            done[i] = pipeline.record_stage(ctxs[i], stage, out, seconds / len(todo), compiled)
+            done[i] = run_lib.record_stage(ctxs[i], stage, out, seconds / len(todo), compiled)
         return done
     finally:
         for ctx in ctxs:
@@ -361,15 +357,12 @@ def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> lis
     Every stage before `ppo` must be finished in each workdir (`pipeline.run(...,
     until="ppo")`); a member whose PPO stage is already done is left out.
     Returns the stage summaries (a finished member's from its marker).
-    `allow_config_change`: see `pipeline.open_run`.
+    `allow_config_change`: see `stages.run.open_run`.
     """
-    from rlhf_jax import pipeline
-    from rlhf_jax.stages.batched import gold_function
-
     models = []
 
     def prepare(ctx, dp):
-        m_models, params, ref_params, rm_params = pipeline.ppo_models_and_params(ctx)
+        m_models, params, ref_params, rm_params = train_ppo.ppo_models_and_params(ctx)
         models.append(m_models)
         _same_architecture(models, "PPO models", ctx.workdir)
         return ctx, Member(
@@ -386,7 +379,7 @@ def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> lis
         return trainer.train(members)
 
     def finish(ctx, k, result):
-        return pipeline.finish_ppo(ctx, models[0], *result)
+        return train_ppo.finish_ppo(ctx, models[0], *result)
 
     return _run_group("ppo", cfgs, workdirs, allow_config_change=allow_config_change,
                       prepare=prepare, train=train, finish=finish)
@@ -402,13 +395,10 @@ def run_reward_members(cfgs, workdirs, *, allow_config_change: bool = False,
     stop every member after this many steps (tests; the stage stays
     unfinished, as after a preemption).
     """
-    from rlhf_jax import pipeline
-    from rlhf_jax.stages import reward_train, supervised_members
-
     models, loops = [], []
 
     def prepare(ctx, dp):
-        inputs = pipeline.reward_inputs(ctx)
+        inputs = reward_train.reward_inputs(ctx)
         models.append(inputs["rm_model"])
         _same_architecture(models, "reward model", ctx.workdir)
         p = reward_train.prepare(ctx.cfg, rm_model=inputs["rm_model"], train=inputs["train"],
@@ -425,11 +415,11 @@ def run_reward_members(cfgs, workdirs, *, allow_config_change: bool = False,
             loops[0].loop, runs, loss_fn=loops[0].loss_fn, eval_fn=loops[0].eval_fn, dp=dp,
             num_train_field="labels.num_train", stop_after=stop_after)
         if any(summary["stopped_early"] for _, summary in results):
-            raise pipeline.Preempted("reward")  # checkpointed, not finished: no model, no marker
+            raise run_lib.Preempted("reward")  # checkpointed, not finished: no model, no marker
         return results
 
     def finish(ctx, k, result):
-        return pipeline.finish_reward(ctx, models[k], *result)
+        return reward_train.finish_reward(ctx, models[k], *result)
 
     return _run_group("reward", cfgs, workdirs, allow_config_change=allow_config_change,
                       prepare=prepare, train=train, finish=finish)

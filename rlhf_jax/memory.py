@@ -40,10 +40,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.infra import fsdp
+from rlhf_jax import config_lib
+from rlhf_jax.algorithms.optim import make_optimizer
+from rlhf_jax.algorithms.ppo import Rollout, make_update_step
+from rlhf_jax.data.labels import parse_label_type
+from rlhf_jax.infra import fsdp, parallel
 from rlhf_jax.models import loading
 from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel, ValueModel
+from rlhf_jax.stages import reward_train, supervised, train_ppo
+from rlhf_jax.stages.rollout import PPOModels
+from rlhf_jax.stages.train_ppo import hparams, init_state
 
 _BYTES = {"float32": 4, "bfloat16": 2}
 # Per token and layer: D-wide tensors kept for the backward pass, and H x T ones.
@@ -270,8 +277,6 @@ def _responses_per_label(label_type: str) -> int:
 
 def stage_report(cfg, num_devices: int, config: GPT2Config, ppo: Report) -> tuple:
     """A `StageMemory` for each stage of the config with models (all but figures)."""
-    from rlhf_jax import config_lib
-
     f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_check.resolve)
     lm = _model("LM", param_shapes(GPT2LMHeadModel(config)), f, True)
     rm = _model("RM", param_shapes(RewardModel(config, head=cfg.reward.head)), f, True)
@@ -343,11 +348,6 @@ def compiled_update_step(cfg, dp) -> tuple[int, object]:
     TPU compiler's numbers for a pod config. Returns `(argument + temp bytes,
     the `memory_analysis()` object)`.
     """
-    from rlhf_jax.algorithms.ppo import Rollout, make_update_step
-    from rlhf_jax.infra import parallel
-    from rlhf_jax.stages.rollout import PPOModels
-    from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
-
     config, _ = loading.architecture(cfg)
     if cfg.ppo.value_model == "separate":
         lm = GPT2LMHeadModel(config)
@@ -358,7 +358,7 @@ def compiled_update_step(cfg, dp) -> tuple[int, object]:
         policy = PolicyWithValueHead(config)
         models = PPOModels(policy=policy, reference=GPT2LMHeadModel(config))
         params = {"policy": param_shapes(policy)}
-    optimizer = make_optimizer(cfg.ppo)
+    optimizer = train_ppo.make_optimizer(cfg.ppo)
     step = dp.compile(make_update_step(models.apply_policy_value, optimizer, hparams(cfg),
                                        dp.batch_axes),
                       (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP),
@@ -388,11 +388,6 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
     Returns `(argument + temp bytes, the memory_analysis() object)`.
     """
     import functools
-
-    from rlhf_jax.algorithms.optim import make_optimizer
-    from rlhf_jax.data.labels import parse_label_type
-    from rlhf_jax.infra import parallel
-    from rlhf_jax.stages import reward_train, supervised
 
     config, _ = loading.architecture(cfg)
     rm = RewardModel(config, head=cfg.reward.head)

@@ -22,9 +22,6 @@ Artifacts:
 from __future__ import annotations
 
 import dataclasses
-import copy
-import json
-import logging
 import os
 import time
 
@@ -33,15 +30,19 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from rlhf_jax import config_guard, config_check, config_lib
 from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
 from rlhf_jax.infra import compile_cache, parallel
-from rlhf_jax.infra.files import write_json_atomic
-from rlhf_jax.infra.metrics import MetricsWriter
+from rlhf_jax.labelling import spans
+from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
 from rlhf_jax.models import GPT2LMHeadModel, loading
-from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
+from rlhf_jax.stages import (dpo, eval as eval_lib, expert_iteration, figures, reward_train, sft,
+                             train_ppo, unlikelihood)
 from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
-from rlhf_jax.stages.context import Context, resolve_task, setup_tokenizer, stage_key
+from rlhf_jax.stages.context import Context, stage_key
+from rlhf_jax.stages.online import OnlineCollector
+# `Preempted`: what `run` raises on SIGTERM (launch.py catches `pipeline.Preempted`).
+from rlhf_jax.stages.run import (Preempted, finished_stage, open_run, raise_if_preempted,  # noqa: F401
+                                 record_stage, scalars, start_stage)
 
 
 # --------------------------------------------------------------------------
@@ -50,8 +51,6 @@ from rlhf_jax.stages.context import Context, resolve_task, setup_tokenizer, stag
 
 def stage_pretrain(ctx: Context) -> dict:
     """Tiny GPT-2 pretrained on the synthetic corpus (offline default only)."""
-    from rlhf_jax.stages import sft
-
     cfg = ctx.cfg
     p = cfg.pretrain
     eos = ctx.tokenizer.eos_token_id
@@ -73,15 +72,13 @@ def stage_pretrain(ctx: Context) -> dict:
                                    val_mask_NxT=np.ones_like(val), dp=ctx.dp,
                                    rng=stage_key(cfg, "pretrain"), workdir=ctx.workdir,
                                    writer=ctx.writer)
-    _raise_if_preempted(summary, "pretrain")
+    raise_if_preempted(summary, "pretrain")
     ctx.save_lm("pretrained", model, params)
     return {"sequences": int(n_train), "tokens": int(n_train * p.seq_len),
-            **_scalars(summary)}
+            **scalars(summary)}
 
 
 def stage_sft(ctx: Context) -> dict:
-    from rlhf_jax.stages import sft
-
     cfg = ctx.cfg
     train_q = ctx.queries("train", limit=cfg.sft.num_train)
     val_q = ctx.queries("valid", limit=cfg.sft.num_val)
@@ -97,9 +94,9 @@ def stage_sft(ctx: Context) -> dict:
     params, summary = sft.train_sft(cfg, model=model, params=params, train=as_data(train_q),
                                     val=as_data(val_q), dp=ctx.dp, rng=stage_key(cfg, "sft"),
                                     workdir=ctx.workdir, writer=ctx.writer)
-    _raise_if_preempted(summary, "sft")
+    raise_if_preempted(summary, "sft")
     ctx.save_lm("sft", model, params)
-    return _scalars(summary)
+    return scalars(summary)
 
 
 def stage_labels(ctx: Context) -> dict:
@@ -128,8 +125,6 @@ def stage_labels(ctx: Context) -> dict:
         train = label_files_lib.read_labels(lb.path, **read)
         val = label_files_lib.read_labels(lb.val_path, **read) if lb.val_path else None
     else:
-        from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
-
         model, params = ctx.initial_policy()
         labeler = MockLabeler(make_gold(lb.gold, ungrammatical_penalty=lb.ungrammatical_penalty),
                               label_type=kind, noise=lb.mock_noise, seed=cfg.seed)
@@ -151,8 +146,6 @@ def stage_labels(ctx: Context) -> dict:
         train = every.subset(np.arange(lb.num_train))
         val = every.subset(np.arange(lb.num_train, need)) if lb.num_val else None
     if lb.spans.enabled:  # the mock span labeller marks records that carry no marks
-        from rlhf_jax.labelling import spans
-
         train, val = (spans.mark_unmarked(cfg, ctx.decode, x) for x in (train, val))
     if parallel.process_is_main():
         label_files_lib.write_labels_jsonl(ctx.path("labels", "train.jsonl"), train)
@@ -168,101 +161,27 @@ def stage_labels(ctx: Context) -> dict:
     return out
 
 
-def _read_labels(ctx: Context):
-    cfg = ctx.cfg
-    kind, _ = labels_lib.parse_label_type(cfg.labels.type)
-    kw = dict(query_length=cfg.task.query_length, response_length=cfg.task.response_length,
-              pad_token=cfg.task.pad_token, vocab_size=len(ctx.tokenizer), label_type=kind)
-    train = label_files_lib.read_labels_jsonl(ctx.path("labels", "train.jsonl"), **kw)
-    val_path = ctx.path("labels", "val.jsonl")
-    val = label_files_lib.read_labels_jsonl(val_path, **kw) if os.path.exists(val_path) else None
-    return train, val
-
-
-def reward_inputs(ctx: Context) -> dict:
-    """The reward stage's inputs: `rm_model`, `rm_params` (initial), `train`, `val`
-    labels, `normalizer` and the stage key `rng` (also for `rlhf_jax.members`)."""
-    from rlhf_jax.stages import reward
-
-    cfg = ctx.cfg
-    train, val = _read_labels(ctx)
-    policy_model, policy_params = ctx.initial_policy()
-    rm_model, rm_params = loading.init_reward_model(cfg, stage_key(cfg, "reward"), policy_model,
-                                                    policy_params)
-    return dict(rm_model=rm_model, rm_params=rm_params, train=train, val=val,
-                normalizer=reward.reference_normalizer(ctx, policy_model, policy_params),
-                rng=stage_key(cfg, "reward"))
-
-
-def finish_reward(ctx: Context, rm_model, rm_params, summary: dict) -> dict:
-    """Saves the trained reward model; the stage's summary for its marker."""
-    _raise_if_preempted(summary, "reward")
-    if parallel.process_is_main():
-        loading.save_reward_model(ctx.path("models", "reward"), rm_model, rm_params)
-    return _scalars(summary)
-
-
 def stage_reward(ctx: Context) -> dict:
-    from rlhf_jax.stages import reward_train
-
-    inputs = reward_inputs(ctx)
+    inputs = reward_train.reward_inputs(ctx)
     rm_params, summary = reward_train.train_reward_model(
         ctx.cfg, **inputs, dp=ctx.dp, workdir=ctx.workdir, writer=ctx.writer)
-    return finish_reward(ctx, inputs["rm_model"], rm_params, summary)
-
-
-def ppo_models_and_params(ctx: Context):
-    cfg = ctx.cfg
-    ref_model, ref_params = ctx.initial_policy()
-    rm_model, rm_params = ctx.reward_model() or (None, None)
-    if cfg.ppo.reward_source == "rm" and rm_model is None:
-        raise ValueError("ppo.reward_source='rm' needs the reward stage (models/reward is missing)")
-    from rlhf_jax.stages.rollout import PPOModels
-
-    if cfg.ppo.algo != "ppo":  # RLOO / REINFORCE: the plain LM, no value model
-        params = {"policy": ref_params}
-        models = PPOModels(policy=ref_model, reference=ref_model, reward=rm_model, no_value=True)
-    elif cfg.ppo.value_model == "shared":
-        policy = PolicyWithValueHead(ref_model.config)
-        init = jax.jit(policy.init)(stage_key(cfg, "ppo"), jnp.zeros((1, 8), jnp.int32))["params"]
-        params = {"policy": {"transformer": ref_params["transformer"],
-                             "value_head": init["value_head"]}}
-        models = PPOModels(policy=policy, reference=ref_model, reward=rm_model)
-    else:
-        if rm_model is None:
-            raise ValueError("ppo.value_model='separate' is initialised from the reward model")
-        value = ValueModel(rm_model.config, head=rm_model.head)
-        params = {"policy": ref_params, "value": value_params_from_reward(rm_params)}
-        models = PPOModels(policy=ref_model, reference=ref_model, value=value, reward=rm_model)
-    return models, params, ref_params, rm_params
+    return reward_train.finish_reward(ctx, inputs["rm_model"], rm_params, summary)
 
 
 def stage_ppo(ctx: Context) -> dict:
-    from rlhf_jax.stages.train_ppo import PPOTrainer
-
     cfg = ctx.cfg
-    models, params, ref_params, rm_params = ppo_models_and_params(ctx)
-    trainer = PPOTrainer(cfg, models, ctx.dp, task=ctx.task_spec())
+    models, params, ref_params, rm_params = train_ppo.ppo_models_and_params(ctx)
+    trainer = train_ppo.PPOTrainer(cfg, models, ctx.dp, task=ctx.task_spec())
     qs = ctx.queries("train")
     online = None
     if cfg.labels.online.enabled:  # Ziegler 2.3: label as the policy moves, retrain the RM
-        from rlhf_jax.stages.online import OnlineCollector
-
         online = OnlineCollector(ctx, policy_model=models.reference, rm_model=models.reward,
                                  rm_params=rm_params)
     params, summary = trainer.train(params=params, ref_params=ref_params,
                                     rm_params=rm_params if cfg.ppo.reward_source == "rm" else None,
                                     queries=qs, workdir=ctx.workdir, writer=ctx.writer,
                                     gold_fn=gold_function(ctx), decode=ctx.decode, online=online)
-    return finish_ppo(ctx, models, params, summary)
-
-
-def finish_ppo(ctx: Context, models, params, summary: dict) -> dict:
-    """Exports the trained policy (`models/policy`); the stage summary (its last log row)."""
-    _raise_if_preempted(summary, "ppo")
-    ctx.save_lm("policy", models.reference, {"transformer": params["policy"]["transformer"]})
-    hist = summary.get("history") or []  # a resume of a finished PPO keeps only the last
-    return {"updates": summary["updates"], **({k: v for k, v in hist[-1].items()} if hist else {})}
+    return train_ppo.finish_ppo(ctx, models, params, summary)
 
 
 def _policy_labels(ctx: Context, labels):
@@ -274,25 +193,21 @@ def _policy_labels(ctx: Context, labels):
 
 
 def stage_dpo(ctx: Context) -> dict:
-    from rlhf_jax.stages import dpo
-
     cfg = ctx.cfg
-    train, val = _read_labels(ctx)
+    train, val = reward_train.read_labels(ctx)
     # Labels hold raw queries (what the RM reads); the policy reads them formatted.
     train, val = _policy_labels(ctx, train), _policy_labels(ctx, val)
     model, params = ctx.initial_policy()
     params, summary = dpo.train_dpo(cfg, model=model, params=params, ref_params=params,
                                     train=train, val=val, dp=ctx.dp, rng=stage_key(cfg, "dpo"),
                                     workdir=ctx.workdir, writer=ctx.writer)
-    _raise_if_preempted(summary, "dpo")
+    raise_if_preempted(summary, "dpo")
     ctx.save_lm("dpo", model, params)
-    return _scalars(summary)
+    return scalars(summary)
 
 
 def stage_bon_sft(ctx: Context) -> dict:
     """Expert iteration: best-of-n by the reward model, then SFT on the chosen samples."""
-    from rlhf_jax.stages import expert_iteration
-
     cfg = ctx.cfg
     rm = ctx.reward_model()
     if rm is None:
@@ -303,35 +218,29 @@ def stage_bon_sft(ctx: Context) -> dict:
         cfg, task=ctx.task_spec(), model=model, params=params, rm_model=rm[0], rm_params=rm[1],
         queries=ctx.queries("train"), dp=ctx.dp, rng=stage_key(cfg, "bon_sft"),
         workdir=ctx.workdir, writer=ctx.writer)
-    _raise_if_preempted(summary, "bon_sft")
+    raise_if_preempted(summary, "bon_sft")
     ctx.save_lm("bon_sft", model, params)
-    return _scalars(summary)
+    return scalars(summary)
 
 
 def stage_ul(ctx: Context) -> dict:
     """Likelihood on preferred responses + unlikelihood on span-marked tokens (no RL)."""
-    from rlhf_jax.stages import unlikelihood
-
     cfg = ctx.cfg
-    train, val = _read_labels(ctx)
+    train, val = reward_train.read_labels(ctx)
     model, params = ctx.initial_policy()
     params, summary = unlikelihood.train_ul(cfg, model=model, params=params, train=train,
                                             val=val, dp=ctx.dp, rng=stage_key(cfg, "ul"),
                                             workdir=ctx.workdir, writer=ctx.writer)
-    _raise_if_preempted(summary, "ul")
+    raise_if_preempted(summary, "ul")
     ctx.save_lm("ul", model, params)
-    return _scalars(summary)
+    return scalars(summary)
 
 
 def stage_eval(ctx: Context) -> dict:
-    from rlhf_jax.stages import eval as eval_lib
-
     return eval_lib.evaluate(ctx)
 
 
 def stage_figures(ctx: Context) -> dict:
-    from rlhf_jax.experiments import figures
-
     paths = figures.make_figures(ctx.workdir) if parallel.process_is_main() else []
     return {"figures": [os.path.relpath(p, ctx.workdir) for p in paths]}
 
@@ -350,125 +259,13 @@ STAGE_FNS = {
 }
 
 
-class Preempted(Exception):
-    """A stage stopped early on SIGTERM after saving; relaunch to resume."""
-
-
-def _raise_if_preempted(summary: dict, stage: str) -> None:
-    """A trainer that returned early (SIGTERM) saved its checkpoint: stop the
-    pipeline before exporting a half-trained model or marking the stage done."""
-    if summary.get("stopped_early") or summary.get("preempted"):
-        raise Preempted(stage)
-
-
-def _scalars(summary: dict) -> dict:
-    out = {}
-    for k, v in (summary or {}).items():
-        if isinstance(v, (int, float, bool, str)) or (np.ndim(v) == 0 and hasattr(v, "item")):
-            out[k] = v.item() if hasattr(v, "item") else v
-        elif isinstance(v, dict):
-            inner = _scalars(v)
-            if inner:
-                out[k] = inner
-    return out
-
-
-def _check_workdir(workdir: str) -> None:
-    """ValueError, before any work, for a workdir that is a file or cannot be written."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        raise ValueError(f"--workdir={workdir} is a file, not a directory")
-    try:
-        os.makedirs(os.path.join(workdir, "stages"), exist_ok=True)
-        probe = os.path.join(workdir, "stages", f".write-probe-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok\n")
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"--workdir={workdir} cannot be written ({e.strerror}: "
-                         f"{e.filename}); nothing was written") from None
-
-
-def _restart_rows(ctx: Context, stage: str) -> None:
-    """A stage with no committed checkpoint starts over: drop the rows (metrics,
-    samples) an interrupted earlier attempt logged, so none appears twice. A stage
-    resuming from a checkpoint drops the rows after it itself (`writer.resume`)."""
-    ckpt_dir = ctx.path("checkpoints", stage)
-    if os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir)):
-        return
-    for rows in (stage, "online") if stage == "ppo" else (stage,):
-        ctx.writer.resume(rows, -1)
-
-
-def open_run(cfg: ml_collections.ConfigDict, workdir: str,
-             dp: parallel.DataParallel | None = None, *,
-             allow_config_change: bool = False) -> Context:
-    """The shared state of a run in `workdir`: devices, metrics writer, tokenizer, task
-    fields; writes `config.json`. Close `ctx.writer` when done.
-
-    Before any work: bad input files or workdir are one ValueError, and a workdir
-    whose started stages ran with another config is refused (`config_guard`) unless
-    `allow_config_change`. `cfg` is not changed (the run fills task ids from the
-    tokenizer in its own copy), so a caller may pass it again to resume.
-    """
-    cfg = copy.deepcopy(cfg)
-    parallel.initialize_distributed()
-    if dp is None:
-        dp = parallel.DataParallel(cfg.parallel.mode, cfg.parallel.num_devices or None,
-                                   fsdp=cfg.parallel.fsdp)
-    derived = config_check.resolve(cfg, dp.num_devices)
-    if not os.path.exists(os.path.join(workdir, "stages", "labels.json")):
-        config_check.check_files(cfg)  # the labels stage reads them
-    _check_workdir(workdir)
-    launched = config_guard.config_dict(cfg)  # before the tokenizer fills in task ids
-    config_guard.check(workdir, launched, config_lib.stage_list(cfg),
-                       allow_changes=allow_config_change)
-    wandb = {"project": cfg.log.wandb_project, "name": cfg.name} if cfg.log.wandb_project else None
-    writer = MetricsWriter(workdir, tensorboard=cfg.log.tensorboard, wandb_config=wandb)
-    ctx = Context(cfg=cfg, workdir=workdir, dp=dp, writer=writer,
-                  stages=config_lib.stage_list(cfg), launched=launched)
-    setup_tokenizer(ctx)
-    resolve_task(ctx)
-    if parallel.process_is_main():
-        config_guard.write_config_json(workdir, json.loads(cfg.to_json_best_effort()))
-    logging.info("derived sizes: %s", derived)
-    return ctx
-
-
-def finished_stage(ctx: Context, stage: str) -> dict | None:
-    """The summary a finished stage left (`stages/<stage>.json`), else None."""
-    marker = ctx.path("stages", f"{stage}.json")
-    if not os.path.exists(marker):
-        return None
-    with open(marker) as f:
-        return json.load(f)
-
-
-def record_stage(ctx: Context, stage: str, out: dict | None, seconds: float,
-                 compiled: compile_cache.CompileStats) -> dict:
-    """Marks `stage` finished with its summary, time and compile time; prints the line."""
-    out = {**(out or {}), "seconds": round(seconds, 1),
-           "compile_seconds": round(compiled.seconds, 1)}
-    if parallel.process_is_main():
-        write_json_atomic(ctx.path("stages", f"{stage}.json"), out)
-    print(f"[{stage}] done in {out['seconds']:.0f}s ({compiled.describe()})", flush=True)
-    return out
-
-
-def start_stage(ctx: Context, stage: str) -> None:
-    """Before a stage runs (or resumes): records its config (`config_guard`) and
-    drops the rows of an earlier attempt that it will log again."""
-    if parallel.process_is_main():
-        config_guard.record(ctx.workdir, ctx.launched, stage, ctx.stages)
-    _restart_rows(ctx, stage)
-
-
 def run(cfg: ml_collections.ConfigDict, workdir: str, *, until: str | None = None,
         allow_config_change: bool = False) -> dict:
     """Runs (or resumes) every stage the config names; returns their summaries.
 
     `until`: stop before that stage (a sweep runs a group's shared stage for
     all its members at once, `rlhf_jax.members`, then relaunches each).
-    `allow_config_change`: see `open_run`.
+    `allow_config_change`: see `stages.run.open_run`.
     """
     ctx = open_run(cfg, workdir, allow_config_change=allow_config_change)
     results = {}

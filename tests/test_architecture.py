@@ -11,12 +11,15 @@ BELOW = {"infra": set(), "models": set(), "data": {"infra"},
          "algorithms": {"models", "infra"},
          "labelling": {"data", "models", "infra"},
          "config_lib": {"algorithms", "data"},
-         "config_check": {"config_lib", "algorithms", "data"},
+         "config_check": {"config_lib", "algorithms", "data", "infra"},
          "config_guard": {"config_lib", "infra"},
          "stages": {"infra", "models", "data", "algorithms", "labelling", "config_lib",
-                    "config_check"}}
-# The runners and the tools built on them.
-ANYTHING = {"pipeline", "members", "memory", "experiments"}
+                    "config_check", "config_guard"}}
+# The runners: each imports the stages and what lies below them, never another runner.
+for _runner in ("pipeline", "members", "memory"):
+    BELOW[_runner] = BELOW["stages"] | {"stages"}
+# The tools built on the runners (sweeps, figures of many runs) sit on top.
+ANYTHING = {"experiments"}
 
 
 def part_of(module: str) -> str:

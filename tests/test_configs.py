@@ -204,7 +204,7 @@ def test_paper_configs_state_every_value_with_its_source(name):
 # --------------------------------------------------------------------------
 # Switches: each one sets the field its SWITCHES entry documents.
 
-GROUPS_WITH_ADAM = ("reward", "ppo", "dpo", "sft", "pretrain")
+GROUPS_WITH_ADAM = tuple(config_lib.optimizer_groups(config_lib.base_config()))
 SWITCH_CASES = {
     "runlocal": [("runlocal", {"model.n_embd": 32, "model.n_layer": 2, "labels.num_train": 128,
                                "ppo.total_episodes": 192})],
@@ -265,6 +265,25 @@ def test_switch_sets_its_field(arg, expected):
         for group in ("model", "task", "pretrain", "eval", "parallel"):
             if group not in touched:
                 assert c[group].to_dict() == base[group].to_dict(), (arg, group)
+
+
+def test_adam_switch_reaches_every_optimizer():
+    # Every group with an `adam` field, found by walking the schema (not a kept list).
+    base = config_lib.base_config()
+    groups = [g for g, v in base.items() if isinstance(v, ml_collections.ConfigDict) and "adam" in v]
+    assert {"pretrain", "sft", "reward", "ppo", "dpo", "bon_sft", "ul"} <= set(groups)
+    for style in ("tf", "torch"):
+        c = get_config("mock_sentiment", f"adam={style}")
+        assert {g: c[g].adam for g in groups} == dict.fromkeys(groups, style)
+
+
+def test_every_loop_group_has_the_loop_fields():
+    base = config_lib.base_config()
+    assert set(config_lib.loop_groups(base)) == {"pretrain", "sft", "reward", "dpo", "bon_sft", "ul"}
+    for group in config_lib.loop_groups(base):
+        loop = config_lib.LoopConfig.from_config(base, group)
+        loop.validate()
+        assert loop.stage == group
 
 
 def test_switches_compose_left_to_right():

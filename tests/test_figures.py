@@ -8,7 +8,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from rlhf_jax.experiments import figures
+from rlhf_jax.stages import figures
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -203,6 +203,27 @@ def make_schedule(
     return constant(lr)
 
 
+def per_update_linear(lr, num_updates: int, steps_per_update: int) -> optax.Schedule:
+    """LHP's PPO schedule (`lrnow`, docs/implementation_details.md item 25):
+    `lr * (1 - update / num_updates)` for the `update`-th PPO update, constant over
+    its `steps_per_update` optimizer steps. `lr` may be traced (a member's own)."""
+
+    def schedule(count):
+        return lr * (1.0 - (count // steps_per_update) / num_updates)
+
+    return schedule
+
+
+def adam_optimizer(learning_rate: optax.ScalarOrSchedule, style: str, *, eps: float,
+                   b1: float = 0.9, b2: float = 0.999) -> optax.GradientTransformation:
+    """Adam of `style` "tf" (`tf_adam`, LHP) or "torch" (`optax.adam`)."""
+    if style not in ADAM_STYLES:
+        raise ValueError(f"adam must be one of {ADAM_STYLES}, got {style!r}")
+    if style == "tf":
+        return tf_adam(learning_rate, b1=b1, b2=b2, eps=eps)
+    return optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+
+
 def make_optimizer(
     *,
     lr: float,
@@ -237,6 +258,4 @@ def make_optimizer(
         raise ValueError(f"adam must be one of {ADAM_STYLES}, got {adam!r}")
     _check_betas_eps(b1, b2, eps)
     lr_schedule = make_schedule(schedule, lr=lr, total_steps=total_steps, warmup_steps=warmup_steps)
-    if adam == "tf":
-        return tf_adam(lr_schedule, b1=b1, b2=b2, eps=eps)
-    return optax.adam(lr_schedule, b1=b1, b2=b2, eps=eps)
+    return adam_optimizer(lr_schedule, adam, eps=eps, b1=b1, b2=b2)

@@ -40,9 +40,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from rlhf_jax.data.labels import (LHP_PAD_TOKEN, Labels, TARGET_FIELD, char_spans_to_mask,
-                                  mask_to_ranges, parse_label_type, ranges_to_mask)
-from rlhf_jax.data.tasks import pad_left, pad_right
+from rlhf_jax.data.labels import (char_spans_to_mask, Labels, LHP_PAD_TOKEN, mask_to_ranges,
+                                  parse_label_type, ranges_to_mask, TARGET_FIELD)
+from rlhf_jax.data.tasks import format_cnndm_query, format_tldr_query, pad_left, pad_right
 from rlhf_jax.infra.files import write_text_atomic
 
 # --------------------------------------------------------------------------
@@ -327,8 +327,6 @@ def read_sff_comparisons(path, *, encode: Callable[[str], list[int]], query_leng
     Returns:
       Labels with label_type 'pairwise', best_N = choice, labeler_N = worker.
     """
-    from rlhf_jax.data.tasks import format_cnndm_query, format_tldr_query
-
     _check_lengths(path, "query_length", query_length)
     _check_lengths(path, "response_length", response_length)
     queries, responses, choices, workers, span_masks = [], [], [], [], []

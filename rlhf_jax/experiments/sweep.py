@@ -40,6 +40,7 @@ import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from rlhf_jax.infra.metrics import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RUNS_DIR = "runs"
@@ -172,8 +173,6 @@ def grid(name: str, config: str, seeds: Sequence[int], overrides: Mapping[str, A
 
 
 def _read_rows(workdir: str, stage: str) -> list[dict]:
-    from rlhf_jax.infra.metrics import read_metrics
-
     by_step: dict[int, dict] = {}
     for row in read_metrics(workdir, stage):
         by_step.setdefault(row["step"], {}).update(row)  # a step's rows merge; last wins

@@ -13,8 +13,9 @@ import sys
 import time
 from typing import Any, Callable
 
-from rlhf_jax.experiments.sweep import (LOCK_FILE, LOCK_POLL_S, REPO, RUNS_DIR, RUN_RECORD, Ref,
-                                        Run, Sweep)
+from rlhf_jax import config_check, config_lib, members as members_lib, pipeline
+from rlhf_jax.experiments.sweep import (LOCK_FILE, LOCK_POLL_S, Ref, REPO, Run, RUN_RECORD,
+                                        RUNS_DIR, Sweep)
 from rlhf_jax.experiments.sweep_aggregate import aggregate
 from rlhf_jax.infra import compile_cache
 from rlhf_jax.infra.files import write_json_atomic
@@ -159,8 +160,6 @@ def _check_record(run: Run, runs_dir: str) -> None:
 
 def is_finished(run_dir: str, cfg, until: str | None = None) -> bool:
     """Whether every stage of the run (before stage `until`, when given) left its marker."""
-    from rlhf_jax import config_lib
-
     stages = config_lib.stage_list(cfg)
     if until is not None:
         stages = stages[:stages.index(until)]
@@ -169,8 +168,6 @@ def is_finished(run_dir: str, cfg, until: str | None = None) -> bool:
 
 def validate(sweep: Sweep, workdir: str, num_devices: int) -> list[tuple[Run, Any]]:
     """Every run's config built and resolved, in dependency order, before any work."""
-    from rlhf_jax import config_check
-
     runs_dir = os.path.join(workdir, RUNS_DIR)
     out = []
     for run in _order(sweep):
@@ -225,8 +222,6 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
     `dry_run` validates every run and prints the plan (order, finished or not).
     """
     import jax
-
-    from rlhf_jax import members as members_lib, pipeline
 
     t0 = time.time()
     runs_dir = os.path.join(workdir, RUNS_DIR)
@@ -333,8 +328,6 @@ def _ready(run: Run, cfgs: dict, runs_dir: str) -> bool:
 def _lock_members(run: Run, cfg, pending, cfgs: dict, runs_dir: str) -> list:
     """Other ready, unfinished runs whose configs differ from `run`'s only in
     member fields (`rlhf_jax.members`), locked: `[(run, cfg, lock)]`."""
-    from rlhf_jax import members as members_lib
-
     key = members_lib.shared_config_key(cfg)
     out = []
     for other, other_cfg in pending:

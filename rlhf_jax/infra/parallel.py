@@ -109,17 +109,24 @@ def mean_grads(grads, axis_name=None):
     return fsdp_lib.mean_grads(grads, batch_axes() if axis_name is None else axis_name)
 
 
+def check_layout(mode: str, fsdp, num_devices: int) -> None:
+    """ValueError naming the `parallel` field for a layout that cannot run on
+    `num_devices` devices (`config_check.resolve` and `DataParallel` both ask)."""
+    if mode not in MODES:
+        raise ValueError(f"parallel.mode={mode!r}: expected one of {MODES}")
+    if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1:
+        raise ValueError(f"parallel.fsdp={fsdp!r} must be an int >= 1")
+    if fsdp > 1 and mode != "mesh":
+        raise ValueError(f"parallel.fsdp={fsdp} shards params over a mesh: it needs "
+                         f"parallel.mode='mesh' (got {mode!r})")
+    if num_devices % fsdp:
+        raise ValueError(f"parallel.fsdp={fsdp} does not divide the device count {num_devices}")
+
+
 class DataParallel:
     """Places data and compiles steps for one of the two data-parallel modes."""
 
     def __init__(self, mode: str = "pmap", num_devices: int | None = None, fsdp: int = 1):
-        if mode not in MODES:
-            raise ValueError(f"parallel.mode={mode!r}: expected one of {MODES}")
-        if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1:
-            raise ValueError(f"parallel.fsdp={fsdp!r} must be an int >= 1")
-        if fsdp > 1 and mode != "mesh":
-            raise ValueError(f"parallel.fsdp={fsdp} shards params over a mesh: it needs "
-                             f"parallel.mode='mesh' (got {mode!r})")
         devices = jax.devices()
         if num_devices:
             if num_devices > len(devices):
@@ -131,6 +138,7 @@ class DataParallel:
             # pmap's layout here stacks every device's copy on one host.
             raise ValueError("parallel.mode='pmap' runs on one process; use parallel.mode='mesh' "
                              f"for a run over {jax.process_count()} processes")
+        check_layout(mode, fsdp, len(devices))
         self.mode = mode
         self.devices = devices
         self.num_devices = len(devices)
@@ -139,9 +147,6 @@ class DataParallel:
             self.mesh = Mesh(np.asarray(devices), (AXIS,))
             self.batch_axes = AXIS
         else:
-            if self.num_devices % fsdp:
-                raise ValueError(f"parallel.fsdp={fsdp} does not divide the device count "
-                                 f"{self.num_devices}")
             # Topology-aware on TPU (fsdp groups on neighbouring chips); a reshape elsewhere.
             from jax.experimental import mesh_utils
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rlhf_jax.models.gpt2 import GPT2Config, _SIZES
+from rlhf_jax.models.gpt2 import _SIZES, GPT2Config
 from rlhf_jax.models.heads import RewardModel
 from rlhf_jax.models.hf import config_from_hf, config_to_hf, load_pretrained
 
@@ -111,8 +111,6 @@ def architecture(cfg) -> tuple[GPT2Config, str]:
             return GPT2Config.from_name(name, **dtypes), f"{name} (known size)"
         path = os.path.join(name, "config.json")
         if os.path.isfile(path):
-            from rlhf_jax.models.hf import config_from_hf
-
             with open(path) as f:
                 return config_from_hf(json.load(f), source=path, **dtypes), path
     vocab = cfg.pretrain.vocab_size if m.tokenizer == "synthetic" else GPT2_VOCAB

@@ -22,6 +22,7 @@ import functools
 from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
+from rlhf_jax.labelling.labelers import GOLDS, make_gold
 from rlhf_jax.stages import rollout, supervised
 from rlhf_jax.stages.context import Context
 
@@ -79,8 +80,6 @@ def postprocess(ctx: Context, responses_NxR: np.ndarray):
 
 def gold_function(ctx: Context) -> Callable | None:
     """`gold(query, query_mask, processed) -> [B]` on the host, or None without a gold reward."""
-    from rlhf_jax.labelling.labelers import GOLDS, make_gold
-
     if ctx.cfg.labels.gold not in GOLDS:
         return None
     judge = make_gold(ctx.cfg.labels.gold,

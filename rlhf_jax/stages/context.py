@@ -18,10 +18,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from rlhf_jax import config_lib
-from rlhf_jax.data import datasets, tasks
+from rlhf_jax.data import datasets, synthetic, tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.metrics import MetricsWriter
-from rlhf_jax.models import GPT2LMHeadModel, loading
+from rlhf_jax.models import GPT2LMHeadModel, load_tokenizer, loading, save_pretrained
+from rlhf_jax.stages.rollout import TaskSpec
 
 # Synthetic query datasets, per process: a sweep opens dozens of runs on one
 # corpus and tokenizer, and encoding 36,000 stories takes seconds each time.
@@ -67,8 +68,6 @@ class Context:
 
     def task_spec(self):
         """The rollout's `TaskSpec`, with the query prefix and suffix as token ids."""
-        from rlhf_jax.stages.rollout import TaskSpec
-
         return TaskSpec.from_config(self.cfg.task, query_prefix=self.query_prefix_ids,
                                     query_suffix=self.query_suffix_ids)
 
@@ -135,8 +134,6 @@ class Context:
     def save_lm(self, name: str, model, params) -> None:
         """`models/<name>/`: a Hugging Face GPT-2 directory with the tokenizer (process 0)."""
         if parallel.process_is_main():
-            from rlhf_jax.models import save_pretrained
-
             save_pretrained(model, params, self.path("models", name))
             self.tokenizer.save_pretrained(self.path("models", name))
 
@@ -144,8 +141,6 @@ class Context:
 def setup_tokenizer(ctx: Context) -> None:
     """The tokenizer (trained on the synthetic corpus by process 0, or loaded) and corpus."""
     cfg = ctx.cfg
-    from rlhf_jax.data import synthetic
-    from rlhf_jax.models import load_tokenizer
 
     if cfg.task.query_dataset == "synthetic" or cfg.model.tokenizer == "synthetic":
         ctx.corpus = synthetic.generate_corpus(cfg.pretrain.num_docs, cfg.seed)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms import losses
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.data.labels import Labels
 from rlhf_jax.stages import supervised
 from rlhf_jax.stages.reward_train import training_labels
@@ -163,7 +164,7 @@ def train_dpo(cfg, *, model, params, ref_params, train: Labels, val: Labels | No
       `val_` on held-out pairs (`dpo/val_margin`, `dpo/val_accuracy`, ...).
     """
     d = cfg.dpo
-    loop = supervised.LoopConfig.from_config(cfg, "dpo")
+    loop = LoopConfig.from_config(cfg, "dpo")
     beta = d.beta
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not beta > 0:
         raise ValueError(f"dpo.beta={beta!r} must be a number > 0")

@@ -31,6 +31,7 @@ import numpy as np
 from rlhf_jax.algorithms.ppo import forward_policy_value
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
+from rlhf_jax.labelling import spans
 from rlhf_jax.models import loading
 from rlhf_jax.stages import reward, rollout, supervised
 from rlhf_jax.stages.batched import best_of_n, gold_function, postprocess, sample_responses
@@ -126,7 +127,6 @@ def evaluate(ctx: Context) -> dict:
                 res["gold_score"] = float(np.mean(gold(q, m, best)))
             results[f"best_of_{n}"] = res
     if e.judge.enabled:  # a held-out labeller: each policy's responses vs the initial's
-        from rlhf_jax.labelling import spans
 
         for name, r in spans.judge_winrates(spans.judge_for_config(cfg), ctx.decode, q, m,
                                             judged["initial"], judged, t.pad_token).items():

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.stages import sft, supervised
 from rlhf_jax.stages.batched import best_of_n
 from rlhf_jax.stages.rollout import PPOModels, TaskSpec
@@ -47,7 +48,7 @@ def train_bon_sft(cfg, *, task: TaskSpec, model, params, rm_model, rm_params, qu
     """
     b = cfg.bon_sft
     models = PPOModels(policy=model, reference=model, reward=rm_model)
-    base_loop = supervised.LoopConfig.from_config(cfg, "bon_sft")
+    base_loop = LoopConfig.from_config(cfg, "bon_sft")
     summary: dict[str, Any] = {}
     for r in range(1, b.rounds + 1):
         stage = "bon_sft" if r == 1 else f"bon_sft_r{r}"

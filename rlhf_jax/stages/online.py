@@ -53,6 +53,9 @@ from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.files import savez_atomic, write_json_atomic
 from rlhf_jax.infra.metrics import MetricsWriter
+from rlhf_jax.labelling import spans
+from rlhf_jax.labelling.label_server.queue import HumanQueue, LabelingStopped
+from rlhf_jax.labelling.labelers import LabelRequest, make_gold, MockLabeler
 from rlhf_jax.models import loading
 from rlhf_jax.stages import reward, reward_train
 from rlhf_jax.stages.batched import postprocess, sample_responses
@@ -157,7 +160,6 @@ class OnlineCollector:
             labeler = self._labeler(r, should_stop)
             _log(f"online | round {r} before update {update + 1}: {len(request)} queries x "
                  f"{self.k} responses -> {self.online.labeler} labeller")
-            from rlhf_jax.labelling.label_server.queue import LabelingStopped
 
             try:
                 new = labeler.label(request)
@@ -165,7 +167,6 @@ class OnlineCollector:
                 _log(f"online | round {r}: {e}; relaunch the same command to resume")
                 return None
             if self.cfg.labels.spans.enabled and len(new):  # people's marks are kept as given
-                from rlhf_jax.labelling import spans
 
                 new = spans.mark_unmarked(self.cfg, self.ctx.decode, new)
             label_files_lib.write_labels_jsonl(self.labels_path(r), new)
@@ -177,8 +178,6 @@ class OnlineCollector:
 
     def _request(self, r: int, ppo_params):
         """The round's label request: saved before it is sent, reloaded on resume."""
-        from rlhf_jax.labelling.labelers import LabelRequest
-
         cfg, ctx = self.cfg, self.ctx
         path = os.path.join(self.round_dir(r), "request.npz")
         if os.path.exists(path):
@@ -213,16 +212,12 @@ class OnlineCollector:
     def _labeler(self, r: int, should_stop):
         cfg, ctx, o = self.cfg, self.ctx, self.online
         if o.labeler == "human":
-            from rlhf_jax.labelling.label_server.queue import HumanQueue
-
             return HumanQueue(o.db, label_type=cfg.labels.type, decode=ctx.decode,
                               poll_seconds=o.poll_seconds, max_skips=o.max_skips,
                               should_stop=should_stop, log=_log,
                               name=f"{os.path.basename(os.path.abspath(ctx.workdir))}/"
                                    f"round_{r:04d}")
         if self._mock is None:
-            from rlhf_jax.labelling.labelers import MockLabeler, make_gold
-
             gold = make_gold(cfg.labels.gold,
                              ungrammatical_penalty=cfg.labels.ungrammatical_penalty)
             self._mock = MockLabeler(gold, label_type=self.kind,

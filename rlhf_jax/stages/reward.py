@@ -43,6 +43,7 @@ import numpy as np
 
 from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.data.labels import Labels
+from rlhf_jax.infra import parallel
 from rlhf_jax.stages import supervised
 
 REWARD_AT = ("last", "eos")
@@ -214,8 +215,6 @@ def sample_for_normalization(policy_model, policy_params, query_NxQ, query_mask_
     `fold_in(rng', i)`, so the samples depend neither on the batch size nor,
     with `dp` (batches split over its devices), on the device count.
     """
-    from rlhf_jax.infra import parallel
-
     n = query_NxQ.shape[0]
     if num_samples < 1:
         raise ValueError(f"reward.normalize_samples={num_samples} must be >= 1")

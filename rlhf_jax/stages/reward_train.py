@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable
 
 import jax
@@ -20,12 +21,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms import losses
+from rlhf_jax.config_lib import LoopConfig
+from rlhf_jax.data import label_files as label_files_lib
 from rlhf_jax.data.labels import Labels, parse_label_type
 from rlhf_jax.infra import parallel
+from rlhf_jax.models import loading
 from rlhf_jax.stages import supervised
+from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.reward import (NORMALIZE_MODES, ReferenceSamples, check_reward_at, get_rewards,
                                     get_rewards_and_token_logits, label_target_moments,
-                                    normalize_params)
+                                    normalize_params, reference_normalizer)
+from rlhf_jax.stages.run import raise_if_preempted, scalars
 
 # --------------------------------------------------------------------------
 # Losses on label batches (per shard).
@@ -244,7 +250,7 @@ def train_reward_model(cfg, *, rm_model, rm_params, train: Labels, val: Labels |
 class RewardLoop:
     """What the supervised loop takes for one reward model (`prepare`)."""
 
-    loop: supervised.LoopConfig
+    loop: LoopConfig
     loss_fn: Callable
     eval_fn: Callable
     train_data: dict
@@ -260,7 +266,7 @@ def prepare(cfg, *, rm_model, train: Labels, val: Labels | None, dp,
     field) and builds the loop's pieces: `train_reward_model` and the members'
     trainer (`rlhf_jax.members.run_reward_members`) share them."""
     r = cfg.reward
-    loop = supervised.LoopConfig.from_config(cfg, "reward")
+    loop = LoopConfig.from_config(cfg, "reward")
     dp.check_config(cfg)
     if r.head != rm_model.head:
         raise ValueError(f"reward.head={r.head!r} but the reward model has head "
@@ -319,3 +325,40 @@ def prepare(cfg, *, rm_model, train: Labels, val: Labels | None, dp,
         finalize_fn=finalize_fn,
         cache_key=("reward", rm_model, train.label_type, reward_at, eos_token,
                    float(r.span_coef)))
+
+
+# --------------------------------------------------------------------------
+# The reward stage in a workdir (`pipeline.stage_reward`, `rlhf_jax.members`).
+
+
+def read_labels(ctx: Context) -> tuple[Labels, Labels | None]:
+    """The labels the labels stage left (`labels/{train,val}.jsonl`; val may be absent)."""
+    cfg = ctx.cfg
+    kind, _ = parse_label_type(cfg.labels.type)
+    kw = dict(query_length=cfg.task.query_length, response_length=cfg.task.response_length,
+              pad_token=cfg.task.pad_token, vocab_size=len(ctx.tokenizer), label_type=kind)
+    train = label_files_lib.read_labels_jsonl(ctx.path("labels", "train.jsonl"), **kw)
+    val_path = ctx.path("labels", "val.jsonl")
+    val = label_files_lib.read_labels_jsonl(val_path, **kw) if os.path.exists(val_path) else None
+    return train, val
+
+
+def reward_inputs(ctx: Context) -> dict:
+    """The reward stage's inputs: `rm_model`, `rm_params` (initial), `train`, `val`
+    labels, `normalizer` and the stage key `rng` (also for `rlhf_jax.members`)."""
+    cfg = ctx.cfg
+    train, val = read_labels(ctx)
+    policy_model, policy_params = ctx.initial_policy()
+    rm_model, rm_params = loading.init_reward_model(cfg, stage_key(cfg, "reward"), policy_model,
+                                                    policy_params)
+    return dict(rm_model=rm_model, rm_params=rm_params, train=train, val=val,
+                normalizer=reference_normalizer(ctx, policy_model, policy_params),
+                rng=stage_key(cfg, "reward"))
+
+
+def finish_reward(ctx: Context, rm_model, rm_params, summary: dict) -> dict:
+    """Saves the trained reward model; the stage's summary for its marker."""
+    raise_if_preempted(summary, "reward")
+    if parallel.process_is_main():
+        loading.save_reward_model(ctx.path("models", "reward"), rm_model, rm_params)
+    return scalars(summary)

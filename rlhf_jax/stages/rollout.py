@@ -27,10 +27,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms.ppo import Rollout, forward_policy_value, token_level_rewards
+from rlhf_jax.algorithms.ppo import forward_policy_value, Rollout, token_level_rewards
 from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
+from rlhf_jax.stages import reward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,8 +178,6 @@ def rm_scores(reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR,
     Read exactly as the reward model was trained (`reward.get_rewards`): at
     the last real token (Ziegler) or at the first EOS (Stiennon).
     """
-    from rlhf_jax.stages import reward
-
     resp_mask_BxR = (processed_BxR != task.pad_token).astype(jnp.int32)
     return reward.get_rewards(
         reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR, resp_mask_BxR,
@@ -190,8 +189,6 @@ def rm_scores_and_token_rewards(reward_model, rm_params, query_BxQ, query_mask_B
                                 processed_BxR, task: TaskSpec, token: TokenRewards):
     """`(scores_B, token_rewards_BxR)` of a token-level RM: the score as `rm_scores`,
     and per response token the dense reward of its span head's decision."""
-    from rlhf_jax.stages import reward
-
     resp_mask_BxR = (processed_BxR != task.pad_token).astype(jnp.int32)
     scores_B, logits_BxR = reward.get_rewards_and_token_logits(
         reward_model, rm_params, query_BxQ, query_mask_BxQ, processed_BxR, resp_mask_BxR,

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms import logprobs
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.infra import parallel
 from rlhf_jax.stages import supervised
 
@@ -157,10 +158,10 @@ def _eval_fn(params, batch, *, model, loss_on):
 
 
 def _train(cfg, stage: str, loss_on: str, **kwargs):
-    return train_causal_lm(cfg, supervised.LoopConfig.from_config(cfg, stage), loss_on, **kwargs)
+    return train_causal_lm(cfg, LoopConfig.from_config(cfg, stage), loss_on, **kwargs)
 
 
-def train_causal_lm(cfg, loop: supervised.LoopConfig, loss_on: str, *, model, params,
+def train_causal_lm(cfg, loop: LoopConfig, loss_on: str, *, model, params,
                     train: SFTData, val: SFTData | None, dp, rng, workdir, writer,
                     stop_after=None):
     """Next-token training of `model` on `train` with the loop `loop` (its stage

@@ -1,7 +1,7 @@
 """The one training loop behind the reward model, SFT / LM pretraining and DPO.
 
 A trainer hands `run` a per-shard loss, a dict of fixed-shape host arrays
-(leading axis N) and a `LoopConfig`; `run` does the rest:
+(leading axis N) and a `config_lib.LoopConfig`; `run` does the rest:
 
 - epochs over the data in fixed-size batches, a fresh permutation per epoch
   drawn from the base key (`fold_in(data_key, epoch)`), so the data order is
@@ -36,7 +36,6 @@ Per-shard contracts:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Any, Callable, Mapping
@@ -48,6 +47,7 @@ import numpy as np
 import optax
 
 from rlhf_jax.algorithms.optim import make_optimizer, make_schedule
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.infra.metrics import (DeferredMetrics, MetricsWriter, check_finite, format_log_line,
@@ -55,95 +55,6 @@ from rlhf_jax.infra.metrics import (DeferredMetrics, MetricsWriter, check_finite
 
 # Fold-in constants that split the base key into independent streams.
 _DATA_STREAM, _STEP_STREAM, _INIT_STREAM, _FINAL_STREAM = 1, 2, 3, 4
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopConfig:
-    """The loop's settings, read from one config group (`cfg.<stage>`).
-
-    Attributes:
-      stage: the group's name; also the metric prefix (`reward/loss`), the
-        writer's stage and the checkpoint subdirectory.
-      batch_size: global examples per optimizer step (all devices).
-      epochs: passes over the training data.
-      lr: peak learning rate.
-      schedule: "linear" (to zero, Ziegler), "cosine" (to zero, Stiennon)
-        or "constant".
-      warmup_frac: fraction of the steps over which the lr first rises
-        linearly from 0 ("cosine" only; 0 = none, the papers' setting).
-      adam: "tf" (LHP's TensorFlow Adam) or "torch" (optax.adam).
-      adam_eps: Adam's eps (LHP: 1e-5).
-      log_every: log train metrics every this many steps (and at the end).
-      eval_every: held-out evaluation every this many steps; 0 evaluates only
-        before and after training.
-      checkpoint_every: save a checkpoint every this many steps.
-    """
-
-    stage: str
-    batch_size: int
-    epochs: int
-    lr: float
-    schedule: str
-    warmup_frac: float
-    adam: str
-    adam_eps: float
-    log_every: int
-    eval_every: int
-    checkpoint_every: int
-
-    @classmethod
-    def from_config(cls, cfg, stage: str) -> "LoopConfig":
-        """Reads `cfg.<stage>.{batch_size, epochs, lr, schedule, adam, adam_eps,
-        log_every, eval_every, checkpoint_every}`; a missing field raises."""
-        g = cfg[stage]
-        loop = cls(
-            stage=stage,
-            batch_size=g.batch_size,
-            epochs=g.epochs,
-            lr=g.lr,
-            schedule=g.schedule,
-            warmup_frac=g.warmup_frac,
-            adam=g.adam,
-            adam_eps=g.adam_eps,
-            log_every=g.log_every,
-            eval_every=g.eval_every,
-            checkpoint_every=g.checkpoint_every,
-        )
-        loop.validate()
-        return loop
-
-    def validate(self) -> None:
-        """ValueError naming the field for a value out of range."""
-        for name, low in (("batch_size", 1), ("epochs", 1), ("log_every", 1),
-                          ("eval_every", 0), ("checkpoint_every", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{self.stage}.{name}={value!r} must be an int >= {low}")
-        if not self.lr >= 0:
-            raise ValueError(f"{self.stage}.lr={self.lr!r} must be >= 0")
-        if not self.adam_eps > 0:
-            raise ValueError(f"{self.stage}.adam_eps={self.adam_eps!r} must be > 0")
-        if not 0 <= self.warmup_frac < 1:
-            raise ValueError(f"{self.stage}.warmup_frac={self.warmup_frac!r} must be in [0, 1)")
-        if self.warmup_frac and self.schedule != "cosine":
-            raise ValueError(f"{self.stage}.warmup_frac={self.warmup_frac!r} needs "
-                             f"{self.stage}.schedule='cosine', got {self.schedule!r}")
-
-    def steps_per_epoch(self, num_examples: int, *, num_field: str, drop_last: bool,
-                        num_devices: int) -> int:
-        """Optimizer steps per epoch; ValueError naming the fields when the sizes
-        do not divide (`drop_last` allows a remainder, dropped each epoch)."""
-        if self.batch_size % num_devices:
-            raise ValueError(f"{self.stage}.batch_size={self.batch_size} is not divisible "
-                             f"by the device count {num_devices}")
-        if not drop_last and num_examples % self.batch_size:
-            raise ValueError(f"{num_field}={num_examples} is not divisible by "
-                             f"{self.stage}.batch_size={self.batch_size}")
-        steps = num_examples // self.batch_size
-        if steps < 1:
-            raise ValueError(f"{num_field}={num_examples} is smaller than "
-                             f"{self.stage}.batch_size={self.batch_size}: no full batch")
-        return steps
 
 
 @flax.struct.dataclass

@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax.algorithms.optim import make_optimizer, make_schedule
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.infra.metrics import (DeferredMetrics, MetricsWriter, check_finite, format_log_line,
                                     rate_and_eta)
-from rlhf_jax.stages import supervised
 from rlhf_jax.stages.supervised import (_DATA_STREAM, _FINAL_STREAM, _INIT_STREAM, TrainState,
                                         _epoch_permutation, _from_ckpt, _make_eval_step,
                                         _make_train_step, _to_ckpt, log_line, num_rows, pad_rows,
@@ -84,7 +84,7 @@ def _member(tree, i: int):
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def run_members(loop: supervised.LoopConfig, members: list[MemberRun], *, loss_fn: Callable,
+def run_members(loop: LoopConfig, members: list[MemberRun], *, loss_fn: Callable,
                 dp: parallel.DataParallel, num_train_field: str, drop_last: bool = False,
                 eval_fn: Callable | None = None, stop_after: int | None = None,
                 max_to_keep: int = 2) -> list[tuple[Any, dict]]:

@@ -34,7 +34,10 @@ from rlhf_jax.algorithms.kl import init_kl_state
 from rlhf_jax.algorithms.ppo import PPOHParams, PPOState, make_update_step
 from rlhf_jax.infra import metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
+from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
+from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.rollout import PPOModels, TaskSpec, TokenRewards, make_rollout, penalize
+from rlhf_jax.stages.run import raise_if_preempted
 
 STAGE = "ppo"
 LOG_KEYS = (
@@ -64,22 +67,27 @@ def hparams(cfg) -> PPOHParams:
     )
 
 
+def lr_schedule(ppo_cfg, lr=None):
+    """The lr of each optimizer step (item 25): linear to zero over updates, constant
+    within one; `lr` overrides `ppo_cfg.lr` and may be traced (a vmapped member's).
+    Logging reads the lr of update u as `lr_schedule(cfg)(u * steps_per_update(cfg))`."""
+    return optim.per_update_linear(ppo_cfg.lr if lr is None else lr,
+                                   config_check.num_updates(ppo_cfg), steps_per_update(ppo_cfg))
+
+
+def steps_per_update(ppo_cfg) -> int:
+    """Optimizer steps in one PPO update: every minibatch of every epoch."""
+    return ppo_cfg.noptepochs * ppo_cfg.nminibatches
+
+
+def update_lr(ppo_cfg, update: int) -> float:
+    """The lr update `update` (0-based) applied, as the optimizer computes it."""
+    return float(lr_schedule(ppo_cfg)(update * steps_per_update(ppo_cfg)))
+
+
 def make_optimizer(ppo_cfg, lr=None) -> optax.GradientTransformation:
-    """Adam (TF-style by default, item 26), lr linear to zero over updates (item 25).
-
-    `lr` overrides `ppo_cfg.lr`; it may be traced (one per vmapped member).
-    """
-    steps_per_update = ppo_cfg.noptepochs * ppo_cfg.nminibatches
-    n = config_check.num_updates(ppo_cfg)
-    lr = ppo_cfg.lr if lr is None else lr
-
-    def schedule(count):
-        update = count // steps_per_update
-        return lr * (1.0 - update / n)
-
-    if ppo_cfg.adam == "tf":
-        return optim.tf_adam(schedule, eps=ppo_cfg.adam_eps)
-    return optax.adam(schedule, eps=ppo_cfg.adam_eps)
+    """Adam (TF-style by default, item 26) on `lr_schedule`."""
+    return optim.adam_optimizer(lr_schedule(ppo_cfg, lr), ppo_cfg.adam, eps=ppo_cfg.adam_eps)
 
 
 def init_state(params, optimizer, cfg) -> PPOState:
@@ -107,7 +115,6 @@ class PPOTrainer:
         """`task`: the rollout's task fields, with the query prefix / suffix as token
         ids (`TaskSpec.from_config`); default from `cfg.task`, which then must not
         set a prefix or suffix."""
-        config_check.check_ppo(cfg.ppo, dp.num_devices)
         self.cfg, self.models, self.dp = cfg, models, dp
         self.task = TaskSpec.from_config(cfg.task) if task is None else task
         self.use_rm = cfg.ppo.reward_source == "rm"
@@ -222,7 +229,7 @@ class PPOTrainer:
                 now = time.perf_counter()
                 extra = {"elapsed/fps": cfg.ppo.batch_size / max(now - t_last, 1e-9),
                          "ppo/episodes": update * cfg.ppo.batch_size,
-                         "ppo/lr": cfg.ppo.lr * (1.0 - (update - 1) / n)}
+                         "ppo/lr": update_lr(cfg.ppo, update - 1)}
                 t_last = now
                 if gold_B is not None:
                     extra["objective/gold_score"] = float(np.mean(gold_B))
@@ -289,3 +296,42 @@ def log_samples(cfg, task: TaskSpec, writer, update, ro, processed, gold_B, deco
         print(f"  sample{f' [{label}]' if label else ''} | {r['query']!r} -> {r['response']!r} "
               f"| score {r['score']:.3f} | kl {r['kl']:.2f} | total {r['total']:.3f}"
               + (f" | gold {r['gold_score']:.3f}" if "gold_score" in r else ""), flush=True)
+
+
+# --------------------------------------------------------------------------
+# The PPO stage in a workdir (`pipeline.stage_ppo`, `rlhf_jax.members`).
+
+
+def ppo_models_and_params(ctx: Context):
+    """`(models, params, ref_params, rm_params)` for the PPO stage from the workdir: the
+    initial policy (with a value head or a separate value model, by `ppo.value_model`;
+    none for RLOO / REINFORCE), its reference copy and the reward model."""
+    cfg = ctx.cfg
+    ref_model, ref_params = ctx.initial_policy()
+    rm_model, rm_params = ctx.reward_model() or (None, None)
+    if cfg.ppo.reward_source == "rm" and rm_model is None:
+        raise ValueError("ppo.reward_source='rm' needs the reward stage (models/reward is missing)")
+    if cfg.ppo.algo != "ppo":  # RLOO / REINFORCE: the plain LM, no value model
+        params = {"policy": ref_params}
+        models = PPOModels(policy=ref_model, reference=ref_model, reward=rm_model, no_value=True)
+    elif cfg.ppo.value_model == "shared":
+        policy = PolicyWithValueHead(ref_model.config)
+        init = jax.jit(policy.init)(stage_key(cfg, "ppo"), jnp.zeros((1, 8), jnp.int32))["params"]
+        params = {"policy": {"transformer": ref_params["transformer"],
+                             "value_head": init["value_head"]}}
+        models = PPOModels(policy=policy, reference=ref_model, reward=rm_model)
+    else:
+        if rm_model is None:
+            raise ValueError("ppo.value_model='separate' is initialised from the reward model")
+        value = ValueModel(rm_model.config, head=rm_model.head)
+        params = {"policy": ref_params, "value": value_params_from_reward(rm_params)}
+        models = PPOModels(policy=ref_model, reference=ref_model, value=value, reward=rm_model)
+    return models, params, ref_params, rm_params
+
+
+def finish_ppo(ctx: Context, models, params, summary: dict) -> dict:
+    """Exports the trained policy (`models/policy`); the stage summary (its last log row)."""
+    raise_if_preempted(summary, "ppo")
+    ctx.save_lm("policy", models.reference, {"transformer": params["policy"]["transformer"]})
+    hist = summary.get("history") or []  # a resume of a finished PPO keeps only the last
+    return {"updates": summary["updates"], **({k: v for k, v in hist[-1].items()} if hist else {})}

@@ -29,6 +29,7 @@ import numpy as np
 
 from rlhf_jax.algorithms import losses
 from rlhf_jax.algorithms.ppo import forward_policy_value
+from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.data.labels import Labels
 from rlhf_jax.infra import parallel
 from rlhf_jax.stages import supervised
@@ -111,7 +112,7 @@ def train_ul(cfg, *, model, params, train: Labels, val: Labels | None, dp, rng,
     `-log(1 - p)` of marked tokens), `ul/marked_prob` (their mean probability),
     and the same with `val_` on held-out labels.
     """
-    loop = supervised.LoopConfig.from_config(cfg, "ul")
+    loop = LoopConfig.from_config(cfg, "ul")
     alpha = cfg.ul.alpha
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha < 0:
         raise ValueError(f"ul.alpha={alpha!r} must be a number >= 0")

@@ -1,6 +1,6 @@
 """Figures from a workdir's metrics.jsonl, as PNGs in `workdir/figures/`.
 
-    python -m rlhf_jax.experiments.figures WORKDIR [--reference NAME]
+    python -m rlhf_jax.stages.figures WORKDIR [--reference NAME]
 
 writes whichever of these the logged metrics allow (a figure whose metrics
 are absent is skipped and the skip logged, so a partial workdir works):
@@ -38,7 +38,9 @@ from rlhf_jax.infra.metrics import METRICS_FILE, read_metrics
 
 FIGURES_DIR = "figures"
 EPISODES = "ppo/episodes"
-REFERENCES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "references")
+# Published targets (data files beside the experiments that use them).
+REFERENCES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "experiments", "references")
 
 # (metric, axis label) for the PPO curve panels, in panel order.
 PPO_CURVES = (
@@ -300,9 +302,9 @@ def make_figures(workdir: str, reference: str | None = None) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> list[str]:
-    """Command line: `python -m rlhf_jax.experiments.figures WORKDIR`."""
+    """Command line: `python -m rlhf_jax.stages.figures WORKDIR`."""
     parser = argparse.ArgumentParser(
-        prog="python -m rlhf_jax.experiments.figures",
+        prog="python -m rlhf_jax.stages.figures",
         description="Plot a run's metrics.jsonl into WORKDIR/figures/*.png.")
     parser.add_argument("workdir", help="a run's workdir (holds metrics.jsonl)")
     parser.add_argument("--reference", default=None,
