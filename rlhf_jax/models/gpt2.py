@@ -62,9 +62,14 @@ class GPT2Config:
     kv_cache_dtype: Dtype | None = None  # sampler's KV cache (None: the compute dtype)
     # "xla" | "cudnn" | None: cuDNN's fused kernel where it applies, else XLA (models/attention.py)
     attention_impl: str | None = None
+    # PPO's forwards: the LM head and log-softmax in chunks of this many positions,
+    # rematerialised in the backward pass (0: all positions at once; algorithms/logprobs.py)
+    logits_chunk: int = 0
 
     def __post_init__(self):
         check_impl(self.attention_impl)
+        if self.logits_chunk < 0:
+            raise ValueError(f"GPT2Config: logits_chunk={self.logits_chunk} must be >= 0")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
