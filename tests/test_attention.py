@@ -128,3 +128,28 @@ def test_implementation_choice():
     q, k, v, allowed, _ = left_padded(1, 4, [0], seed=0, h=4, f=3, d=8)
     with pytest.raises(ValueError, match="4 query heads"):
         attention.dot_product_attention(q, k, v, allowed)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("attention_impl", "flash", r"model.attention_impl='flash': expected '' \(auto\), xla or cudnn"),
+    ("logits_chunk", -2, r"model.logits_chunk=-2 must be an int >= 0"),
+])
+def test_config_fields_checked_up_front(field, value, match):
+    from rlhf_jax import config_check, config_lib
+
+    c = config_lib.base_config()
+    c.model[field] = value
+    with pytest.raises(ValueError, match=match):
+        config_check.resolve(c, 1)
+
+
+def test_loading_passes_the_fields_to_the_model_config():
+    from rlhf_jax import config_lib
+    from rlhf_jax.models import loading
+
+    c = config_lib.base_config()
+    c.model.update(dict(n_embd=16, n_layer=1, n_head=2, attention_impl="xla", logits_chunk=8))
+    cfg = loading.model_config(c, 32)
+    assert (cfg.attention_impl, cfg.logits_chunk) == ("xla", 8)
+    c.model.attention_impl = ""
+    assert loading.model_config(c, 32).attention_impl is None
