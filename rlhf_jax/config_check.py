@@ -76,6 +76,10 @@ def resolve(c, num_devices: int) -> dict:
     _need(c.model.kv_cache_dtype in ("", "float32", "bfloat16"),
           f"model.kv_cache_dtype={c.model.kv_cache_dtype!r}: expected '' (the compute dtype), "
           "float32 or bfloat16")
+    _need(c.model.attention_impl in ("", "xla", "cudnn"),
+          f"model.attention_impl={c.model.attention_impl!r}: expected '' (auto), xla or cudnn")
+    _need(isinstance(c.model.logits_chunk, int) and c.model.logits_chunk >= 0,
+          f"model.logits_chunk={c.model.logits_chunk!r} must be an int >= 0")
     f = c.parallel.fsdp
     parallel.check_layout(c.parallel.mode, f, num_devices)
     if c.parallel.mode == "mesh":

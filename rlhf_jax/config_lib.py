@@ -141,6 +141,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.param_dtype = "float32"  # master weights
     m.remat = False  # rematerialise each block in the backward pass
     m.kv_cache_dtype = ""  # sampler's KV cache: "" = the compute dtype | bfloat16 | float32
+    m.attention_impl = ""  # "" = cuDNN's fused kernel where it applies, else XLA | xla | cudnn
+    m.logits_chunk = 0  # PPO: LM head + log-softmax in chunks of this many positions (0: at once)
 
     c.task = t = ml_collections.ConfigDict()
     t.name = ""

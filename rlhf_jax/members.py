@@ -157,6 +157,11 @@ class MemberPPOTrainer:
                                         token_rewards=TokenRewards.from_config(cfg.ppo)),
                            in_axes=(0, 0, 0, 1, 1, 0), out_axes=1)
         self.rollout_fn = dp.compile(rollout, (R, R, R, S, S, R), (S, S))
+        # Each member's rollout key as its own run derives it (PPOTrainer.rollout),
+        # computed on the device: reading the state's key and step on the host
+        # would wait for the previous update before the next rollout is queued.
+        self.keys_fn = dp.compile(jax.vmap(lambda r, s: jax.random.fold_in(
+            jax.random.fold_in(r, 1 << 20), s)), (R, R), R)
         base = hparams(cfg)
 
         def update(state, ro, hp):
@@ -236,25 +241,28 @@ class MemberPPOTrainer:
                 batches = [query_batch(mb.cfg, mb.queries, update) for mb in members]
                 q_BxMxQ = np.stack([q for q, _ in batches], 1)
                 qm_BxMxQ = np.stack([qm for _, qm in batches], 1)
-                # Each member's key as its own run derives it (PPOTrainer.rollout).
-                rng_M, step_M = dp.unreplicate(state.rng), dp.unreplicate(state.step)
-                keys_M = jax.vmap(lambda r, s: jax.random.fold_in(
-                    jax.random.fold_in(r, 1 << 20), s))(rng_M, step_M)
                 ro, processed = self.rollout_fn(state.params, ref_r, rm_r, dp.shard(q_BxMxQ),
-                                                dp.shard(qm_BxMxQ), dp.replicate(keys_M))
-                gold_BxM = None
-                if members[0].gold_fn is not None or not self.use_rm:
+                                                dp.shard(qm_BxMxQ),
+                                                self.keys_fn(state.rng, state.step))
+
+                def gold():
                     proc_h = np.asarray(dp.unshard(processed))
-                    gold_BxM = np.stack([np.asarray(mb.gold_fn(q_BxMxQ[:, i], qm_BxMxQ[:, i],
-                                                               proc_h[:, i]), np.float32)
-                                         for i, mb in enumerate(members)], 1)
-                    if not self.use_rm:
-                        raw = np.asarray(dp.unshard(ro.response_BxR))
-                        scores = np.stack([np.asarray(penalize(
-                            jnp.asarray(gold_BxM[:, i]), jnp.asarray(raw[:, i]), self.task))
-                            for i in range(m)], 1)
-                        ro = ro.replace(scores_B=dp.shard(scores))
+                    return np.stack([np.asarray(mb.gold_fn(q_BxMxQ[:, i], qm_BxMxQ[:, i],
+                                                           proc_h[:, i]), np.float32)
+                                     for i, mb in enumerate(members)], 1)
+
+                gold_BxM = None
+                if not self.use_rm:  # the gold is the reward: the update waits for it
+                    gold_BxM = gold()
+                    raw = np.asarray(dp.unshard(ro.response_BxR))
+                    scores = np.stack([np.asarray(penalize(
+                        jnp.asarray(gold_BxM[:, i]), jnp.asarray(raw[:, i]), self.task))
+                        for i in range(m)], 1)
+                    ro = ro.replace(scores_B=dp.shard(scores))
                 state, stats = self.update_fn(state, ro, hp_r)
+                if gold_BxM is None and members[0].gold_fn is not None:
+                    # Logged only: scored on the host while the device runs the update.
+                    gold_BxM = gold()
                 update += 1
                 now = time.perf_counter()
                 extras = [{"elapsed/fps": m * b / max(now - t_last, 1e-9),

@@ -14,14 +14,37 @@ rewards all hang on `log softmax(logits / T)[token]`, so every one of them
 - logits of -inf (masked vocabulary entries) add 0 to the entropy, not NaN.
 
 Pure and jit-safe; shapes are any `[..., V]` logits with `[...]` targets.
+
+Where the LM head meets the log-softmax (PPO's forwards), a model may hand
+over `HeadLogits` instead of logits: the hidden states and the head. Then
+`logprobs_and_entropy_from_head` runs head, log-softmax and entropy over
+chunks of positions, each chunk rematerialised in the backward pass, so the
+float32 [B, L, V] logits and their log-softmax never exist whole (at GPT-2's
+50k vocabulary they are the largest activations of a PPO minibatch); the
+backward pass computes the head's product once more, chunk by chunk. The
+results equal `logprobs_and_entropy(head(h), ...)`: each position's logits
+are the same product, whichever chunk computes them.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadLogits:
+    """Logits not computed yet: `head(h_BxLxD)` -> float32 [B, L, V], to be read in
+    chunks of `chunk` positions (lives only inside one traced function)."""
+
+    h_BxLxD: Array
+    head: Callable[[Array], Array]
+    chunk: int
 
 
 def _check_temperature(temperature) -> None:
@@ -62,6 +85,43 @@ def logprobs_and_entropy(logits_BxTxV: Array, targets_BxT: Array,
     p_BxTxV = jnp.exp(logp_BxTxV)
     entropy_BxT = -jnp.sum(jnp.where(p_BxTxV > 0, p_BxTxV * logp_BxTxV, 0.0), axis=-1)
     return logp_BxT, entropy_BxT
+
+
+def logprobs_and_entropy_from_head(h_BxLxD: Array, head: Callable[[Array], Array],
+                                   targets_BxL: Array, temperature: float = 1.0,
+                                   chunk: int = 0) -> tuple[Array, Array]:
+    """`logprobs_and_entropy(head(h_BxLxD), targets_BxL, temperature)`, over chunks of
+    `chunk` positions (0, or at least L: in one piece, as that call).
+
+    Each chunk's head product, log-softmax and entropy run under `jax.checkpoint`
+    inside one `lax.map`: the backward pass keeps `h` and the head's weights,
+    not the [B, L, V] logits.
+    """
+    b, l, d = h_BxLxD.shape
+    if targets_BxL.shape != (b, l):
+        raise ValueError(f"targets_BxL must have shape {(b, l)} to match h_BxLxD "
+                         f"{tuple(h_BxLxD.shape)}, got {tuple(targets_BxL.shape)}")
+    if not chunk or chunk >= l:
+        return logprobs_and_entropy(head(h_BxLxD), targets_BxL, temperature)
+    _check_temperature(temperature)
+    n = -(-l // chunk)
+    pad = n * chunk - l  # padded positions compute finite values and are cut off
+    h_BxYOxD = jnp.pad(h_BxLxD, ((0, 0), (0, pad), (0, 0)))
+    t_BxYO = jnp.pad(targets_BxL, ((0, 0), (0, pad)))
+    h_YxBxOxD = h_BxYOxD.reshape(b, n, chunk, d).swapaxes(0, 1)
+    t_YxBxO = t_BxYO.reshape(b, n, chunk).swapaxes(0, 1)
+
+    @jax.checkpoint
+    def one(xs):
+        h_BxOxD, t_BxO = xs
+        return logprobs_and_entropy(head(h_BxOxD), t_BxO, temperature)
+
+    logp_YxBxO, entropy_YxBxO = jax.lax.map(one, (h_YxBxOxD, t_YxBxO))
+
+    def back(x_YxBxO):
+        return x_YxBxO.swapaxes(0, 1).reshape(b, n * chunk)[:, :l]
+
+    return back(logp_YxBxO), back(entropy_YxBxO)
 
 
 def token_logprobs(logits_BxTxV: Array, targets_BxT: Array, temperature: float = 1.0) -> Array:

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import optax
 
 from rlhf_jax.algorithms.kl import KLState, update_kl_state
-from rlhf_jax.algorithms.logprobs import logprobs_and_entropy
+from rlhf_jax.algorithms.logprobs import (HeadLogits, logprobs_and_entropy,
+                                           logprobs_and_entropy_from_head)
 from rlhf_jax.infra import fsdp
 
 Array = jax.Array
@@ -374,7 +375,8 @@ def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, 
     `apply_policy_value(params, ids_BxT, mask_BxT, logits_at) -> (logits, values_BxT)`
     over query + response, with logits only at the positions `logits_at` (a
     slice): those at Q-1+t predict response token t, and the value for token
-    t is read at the same position (item 17).
+    t is read at the same position (item 17). `logits` is a [B, L, V] array or
+    a `HeadLogits` (the head applied chunk by chunk, `logprobs_and_entropy_from_head`).
     """
     q = query_BxQ.shape[1]
     r = response_BxR.shape[1]
@@ -383,7 +385,11 @@ def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, 
     logits_BxRxV, values_BxT = apply_policy_value(params, ids_BxT, mask_BxT, slice(q - 1, q + r - 1))
     # Masked positions are read at id 0, whatever token they hold (their value is unused).
     safe_BxR = jnp.where(response_mask_BxR > 0, response_BxR, 0)
-    logp_BxR, entropy_BxR = logprobs_and_entropy(logits_BxRxV, safe_BxR, temperature)
+    if isinstance(logits_BxRxV, HeadLogits):
+        logp_BxR, entropy_BxR = logprobs_and_entropy_from_head(
+            logits_BxRxV.h_BxLxD, logits_BxRxV.head, safe_BxR, temperature, logits_BxRxV.chunk)
+    else:
+        logp_BxR, entropy_BxR = logprobs_and_entropy(logits_BxRxV, safe_BxR, temperature)
     return logp_BxR, entropy_BxR, values_BxT[:, q - 1 : q + r - 1]
 
 

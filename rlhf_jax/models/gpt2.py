@@ -29,6 +29,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rlhf_jax.models.attention import check_impl, dot_product_attention
+
 Dtype = Any
 
 # Sizes of the released GPT-2 models, and the Stiennon et al. 2020 sizes
@@ -58,8 +60,16 @@ class GPT2Config:
     param_dtype: Dtype = jnp.float32  # master weights
     remat: bool = False  # rematerialise each block in the backward pass
     kv_cache_dtype: Dtype | None = None  # sampler's KV cache (None: the compute dtype)
+    # "xla" | "cudnn" | None: cuDNN's fused kernel where it applies, else XLA (models/attention.py)
+    attention_impl: str | None = None
+    # PPO's forwards: the LM head and log-softmax in chunks of this many positions,
+    # rematerialised in the backward pass (0: all positions at once; algorithms/logprobs.py)
+    logits_chunk: int = 0
 
     def __post_init__(self):
+        check_impl(self.attention_impl)
+        if self.logits_chunk < 0:
+            raise ValueError(f"GPT2Config: logits_chunk={self.logits_chunk} must be >= 0")
         if self.n_embd % self.n_head:
             raise ValueError(
                 f"GPT2Config: n_embd={self.n_embd} is not divisible by n_head={self.n_head}"
@@ -181,28 +191,12 @@ class Attention(nn.Module):
             )
             new_cache = {"k": k_BxSxHxd, "v": v_BxSxHxd}
             k_BxTxHxd, v_BxTxHxd = k_BxSxHxd.astype(cfg.dtype), v_BxSxHxd.astype(cfg.dtype)
-        # `where`, not an additive bias: a row with every key masked (a pad
-        # query) then softmaxes to uniform instead of NaN, as in HF.
-        neg = jnp.finfo(jnp.float32).min
-        if t == 1 and layer_cache is not None:
-            # One decode step: multiply-and-reduce over the cache in its own
-            # [B, S, H, hd] layout. As an einsum, XLA:CPU transposes both
-            # caches of every layer at every step into a batched-matmul layout
-            # (measured: 12 layers at batch 16 x 88, about 5x slower).
-            scores_BxSxH = jnp.sum(
-                (q_BxTxHxd * k_BxTxHxd).astype(jnp.float32), axis=-1
-            ) / math.sqrt(hd)
-            scores_BxSxH = jnp.where(allowed_BxTxS[:, 0, :, None], scores_BxSxH, neg)
-            probs_BxSxH = jax.nn.softmax(scores_BxSxH, axis=1).astype(cfg.dtype)
-            out_BxTxHxd = jnp.sum(probs_BxSxH[..., None] * v_BxTxHxd, axis=1, keepdims=True)
-        else:
-            scores_BxHxTxS = jnp.einsum("bqhd,bkhd->bhqk", q_BxTxHxd, k_BxTxHxd,
-                                        preferred_element_type=jnp.float32)
-            scores_BxHxTxS = scores_BxHxTxS / math.sqrt(hd)
-            scores_BxHxTxS = jnp.where(allowed_BxTxS[:, None], scores_BxHxTxS, neg)
-            probs = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(cfg.dtype)
-            out_BxTxHxd = jnp.einsum("bhqk,bkhd->bqhd", probs, v_BxTxHxd,
-                                     preferred_element_type=_dot_dtype(cfg)).astype(cfg.dtype)
+        # One shared attention (models/attention.py): cuDNN's fused kernel on a
+        # GPU where it applies, else XLA's; a decode step reads the cache in place.
+        out_BxTxHxd = dot_product_attention(
+            q_BxTxHxd, k_BxTxHxd, v_BxTxHxd, allowed_BxTxS, causal=layer_cache is None,
+            impl=cfg.attention_impl, dot_dtype=_dot_dtype(cfg),
+            decode=t == 1 and layer_cache is not None)
         out = _dense(cfg, cfg.n_embd, "c_proj", proj_std)(out_BxTxHxd.reshape(b, t, cfg.n_embd))
         return out, new_cache
 

@@ -30,20 +30,28 @@ def kv_cache_dtype(cfg):
     return DTYPES[cfg.model.kv_cache_dtype] if cfg.model.kv_cache_dtype else None
 
 
+def _kernels(cfg) -> dict:
+    """The KV cache's dtype, the attention implementation and the LM head's chunking."""
+    m = cfg.model
+    return dict(kv_cache_dtype=kv_cache_dtype(cfg),
+                attention_impl=m.get("attention_impl", "") or None,
+                logits_chunk=m.get("logits_chunk", 0))
+
+
 def model_config(cfg, vocab_size: int) -> GPT2Config:
     """The GPT-2 shape and precision `cfg.model` names, at `vocab_size`."""
     m = cfg.model
     return GPT2Config(vocab_size=vocab_size, n_positions=m.n_positions, n_embd=m.n_embd,
                       n_layer=m.n_layer, n_head=m.n_head, dtype=DTYPES[m.dtype],
                       param_dtype=DTYPES[m.param_dtype], remat=m.remat,
-                      kv_cache_dtype=kv_cache_dtype(cfg))
+                      **_kernels(cfg))
 
 
 def load_lm(cfg, path: str):
     """(GPT2LMHeadModel, params) of a Hugging Face GPT-2 directory, at `cfg.model`'s precision."""
     return load_pretrained(path, dtype=DTYPES[cfg.model.dtype],
                            param_dtype=DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
-                           kv_cache_dtype=kv_cache_dtype(cfg))
+                           **_kernels(cfg))
 
 
 def reward_model(cfg, config: GPT2Config) -> RewardModel:
@@ -82,7 +90,7 @@ def load_reward_model(cfg, path: str):
         meta = json.load(f)
     config = config_from_hf(meta["gpt2"], source=path, dtype=DTYPES[cfg.model.dtype],
                             param_dtype=DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
-                            kv_cache_dtype=kv_cache_dtype(cfg))
+                            **_kernels(cfg))
     with open(os.path.join(path, REWARD_PARAMS), "rb") as f:
         params = flax.serialization.msgpack_restore(f.read())
     # Host arrays: each stage places them on its devices (`dp.replicate`: split

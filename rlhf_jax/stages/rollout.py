@@ -27,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.algorithms.ppo import forward_policy_value, Rollout, token_level_rewards
+from rlhf_jax.algorithms.logprobs import HeadLogits
+from rlhf_jax.algorithms.ppo import Rollout, forward_policy_value, token_level_rewards
 from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
@@ -121,7 +122,7 @@ class PPOModels:
         """
         variables = {"params": params["policy"]}
         h_BxTxD = self.policy.apply(variables, ids_BxT, mask_BxT, method=_final_hidden)
-        logits_BxLxV = self.policy.apply(variables, h_BxTxD[:, logits_at], method=_lm_logits)
+        logits_BxLxV = _logits(self.policy, variables, h_BxTxD[:, logits_at])
         if self.no_value:
             values_BxT = jnp.zeros(ids_BxT.shape, jnp.float32)
         elif self.value is None:
@@ -144,7 +145,7 @@ def lm_apply(model: nn.Module) -> Callable:
     def apply(params, ids_BxT, mask_BxT, logits_at=slice(None)):
         variables = {"params": params}
         h_BxTxD = model.apply(variables, ids_BxT, mask_BxT, method=_final_hidden)
-        logits = model.apply(variables, h_BxTxD[:, logits_at], method=_lm_logits)
+        logits = _logits(model, variables, h_BxTxD[:, logits_at])
         return logits, jnp.zeros(ids_BxT.shape, jnp.float32)
 
     return apply
@@ -158,6 +159,16 @@ def _final_hidden(module, ids_BxT, mask_BxT):
 
 def _lm_logits(module, h_BxLxD):
     return module.lm_logits(h_BxLxD)
+
+
+def _logits(model, variables, h_BxLxD):
+    """The LM head's logits at `h`'s positions, or with the model config's
+    `logits_chunk` set, the head itself (`HeadLogits`: `forward_policy_value`
+    then applies it chunk by chunk beside the log-softmax)."""
+    chunk = getattr(model.config, "logits_chunk", 0)
+    if chunk:
+        return HeadLogits(h_BxLxD, lambda h: model.apply(variables, h, method=_lm_logits), chunk)
+    return model.apply(variables, h_BxLxD, method=_lm_logits)
 
 
 def _value_head(module, h_BxTxD):
