@@ -96,6 +96,12 @@ def resolve(c, num_devices: int) -> dict:
               f"{c.model.n_positions}")
         _need(c.model.n_embd % c.model.n_head == 0,
               f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}")
+        arch = c.model.get("arch", "gpt2")
+        _need(arch in ("gpt2", "llama", "qwen2", "qwen3"),
+              f"model.arch={arch!r}: expected gpt2, llama, qwen2 or qwen3")
+        kv = c.model.get("n_kv_head", 0)
+        _need(isinstance(kv, int) and kv >= 0 and (kv == 0 or c.model.n_head % kv == 0),
+              f"model.n_kv_head={kv!r} must be 0 or divide model.n_head={c.model.n_head}")
     d["context"] = ctx
 
     def divisible(value, by, field, by_field):

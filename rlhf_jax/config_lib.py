@@ -39,6 +39,8 @@ SWITCHES = {
     "spans": "on | off: mock span marks on the labels (labels.spans.enabled)",
     "token_rm": "on | off: token-level reward model on span marks + dense PPO rewards",
     "judge": "on | off: held-out mock labeller in eval (eval.judge.enabled)",
+    "arch": "gpt2 | llama | qwen2 | qwen3: architecture of a random init or pretrain "
+            "(model.arch; a checkpoint's own config.json names its architecture)",
 }
 
 
@@ -52,6 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.name_or_path = "gpt2"  # hub name or local HF dir; "" = the pretrain/sft stage's output
     m.tokenizer = ""  # "" = same as name_or_path (or the pretrain stage's tokenizer)
     m.init = "pretrained"  # pretrained | scratch (random init of the sizes below)
+    m.arch = "gpt2"  # of a random init / pretrain: gpt2 | llama | qwen2 | qwen3 (models/arch.py)
+    m.n_kv_head = 0  # llama / qwen: key/value heads (0: half of n_head, at least 1)
     m.n_embd = 768
     m.n_layer = 12
     m.n_head = 12
@@ -341,6 +345,9 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
         elif key == "judge":
             _choice(item, value, ("on", "off"))
             c.eval.judge.enabled = value == "on"
+        elif key == "arch":
+            _choice(item, value, ("gpt2", "llama", "qwen2", "qwen3"))
+            c.model.arch = value
     return c
 
 

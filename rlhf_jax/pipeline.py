@@ -38,7 +38,7 @@ from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
 from rlhf_jax.infra import compile_cache, parallel
 from rlhf_jax.infra.files import write_json_atomic
 from rlhf_jax.infra.metrics import MetricsWriter
-from rlhf_jax.models import GPT2LMHeadModel, loading
+from rlhf_jax.models import loading
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
 from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
 from rlhf_jax.stages.context import Context, resolve_task, setup_tokenizer, stage_key
@@ -64,8 +64,7 @@ def stage_pretrain(ctx: Context) -> dict:
     n_val = min(p.num_val, n // 10)
     n_train = (n - n_val) // p.batch_size * p.batch_size
     train, val = tokens[:n_train], tokens[n - n_val:]
-    config = loading.model_config(cfg, len(ctx.tokenizer))
-    model = GPT2LMHeadModel(config)
+    model = loading.causal_lm(cfg, len(ctx.tokenizer))
     # Jitted: an eager init compiles one tiny program per op (about 80 here).
     params = jax.jit(model.init)(stage_key(cfg, "pretrain"), jnp.zeros((1, 8), jnp.int32))["params"]
     params, summary = sft.train_lm(cfg, model=model, params=params, tokens_NxT=train,
