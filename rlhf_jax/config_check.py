@@ -232,9 +232,13 @@ def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:
         _need(has_marks, "reward.token_head trains on span marks: set labels.spans.enabled "
               "(the mock span labeller) or read a label file that carries them")
     if "ppo" in stages:
-        _need(p.algo in ("ppo", "rloo", "reinforce"),
-              f"ppo.algo={p.algo!r}: expected ppo, rloo or reinforce")
-        if p.algo == "rloo":
+        _need(p.algo in ("ppo", "rloo", "grpo", "reinforce"),
+              f"ppo.algo={p.algo!r}: expected ppo, rloo, grpo or reinforce")
+        _need(p.get("grpo_variant", "grpo") in ("grpo", "dr_grpo"),
+              f"ppo.grpo_variant={p.get('grpo_variant')!r}: expected grpo or dr_grpo")
+        _need(p.get("kl_in", "reward") in ("reward", "loss"),
+              f"ppo.kl_in={p.get('kl_in')!r}: expected reward or loss")
+        if p.algo in ("rloo", "grpo"):
             _need(isinstance(p.rloo_k, int) and p.rloo_k >= 2,
                   f"ppo.rloo_k={p.rloo_k!r} must be an int >= 2")
             _need(p.batch_size % p.rloo_k == 0,
