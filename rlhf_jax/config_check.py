@@ -102,6 +102,12 @@ def resolve(c, num_devices: int) -> dict:
               f"{c.model.n_positions}")
         _need(c.model.n_embd % c.model.n_head == 0,
               f"model.n_embd={c.model.n_embd} is not divisible by model.n_head={c.model.n_head}")
+        arch = c.model.get("arch", "gpt2")
+        _need(arch in ("gpt2", "llama", "qwen2", "qwen3"),
+              f"model.arch={arch!r}: expected gpt2, llama, qwen2 or qwen3")
+        kv = c.model.get("n_kv_head", 0)
+        _need(isinstance(kv, int) and kv >= 0 and (kv == 0 or c.model.n_head % kv == 0),
+              f"model.n_kv_head={kv!r} must be 0 or divide model.n_head={c.model.n_head}")
     d["context"] = ctx
 
     for group in loop_groups(c):
@@ -236,9 +242,13 @@ def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:
         _need(has_marks, "reward.token_head trains on span marks: set labels.spans.enabled "
               "(the mock span labeller) or read a label file that carries them")
     if "ppo" in stages:
-        _need(p.algo in ("ppo", "rloo", "reinforce"),
-              f"ppo.algo={p.algo!r}: expected ppo, rloo or reinforce")
-        if p.algo == "rloo":
+        _need(p.algo in ("ppo", "rloo", "grpo", "reinforce"),
+              f"ppo.algo={p.algo!r}: expected ppo, rloo, grpo or reinforce")
+        _need(p.get("grpo_variant", "grpo") in ("grpo", "dr_grpo"),
+              f"ppo.grpo_variant={p.get('grpo_variant')!r}: expected grpo or dr_grpo")
+        _need(p.get("kl_in", "reward") in ("reward", "loss"),
+              f"ppo.kl_in={p.get('kl_in')!r}: expected reward or loss")
+        if p.algo in ("rloo", "grpo"):
             _need(isinstance(p.rloo_k, int) and p.rloo_k >= 2,
                   f"ppo.rloo_k={p.rloo_k!r} must be an int >= 2")
             _need(p.batch_size % p.rloo_k == 0,

@@ -36,11 +36,13 @@ SWITCHES = {
     "labels": "N: number of training labels (labels.num_train)",
     "seed": "N: config.seed",
     "online": "mock | human: online label collection during PPO (labels.online)",
-    "algo": "ppo | rloo | reinforce | dpo | bon_sft | ul: how the policy is trained "
+    "algo": "ppo | rloo | grpo | dr_grpo | reinforce | dpo | bon_sft | ul: how the policy is trained "
             "(ppo.algo in the ppo stage, or the dpo / bon_sft / ul stage in its place)",
     "spans": "on | off: mock span marks on the labels (labels.spans.enabled)",
     "token_rm": "on | off: token-level reward model on span marks + dense PPO rewards",
     "judge": "on | off: held-out mock labeller in eval (eval.judge.enabled)",
+    "arch": "gpt2 | llama | qwen2 | qwen3: architecture of a random init or pretrain "
+            "(model.arch; a checkpoint's own config.json names its architecture)",
 }
 
 
@@ -133,6 +135,8 @@ def base_config() -> ml_collections.ConfigDict:
     m.name_or_path = "gpt2"  # hub name or local HF dir; "" = the pretrain/sft stage's output
     m.tokenizer = ""  # "" = same as name_or_path (or the pretrain stage's tokenizer)
     m.init = "pretrained"  # pretrained | scratch (random init of the sizes below)
+    m.arch = "gpt2"  # of a random init / pretrain: gpt2 | llama | qwen2 | qwen3 (models/arch.py)
+    m.n_kv_head = 0  # llama / qwen: key/value heads (0: half of n_head, at least 1)
     m.n_embd = 768
     m.n_layer = 12
     m.n_head = 12
@@ -249,8 +253,10 @@ def base_config() -> ml_collections.ConfigDict:
     q.log_every = 1
     q.checkpoint_every = 20
     q.num_logged_samples = 4
-    q.algo = "ppo"  # ppo | rloo (Ahmadian et al. 2024) | reinforce (moving-average baseline)
-    q.rloo_k = 4  # rloo: samples per query (the batch is batch_size / k queries)
+    q.algo = "ppo"  # ppo | rloo (Ahmadian et al. 2024) | grpo (Shao et al. 2024) | reinforce
+    q.rloo_k = 4  # rloo, grpo: samples per query (the batch is batch_size / k queries)
+    q.grpo_variant = "grpo"  # grpo (group std, per-response mean) | dr_grpo (neither; Liu et al. 2025)
+    q.kl_in = "reward"  # reward: per-token penalty (the papers) | loss: k3 term x kl.coef (GRPO)
     q.baseline_decay = 0.9  # reinforce: baseline <- decay * baseline + (1 - decay) * mean return
     # Dense per-token rewards from a token-level RM (reward.token_head): each
     # response token earns coef * (clean if the RM calls it clean, else -1).
@@ -373,7 +379,8 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
             c.labels.online.enabled = True
             c.labels.online.labeler = value
         elif key == "algo":
-            _choice(item, value, ("ppo", "rloo", "reinforce", "dpo", "bon_sft", "ul"))
+            _choice(item, value, ("ppo", "rloo", "grpo", "dr_grpo", "reinforce", "dpo", "bon_sft",
+                                  "ul"))
             _set_algo(c, value)
         elif key == "spans":
             _choice(item, value, ("on", "off"))
@@ -387,14 +394,21 @@ def apply_switches(c: ml_collections.ConfigDict, arg: str | None, *, runlocal=No
         elif key == "judge":
             _choice(item, value, ("on", "off"))
             c.eval.judge.enabled = value == "on"
+        elif key == "arch":
+            _choice(item, value, ("gpt2", "llama", "qwen2", "qwen3"))
+            c.model.arch = value
     return c
 
 
 def _set_algo(c, algo: str) -> None:
-    """`algo=`: ppo / rloo / reinforce set `ppo.algo`; dpo, bon_sft and ul take the
-    ppo stage's place (dpo and ul need no reward model, so its stage goes too)."""
+    """`algo=`: ppo / rloo / grpo / reinforce set `ppo.algo` (dr_grpo: grpo with
+    `ppo.grpo_variant="dr_grpo"`); dpo, bon_sft and ul take the ppo stage's place
+    (dpo and ul need no reward model, so its stage goes too)."""
     stages = [s.strip() for s in c.stages.split(",") if s.strip()]
-    if algo in ("ppo", "rloo", "reinforce"):
+    if algo == "dr_grpo":
+        c.ppo.algo, c.ppo.grpo_variant = "grpo", "dr_grpo"
+        return
+    if algo in ("ppo", "rloo", "grpo", "reinforce"):
         c.ppo.algo = algo
         return
     drop = {"ppo"} | ({"reward"} if algo in ("dpo", "ul") else set())

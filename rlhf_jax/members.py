@@ -169,7 +169,7 @@ class MemberPPOTrainer:
             member_hp = dataclasses.replace(base, **{name: hp[f] for f, name in _TRACED.items()})
             advantages = None if cfg.ppo.algo == "ppo" else pg.make_advantages(
                 cfg.ppo.algo, k=cfg.ppo.rloo_k, decay=cfg.ppo.baseline_decay,
-                axis_name=dp.batch_axes)
+                axis_name=dp.batch_axes, grpo_variant=cfg.ppo.get("grpo_variant", "grpo"))
             step = make_update_step(models.apply_policy_value, optimizer, member_hp,
                                     dp.batch_axes, advantages=advantages)
             return step(state, ro)

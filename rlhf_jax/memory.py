@@ -46,7 +46,8 @@ from rlhf_jax.algorithms.ppo import Rollout, make_update_step
 from rlhf_jax.data.labels import parse_label_type
 from rlhf_jax.infra import fsdp, parallel
 from rlhf_jax.models import loading
-from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
+from rlhf_jax.models import arch
+from rlhf_jax.models.arch import causal_lm
 from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel, ValueModel
 from rlhf_jax.stages import reward_train, supervised, train_ppo
 from rlhf_jax.stages.rollout import PPOModels
@@ -144,17 +145,16 @@ def _model(name, shapes, fsdp_size, trained) -> ModelMemory:
                        optimizer=2 * per_device if trained else 0, full_params=full)
 
 
-def block_bytes_per_token(config: GPT2Config, context: int) -> int:
+def block_bytes_per_token(config, context: int) -> int:
     """Bytes one transformer block keeps per token for its backward pass (no remat)."""
     compute = jnp.dtype(config.dtype).itemsize
     return (BLOCK_D_TENSORS * config.n_embd * compute
             + BLOCK_HT_TENSORS * config.n_head * context * 4)
 
 
-def block_param_bytes(config: GPT2Config) -> int:
+def block_param_bytes(config) -> int:
     """Bytes of one block's weights in the param dtype."""
-    d = config.n_embd
-    return (12 * d * d + 13 * d) * jnp.dtype(config.param_dtype).itemsize
+    return arch.block_num_params(config) * jnp.dtype(config.param_dtype).itemsize
 
 
 def report(cfg, num_devices: int) -> Report:
@@ -172,7 +172,7 @@ def report(cfg, num_devices: int) -> Report:
     q, r = cfg.task.query_length, cfg.task.response_length
     context = q + r
     separate = cfg.ppo.value_model == "separate"
-    lm = param_shapes(GPT2LMHeadModel(config))  # {"transformer": ...}
+    lm = param_shapes(causal_lm(config))  # {"transformer": ...}
     if separate:  # Stiennon: the LM, and a value network from the reward model
         models = [_model("policy", lm, f, True),
                   _model("value", param_shapes(ValueModel(config, head=cfg.reward.head)), f,
@@ -206,7 +206,7 @@ def report(cfg, num_devices: int) -> Report:
     return dataclasses.replace(rep, stages=stage_report(cfg, num_devices, config, rep))
 
 
-def step_temporaries(config: GPT2Config, f: int, trained, trunks: int, rows: int,
+def step_temporaries(config, f: int, trained, trunks: int, rows: int,
                      context: int, logit_positions: int) -> tuple[int, int, int]:
     """`(activations, gradients, gathered weights)` of one training step per device.
 
@@ -226,7 +226,8 @@ def step_temporaries(config: GPT2Config, f: int, trained, trunks: int, rows: int
     activations = (kept + trunks * 3 * tokens * d * compute
                    + HEAD_V_TENSORS * rows * logit_positions * vocab * 4)
     param_bytes = jnp.dtype(config.param_dtype).itemsize
-    embeddings = (vocab + config.n_positions) * d * param_bytes  # wte + wpe, unsplit
+    # wte + wpe (GPT-2) or the token embedding and an untied LM head, unsplit
+    embeddings = arch.embedding_num_params(config) * param_bytes
     # A block's weights gathered and prefetched, and its full-size gradients before
     # the reduce-scatter: two blocks' worth per trained trunk, plus the embeddings.
     in_flight = trunks * (2 * block_param_bytes(config) + embeddings)
@@ -239,19 +240,20 @@ def step_temporaries(config: GPT2Config, f: int, trained, trunks: int, rows: int
     return activations, gradients, gathered
 
 
-def sampling_temporaries(cfg, config: GPT2Config, f: int, rows: int, context: int,
+def sampling_temporaries(cfg, config, f: int, rows: int, context: int,
                          logit_positions: int) -> tuple[int, int]:
     """`(KV cache, forward activations)` of sampling `rows` sequences per device and
     scoring them with forward passes (the LM head at `logit_positions`)."""
     d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
     kv_dtype = getattr(jnp, cfg.model.kv_cache_dtype or cfg.model.dtype)
-    kv = 2 * layers * rows * context * d * jnp.dtype(kv_dtype).itemsize
+    kv_width = arch.kv_heads(config) * config.head_dim  # grouped-query: the K/V heads only
+    kv = 2 * layers * rows * context * kv_width * jnp.dtype(kv_dtype).itemsize
     # Passes over the whole context keep about one block's intermediates at a time.
     act = (rows * context * block_bytes_per_token(config, context)
            + 3 * rows * max(logit_positions, 1) * vocab * 4)
     if f > 1:  # forward only: a block's weights are dropped after their use
         act += (2 * block_param_bytes(config)
-                + (vocab + config.n_positions) * d * jnp.dtype(config.param_dtype).itemsize)
+                + arch.embedding_num_params(config) * jnp.dtype(config.param_dtype).itemsize)
     return kv, act
 
 
@@ -275,10 +277,10 @@ def _responses_per_label(label_type: str) -> int:
     return 1 if label_type == "scalar_rating" else 2
 
 
-def stage_report(cfg, num_devices: int, config: GPT2Config, ppo: Report) -> tuple:
+def stage_report(cfg, num_devices: int, config, ppo: Report) -> tuple:
     """A `StageMemory` for each stage of the config with models (all but figures)."""
     f = cfg.parallel.fsdp  # 1 unless parallel.mode='mesh' (config_check.resolve)
-    lm = _model("LM", param_shapes(GPT2LMHeadModel(config)), f, True)
+    lm = _model("LM", param_shapes(causal_lm(config)), f, True)
     rm = _model("RM", param_shapes(RewardModel(config, head=cfg.reward.head)), f, True)
     frozen = lambda m: m.params  # noqa: E731
     trained = lambda m: m.params + m.optimizer  # noqa: E731
@@ -350,13 +352,13 @@ def compiled_update_step(cfg, dp) -> tuple[int, object]:
     """
     config, _ = loading.architecture(cfg)
     if cfg.ppo.value_model == "separate":
-        lm = GPT2LMHeadModel(config)
+        lm = causal_lm(config)
         value = ValueModel(config, head=cfg.reward.head)
         models = PPOModels(policy=lm, reference=lm, value=value)
         params = {"policy": param_shapes(lm), "value": param_shapes(value)}
     else:
         policy = PolicyWithValueHead(config)
-        models = PPOModels(policy=policy, reference=GPT2LMHeadModel(config))
+        models = PPOModels(policy=policy, reference=causal_lm(config))
         params = {"policy": param_shapes(policy)}
     optimizer = train_ppo.make_optimizer(cfg.ppo)
     step = dp.compile(make_update_step(models.apply_policy_value, optimizer, hparams(cfg),

@@ -34,7 +34,7 @@ from rlhf_jax.data import label_files as label_files_lib, labels as labels_lib
 from rlhf_jax.infra import compile_cache, parallel
 from rlhf_jax.labelling import spans
 from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
-from rlhf_jax.models import GPT2LMHeadModel, loading
+from rlhf_jax.models import loading
 from rlhf_jax.stages import (dpo, eval as eval_lib, expert_iteration, figures, reward_train, sft,
                              train_ppo, unlikelihood)
 from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
@@ -63,8 +63,7 @@ def stage_pretrain(ctx: Context) -> dict:
     n_val = min(p.num_val, n // 10)
     n_train = (n - n_val) // p.batch_size * p.batch_size
     train, val = tokens[:n_train], tokens[n - n_val:]
-    config = loading.model_config(cfg, len(ctx.tokenizer))
-    model = GPT2LMHeadModel(config)
+    model = loading.causal_lm(cfg, len(ctx.tokenizer))
     # Jitted: an eager init compiles one tiny program per op (about 80 here).
     params = jax.jit(model.init)(stage_key(cfg, "pretrain"), jnp.zeros((1, 8), jnp.int32))["params"]
     params, summary = sft.train_lm(cfg, model=model, params=params, tokens_NxT=train,

@@ -196,13 +196,13 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
 # ---------------------------------------------------------------------- errors
 
 
-def test_non_gpt2_config_is_refused(tmp_path):
+def test_unsupported_architecture_is_refused(tmp_path):
     path = _hf_safetensors_checkpoint(str(tmp_path))
     cfg = json.loads((tmp_path / "config.json").read_text())
-    cfg.update(model_type="llama", architectures=["LlamaForCausalLM"])
+    cfg.update(model_type="gpt_neox", architectures=["GPTNeoXForCausalLM"])
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     msg = _error(load_pretrained, path)
-    assert "config.json" in msg and "model_type='llama'" in msg and "not GPT-2" in msg
+    assert "config.json" in msg and "model_type='gpt_neox'" in msg and "not supported" in msg
 
 
 def test_weight_shape_disagreeing_with_config_names_the_tensor(tmp_path):
@@ -240,7 +240,7 @@ def test_untied_lm_head_is_refused(tmp_path):
 def test_directory_without_weights(tmp_path):
     tiny_pair()[0].config.save_pretrained(str(tmp_path))
     msg = _error(load_pretrained, str(tmp_path))
-    assert str(tmp_path) in msg and "no weights (model.safetensors or pytorch_model.bin)" in msg
+    assert str(tmp_path) in msg and "no weights (model.safetensors or model.safetensors.index.json or pytorch_model.bin)" in msg
 
 
 def test_directory_without_config(tmp_path):

@@ -1,4 +1,4 @@
-"""RLOO and REINFORCE with a baseline (`rlhf_jax.algorithms.pg`): hand-worked advantages and
+"""RLOO, GRPO (and Dr. GRPO) and REINFORCE with a baseline (`rlhf_jax.algorithms.pg`): hand-worked advantages and
 baselines, device-count invariance, and learning on the tiny problem of
 `tests/test_ppo_train.py` through the PPO stage's trainer."""
 
@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rlhf_jax.algorithms import pg
+from rlhf_jax.algorithms.ppo import kl_k3, normalise_loss, policy_loss
 from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead
@@ -26,6 +27,41 @@ def test_rloo_advantages_by_hand():
     # Two queries of k = 2: each sample against its sibling.
     np.testing.assert_allclose(pg.rloo_advantages(jnp.asarray([1.0, 3, 5, 5]), 2),
                                [-2.0, 2.0, 0.0, 0.0])
+
+
+def test_grpo_advantages_by_hand():
+    # One query, k = 4 returns 1, 2, 3, 6: mean 3, Bessel std sqrt((4+1+0+9)/3).
+    std = np.sqrt(14 / 3)
+    np.testing.assert_allclose(pg.grpo_advantages(jnp.asarray([1.0, 2, 3, 6]), 4),
+                               np.array([-2, -1, 0, 3]) / (std + 1e-4), rtol=1e-6)
+    # Dr. GRPO: the mean only.
+    np.testing.assert_allclose(pg.grpo_advantages(jnp.asarray([1.0, 2, 3, 6]), 4, False),
+                               [-2, -1, 0, 3], rtol=1e-6)
+    # Two queries of k = 2; a group of equal returns gets 0, not NaN.
+    np.testing.assert_allclose(pg.grpo_advantages(jnp.asarray([1.0, 3, 5, 5]), 2),
+                               [-1 / (np.sqrt(2) + 1e-4), 1 / (np.sqrt(2) + 1e-4), 0, 0],
+                               rtol=1e-6)
+    assert pg.loss_norm("grpo", "grpo") == "sequence"
+    assert pg.loss_norm("grpo", "dr_grpo") == "constant"
+    assert pg.loss_norm("rloo") == pg.loss_norm("ppo") == "token"
+
+
+def test_loss_norms_and_k3_kl_by_hand():
+    # Ratio 1: the per-token loss is -A. Row 0 has 3 real tokens at A = 2, row 1
+    # one at A = -1 (losses -2, -2, -2 | 1).
+    logp = jnp.zeros((2, 3))
+    adv = jnp.asarray([[2.0, 2, 2], [-1, -1, -1]])
+    mask = jnp.asarray([[1, 1, 1], [1, 0, 0]], jnp.float32)
+    want = {"token": (-6 + 1) / 4, "sequence": (-2 + 1) / 2, "constant": (-6 + 1) / 6}
+    for norm, value in want.items():
+        loss, _ = policy_loss(logp, logp, adv, 0.2, mask, norm)
+        assert float(loss) == pytest.approx(value), norm
+    with pytest.raises(ValueError, match="loss norm 'x'"):
+        normalise_loss(adv, mask, "x")
+    # k3: exp(ref - logp) - (ref - logp) - 1; 0 where the policy equals the reference.
+    lp = jnp.asarray([[-1.0, -2.0, -0.5]])
+    ref = jnp.asarray([[-1.0, -1.0, -1.5]])
+    np.testing.assert_allclose(kl_k3(lp, ref), [[0.0, np.e - 2, np.exp(-1) + 1 - 1]], rtol=1e-6)
 
 
 def test_sequence_returns_and_baseline_by_hand():
@@ -56,9 +92,16 @@ def test_advantage_functions_broadcast_over_real_tokens():
     assert float(state.baseline) == pytest.approx(2.175)
     assert float(stats["pg/baseline"]) == pytest.approx(2.0)
     assert pg.make_advantages("ppo", k=2, decay=0.9, axis_name=None) is None
+    # GRPO k = 2: groups (1, 2), (4, 8) -> -+0.5/std, -+2/std; Dr. GRPO -+0.5, -+2.
+    for variant, s1, s2 in (("grpo", np.sqrt(0.5) + 1e-4, np.sqrt(8) + 1e-4),
+                            ("dr_grpo", 1.0, 1.0)):
+        grpo = pg.make_advantages("grpo", k=2, decay=0.9, axis_name=None, grpo_variant=variant)
+        _, adv, _, _ = grpo(_state(), None, rewards, mask)
+        np.testing.assert_allclose(adv, [[-0.5 / s1, 0], [0.5 / s1] * 2, [-2 / s2] * 2,
+                                         [2 / s2] * 2], rtol=1e-5)
 
 
-@pytest.mark.parametrize("algo", ["rloo", "reinforce"])
+@pytest.mark.parametrize("algo", ["rloo", "grpo", "reinforce"])
 def test_advantages_on_4_devices_equal_one(algo):
     # Groups and batch means are taken over the gathered global batch.
     rng = np.random.default_rng(0)
@@ -76,8 +119,15 @@ def test_advantages_on_4_devices_equal_one(algo):
     np.testing.assert_allclose(dp.unreplicate(state).baseline, want_state.baseline, atol=1e-6)
 
 
+# Names of GRPO settings: the algorithm, its variant and where the KL goes.
+_GRPO = {"grpo": ("grpo", "reward"), "grpo_kl_loss": ("grpo", "loss"),
+         "dr_grpo": ("dr_grpo", "reward")}
+
+
 def _pg_config(algo: str, updates: int):
     cfg = make_config(stiennon=True)
+    if algo in _GRPO:
+        algo, (cfg.ppo.grpo_variant, cfg.ppo.kl_in) = "grpo", _GRPO[algo]
     cfg.ppo.algo, cfg.ppo.rloo_k, cfg.ppo.baseline_decay = algo, 4, 0.8
     cfg.ppo.total_episodes = BATCH * updates
     cfg.ppo.noptepochs, cfg.ppo.nminibatches = 1, 1
@@ -111,7 +161,7 @@ def test_rloo_repeats_each_query_k_times():
                       pg.PGState)
 
 
-@pytest.mark.parametrize("algo", ["rloo", "reinforce"])
+@pytest.mark.parametrize("algo", ["rloo", "grpo_kl_loss", "reinforce"])
 def test_no_value_model_learns_the_gold_reward(algo):
     _, summary = _train(algo, 16)
     h = summary["history"]
@@ -119,9 +169,11 @@ def test_no_value_model_learns_the_gold_reward(algo):
     print(f"{algo}: gold {first:.3f} -> {late:.3f}")
     assert first < 1.5 / V and late > 3 / V
     assert "ppo/val/var_explained" not in h[-1] and "ppo/loss/value" not in h[-1]
+    assert ("ppo/loss/kl" in h[-1]) == algo.endswith("kl_loss")
 
 
-@pytest.mark.parametrize("algo,mode", [("reinforce", "pmap"), ("rloo", "mesh")])
+@pytest.mark.parametrize("algo,mode", [("reinforce", "pmap"), ("rloo", "mesh"),
+                                       ("grpo_kl_loss", "mesh"), ("dr_grpo", "pmap")])
 def test_no_value_model_on_4_devices_equals_one(algo, mode):
     _, one = _train(algo, 2)
     _, four = _train(algo, 2, mode=mode, num_devices=4)

@@ -1,4 +1,4 @@
-"""Policy gradient without PPO's value model: RLOO and REINFORCE with a baseline.
+"""Policy gradient without PPO's value model: RLOO, GRPO and REINFORCE with a baseline.
 
 Which parts of PPO does RLHF need? These two keep the rollout, the reward
 (RM score paid once, per-token KL penalty, optional dense token rewards) and
@@ -10,6 +10,16 @@ rewards, gamma = 1) minus a baseline, the same at every token:
   `ppo.rloo_k` times; the baseline of a sample is the mean return of the
   query's other k - 1 samples (leave-one-out), so
   `A_i = R_i - (sum_j R_j - R_i) / (k - 1)`.
+- `grpo` (Shao et al. 2024, DeepSeekMath): each query is sampled `ppo.rloo_k`
+  times; `A_i = (R_i - mean_j R_j) / (std_j R_j + 1e-4)` over the query's
+  samples (std with Bessel's correction, as torch's), and the surrogate is
+  averaged per response, then over responses (`ppo.normalise_loss`
+  "sequence"). The Dr. GRPO variant (Liu et al. 2025, `ppo.grpo_variant =
+  "dr_grpo"`) drops the division by the group's std and sums the surrogate
+  over tokens, divided by a constant (rows x response length), so neither
+  easy groups nor short responses weigh more. Either way the KL can be the
+  papers' per-token reward penalty or GRPO's k3 term in the loss
+  (`ppo.kl_in`; `ppo.kl_k3`).
 - `reinforce`: the baseline is a moving average of past batches' mean return,
   `b <- decay * b + (1 - decay) * mean(R)` after each update, starting at 0
   (carried in `PGState.baseline`, checkpointed).
@@ -34,7 +44,9 @@ import numpy as np
 
 from rlhf_jax.algorithms.ppo import PPOState, masked_sum
 
-ALGOS = ("ppo", "rloo", "reinforce")
+ALGOS = ("ppo", "rloo", "grpo", "reinforce")
+GRPO_VARIANTS = ("grpo", "dr_grpo")
+GRPO_STD_EPS = 1e-4
 
 
 @flax.struct.dataclass
@@ -56,18 +68,41 @@ def rloo_advantages(returns_B, k: int):
     return (r_GxK - others_GxK).reshape(-1)
 
 
+def grpo_advantages(returns_B, k: int, scale_by_std: bool = True):
+    """[B] group-normalised advantages; rows are groups of `k` samples of one query.
+
+    `R - group mean`, divided by `group std + 1e-4` (unbiased std) unless
+    `scale_by_std` is False (Dr. GRPO). A group of equal returns gets 0.
+    """
+    r_GxK = jnp.asarray(returns_B, jnp.float32).reshape(-1, k)
+    adv_GxK = r_GxK - jnp.mean(r_GxK, axis=1, keepdims=True)
+    if scale_by_std:
+        adv_GxK = adv_GxK / (jnp.std(r_GxK, axis=1, keepdims=True, ddof=1) + GRPO_STD_EPS)
+    return adv_GxK.reshape(-1)
+
+
+def loss_norm(algo: str, grpo_variant: str = "grpo") -> str:
+    """How the update averages the surrogate (`ppo.normalise_loss`) for `algo`."""
+    if algo != "grpo":
+        return "token"
+    return {"grpo": "sequence", "dr_grpo": "constant"}[grpo_variant]
+
+
 def update_baseline(baseline, mean_return, decay: float):
     """REINFORCE's moving average: `decay * baseline + (1 - decay) * mean_return`."""
     return decay * baseline + (1.0 - decay) * mean_return
 
 
-def make_advantages(algo: str, *, k: int, decay: float, axis_name) -> Callable | None:
+def make_advantages(algo: str, *, k: int, decay: float, axis_name,
+                    grpo_variant: str = "grpo") -> Callable | None:
     """`advantages(state, rollout, rewards_BxR, mask_BxR) -> (state, adv_BxR,
     returns_BxR, stats)` for `ppo.make_update_step`; None for PPO itself."""
     if algo == "ppo":
         return None
     if algo not in ALGOS:
         raise ValueError(f"ppo.algo={algo!r}: expected one of {ALGOS}")
+    if grpo_variant not in GRPO_VARIANTS:
+        raise ValueError(f"ppo.grpo_variant={grpo_variant!r}: expected one of {GRPO_VARIANTS}")
 
     def advantages(state, ro, rewards_BxR, mask_BxR):
         del ro
@@ -79,8 +114,9 @@ def make_advantages(algo: str, *, k: int, decay: float, axis_name) -> Callable |
         else:
             ret_G, first = ret_B, 0
         stats = {"pg/return_mean": jnp.mean(ret_G)}
-        if algo == "rloo":
-            adv_G = rloo_advantages(ret_G, k)
+        if algo in ("rloo", "grpo"):
+            adv_G = (rloo_advantages(ret_G, k) if algo == "rloo" else
+                     grpo_advantages(ret_G, k, scale_by_std=grpo_variant == "grpo"))
             adv_B = jax.lax.dynamic_slice_in_dim(adv_G, first, b)
         else:
             adv_B = ret_B - state.baseline
@@ -96,5 +132,6 @@ def make_advantages(algo: str, *, k: int, decay: float, axis_name) -> Callable |
 
 
 def repeat_queries(query_BxQ: np.ndarray, query_mask_BxQ: np.ndarray, k: int):
-    """Each query `k` times in a row (RLOO's groups): rows i*k .. i*k+k-1 are query i."""
+    """Each query `k` times in a row (RLOO's and GRPO's groups): rows i*k .. i*k+k-1 are
+    query i."""
     return np.repeat(query_BxQ, k, axis=0), np.repeat(query_mask_BxQ, k, axis=0)

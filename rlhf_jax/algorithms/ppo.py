@@ -245,16 +245,46 @@ def token_level_rewards(p_bad_BxT: Array, mask_BxT: Array, coef, clean, mode: st
 
 
 
+LOSS_NORMS = ("token", "sequence", "constant")
+
+
+def normalise_loss(loss_BxT: Array, mask_BxT: Optional[Array] = None, norm: str = "token"):
+    """A per-token loss reduced to a scalar.
+
+    "token": the mean over real tokens (longer responses weigh more).
+    "sequence": each row's mean over its real tokens, then the mean over rows
+    (GRPO: every response weighs the same, its tokens less the longer it is).
+    "constant": the sum over real tokens divided by rows x T (Dr. GRPO: no
+    length-dependent factor; T is the fixed response length).
+    """
+    if norm == "token":
+        return masked_mean(loss_BxT, mask_BxT)
+    if norm == "sequence":
+        return jnp.mean(masked_mean(loss_BxT, mask_BxT, axis=1))
+    if norm == "constant":
+        return masked_sum(loss_BxT, mask_BxT) / (loss_BxT.shape[0] * loss_BxT.shape[1])
+    raise ValueError(f"loss norm {norm!r}: expected one of {LOSS_NORMS}")
+
+
+def kl_k3(logp_BxT: Array, ref_logp_BxT: Array) -> Array:
+    """Per-token `exp(ref - logp) - (ref - logp) - 1`: GRPO's unbiased, non-negative
+    estimate of KL(policy || reference) for tokens sampled from the policy."""
+    d_BxT = ref_logp_BxT - logp_BxT
+    return jnp.exp(d_BxT) - d_BxT - 1.0
+
+
 def policy_loss(
     logp_new_BxT: Array,
     logp_old_BxT: Array,
     adv_BxT: Array,
     cliprange,
     mask_BxT: Optional[Array] = None,
+    norm: str = "token",
 ) -> tuple[Array, dict[str, Array]]:
     """PPO clipped surrogate: `mean(max(-A * ratio, -A * clip(ratio, 1-c, 1+c)))`.
 
-    Returns `(loss, stats)`; `stats["clipfrac"]` is the fraction of tokens where
+    The mean is `normalise_loss`'s `norm` (a token mean by default). Returns
+    `(loss, stats)`; `stats["clipfrac"]` is the fraction of tokens where
     the clipped term is the larger (active), `stats["approxkl"]` is
     `0.5 * mean((logp_new - logp_old)^2)` as LHP.
     """
@@ -262,7 +292,7 @@ def policy_loss(
     ratio_BxT = jnp.exp(log_ratio_BxT)
     pg_losses_BxT = -adv_BxT * ratio_BxT
     pg_losses_clipped_BxT = -adv_BxT * jnp.clip(ratio_BxT, 1.0 - cliprange, 1.0 + cliprange)
-    loss = masked_mean(jnp.maximum(pg_losses_BxT, pg_losses_clipped_BxT), mask_BxT)
+    loss = normalise_loss(jnp.maximum(pg_losses_BxT, pg_losses_clipped_BxT), mask_BxT, norm)
     stats = {
             "clipfrac": masked_mean(
                     (pg_losses_clipped_BxT > pg_losses_BxT).astype(jnp.float32), mask_BxT),
@@ -366,6 +396,15 @@ class PPOHParams:
     kl_target: float
     kl_horizon: float
     batch_size: int  # global rollout batch (episodes per update), for the KL controller
+    # How the per-token surrogate is averaged (`normalise_loss`): "token" (the
+    # minibatch's token mean, the default), "sequence" (GRPO: each response's
+    # token mean, then the mean over responses), "constant" (Dr. GRPO: the token
+    # sum over rows x response_length).
+    loss_norm: str = "token"
+    # GRPO's KL: the k3 estimate of KL(policy || reference) per token, times the
+    # KL coefficient, added to the loss (normalised as the surrogate) instead of
+    # paid as a per-token reward penalty.
+    kl_in_loss: bool = False
 
 
 def forward_policy_value(apply_policy_value, params, query_BxQ, query_mask_BxQ, response_BxR,
@@ -428,6 +467,8 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
     """
     if hp.whiten_scope not in WHITEN_SCOPES:
         raise ValueError(f"ppo.whiten_scope={hp.whiten_scope!r}: expected one of {WHITEN_SCOPES}")
+    if hp.loss_norm not in LOSS_NORMS:
+        raise ValueError(f"loss norm {hp.loss_norm!r}: expected one of {LOSS_NORMS}")
     per_minibatch = hp.whiten_scope == "minibatch" and advantages is None
 
     def pmean(x):
@@ -436,11 +477,14 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
     def update(state: PPOState, ro: Rollout):
         mask_BxR = ro.response_mask_BxR.astype(jnp.float32)
         kl_coef = state.kl.coef
+        # With the KL in the loss the rewards carry no KL penalty.
         rewards_BxR, non_score_BxR, kl_BxR = kl_penalty_rewards(
-            ro.scores_B, ro.logprobs_BxR, ro.ref_logprobs_BxR, kl_coef, mask_BxR, ro.score_index_B,
-            ro.token_rewards_BxR)
+            ro.scores_B, ro.logprobs_BxR, ro.ref_logprobs_BxR,
+            0.0 if hp.kl_in_loss else kl_coef, mask_BxR, ro.score_index_B, ro.token_rewards_BxR)
         train = dict(query=ro.query_BxQ, query_mask=ro.query_mask_BxQ, response=ro.response_BxR,
                      mask=mask_BxR, logp=ro.logprobs_BxR, values=ro.values_BxR)
+        if hp.kl_in_loss:
+            train["ref_logp"] = ro.ref_logprobs_BxR
         extra_stats = {}
         if advantages is not None:
             state, train["adv"], train["returns"], extra_stats = advantages(
@@ -480,13 +524,18 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
                 apply_policy_value, params, mb["query"], mb["query_mask"], mb["response"],
                 mb["mask"].astype(jnp.int32), hp.temperature)
             pg_loss, pg_stats = policy_loss(logp_BxR, mb["logp"], adv_BxR, hp.cliprange,
-                                            mb["mask"])
+                                            mb["mask"], hp.loss_norm)
             stats.update({
                 "ppo/loss/policy": pg_loss,
                 "ppo/policy/entropy": masked_mean(entropy_BxR, mb["mask"]),
                 "ppo/policy/approxkl": pg_stats["approxkl"],
                 "ppo/policy/clipfrac": pg_stats["clipfrac"],
             })
+            if hp.kl_in_loss:
+                kl_loss = normalise_loss(kl_k3(logp_BxR, mb["ref_logp"]), mb["mask"],
+                                         hp.loss_norm)
+                stats["ppo/loss/kl"] = kl_loss
+                pg_loss = pg_loss + kl_coef * kl_loss  # the total below includes it
             if advantages is not None:  # no value model
                 return weight * pg_loss, {**stats, "ppo/loss/total": pg_loss}
             vf_loss, vf_stats = value_loss(v_BxR, mb["values"], returns_BxR, hp.cliprange_value,
@@ -514,6 +563,8 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
             # fsdp group inside the backward pass (`fsdp.mean_grads`).
             count = jnp.sum(mb["mask"])
             weight = _safe_div(count, pmean(count))
+            if hp.loss_norm != "token":  # means over rows: every shard holds as many
+                weight = jnp.ones((), jnp.float32)
             grads, stats = grad_fn(params, mb, weight)
             grads = fsdp.mean_grads(grads, axis_name) if axis_name else grads
             stats = pmean(jax.tree.map(lambda x: x * weight, stats))

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from rlhf_jax.algorithms.logprobs import token_logprobs
-from rlhf_jax.models.gpt2 import init_cache
+from rlhf_jax.models.arch import init_cache
 
 
 # The sampler needs only the trunk and the LM head, so any model exposing

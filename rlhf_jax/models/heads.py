@@ -1,4 +1,5 @@
-"""Scalar heads on the GPT-2 trunk: reward model, shared policy+value, value network.
+"""Scalar heads on a trunk of any architecture (`arch.trunk`): reward model, shared
+policy+value, value network.
 
 Param layouts share the trunk's subtree name `transformer`, so a policy's
 trunk can seed a reward model (Ziegler: the RM starts from the policy's LM),
@@ -19,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from rlhf_jax.models.gpt2 import Block, GPT2Config, GPT2Model, _layer_norm, tied_lm_logits
+from rlhf_jax.models import arch
 
 HEAD_TYPES = ("linear", "scalar_mix", "selector")
 VALUE_HEAD_TYPES = ("linear", "scalar_mix")  # a value network has no frozen trunk to select from
@@ -52,12 +53,13 @@ class SelectorHead(nn.Module):
     middle layers, where much of a text's meaning is linearly available,
     rather than fine-tuning the whole trunk. Here: a learned softmax mix of
     the hidden states at `layers` (0 = the embeddings; no gradient reaches
-    the trunk), then `num_blocks` newly initialised GPT-2 blocks (causal
-    self-attention over that mix, padding masked) and a final layer norm;
+    the trunk), then `num_blocks` newly initialised blocks of the trunk's
+    architecture (causal self-attention over that mix, padding masked) and a
+    final norm;
     the reward head reads the result as it reads the last layer otherwise.
     """
 
-    config: GPT2Config
+    config: object  # GPT2Config | DecoderConfig
     layers: tuple[int, ...]
     num_blocks: int = 1
 
@@ -68,16 +70,13 @@ class SelectorHead(nn.Module):
         w = self.param("weights", nn.initializers.zeros, (len(chosen),))  # uniform at init
         x_BxTxD = jnp.einsum("l,l...->...", jax.nn.softmax(w),
                              jnp.stack([h.astype(jnp.float32) for h in chosen]))
-        t = x_BxTxD.shape[1]
-        allowed_BxTxS = (jnp.tril(jnp.ones((t, t), bool))[None]
-                         & attention_mask_BxT.astype(bool)[:, None, :])
         x_BxTxD = x_BxTxD.astype(cfg.dtype)
         for i in range(self.num_blocks):
-            x_BxTxD, _ = Block(cfg, name=f"h_{i}")(x_BxTxD, allowed_BxTxS)
-        return _layer_norm(cfg, "ln_f")(x_BxTxD).astype(jnp.float32)
+            x_BxTxD = arch.fresh_block(cfg, f"h_{i}", x_BxTxD, attention_mask_BxT)
+        return arch.final_norm(cfg, "ln_f")(x_BxTxD).astype(jnp.float32)
 
 
-def selector_layers(config: GPT2Config, layers=()) -> tuple[int, ...]:
+def selector_layers(config, layers=()) -> tuple[int, ...]:
     """`reward.selector_layers`, `()` meaning the middle hidden state."""
     return tuple(int(i) for i in layers) or (config.n_layer // 2,)
 
@@ -114,7 +113,7 @@ class RewardModel(nn.Module):
     2023's token-level reward model, `token_logits`).
     """
 
-    config: GPT2Config
+    config: object  # GPT2Config | DecoderConfig
     head: str = "linear"
     token_head: bool = False
     selector_layers: tuple[int, ...] = ()
@@ -123,7 +122,7 @@ class RewardModel(nn.Module):
     def setup(self):
         _check_head(self.head)
         d = self.config.n_embd
-        self.transformer = GPT2Model(self.config)
+        self.transformer = arch.trunk(self.config)
         dense = lambda name: nn.Dense(  # noqa: E731
             1, dtype=jnp.float32, param_dtype=self.config.param_dtype,
             kernel_init=nn.initializers.normal(1.0 / math.sqrt(d + 1)), name=name)
@@ -192,10 +191,10 @@ class PolicyWithValueHead(nn.Module):
     (docs/implementation_details.md item 17).
     """
 
-    config: GPT2Config
+    config: object  # GPT2Config | DecoderConfig
 
     def setup(self):
-        self.transformer = GPT2Model(self.config)
+        self.transformer = arch.trunk(self.config)
         self.value_head = nn.Dense(
             1,
             dtype=jnp.float32,
@@ -210,21 +209,19 @@ class PolicyWithValueHead(nn.Module):
         return out.replace(logits=self.lm_logits(h_BxTxD)), self.value_head(h_BxTxD.astype(jnp.float32))[..., 0]
 
     def lm_logits(self, h_BxTxD):
-        # Unboxed as `self.param` would be (an FSDP shard is gathered here).
-        wte = nn.unbox(self.transformer.variables["params"]["wte"]["embedding"])
-        return tied_lm_logits(h_BxTxD, wte, self.config.dtype)
+        return arch.lm_logits(self.transformer, self.config, h_BxTxD)
 
 
 class ValueModel(nn.Module):
     """Stiennon's separate value network: a trunk and a scalar head, values [B,T]."""
 
-    config: GPT2Config
+    config: object  # GPT2Config | DecoderConfig
     head: str = "linear"
 
     @nn.compact
     def __call__(self, input_ids_BxT, attention_mask=None):
         _check_head(self.head, VALUE_HEAD_TYPES)
-        out = GPT2Model(self.config, name="transformer")(input_ids_BxT, attention_mask)
+        out = arch.trunk(self.config, name="transformer")(input_ids_BxT, attention_mask)
         h_BxTxD = _head_input(self, out.hidden_states, self.head)
         head = nn.Dense(1, dtype=jnp.float32, param_dtype=self.config.param_dtype,
                         kernel_init=nn.initializers.zeros, name="value_head")

@@ -1,38 +1,54 @@
-"""Load and save Hugging Face GPT-2 checkpoints and tokenizers.
+"""Load and save Hugging Face checkpoints (GPT-2, Llama, Qwen2, Qwen3) and tokenizers.
 
 `load_pretrained(name_or_path)` reads a hub name or a local directory in
-Hugging Face layout (config.json plus model.safetensors or pytorch_model.bin)
-into our Flax `GPT2LMHeadModel`; `save_pretrained` writes the same layout back,
-loadable by `transformers.GPT2LMHeadModel.from_pretrained`. transformers 5 has
-no Flax models, so the conversion is ours: HF's Conv1D weights are already
-[in, out], so the mapping is a rename.
+Hugging Face layout (config.json plus model.safetensors, shards listed in
+model.safetensors.index.json, or pytorch_model.bin), picks the architecture
+from config.json's `model_type` and returns our Flax model (`GPT2LMHeadModel`
+or `decoder.DecoderLMHeadModel`) with host (numpy) params; `save_pretrained`
+writes the same layout back, loadable by
+`transformers.AutoModelForCausalLM.from_pretrained`. transformers 5 has no
+Flax models, so the conversion is ours: GPT-2's Conv1D weights are already
+[in, out] (a rename); the Llama family's Linear weights are [out, in] (a
+rename and a transpose).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
+from rlhf_jax.models.decoder import DecoderConfig, DecoderLMHeadModel
 from rlhf_jax.models.gpt2 import GPT2Config, GPT2LMHeadModel
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 # Buffers in old checkpoints (causal masks), not parameters.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
-def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> GPT2Config:
-    """A GPT2Config from a Hugging Face config dict; non-GPT-2 configs are refused."""
+# Hugging Face model_type -> our architecture config; the Llama family shares one module.
+MODEL_TYPES = ("gpt2", "llama", "qwen2", "qwen3")
+_HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                     "qwen3": "Qwen3ForCausalLM"}
+
+
+def config_from_hf(hf: dict, *, source: str = "config.json", **overrides):
+    """Our architecture config (`GPT2Config` or `DecoderConfig`) from a Hugging Face
+    config dict, by its `model_type`; other model types are refused."""
     model_type = hf.get("model_type")
-    archs = hf.get("architectures") or []
+    if model_type in _HF_ARCHITECTURES:
+        return _decoder_config_from_hf(hf, source=source, **overrides)
     if model_type != "gpt2":
+        archs = hf.get("architectures") or []
         raise ValueError(
-            f"{source}: model_type={model_type!r} (architectures={archs}) is not GPT-2; "
-            "rlhf_jax implements the GPT-2 architecture only"
+            f"{source}: model_type={model_type!r} (architectures={archs}) is not supported; "
+            f"supported: {', '.join(MODEL_TYPES)}"
         )
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -51,7 +67,10 @@ def config_from_hf(hf: dict, *, source: str = "config.json", **overrides) -> GPT
     )
 
 
-def config_to_hf(config: GPT2Config) -> dict:
+def config_to_hf(config) -> dict:
+    """The Hugging Face config.json dict of our `GPT2Config` or `DecoderConfig`."""
+    if isinstance(config, DecoderConfig):
+        return _decoder_config_to_hf(config)
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -89,7 +108,8 @@ def _resolve_dir(name_or_path: str) -> str:
         )
     except ImportError as e:  # pragma: no cover - transformers depends on it
         raise ValueError(f"{name_or_path}: not a local directory and huggingface_hub is missing") from e
-    patterns = ["config.json", "model.safetensors", "pytorch_model.bin"]
+    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin"]
     try:
         return huggingface_hub.snapshot_download(name_or_path, allow_patterns=patterns)
     except RepositoryNotFoundError as e:
@@ -104,18 +124,58 @@ def _resolve_dir(name_or_path: str) -> str:
         raise ValueError(f"{name_or_path}: cannot be loaded locally or from the hub: {e}") from e
 
 
+_SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16,
+                      "BF16": ml_dtypes.bfloat16, "I64": np.int64, "I32": np.int32,
+                      "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """The tensors of one safetensors file as read-only memory-mapped host arrays.
+
+    Read here rather than by `safetensors.numpy`, which refuses bfloat16 (the
+    dtype most released checkpoints are in): the format is an 8-byte header
+    length, a JSON header of dtypes, shapes and byte ranges, then the data.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"{path}: not a safetensors file (truncated header)")
+        n = struct.unpack("<Q", head)[0]
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a safetensors file ({e})") from e
+    data = np.memmap(path, np.uint8, "r", offset=8 + n) if os.path.getsize(path) > 8 + n else None
+    out = {}
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if info["dtype"] not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+        begin, end = info["data_offsets"]
+        raw = data[begin:end] if end > begin else np.zeros(0, np.uint8)
+        out[key] = raw.view(_SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
 def _read_state_dict(directory: str) -> dict[str, np.ndarray]:
     st = os.path.join(directory, "model.safetensors")
     if os.path.exists(st):
-        from safetensors.numpy import load_file
-
+        return read_safetensors(st)
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.exists(index):  # sharded: the index maps each tensor to its file
         try:
-            return load_file(st)
-        except Exception:
-            # bfloat16 tensors cannot be read as numpy; go through torch.
-            from safetensors.torch import load_file as load_torch
-
-            return {k: v.float().numpy() for k, v in load_torch(st).items()}
+            with open(index) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as e:
+            raise ValueError(f"{index}: not a safetensors index ({e!r})") from e
+        sd = {}
+        for name in files:
+            shard = os.path.join(directory, name)
+            if not os.path.exists(shard):
+                raise ValueError(f"{index}: lists {name}, which is not in {directory}")
+            sd.update(read_safetensors(shard))
+        return sd
     pt = os.path.join(directory, "pytorch_model.bin")
     if os.path.exists(pt):
         try:
@@ -166,7 +226,15 @@ def _hf_to_flax_key(key: str) -> tuple[str, ...]:
     return tuple(parts[:-1]) + (leaf,)
 
 
-def state_dict_to_params(sd: dict[str, np.ndarray], config: GPT2Config, *, source: str) -> dict:
+def state_dict_to_params(sd: dict[str, np.ndarray], config, *, source: str) -> dict:
+    """HF state dict -> our params pytree (float32 host arrays), for either architecture."""
+    if isinstance(config, DecoderConfig):
+        return _decoder_state_dict_to_params(sd, config, source=source)
+    return _gpt2_state_dict_to_params(sd, config, source=source)
+
+
+def _gpt2_state_dict_to_params(sd: dict[str, np.ndarray], config: GPT2Config, *,
+                               source: str) -> dict:
     """HF state dict (GPT2Model or GPT2LMHeadModel keys) -> our params pytree."""
     tied = None
     trunk = {}
@@ -201,8 +269,11 @@ def state_dict_to_params(sd: dict[str, np.ndarray], config: GPT2Config, *, sourc
     return {"transformer": params}
 
 
-def params_to_state_dict(params: dict) -> dict[str, np.ndarray]:
-    """Our params -> HF GPT2LMHeadModel state dict (lm_head omitted: it is tied)."""
+def params_to_state_dict(params: dict, config=None) -> dict[str, np.ndarray]:
+    """Our params -> HF state dict (a tied lm_head omitted); GPT-2 unless `config`
+    is a `DecoderConfig`."""
+    if isinstance(config, DecoderConfig):
+        return _decoder_params_to_state_dict(params)
     out = {}
     flat = jax.tree_util.tree_flatten_with_path(params["transformer"])[0]
     for path, leaf in flat:
@@ -215,6 +286,164 @@ def params_to_state_dict(params: dict) -> dict[str, np.ndarray]:
             leaf_name = {"kernel": "weight", "scale": "weight", "bias": "bias"}[names[-1]]
             key = ".".join(names[:-1] + [leaf_name])
         out["transformer." + key] = np.ascontiguousarray(np.asarray(leaf, np.float32))
+    return out
+
+
+# ------------------------------------------------------------ the Llama family
+
+
+def _decoder_config_from_hf(hf: dict, *, source: str, **overrides) -> DecoderConfig:
+    """A DecoderConfig from a Llama / Qwen2 / Qwen3 config.json; what our module does
+    not compute (sliding windows, MLP biases, other rotary scalings) is refused."""
+    family = hf["model_type"]
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ValueError(f"{source}: hidden_act={hf['hidden_act']!r} unsupported (need silu)")
+    if hf.get("mlp_bias"):
+        raise ValueError(f"{source}: mlp_bias=true unsupported")
+    if hf.get("use_sliding_window"):
+        raise ValueError(f"{source}: use_sliding_window=true unsupported (full attention only)")
+    # transformers 5 writes `rope_parameters` (theta inside); older files rope_theta
+    # and rope_scaling beside it.
+    rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in ("default", "llama3"):
+        raise ValueError(f"{source}: rope type {rope_type!r} unsupported (default or llama3)")
+    if rope.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"{source}: partial_rotary_factor unsupported")
+    scaling = ()
+    if rope_type == "llama3":
+        keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+        missing = [k for k in keys if k not in rope]
+        if missing:
+            raise ValueError(f"{source}: llama3 rope scaling lacks {missing}")
+        scaling = (("rope_type", "llama3"),) + tuple((k, rope[k]) for k in keys)
+    bias = bool(hf.get("attention_bias", False))
+    n_head = hf["num_attention_heads"]
+    eos = hf.get("eos_token_id")
+    try:
+        return _decoder_config(hf, family, n_head, theta, scaling, bias, eos, overrides)
+    except ValueError as e:  # sizes that do not fit together
+        raise ValueError(f"{source}: {e}") from None
+
+
+def _decoder_config(hf, family, n_head, theta, scaling, bias, eos, overrides) -> DecoderConfig:
+    return DecoderConfig(
+        family=family,
+        vocab_size=hf["vocab_size"],
+        n_positions=hf.get("max_position_embeddings", 2048),
+        n_embd=hf["hidden_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_kv_head=hf.get("num_key_value_heads") or n_head,
+        head_dim=hf.get("head_dim") or 0,
+        intermediate_size=hf["intermediate_size"],
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        # Qwen2's q/k/v projections always have biases, its o_proj never.
+        qkv_bias=True if family == "qwen2" else bias,
+        o_bias=False if family == "qwen2" else bias,
+        qk_norm=family == "qwen3",
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        initializer_range=hf.get("initializer_range", 0.02),
+        bos_token_id=hf.get("bos_token_id"),
+        eos_token_id=eos[0] if isinstance(eos, list) else eos,
+        **overrides,
+    )
+
+
+def _decoder_config_to_hf(config: DecoderConfig) -> dict:
+    rope = dict(config.rope_scaling)
+    out = {
+        "architectures": [_HF_ARCHITECTURES[config.family]],
+        "model_type": config.family,
+        "vocab_size": config.vocab_size,
+        "max_position_embeddings": config.n_positions,
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_kv_head,
+        "head_dim": config.head_dim,
+        "hidden_act": "silu",
+        "rms_norm_eps": config.rms_norm_eps,
+        "rope_theta": config.rope_theta,
+        "rope_scaling": rope or None,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": config.initializer_range,
+        "attention_dropout": 0.0,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "torch_dtype": "float32",
+    }
+    if config.family == "qwen2":
+        out["use_sliding_window"] = False
+    else:
+        if config.qkv_bias != config.o_bias:
+            raise ValueError(f"{config.family}: attention_bias biases q, k, v and o together")
+        out["attention_bias"] = config.qkv_bias
+        out["mlp_bias"] = False
+    return out
+
+
+def _decoder_hf_key(path: tuple[str, ...]) -> str:
+    """('transformer', 'layers_3', 'self_attn', 'q_proj', 'kernel') ->
+    'model.layers.3.self_attn.q_proj.weight'; the untied head is 'lm_head.weight'."""
+    names = list(path[1:])
+    if names[0] == "lm_head":
+        return "lm_head.weight"
+    if names[0].startswith("layers_"):
+        names = ["layers", names[0][len("layers_"):]] + names[1:]
+    leaf = "bias" if names[-1] == "bias" else "weight"
+    return "model." + ".".join(names[:-1] + [leaf])
+
+
+def _decoder_param_shapes(config: DecoderConfig) -> dict[tuple[str, ...], tuple]:
+    """Every param path of the LM and its shape, from the module itself."""
+    model = DecoderLMHeadModel(config)
+    tree = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32)))
+    flat = jax.tree_util.tree_flatten_with_path(tree["params"])[0]
+    return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _decoder_state_dict_to_params(sd: dict, config: DecoderConfig, *, source: str) -> dict:
+    shapes = _decoder_param_shapes(config)
+    want = {_decoder_hf_key(path): path for path in shapes}
+    # Buffers some checkpoints carry (rotary frequencies), and a tied head saved anyway.
+    ignored = {k for k in sd if k.endswith("rotary_emb.inv_freq")}
+    if config.tie_embeddings:
+        ignored.add("lm_head.weight")
+    have = set(sd) - ignored
+    missing = sorted(set(want) - have)
+    if missing:
+        raise ValueError(f"{source}: missing weights {missing[:3]}{'...' if len(missing) > 3 else ''}")
+    unexpected = sorted(have - set(want))
+    if unexpected:
+        raise ValueError(f"{source}: unexpected weights {unexpected[:3]} for a "
+                         f"{config.n_layer}-layer {config.family}")
+    params: dict[str, Any] = {}
+    for key, path in want.items():
+        value = sd[key]
+        if path[-1] == "kernel":
+            value = value.T  # torch Linear [out, in] -> Dense [in, out]
+        if tuple(value.shape) != shapes[path]:
+            raise ValueError(f"{source}: weight {key} has shape {tuple(sd[key].shape)}, which "
+                             f"config.json does not imply (our {path[-2]} wants {shapes[path]})")
+        node = params
+        for p in path[:-1]:
+            node = node.setdefault(p, {})
+        node[path[-1]] = np.asarray(value, np.float32)
+    return params
+
+
+def _decoder_params_to_state_dict(params: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        names = tuple(p.key for p in path)
+        value = np.asarray(leaf, np.float32)
+        out[_decoder_hf_key(names)] = np.ascontiguousarray(value.T if names[-1] == "kernel"
+                                                           else value)
     return out
 
 
@@ -243,16 +472,18 @@ def load_pretrained(
     sd = _read_state_dict(directory)
     params = state_dict_to_params(sd, config, source=directory)
     params = jax.tree.map(lambda x: np.asarray(x, dtype=param_dtype), params)
-    return GPT2LMHeadModel(config), params
+    lm = DecoderLMHeadModel if isinstance(config, DecoderConfig) else GPT2LMHeadModel
+    return lm(config), params
 
 
 def save_pretrained(model, params, path: str) -> None:
-    """Writes config.json and model.safetensors that transformers loads."""
+    """Writes config.json and model.safetensors that transformers'
+    `AutoModelForCausalLM.from_pretrained` loads (float32 tensors, one file)."""
     from safetensors.numpy import save_file
 
     config = model.config
     os.makedirs(path, exist_ok=True)
-    sd = params_to_state_dict(jax.device_get(params))
+    sd = params_to_state_dict(jax.device_get(params), config)
     tmp = os.path.join(path, "model.safetensors.tmp")
     save_file(sd, tmp, metadata={"format": "pt"})
     os.replace(tmp, os.path.join(path, "model.safetensors"))

@@ -1,10 +1,11 @@
-"""Models from a config: GPT-2 shapes and dtypes, LM checkpoints, the reward model on disk.
+"""Models from a config: architecture, shapes and dtypes, LM checkpoints, the reward model on disk.
 
 The stages load and save through these so every model a run builds gets the
-dtypes, rematerialisation and KV-cache dtype the config's `model` group names.
-LMs are Hugging Face GPT-2 directories (`hf.load_pretrained` / `save_pretrained`);
-the reward model is `params.msgpack` beside `reward_config.json` (its head and
-GPT-2 shape).
+architecture (`model.arch`, or the checkpoint's config.json), dtypes,
+rematerialisation and KV-cache dtype the config's `model` group names. LMs
+are Hugging Face directories (`hf.load_pretrained` / `save_pretrained`); the
+reward model is `params.msgpack` beside `reward_config.json` (its head and
+its trunk's Hugging Face config).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax.models import arch as arch_lib
 from rlhf_jax.models.gpt2 import _SIZES, GPT2Config
 from rlhf_jax.models.heads import RewardModel
 from rlhf_jax.models.hf import config_from_hf, config_to_hf, load_pretrained
@@ -38,25 +40,39 @@ def _kernels(cfg) -> dict:
                 logits_chunk=m.get("logits_chunk", 0))
 
 
-def model_config(cfg, vocab_size: int) -> GPT2Config:
-    """The GPT-2 shape and precision `cfg.model` names, at `vocab_size`."""
+def _arch(cfg) -> tuple[str, int]:
+    # Configs written before `model.arch` existed are GPT-2.
     m = cfg.model
-    return GPT2Config(vocab_size=vocab_size, n_positions=m.n_positions, n_embd=m.n_embd,
-                      n_layer=m.n_layer, n_head=m.n_head, dtype=DTYPES[m.dtype],
-                      param_dtype=DTYPES[m.param_dtype], remat=m.remat,
-                      **_kernels(cfg))
+    return m.get("arch", "gpt2"), m.get("n_kv_head", 0)
+
+
+def model_config(cfg, vocab_size: int):
+    """The architecture, shape and precision `cfg.model` names, at `vocab_size`."""
+    m = cfg.model
+    arch, kv = _arch(cfg)
+    return arch_lib.config_for(arch, vocab_size=vocab_size, n_positions=m.n_positions,
+                               n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+                               n_kv_head=kv, dtype=DTYPES[m.dtype],
+                               param_dtype=DTYPES[m.param_dtype], remat=m.remat,
+                               **_kernels(cfg))
+
+
+def causal_lm(cfg, vocab_size: int):
+    """A fresh (unparameterised) language model of `model_config(cfg, vocab_size)`."""
+    return arch_lib.causal_lm(model_config(cfg, vocab_size))
 
 
 def load_lm(cfg, path: str):
-    """(GPT2LMHeadModel, params) of a Hugging Face GPT-2 directory, at `cfg.model`'s precision."""
+    """(LM, params) of a Hugging Face directory (the architecture from its config.json),
+    at `cfg.model`'s precision."""
     return load_pretrained(path, dtype=DTYPES[cfg.model.dtype],
                            param_dtype=DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
                            **_kernels(cfg))
 
 
-def reward_model(cfg, config: GPT2Config) -> RewardModel:
+def reward_model(cfg, config) -> RewardModel:
     """The `RewardModel` the `reward` group describes (head, token head, selector), on a
-    GPT-2 of `config`."""
+    trunk of `config`."""
     r = cfg.reward
     return RewardModel(config, head=r.head, token_head=bool(r.token_head),
                        selector_layers=tuple(r.selector_layers),
@@ -68,14 +84,16 @@ def init_reward_model(cfg, key: jax.Array, policy_model, policy_params):
     rm_model = reward_model(cfg, policy_model.config)
     ids = jnp.zeros((1, 8), jnp.int32)
     rm_params = jax.jit(rm_model.init)(key, ids)["params"]  # one program, not one per op
-    return rm_model, {**rm_params, "transformer": policy_params["transformer"]}
+    # The trunk's params without an untied LM head, which a reward model never reads.
+    trunk = {k: v for k, v in policy_params["transformer"].items() if k in rm_params["transformer"]}
+    return rm_model, {**rm_params, "transformer": trunk}
 
 
 def save_reward_model(path: str, rm_model: RewardModel, rm_params) -> None:
     os.makedirs(path, exist_ok=True)
     meta = {"head": rm_model.head, "token_head": rm_model.token_head,
             "selector_layers": list(rm_model.selector_layers),
-            "selector_blocks": rm_model.selector_blocks, "gpt2": config_to_hf(rm_model.config)}
+            "selector_blocks": rm_model.selector_blocks, "trunk": config_to_hf(rm_model.config)}
     tmp = os.path.join(path, REWARD_PARAMS + ".tmp")
     with open(tmp, "wb") as f:
         f.write(flax.serialization.msgpack_serialize(jax.device_get(rm_params)))
@@ -88,7 +106,8 @@ def load_reward_model(cfg, path: str):
     """(RewardModel, params) saved by `save_reward_model`, at `cfg.model`'s precision."""
     with open(os.path.join(path, "reward_config.json")) as f:
         meta = json.load(f)
-    config = config_from_hf(meta["gpt2"], source=path, dtype=DTYPES[cfg.model.dtype],
+    # "gpt2": the key files written before other architectures existed.
+    config = config_from_hf(meta.get("trunk") or meta["gpt2"], source=path, dtype=DTYPES[cfg.model.dtype],
                             param_dtype=DTYPES[cfg.model.param_dtype], remat=cfg.model.remat,
                             **_kernels(cfg))
     with open(os.path.join(path, REWARD_PARAMS), "rb") as f:
@@ -102,12 +121,13 @@ def load_reward_model(cfg, path: str):
     return model, jax.tree.map(np.asarray, params)
 
 
-def architecture(cfg) -> tuple[GPT2Config, str]:
-    """The GPT-2 architecture the config runs, without loading weights, and its source.
+def architecture(cfg) -> tuple[object, str]:
+    """The architecture config the config runs, without loading weights, and its source.
 
-    A known size name (`gpt2`, ..., `stiennon-6.7b`) or a local Hugging Face
-    directory gives the dims; otherwise (a random init, a pretrain stage, or a
-    hub name not on disk) the `model.*` fields do.
+    A known GPT-2 size name (`gpt2`, ..., `stiennon-6.7b`) or a local Hugging
+    Face directory gives the architecture and dims; otherwise (a random init,
+    a pretrain stage, or a hub name not on disk) `model.arch` and the
+    `model.*` fields do.
     """
     m = cfg.model
     dtypes = dict(dtype=getattr(jnp, m.dtype), param_dtype=getattr(jnp, m.param_dtype),
@@ -122,6 +142,8 @@ def architecture(cfg) -> tuple[GPT2Config, str]:
             with open(path) as f:
                 return config_from_hf(json.load(f), source=path, **dtypes), path
     vocab = cfg.pretrain.vocab_size if m.tokenizer == "synthetic" else GPT2_VOCAB
-    config = GPT2Config(vocab_size=vocab, n_positions=m.n_positions, n_embd=m.n_embd,
-                        n_layer=m.n_layer, n_head=m.n_head, **dtypes)
-    return config, "model.n_embd / n_layer / n_head / n_positions"
+    arch, kv = _arch(cfg)
+    config = arch_lib.config_for(arch, vocab_size=vocab, n_positions=m.n_positions,
+                                 n_embd=m.n_embd, n_layer=m.n_layer, n_head=m.n_head,
+                                 n_kv_head=kv, **dtypes)
+    return config, f"model.arch={arch} / n_embd / n_layer / n_head / n_positions"

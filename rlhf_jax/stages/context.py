@@ -21,7 +21,7 @@ from rlhf_jax import config_lib
 from rlhf_jax.data import datasets, synthetic, tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.metrics import MetricsWriter
-from rlhf_jax.models import GPT2LMHeadModel, load_tokenizer, loading, save_pretrained
+from rlhf_jax.models import load_tokenizer, loading, save_pretrained
 from rlhf_jax.stages.rollout import TaskSpec
 
 # Synthetic query datasets, per process: a sweep opens dozens of runs on one
@@ -108,8 +108,8 @@ class Context:
         if "pretrain" in self.stages:
             return loading.load_lm(cfg, self.path("models", "pretrained"))
         if cfg.model.init == "scratch":
-            # A seeded random GPT-2 (runlocal): the same on every call and relaunch.
-            model = GPT2LMHeadModel(loading.model_config(cfg, len(self.tokenizer)))
+            # A seeded random model (runlocal): the same on every call and relaunch.
+            model = loading.causal_lm(cfg, len(self.tokenizer))
             key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
             init = lambda k: model.init(k, jnp.zeros((1, 8), jnp.int32))["params"]  # noqa: E731
             return model, self.dp.init(init, key)  # one program; on a mesh created split

@@ -9,7 +9,8 @@ Config fields read (groups `ppo`, `kl`, `task`, `parallel`, `seed`):
 `ppo.batch_size`, `ppo.nminibatches`, `ppo.noptepochs`, `ppo.lr`, `ppo.adam`
 ("tf" | "torch"), `ppo.adam_eps`, `ppo.cliprange`, `ppo.cliprange_value`,
 `ppo.vf_coef`, `ppo.gamma`, `ppo.lam`, `ppo.whiten_rewards`, `ppo.algo`,
-`ppo.rloo_k`, `ppo.baseline_decay` (`rlhf_jax.algorithms.pg`),
+`ppo.rloo_k`, `ppo.grpo_variant`, `ppo.kl_in`, `ppo.baseline_decay`
+(`rlhf_jax.algorithms.pg`),
 `ppo.whiten_scope` ("global" | "minibatch"), `ppo.total_episodes`,
 `ppo.reward_source` ("rm" | "gold"), `ppo.log_every`, `ppo.checkpoint_every`,
 `ppo.num_logged_samples`; `kl.coef`, `kl.adaptive`, `kl.target`,
@@ -64,6 +65,8 @@ def hparams(cfg) -> PPOHParams:
         whiten_rewards=p.whiten_rewards, whiten_scope=p.whiten_scope,
         temperature=cfg.task.temperature, kl_adaptive=kl.adaptive, kl_target=kl.target,
         kl_horizon=kl.horizon, batch_size=p.batch_size,
+        loss_norm=pg.loss_norm(p.algo, p.get("grpo_variant", "grpo")),
+        kl_in_loss=p.get("kl_in", "reward") == "loss",
     )
 
 
@@ -99,9 +102,9 @@ def init_state(params, optimizer, cfg) -> PPOState:
 
 
 def query_batch(cfg, queries: QuerySource, update: int):
-    """The queries of one update: `ppo.batch_size` of them, or for RLOO
+    """The queries of one update: `ppo.batch_size` of them, or for RLOO and GRPO
     `batch_size / rloo_k` queries each repeated `rloo_k` times."""
-    if cfg.ppo.algo == "rloo":
+    if cfg.ppo.algo in ("rloo", "grpo"):
         k = cfg.ppo.rloo_k
         return pg.repeat_queries(*queries.batch(update, cfg.ppo.batch_size // k), k)
     return queries.batch(update, cfg.ppo.batch_size)
@@ -131,7 +134,7 @@ class PPOTrainer:
                                      (R, R, R, S, S, R), (S, S))
         advantages = None if cfg.ppo.algo == "ppo" else pg.make_advantages(
             cfg.ppo.algo, k=cfg.ppo.rloo_k, decay=cfg.ppo.baseline_decay,
-            axis_name=dp.batch_axes)
+            axis_name=dp.batch_axes, grpo_variant=cfg.ppo.get("grpo_variant", "grpo"))
         update = make_update_step(models.apply_policy_value, self.optimizer, hparams(cfg),
                                   dp.batch_axes, advantages=advantages)
         self.update_fn = dp.compile(update, (R, S), (R, R), donate_argnums=(0,))

@@ -1,0 +1,91 @@
+"""The offline default on the Llama-family architectures: `configs/mock_sentiment.py:
+runlocal,arch=llama|qwen2|qwen3`, every stage in-process on tiny shapes.
+
+Each family also takes a different slice of the switches, so together the
+three runs cover the shared and the separate value model (from the reward
+model), the linear, scalar-mix and selector heads, PPO and GRPO, and DPO and
+best-of-N SFT beside them; the exported policy must load in transformers'
+`AutoModelForCausalLM` with the same logits. This checks that every stage
+runs on these architectures, not what they learn at these sizes.
+"""
+
+import importlib.util
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhf_jax import memory, pipeline
+from rlhf_jax.config_check import resolve
+from rlhf_jax.models import DecoderConfig, load_pretrained
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Shrinks of runlocal: a small corpus and pretraining, few steps everywhere.
+OVERRIDES = {
+    "pretrain.num_docs": 300,
+    "pretrain.epochs": 1,
+    "pretrain.num_val": 16,
+    "labels.num_train": 32,
+    "labels.num_val": 16,
+    "reward.normalize_samples": 16,
+    "ppo.total_episodes": 32,
+    "eval.num_queries": 16,
+    "eval.best_of_n": (1, 2),
+    "bon_sft.num_queries": 16,
+    "bon_sft.batch_size": 16,
+}
+CASES = {
+    "llama": "value=shared,head=linear",
+    "qwen2": "value=separate,head=scalar_mix",
+    "qwen3": "algo=grpo,head=selector",
+}
+EXTRA_STAGES = {"qwen2": ",dpo,bon_sft"}
+
+
+def _config(arch: str):
+    spec = importlib.util.spec_from_file_location(
+        "mock_sentiment_config", os.path.join(ROOT, "configs", "mock_sentiment.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config(f"runlocal,arch={arch},{CASES[arch]}")
+    cfg.stages += EXTRA_STAGES.get(arch, "")
+    for dotted, value in OVERRIDES.items():
+        group, name = dotted.split(".")
+        cfg[group][name] = value
+    cfg.lock()
+    return cfg
+
+
+@pytest.mark.parametrize("arch", sorted(CASES))
+def test_every_stage_runs_on_the_architecture(arch, tmp_path):
+    cfg = _config(arch)
+    resolve(cfg, 1)
+    # The memory report (--dry_run) sizes the same architecture.
+    report = memory.report(cfg, 1)
+    assert f"model.arch={arch}" in report.arch and report.kv_cache > 0
+
+    results = pipeline.run(cfg, str(tmp_path))
+    stages = pipeline_stages = [s for s in results if s != "figures"]
+    assert {"pretrain", "labels", "reward", "ppo", "eval"} <= set(pipeline_stages), stages
+    with open(tmp_path / "eval.json") as f:
+        evaluation = json.load(f)
+    assert evaluation  # every policy scored
+    with open(tmp_path / "models" / "reward" / "reward_config.json") as f:
+        assert json.load(f)["trunk"]["model_type"] == arch
+
+    # The exported policy: our loader and transformers agree on it.
+    path = str(tmp_path / "models" / "policy")
+    model, params = load_pretrained(path)
+    assert isinstance(model.config, DecoderConfig) and model.config.family == arch
+    theirs = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids_1xT = np.array([[5, 17, 301, 42, 13, 7]], np.int32)
+    with torch.no_grad():
+        want = theirs(torch.from_numpy(ids_1xT).long()).logits.numpy()
+    got = model.apply({"params": params}, jnp.asarray(ids_1xT),
+                      attention_mask=jnp.ones_like(ids_1xT)).logits
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=1e-4)

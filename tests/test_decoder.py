@@ -1,0 +1,249 @@
+"""The Llama-family decoder against PyTorch transformers (Llama, Qwen2, Qwen3): parity,
+KV cache, Hugging Face directories both ways, the heads and the sampler on it.
+
+Every model is a tiny random one built by transformers itself
+(`tests/hf_fixtures.DECODER_KINDS`); nothing touches the network.
+"""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from rlhf_jax.algorithms.sampling import sample
+from rlhf_jax.models import arch, load_pretrained, save_pretrained
+from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel, ValueModel
+from rlhf_jax.models.hf import read_safetensors
+from tests.hf_fixtures import DECODER_KINDS, decoder_pair, hf_logits, left_padded_batch
+
+V = 97
+KINDS = sorted(DECODER_KINDS)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits(model, params, ids, mask):
+    return model.apply({"params": params}, ids, attention_mask=mask)
+
+
+def _batch(seed=5):
+    return left_padded_batch(V, [9, 4, 1, 7], 9, seed=seed)
+
+
+def _error(fn, *args) -> str:
+    with pytest.raises(ValueError) as info:
+        fn(*args)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_logits_and_hidden_states_match_transformers_on_left_padded_batch(kind):
+    hf_model, model, params = decoder_pair(kind)
+    ids, mask = _batch()
+    out = _logits(model, params, jnp.asarray(ids), jnp.asarray(mask))
+    ref, ref_hidden = hf_logits(hf_model, ids, mask)
+    real = mask == 1
+    assert np.abs(ref[real]).max() > 0.5  # logits large enough for 1e-4 to mean something
+    np.testing.assert_allclose(np.asarray(out.logits)[real], ref[real], atol=1e-4)
+    assert len(out.hidden_states) == len(ref_hidden) == 3
+    for ours, theirs in zip(out.hidden_states, ref_hidden):
+        np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-4)
+    assert np.isfinite(np.asarray(out.logits)).all()  # fully masked pad rows give no NaN
+
+
+def test_fixture_configs_cover_the_family_switches():
+    configs = {k: decoder_pair(k)[1].config for k in KINDS}
+    assert {c.n_head // c.n_kv_head for c in configs.values()} == {1, 2, 3, 4}
+    assert any(c.head_dim * c.n_head != c.n_embd for c in configs.values())
+    assert {c.tie_embeddings for c in configs.values()} == {True, False}
+    assert configs["llama_gqa3_untied_rope_scaled"].rope_scaling[0] == ("rope_type", "llama3")
+    assert configs["llama_mqa_bias"].qkv_bias and configs["llama_mqa_bias"].o_bias
+    q2 = configs["qwen2_gqa2"]
+    assert q2.qkv_bias and not q2.o_bias and not q2.qk_norm
+    assert configs["qwen3_mha_qknorm_untied"].qk_norm
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_kv_cached_decoding_equals_full_forward(kind):
+    _, model, params = decoder_pair(kind)
+    ids, mask = left_padded_batch(V, [9, 4, 6], 9, seed=1)
+    cont = np.random.default_rng(2).integers(0, V, (3, 4)).astype(np.int32)
+    full_ids = np.concatenate([ids, cont], 1)
+    full_mask = np.concatenate([mask, np.ones((3, 4), np.int32)], 1)
+    want = np.asarray(_logits(model, params, jnp.asarray(full_ids), jnp.asarray(full_mask)).logits)
+
+    cache = arch.init_cache(model.config, 3, full_ids.shape[1])
+    assert cache["layers_0"]["k"].shape == (3, 13, model.config.n_kv_head, model.config.head_dim)
+    buf = np.concatenate([mask, np.zeros((3, 4), np.int32)], 1)
+    step = jax.jit(lambda p, x, m, c, i: model.apply({"params": p}, x, attention_mask=m, cache=c,
+                                                     cache_index=i))
+    out = step(params, jnp.asarray(ids), jnp.asarray(buf), cache, 0)
+    got = [np.asarray(out.logits)]
+    for t in range(4):
+        buf[:, 9 + t] = 1
+        out = step(params, jnp.asarray(cont[:, t:t + 1]), jnp.asarray(buf), out.cache, 9 + t)
+        got.append(np.asarray(out.logits))
+    got = np.concatenate(got, 1)
+    real = full_mask == 1
+    np.testing.assert_allclose(got[real], want[real], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa3_untied_rope_scaled", "qwen2_gqa2",
+                                  "qwen3_mha_qknorm_untied"])
+def test_our_save_loads_in_transformers_unchanged_with_equal_logits(kind, tmp_path):
+    _, model, params = decoder_pair(kind)
+    save_pretrained(model, params, str(tmp_path))
+    theirs, info = AutoModelForCausalLM.from_pretrained(str(tmp_path), output_loading_info=True)
+    theirs.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert type(theirs).__name__ == json.loads((tmp_path / "config.json").read_text())[
+        "architectures"][0]
+    ids, mask = _batch(seed=7)
+    ref, _ = hf_logits(theirs, ids, mask)
+    real = mask == 1
+    ours = np.asarray(_logits(model, params, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    np.testing.assert_allclose(ours[real], ref[real], atol=1e-4)
+    # And back: the same params, as host arrays.
+    model2, params2 = load_pretrained(str(tmp_path))
+    assert model2.config == model.config
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(params2))
+    jax.tree.map(np.testing.assert_array_equal, params2, jax.tree.map(np.asarray, params))
+
+
+def test_sharded_bfloat16_transformers_checkpoint_loads(tmp_path):
+    hf_model, _, _ = decoder_pair("llama_gqa3_untied_rope_scaled")
+    bf16 = AutoModelForCausalLM.from_config(hf_model.config)
+    bf16.load_state_dict(hf_model.state_dict())
+    bf16 = bf16.to(torch.bfloat16)
+    bf16.save_pretrained(str(tmp_path), max_shard_size="20KB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+    shards = [f for f in os.listdir(tmp_path) if f.endswith(".safetensors")]
+    assert len(shards) > 1
+    assert read_safetensors(str(tmp_path / shards[0]))  # bfloat16 read without torch
+    model, params = load_pretrained(str(tmp_path))
+    want = {k: v.float().numpy() for k, v in bf16.state_dict().items()}
+    np.testing.assert_array_equal(params["transformer"]["layers_1"]["self_attn"]["k_proj"]["kernel"],
+                                  want["model.layers.1.self_attn.k_proj.weight"].T)
+    np.testing.assert_array_equal(params["transformer"]["lm_head"]["kernel"],
+                                  want["lm_head.weight"].T)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    _, model, params = decoder_pair("qwen2_gqa2")
+    m16 = type(model)(model.config.replace(dtype=jnp.bfloat16))
+    ids, mask = _batch()
+    a = np.asarray(_logits(model, params, jnp.asarray(ids), jnp.asarray(mask)).logits)
+    b = _logits(m16, params, jnp.asarray(ids), jnp.asarray(mask)).logits
+    assert b.dtype == jnp.float32
+    real = mask == 1
+    np.testing.assert_allclose(np.asarray(b)[real], a[real], atol=0.1)
+
+
+def test_remat_changes_no_gradient():
+    _, model, params = decoder_pair("llama_mqa_bias")
+    ids, mask = _batch()
+
+    def grads(m):
+        loss = lambda p: jnp.mean(m.apply({"params": p}, ids, attention_mask=mask).logits ** 2)  # noqa: E731
+        return jax.jit(jax.grad(loss))(params)
+
+    g0 = grads(model)
+    g1 = grads(type(model)(model.config.replace(remat=True)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g0, g1)
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa3_untied_rope_scaled", "qwen3_mha_qknorm_untied"])
+def test_greedy_sampler_equals_full_forward_argmax(kind):
+    _, model, params = decoder_pair(kind)
+    ids, mask = left_padded_batch(V, [6, 3], 6, seed=4)
+    out = sample(model, params, jnp.asarray(ids), jnp.asarray(mask), jax.random.key(0),
+                 response_length=5, greedy=True)
+    seq, seq_mask = ids, mask
+    for t in range(5):
+        logits = np.asarray(_logits(model, params, jnp.asarray(seq), jnp.asarray(seq_mask)).logits)
+        nxt = logits[:, -1].argmax(-1)
+        np.testing.assert_array_equal(np.asarray(out.tokens)[:, t], nxt)
+        logp = jax.nn.log_softmax(logits[:, -1])[np.arange(2), nxt]
+        np.testing.assert_allclose(np.asarray(out.logprobs)[:, t], logp, atol=1e-4)
+        seq = np.concatenate([seq, nxt[:, None].astype(np.int32)], 1)
+        seq_mask = np.concatenate([seq_mask, np.ones((2, 1), np.int32)], 1)
+
+
+def test_heads_on_the_decoder_trunk():
+    _, lm, params = decoder_pair("qwen3_mha_qknorm_untied")
+    cfg = lm.config
+    ids, mask = _batch()
+    key = jax.random.key(0)
+    policy = PolicyWithValueHead(cfg)
+    p_params = {"transformer": params["transformer"],
+                "value_head": policy.init(key, ids[:1])["params"]["value_head"]}
+    out, values = policy.apply({"params": p_params}, ids, mask)
+    want = _logits(lm, params, jnp.asarray(ids), jnp.asarray(mask)).logits
+    np.testing.assert_allclose(np.asarray(out.logits), np.asarray(want), atol=1e-5)
+    assert values.shape == ids.shape
+    for head in ("linear", "scalar_mix", "selector"):
+        rm = RewardModel(cfg, head=head, selector_layers=(1,))
+        rm_params = rm.init(key, ids)["params"]
+        assert "lm_head" not in rm_params["transformer"]  # the untied head is the LM's alone
+        r = rm.apply({"params": rm_params}, ids, mask)
+        assert r.shape == (4,) and np.isfinite(np.asarray(r)).all()
+    v = ValueModel(cfg, head="scalar_mix")
+    assert v.apply(v.init(key, ids), ids, mask).shape == ids.shape
+
+
+@pytest.mark.parametrize("arch_name", arch.ARCHS)
+def test_config_for_each_arch_builds_a_model_with_a_kv_cache(arch_name):
+    config = arch.config_for(arch_name, vocab_size=50, n_positions=16, n_embd=32, n_layer=2,
+                             n_head=2)
+    model = arch.causal_lm(config)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    n = sum(x.size for x in jax.tree.leaves(params))
+    assert n == arch.embedding_num_params(config) + 2 * arch.block_num_params(config) + (
+        32 if arch_name != "gpt2" else 64)  # the final norm (GPT-2's has a bias)
+    cache = arch.init_cache(config, 2, 8)
+    assert len(cache) == 2 and next(iter(cache.values()))["k"].shape[2] == arch.kv_heads(config)
+
+
+# ---------------------------------------------------------------------- errors
+
+
+def _write_config(tmp_path, **changes):
+    hf_model, model, params = decoder_pair("qwen2_gqa2")
+    save_pretrained(model, params, str(tmp_path))
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(changes)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return str(tmp_path)
+
+
+def test_unsupported_model_type_is_refused(tmp_path):
+    msg = _error(load_pretrained, _write_config(tmp_path, model_type="mistral"))
+    assert "config.json" in msg and "model_type='mistral'" in msg and "qwen3" in msg
+
+
+def test_sliding_window_is_refused(tmp_path):
+    msg = _error(load_pretrained, _write_config(tmp_path, use_sliding_window=True))
+    assert "use_sliding_window=true unsupported" in msg
+
+
+def test_heads_not_a_multiple_of_kv_heads_names_the_file(tmp_path):
+    msg = _error(load_pretrained, _write_config(tmp_path, num_key_value_heads=4))
+    assert "config.json: DecoderConfig: n_head=6 is not a multiple of n_kv_head=4" in msg
+
+
+def test_unknown_rope_scaling_is_refused(tmp_path):
+    path = _write_config(tmp_path, rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    assert "rope type 'yarn' unsupported" in _error(load_pretrained, path)
+
+
+def test_weight_shape_disagreeing_with_config_names_the_tensor(tmp_path):
+    path = _write_config(tmp_path, num_key_value_heads=6)  # the checkpoint has 3
+    msg = _error(load_pretrained, path)
+    assert "model.layers.0.self_attn.k_proj" in msg and "does not imply" in msg
