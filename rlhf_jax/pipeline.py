@@ -326,7 +326,12 @@ def stage_ul(ctx: Context) -> dict:
 def stage_eval(ctx: Context) -> dict:
     from rlhf_jax.stages import eval as eval_lib
 
-    return eval_lib.evaluate(ctx)
+    results = eval_lib.evaluate(ctx)
+    if ctx.cfg.task.query_dataset == "world_tldr":  # Stiennon's evaluation against references
+        from rlhf_jax.experiments import summary_eval
+
+        results["summarization"] = summary_eval.evaluate(ctx)
+    return results
 
 
 def stage_figures(ctx: Context) -> dict:
