@@ -149,12 +149,15 @@ def _apply(c, arg):
 
 
 def _runlocal(c):
-    """CI smoke: every stage of the real path at toy sizes (a random 1-layer model)."""
-    c.stages = "sft,labels,reward,ppo,eval"
+    """CI smoke: every stage of the real path at toy sizes (a 1-layer model, 15 pretraining steps)."""
     c.model.n_embd, c.model.n_layer, c.model.n_head = 16, 1, 2
     c.model.n_positions = 136
     c.pretrain.num_docs = 1000  # the tokenizer's corpus: enough for whole-word tokens
     c.pretrain.vocab_size = 1024
+    c.pretrain.batch_size = 32
+    c.pretrain.epochs = 1
+    c.pretrain.num_val = 8
+    c.pretrain.log_every = 5
     c.task.num_docs = 320  # test: 32 stories
     c.task.query_length = 120
     c.task.response_length = 16
