@@ -289,3 +289,55 @@ def evaluate(ctx: Context) -> dict:
             print(f"summarization | {name:>12} | " + " | ".join(
                 f"{k} {v:.3f}" for k, v in r.items() if isinstance(v, float)), flush=True)
     return out
+
+
+# --------------------------------------------------------------------------
+# Sweep extractors (configs/sweeps/world_*.py).
+
+
+def parameter_count(n_embd: int, n_layer: int, n_positions: int, vocab_rows: int) -> int:
+    """Parameters of the project's GPT-2 (LM head tied to the token embedding):
+    embeddings, per block 12 d^2 + 13 d (attention, MLP, two layer norms), final norm."""
+    d = n_embd
+    return vocab_rows * d + n_positions * d + n_layer * (12 * d * d + 13 * d) + 2 * d
+
+
+def run_parameter_count(workdir: str) -> int:
+    """`parameter_count` of a run's policy, from its config.json and tokenizer."""
+    with open(os.path.join(workdir, "config.json")) as f:
+        model = json.load(f)["model"]
+    tok_dir = model["tokenizer"] if model["tokenizer"] not in ("", "synthetic") else os.path.join(
+        workdir, "tokenizer")
+    with open(os.path.join(tok_dir, "tokenizer.json")) as f:
+        tok = json.load(f)
+    ids = set(tok["model"]["vocab"].values()) | {t["id"] for t in tok.get("added_tokens", [])}
+    # Rows: the vocabulary plus the pad id (data.synthetic.model_vocab_size).
+    return parameter_count(model["n_embd"], model["n_layer"], model["n_positions"], len(ids) + 1)
+
+
+def summarization_value(workdir: str, policy: str, key: str) -> float:
+    """eval.json's `summarization[policy][key]` of a run."""
+    path = os.path.join(workdir, "eval.json")
+    with open(path) as f:
+        block = json.load(f).get("summarization", {})
+    if policy not in block or key not in block[policy]:
+        raise ValueError(f"{path}: no summarization[{policy!r}][{key!r}]")
+    return float(block[policy][key])
+
+
+def summarization_point(policy: str, y: str, x="params"):
+    """A sweep `Extractor`: one point (x, `summarization[policy][y]`). `x`: "params"
+    (the policy's parameter count), a number (a category's position), or
+    ("eval", policy, key) for a value of eval.json's generic block (e.g. PPO's KL)."""
+
+    def fn(workdir):
+        if x == "params":
+            xv = float(run_parameter_count(workdir))
+        elif isinstance(x, tuple):
+            with open(os.path.join(workdir, "eval.json")) as f:
+                xv = float(json.load(f)[x[1]][x[2]])
+        else:
+            xv = float(x)
+        return np.asarray([xv]), np.asarray([summarization_value(workdir, policy, y)])
+
+    return fn
