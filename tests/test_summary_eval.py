@@ -115,3 +115,18 @@ def test_world_tldr_runlocal_end_to_end(tmp_path):
     assert "TL;DR" not in rows[0]["story"]
     with open(workdir / "stages" / "labels.json") as f:
         assert "gold_best_agreement" in json.load(f)
+
+
+def test_parameter_count_matches_the_model():
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.models import GPT2LMHeadModel
+    from rlhf_jax.models.gpt2 import GPT2Config
+
+    cfg = GPT2Config(vocab_size=101, n_positions=40, n_embd=16, n_layer=2, n_head=2)
+    shapes = jax.eval_shape(lambda: GPT2LMHeadModel(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+    count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+    # 101 * 16 + 40 * 16 + 2 * (12 * 256 + 13 * 16) + 2 * 16 = 8,848.
+    assert count == se.parameter_count(16, 2, 40, 101) == 8848
