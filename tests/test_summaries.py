@@ -169,3 +169,30 @@ def test_boltzmann_labeller_on_the_summary_judge():
     assert abs(np.mean(labels.best_N == 1) - 1 / (1 + np.exp(-3.0))) < 0.015
     with pytest.raises(ValueError, match="carries no text"):
         gold.rewards(LabelRequest(q, np.ones_like(q), r, np.ones_like(r), pad_token=n))
+
+
+def test_world_tldr_query_dataset(tmp_path):
+    from rlhf_jax import config_lib
+    from rlhf_jax.data import datasets, synthetic
+
+    tok = synthetic.train_tokenizer(summaries.pretraining_corpus(300, 0), 1024, str(tmp_path))
+    task = config_lib.base_config().task
+    task.update(dict(query_dataset="world_tldr", num_docs=40, query_length=120,
+                     response_length=24, start_text=None, end_text=None,
+                     pad_token=len(tok), eos_token=tok.eos_token_id))
+    ds = datasets.load_queries(task, tok, split="test", seed=0)
+    docs = summaries.stories(4, 0, "test")  # a tenth of num_docs
+    assert len(ds) == 4
+    for i, s in enumerate(docs):
+        q = ds.query_NxQ[i][ds.query_mask_NxQ[i] == 1].tolist()
+        assert tok.decode(q) == summaries.query_text(s)
+        r = ds.reference_NxR[i][ds.reference_mask_NxR[i] == 1].tolist()
+        assert r[-1] == tok.eos_token_id
+        assert tok.decode(r[:-1]) == " " + s.reference[:len(tok.decode(r[:-1])) - 1]
+    assert len(datasets.load_queries(task, tok, split="train", seed=0, limit=7)) == 7
+    task.query_length = 20
+    with pytest.raises(ValueError, match="no world_tldr story of split 'test' fits"):
+        datasets.load_queries(task, tok, split="test", seed=0)
+    task.num_docs = 0
+    with pytest.raises(ValueError, match="task.num_docs=0"):
+        datasets.load_queries(task, tok, split="test", seed=0)
