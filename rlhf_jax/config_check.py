@@ -132,9 +132,9 @@ def resolve(c, num_devices: int) -> dict:
               f"labels.type={lt!r}: expected best_of_N, pairwise, scalar_rating or scalar_compare")
         _need(c.labels.source in ("mock", "file"),
               f"labels.source={c.labels.source!r}: expected 'mock' or 'file'")
-        _need(c.labels.source == "file" or c.labels.gold in ("world", "vader"),
+        _need(c.labels.source == "file" or c.labels.gold in MOCK_GOLDS,
               f"labels.source='mock' picks by the gold reward: labels.gold={c.labels.gold!r} "
-              "must be 'world' or 'vader'")
+              f"must be one of {MOCK_GOLDS}")
         _need(c.labels.source == "file" or not (c.labels.path or c.labels.val_path),
               f"labels.path={c.labels.path!r} is set but labels.source='mock' does not read "
               "it: add --config.labels.source=file")
@@ -162,8 +162,12 @@ def resolve(c, num_devices: int) -> dict:
         divisible(c.dpo.batch_size, num_devices, "dpo.batch_size", "the device count")
         _need(c.labels.type == "pairwise" or c.labels.type.startswith("best_of_"),
               f"labels.type={c.labels.type!r}: DPO needs comparisons")
-    _need(c.labels.gold in ("world", "vader", "none"),
-          f"labels.gold={c.labels.gold!r}: expected 'world', 'vader' or 'none'")
+    _need(c.labels.gold in MOCK_GOLDS + ("none",),
+          f"labels.gold={c.labels.gold!r}: expected one of {MOCK_GOLDS + ('none',)}")
+    _need((c.labels.gold in ("summary", "summary_accuracy"))
+          <= (c.task.query_dataset == "world_tldr"),
+          f"labels.gold={c.labels.gold!r} judges summaries of world stories: it needs "
+          "task.query_dataset='world_tldr'")
     _need(c.labels.ungrammatical_penalty >= 0,
           f"labels.ungrammatical_penalty={c.labels.ungrammatical_penalty} must be >= 0")
     if "ppo" in stages:
@@ -206,6 +210,8 @@ def check_files(c: ml_collections.ConfigDict) -> None:
 
 # Gold rewards that can say which words lower them (`spans.span_source`).
 SPAN_GOLDS = ("world", "vader")
+# Golds a mock labeller can answer from (labelling.labelers.GOLDS).
+MOCK_GOLDS = ("world", "vader", "summary", "summary_accuracy")
 
 
 def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:

@@ -150,7 +150,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.task = t = ml_collections.ConfigDict()
     t.name = ""
-    t.query_dataset = "books"  # synthetic | books | tldr | cnndm
+    t.query_dataset = "books"  # synthetic | books | tldr | cnndm | world_tldr
+    t.num_docs = 0  # world_tldr: stories in the train split (valid, test: a tenth each)
     t.dataset_path = "bookcorpus"  # local file/dir or HF dataset name
     t.query_format = "lhp"  # lhp: raw text, the RM reads it raw | sff: Stiennon's template
     t.query_length = 64  # tokens of the raw query (LHP: prefix and suffix come on top)
@@ -191,7 +192,8 @@ def base_config() -> ml_collections.ConfigDict:
     lb.format = "lhp"  # lhp | sff | jsonl
     lb.num_train = 4992  # LHP offline_5k
     lb.num_val = 256
-    lb.gold = "world"  # gold reward (mock labeller, eval): world | vader | none
+    # gold reward (mock labeller, eval): world | vader | summary | summary_accuracy | none
+    lb.gold = "world"
     lb.ungrammatical_penalty = 1.0  # world gold: score of a broken or unfinished sentence
     lb.mock_noise = 0.0  # Boltzmann temperature of a noisy mock labeller
     lb.batch_size = 64  # queries per sampling batch when generating mock (and online) labels

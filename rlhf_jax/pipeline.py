@@ -154,6 +154,13 @@ def stage_labels(ctx: Context) -> dict:
     if train.gold_NxK is not None:
         # How often the labelled best is the gold best (1.0 for a noiseless mock).
         out["gold_best_agreement"] = float(np.mean(np.argmax(train.gold_NxK, 1) == train.best_N))
+        # The same over records whose gold best is unique (a tie has no right answer).
+        top_N = np.max(train.gold_NxK, 1)
+        untied_N = np.sum(train.gold_NxK == top_N[:, None], 1) == 1
+        if kind in ("best_of_n", "pairwise") and np.any(untied_N):
+            out["gold_best_agreement_untied"] = float(np.mean(
+                (np.argmax(train.gold_NxK, 1) == train.best_N)[untied_N]))
+            out["gold_tied_fraction"] = float(1 - np.mean(untied_N))
     if train.span_mask_NxKxR is not None:
         out["span_marked_fraction"] = float(train.span_mask_NxKxR.sum()
                                             / train.response_mask_NxKxR.sum())
@@ -236,7 +243,14 @@ def stage_ul(ctx: Context) -> dict:
 
 
 def stage_eval(ctx: Context) -> dict:
-    return eval_lib.evaluate(ctx)
+    from rlhf_jax.stages import eval as eval_lib
+
+    results = eval_lib.evaluate(ctx)
+    if ctx.cfg.task.query_dataset == "world_tldr":  # Stiennon's evaluation against references
+        from rlhf_jax.experiments import summary_eval
+
+        results["summarization"] = summary_eval.evaluate(ctx)
+    return results
 
 
 def stage_figures(ctx: Context) -> dict:

@@ -27,7 +27,7 @@ from rlhf_jax.infra.metrics import read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWEEP_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sweeps", "*.py"))
-                     if os.path.basename(p) != "mock_scale.py")
+                     if not os.path.basename(p).endswith("_scale.py"))  # helpers, not sweeps
 
 # Two members: one setting x seeds (0, 1). Stages ppo,eval from a random tiny
 # GPT-2 (mock_sentiment:runlocal) on the world gold reward: no pretraining, no

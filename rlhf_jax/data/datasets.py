@@ -13,6 +13,10 @@ Sources (config `task.query_dataset`, `task.dataset_path`):
 - `tldr`: Stiennon's TL;DR posts (SFF jsonl: id, subreddit, title, post,
   summary), a local file or a Hugging Face dataset name.
 - `cnndm`: CNN/DM articles (jsonl: article, highlights), local or hub.
+- `world_tldr`: the summarisation world's stories (`data/summaries.py`), each
+  query `story\nTL;DR:` with its author's TL;DR as the reference; generated
+  here, `task.num_docs` in the train split and a tenth of that in valid and
+  test (disjoint from the pretraining stories).
 Queries are held as the reward model reads them. `task.query_format='lhp'`
 (LHP, every source): the raw text cut by `extract_query` (start/end tokens,
 `query_length` tokens): a books passage, a TL;DR post, a CNN/DM article. The
@@ -38,7 +42,7 @@ import numpy as np
 
 from rlhf_jax.data import tasks
 
-SOURCES = ("synthetic", "books", "tldr", "cnndm")
+SOURCES = ("synthetic", "books", "tldr", "cnndm", "world_tldr")
 QUERY_FORMATS = ("lhp", "sff")
 # The text field (LHP query) and reference field of each summarisation source.
 _TEXT_FIELDS = {"tldr": ("post", "summary"), "cnndm": ("article", "highlights")}
@@ -231,6 +235,46 @@ def check_query_format(task) -> None:
                              "(task.query_format='sff') holds its own")
 
 
+def _world_tldr_queries(task, tokenizer, *, split: str, seed: int,
+                        limit: int | None) -> QueryDataset:
+    """The summarisation world's split: `story\nTL;DR:` queries and their references
+    (` <TL;DR>` + EOS, as SFT and the reward bias read them). A story whose query
+    exceeds `task.query_length` tokens is skipped, like SFF's filtered posts."""
+    from rlhf_jax.data import summaries
+
+    if task.query_format != "lhp" or task.query_prefix or task.query_suffix:
+        raise ValueError("task.query_dataset='world_tldr' writes its own queries (story, "
+                         "newline, 'TL;DR:'): set task.query_format='lhp' and no "
+                         "task.query_prefix / task.query_suffix")
+    if task.num_docs <= 0:
+        raise ValueError(f"task.num_docs={task.num_docs}: task.query_dataset='world_tldr' "
+                         "needs the number of training stories")
+    total = task.num_docs if split == "train" else max(task.num_docs // 10, 1)
+    n = total if limit is None else min(limit, total)
+    docs = summaries.stories(n, seed, split)
+    encode_batch = _batch_encoder(tokenizer) or (lambda texts: [  # noqa: E731
+        tokenizer.encode(t, add_special_tokens=False) for t in texts])
+    q_ids = encode_batch([summaries.query_text(s) for s in docs])
+    r_ids = encode_batch([" " + s.reference for s in docs])
+    eos = task.eos_token
+    queries, refs = [], []
+    for q, r in zip(q_ids, r_ids):
+        if len(q) > task.query_length:
+            continue
+        queries.append(q)
+        refs.append(list(r)[: task.response_length - 1] + ([eos] if eos is not None else []))
+    if len(queries) < len(docs):
+        logging.warning("world_tldr (%s): skipped %d of %d stories longer than "
+                        "task.query_length=%d tokens", split, len(docs) - len(queries),
+                        len(docs), task.query_length)
+    if not queries:
+        raise ValueError(f"task.query_length={task.query_length}: no world_tldr story of split "
+                         f"{split!r} fits")
+    q, m = tasks.pad_left(queries, task.query_length, task.pad_token)
+    ref, ref_m = tasks.pad_right(refs, task.response_length, task.pad_token)
+    return QueryDataset(q, m, seed, ref, ref_m)
+
+
 def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = None,
                  synthetic_texts: Sequence[str] | None = None) -> QueryDataset:
     """The (raw) query dataset of `task.query_dataset` for one split.
@@ -246,6 +290,8 @@ def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = 
         raise ValueError(f"split={split!r}: expected one of {SPLITS}")
     check_query_format(task)
     encode = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    if source == "world_tldr":
+        return _world_tldr_queries(task, tokenizer, split=split, seed=seed, limit=limit)
     pad = task.pad_token
     start = _single_token(encode, task.start_text, "task.start_text")
     end = _single_token(encode, task.end_text, "task.end_text")

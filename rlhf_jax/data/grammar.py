@@ -174,6 +174,62 @@ def _expand(template) -> list[tuple[str, ...]]:
 
 _FLAT = tuple(seq for t in TEMPLATES for seq in _expand(t))
 
+# --------------------------------------------------------------------------
+# The summarisation world (`data/summaries.py`): each story has one main
+# event, told by EVENT_TEMPLATE with an event verb that no other template
+# uses, and ends with its outcome (OUTCOME_TEMPLATE). Summaries may copy
+# sentences or use the abstractive SUMMARY_TEMPLATES, e.g.
+# "Anna was happy after she won a red bicycle." ACTION is any verb of the
+# world, event verbs included. The story templates are unchanged, so the
+# continuation world (`parse(..., summaries=False)`) is unchanged too.
+
+POSITIVE_EVENT_VERBS = ("won", "received", "discovered", "finished", "rescued", "earned")
+NEGATIVE_EVENT_VERBS = ("lost", "broke", "dropped", "missed", "burned", "ruined")
+EVENT_VERBS = POSITIVE_EVENT_VERBS + NEGATIVE_EVENT_VERBS
+PLAIN_SLOTS.update({"EVENT_VERB": EVENT_VERBS, "ACTION": NEUTRAL_VERBS + EVENT_VERBS})
+
+EVENT_TEMPLATE = ("TIME", ",", "SUBJECT", "EVENT_VERB", "NP", "PLACE")
+OUTCOME_TEMPLATE = ("in", "the", "end", ",", "SUBJECT", "felt", "FEELING")
+SUMMARY_TEMPLATES = (
+    ("SUBJECT", "was", "FEELING", "after", "SUBJECT", "ACTION", "NP"),
+    ("SUBJECT", "ACTION", "NP", "PLACE", "and", "felt", "FEELING"),
+    ("SUBJECT", "felt", "FEELING", "because", "SUBJECT", "ACTION", "NP"),
+    ("SUBJECT", "was", "FEELING", "in", "the", "end"),
+)
+SUMMARY_WORLD_TEMPLATES = TEMPLATES + (EVENT_TEMPLATE, OUTCOME_TEMPLATE) + SUMMARY_TEMPLATES
+_FLAT_SUMMARY = tuple(seq for t in SUMMARY_WORLD_TEMPLATES for seq in _expand(t))
+
+
+def derivation(sentence_words) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """The summarisation grammar's derivation of a sentence: `(item, words)` per
+    flat item (NP expanded to DETERMINER [ADJECTIVE] NOUN), or None when the
+    sentence has no derivation or more than one."""
+    return _derivation(tuple(sentence_words))
+
+
+@functools.lru_cache(maxsize=65536)
+def _derivation(sentence_words: tuple[str, ...]):
+    ws = list(sentence_words)
+    if _article_error(ws) != len(ws):
+        return None
+    ws = ["a" if w == "an" else w for w in ws]
+    found = []
+
+    def walk(seq, si, wi, path):
+        if si == len(seq):
+            if wi == len(ws):
+                found.append(tuple(path))
+            return
+        if wi == len(ws):
+            return
+        for phrase in _options(seq[si], ws[wi]):
+            if tuple(ws[wi:wi + len(phrase)]) == phrase:
+                walk(seq, si + 1, wi + len(phrase), path + [(seq[si], phrase)])
+
+    for seq in _FLAT_SUMMARY:
+        walk(seq, 0, 0, [])
+    return found[0] if len(found) == 1 else None
+
 
 @functools.lru_cache(maxsize=None)
 def _options(item: str, first: str) -> tuple[tuple[str, ...], ...]:
@@ -201,13 +257,17 @@ def _article_error(ws: list[str]) -> int:
     return len(ws)
 
 
-def parse(sentence_words) -> Parse:
-    """Recognises one sentence (its words, without the final '.')."""
-    return _parse(tuple(sentence_words))
+def parse(sentence_words, summaries: bool = False) -> Parse:
+    """Recognises one sentence (its words, without the final '.').
+
+    `summaries=True`: the summarisation world's grammar (`SUMMARY_WORLD_TEMPLATES`:
+    the story templates, the main event, the outcome and the summary templates).
+    """
+    return _parse(tuple(sentence_words), summaries)
 
 
 @functools.lru_cache(maxsize=65536)
-def _parse(sentence_words: tuple[str, ...]) -> Parse:
+def _parse(sentence_words: tuple[str, ...], summaries: bool = False) -> Parse:
     ws = list(sentence_words)
     limit = _article_error(ws)
     ws = ["a" if w == "an" else w for w in ws[:limit]] + ws[limit:]
@@ -233,7 +293,7 @@ def _parse(sentence_words: tuple[str, ...]) -> Parse:
             else:
                 best = max(best, min(wi + k, limit))
 
-    for seq in _FLAT:
+    for seq in (_FLAT_SUMMARY if summaries else _FLAT):
         walk(seq, 0, 0)
     return Parse(total, best)
 

@@ -255,15 +255,23 @@ class VaderGold:
         return self(texts).reshape(n, k)
 
 
-GOLDS = ("world", "vader")
+GOLDS = ("world", "vader", "summary", "summary_accuracy")
 
 
 def make_gold(name: str, *, ungrammatical_penalty: float = 1.0):
-    """The gold reward a config names (`labels.gold`): "world" or "vader"."""
+    """The gold reward a config names (`labels.gold`): "world", "vader", or the
+    summarisation world's judges "summary" and "summary_accuracy"
+    (`summary_judge`, which reads the query too)."""
     if name == "world":
         return WorldGold(ungrammatical_penalty)
     if name == "vader":
         return VaderGold()
+    if name in ("summary", "summary_accuracy"):
+        # Imported here: summary_judge imports this module (LabelRequest).
+        from rlhf_jax.labelling import summary_judge
+
+        return (summary_judge.SummaryJudge() if name == "summary"
+                else summary_judge.AccuracyJudge())
     raise ValueError(f"labels.gold={name!r}: expected one of {GOLDS}")
 
 

@@ -27,13 +27,13 @@ from rlhf_jax.stages import rollout, supervised
 from rlhf_jax.stages.context import Context
 
 
-def _sampler(ctx: Context, model) -> Callable:
+def _sampler(ctx: Context, model, greedy: bool = False) -> Callable:
     t = ctx.cfg.task
     R, S = parallel.REP, parallel.SHARD
 
     def fn(params, q_BxQ, m_BxQ, rng):
         out = sample(model, params, q_BxQ, m_BxQ, rng, response_length=t.response_length,
-                     temperature=t.temperature, stop_at_eos=t.stop_at_eos,
+                     temperature=t.temperature, greedy=greedy, stop_at_eos=t.stop_at_eos,
                      eos_token_id=t.eos_token, pad_token_id=t.pad_token,
                      row_offset=parallel.global_row_offset(q_BxQ.shape[0]))
         return out.tokens, out.mask
@@ -48,15 +48,17 @@ def pad_to_batches(batch_size: int, *arrays_NxD):
     return [np.concatenate([a, np.repeat(a[-1:], extra, 0)]) for a in arrays_NxD]
 
 
-def sample_responses(ctx: Context, model, params, q_NxQ, m_NxQ, rng, batch_size: int):
+def sample_responses(ctx: Context, model, params, q_NxQ, m_NxQ, rng, batch_size: int,
+                     greedy: bool = False):
     """Samples for N stored (raw) queries in device-parallel batches; host arrays [N,R].
 
     The policy reads the queries formatted (`Context.policy_queries`). Batch i
-    samples with `fold_in(rng, i)`.
+    samples with `fold_in(rng, i)`. `greedy`: the argmax token at each step
+    (temperature 0, as Stiennon's evaluation samples).
     """
     q_NxQ, m_NxQ = ctx.policy_queries(np.asarray(q_NxQ), np.asarray(m_NxQ))
     dp = ctx.dp
-    fn = _sampler(ctx, model)
+    fn = _sampler(ctx, model, greedy)
     params_r = dp.replicate(params)
     toks, masks = [], []
     n = len(q_NxQ)
@@ -87,7 +89,11 @@ def gold_function(ctx: Context) -> Callable | None:
     pad = ctx.cfg.task.pad_token
 
     def gold(q_BxQ, m_BxQ, processed_BxR):
-        return judge([ctx.decode(r[r != pad]) for r in np.asarray(processed_BxR)])
+        texts = [ctx.decode(r[r != pad]) for r in np.asarray(processed_BxR)]
+        if getattr(judge, "reads_query", False):  # summary judges read the story too
+            return judge.score_texts([ctx.decode(q[mq > 0]) for q, mq in
+                                      zip(np.asarray(q_BxQ), np.asarray(m_BxQ))], texts)
+        return judge(texts)
 
     return gold
 

@@ -142,7 +142,11 @@ def setup_tokenizer(ctx: Context) -> None:
     """The tokenizer (trained on the synthetic corpus by process 0, or loaded) and corpus."""
     cfg = ctx.cfg
 
-    if cfg.task.query_dataset == "synthetic" or cfg.model.tokenizer == "synthetic":
+    if cfg.task.query_dataset == "world_tldr":  # stories, a share ending with their TL;DR
+        from rlhf_jax.data import summaries
+
+        ctx.corpus = summaries.pretraining_corpus(cfg.pretrain.num_docs, cfg.seed)
+    elif cfg.task.query_dataset == "synthetic" or cfg.model.tokenizer == "synthetic":
         ctx.corpus = synthetic.generate_corpus(cfg.pretrain.num_docs, cfg.seed)
     if cfg.model.tokenizer == "synthetic":
         tok_dir = ctx.path("tokenizer")

@@ -1,0 +1,49 @@
+"""Ziegler et al. 2019's "smart copiers" in miniature: copying depends on what labellers reward.
+
+    python launch.py --sweep=configs/sweeps/world_copying.py --workdir=runs/sweeps
+    python launch.py --sweep=configs/sweeps/world_copying.py:runlocal --workdir=/tmp/sweep_local
+
+configs/world_tldr.py at the main width, five seeds, with labels from the
+full summary judge (coverage, faithfulness, grammar, brevity: Stiennon's
+labellers) or from the accuracy-only judge (faithful and grammatical is
+enough: Ziegler's). Per policy (x: 0 pretrained only, 1 SFT, 2 HF, 3
+best-of-16, 4 the references): sentence novelty (share of summary sentences
+not in the story), bigram LCS with the story, length, and the gold
+preference. Paper: under accuracy-checking labellers the RL policy copies
+(TL;DR novelty 29% against 94-99% for references, zero-shot and
+supervised); under Stiennon's labellers HF copies less than pretrained.
+"""
+
+from configs.sweeps import world_scale
+from rlhf_jax.experiments.summary_eval import summarization_point
+from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seeds_of
+
+POLICIES = ("pretrained", "sft", "hf", "best_of", "reference")
+
+
+def curves(s, y):
+    bon = "best_of_16" if not s.runlocal else "best_of_2"
+    main = s.widths[s.main]
+    out = []
+    for judge, label in (("full", "labels: full judge"), ("accuracy", "labels: accuracy only")):
+        runs = seeds_of(world_scale.tldr_name(main, judge), s.seeds)
+        pts = [Points(runs, summarization_point(bon if p == "best_of" else p, y, x=i))
+               for i, p in enumerate(POLICIES) if not (p == "reference" and y == "gold_pref")]
+        out.append(Curve(label, tuple(pts), line=False))
+    return tuple(out)
+
+
+def get_sweep(arg=None):
+    s = world_scale.scale(arg)
+    main = s.widths[s.main]
+    runs = world_scale.tldr_runs(s, main) + world_scale.tldr_runs(s, main, "accuracy")
+    x = "policy (0 pretrained, 1 SFT, 2 HF, 3 best-of-N, 4 reference)"
+    fig = Figure("copying", "Copying under two labellers (Ziegler's smart copiers)",
+                 (Panel("sentence novelty", x, "share of sentences not in the story",
+                        curves(s, "novelty")),
+                  Panel("bigram LCS with the story", x, "LCS / summary bigrams",
+                        curves(s, "bigram_lcs")),
+                  Panel("length", x, "words", curves(s, "words")),
+                  Panel("preferred to the reference (gold)", x, "fraction",
+                        curves(s, "gold_pref"))))
+    return Sweep("world_copying", tuple(runs), (fig,), runlocal=s.runlocal)

@@ -1,0 +1,136 @@
+"""The summarisation sweeps' shared scale and runs (a helper, not a sweep).
+
+Runs (names shared by every world_* sweep, so each is trained once per --workdir):
+
+  wpre-w<W>        a GPT-2 of width W pretrained on the summarisation world's
+                   corpus (`configs/world_tldr.py`); the main width's run also
+                   trains the tokenizer every other run reads.
+  wtldr-w<W>[-accuracy]-s<seed>
+                   configs/world_tldr.py from that model: SFT on the references,
+                   pairwise labels on SFT samples (full summary judge, or the
+                   accuracy-only judge), a reward model at EOS biased so the
+                   references score 0, PPO with a value network from the RM at
+                   the config's fixed KL, and the summarisation evaluation.
+  wkl<beta>-s<seed>
+                   PPO at another fixed KL coefficient from the main width's
+                   SFT model and reward model of the same seed (both copied),
+                   then the evaluation.
+
+Seeds change SFT, labels (samples and labeller noise), RM, PPO and the
+evaluation's sampling; the pretrained models are shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from rlhf_jax.experiments.sweep import Ref, Run, grid
+
+CONFIG = "configs/world_tldr.py"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    runlocal: bool
+    seeds: tuple[int, ...]
+    widths: tuple[tuple[int, int, int], ...]  # (n_embd, n_layer, n_head), about 3x params apart
+    main: int  # index of the width the copying and KL sweeps use
+    num_docs: int  # pretraining stories
+    task_docs: int  # training stories (valid, test: a tenth)
+    sft_train: int
+    labels: int
+    ppo_updates: int
+    ppo_batch: int
+    eval_queries: int
+    kl_coefs: tuple[float, ...]
+
+    @property
+    def config(self) -> str:
+        return CONFIG + (":runlocal" if self.runlocal else "")
+
+    @property
+    def main_width(self) -> int:
+        return self.widths[self.main][0]
+
+
+# Three sizes (0.06M, 0.18M, 0.55M parameters), five seeds. Not yet timed on an
+# idle machine: see docs/summarization.md.
+FULL = Scale(runlocal=False, seeds=(0, 1, 2, 3, 4), widths=((32, 2, 2), (64, 2, 2), (128, 2, 4)),
+             main=1, num_docs=40000, task_docs=8192, sft_train=4096, labels=4096,
+             ppo_updates=150, ppo_batch=64, eval_queries=256,
+             kl_coefs=(0.005, 0.02, 0.05, 0.2))
+
+# CI scale: the same run graph with 1-layer models of widths 8 and 16, two seeds.
+RUNLOCAL = Scale(runlocal=True, seeds=(0, 1), widths=((8, 1, 2), (16, 1, 2)), main=1,
+                 num_docs=1000, task_docs=320, sft_train=32, labels=32, ppo_updates=2,
+                 ppo_batch=16, eval_queries=16, kl_coefs=(0.0, 0.2))
+
+
+def scale(arg: str | None) -> Scale:
+    """`None` -> the sweep scale; `"runlocal"` -> the CI scale; else ValueError."""
+    if not arg:
+        return FULL
+    if arg == "runlocal":
+        return RUNLOCAL
+    raise ValueError(f"sweep argument {arg!r}: expected nothing or 'runlocal'")
+
+
+def _size(width) -> dict:
+    n_embd, n_layer, n_head = width
+    return {"model.n_embd": n_embd, "model.n_layer": n_layer, "model.n_head": n_head}
+
+
+def pretrain_name(width) -> str:
+    return f"wpre-w{width[0]}"
+
+
+def pretrain_run(s: Scale, width) -> Run:
+    ov = {**_size(width), "stages": "pretrain", "pretrain.num_docs": s.num_docs,
+          "task.num_docs": s.task_docs, "log.tensorboard": False}
+    if width != s.widths[s.main]:
+        ov["model.tokenizer"] = Ref(pretrain_name(s.widths[s.main]), "tokenizer")
+    return Run(pretrain_name(width), s.config, ov)
+
+
+def pretrain_runs(s: Scale, width) -> list[Run]:
+    main = s.widths[s.main]
+    return [pretrain_run(s, main)] + ([] if width == main else [pretrain_run(s, width)])
+
+
+def _from_pretrained(s: Scale, width) -> dict:
+    return {**_size(width), "model.init": "pretrained", "pretrain.num_docs": s.num_docs,
+            "model.name_or_path": Ref(pretrain_name(width), "models/pretrained"),
+            "model.tokenizer": Ref(pretrain_name(s.widths[s.main]), "tokenizer"),
+            "task.num_docs": s.task_docs, "sft.num_train": s.sft_train,
+            "labels.num_train": s.labels, "ppo.batch_size": s.ppo_batch,
+            "ppo.total_episodes": s.ppo_batch * s.ppo_updates, "ppo.log_every": 1,
+            "eval.num_queries": s.eval_queries, "log.tensorboard": False}
+
+
+def tldr_name(width, judge: str = "full") -> str:
+    return f"wtldr-w{width[0]}" + ("" if judge == "full" else f"-{judge}")
+
+
+def tldr_runs(s: Scale, width, judge: str = "full") -> list[Run]:
+    """The whole Stiennon pipeline after pretraining, per seed."""
+    ov = {**_from_pretrained(s, width), "stages": "sft,labels,reward,ppo,eval",
+          "labels.gold": {"full": "summary", "accuracy": "summary_accuracy"}[judge]}
+    return pretrain_runs(s, width) + grid(tldr_name(width, judge), s.config, s.seeds, ov)
+
+
+def kl_name(coef: float) -> str:
+    return f"wkl{coef:g}"
+
+
+def kl_runs(s: Scale, coef: float) -> list[Run]:
+    """PPO at fixed KL `coef` from the main width's SFT model and RM of the same seed."""
+    main = s.widths[s.main]
+    src = tldr_name(main)
+    ov = {**_from_pretrained(s, main), "stages": "sft,ppo,eval", "kl.coef": coef}
+
+    def copies(seed):  # the sft stage is done: its model and marker come along
+        run = f"{src}-s{seed}"
+        return {"models/sft": Ref(run, "models/sft"), "stages/sft.json": Ref(run, "stages/sft.json"),
+                "models/reward": Ref(run, "models/reward")}
+
+    return tldr_runs(s, main) + grid(kl_name(coef), s.config, s.seeds, ov, copies=copies)

@@ -1,0 +1,132 @@
+"""Stiennon's summarisation evaluation: preference against references, the length-controlled
+preference, copying measures, and one `:runlocal` run of configs/world_tldr.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rlhf_jax.experiments import summary_eval as se
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STORY = ("Anna found a red box in the garden. Yesterday, the baker cleaned the kitchen. "
+         "On Monday, Anna won a lovely cake at the market. She felt hungry after dinner. "
+         "In the end, Anna felt happy.")
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_preference_counts_ties_as_half():
+    np.testing.assert_array_equal(se.preference([3.0, 1.0, 2.0], [2.0, 2.0, 2.0]), [1, 0, 0.5])
+
+
+def test_noisy_preference_is_boltzmann():
+    rng = np.random.default_rng(0)
+    # A gap of 1 at temperature 1.5: chosen with probability sigmoid(2/3) = 0.6608.
+    p = se.noisy_preference(np.ones(100_000), np.zeros(100_000), 1.5, rng)
+    assert abs(p.mean() - 0.6608) < 0.005
+    assert se.noisy_preference([100.0], [0.0], 1.5, rng)[0] == 1.0
+    ties = se.noisy_preference(np.zeros(10_000), np.zeros(10_000), 0.0, rng)
+    assert abs(ties.mean() - 0.5) < 0.02
+
+
+def test_logistic_regression_recovers_an_intercept():
+    # One intercept, 3 wins in 4: w = logit(0.75) = ln 3.
+    w = se.logistic_regression(np.ones((4, 1)), [1, 1, 1, 0])
+    assert w[0] == pytest.approx(np.log(3.0), abs=1e-5)
+
+
+def test_length_controlled_preference_reads_the_fit_at_equal_length():
+    # Soft labels exactly the model's probabilities, intercepts (0, ln 3) and
+    # slope 1: the fit returns them. Policy 0 wins 61.6% raw only because its
+    # summaries are longer (log ratio 0 and 1); at equal length it wins 50%.
+    x = np.array([0.0, 1.0, 0.0, -1.0])
+    policy = np.array([0, 0, 1, 1])
+    y = _sigmoid(np.array([0.0, 1.0, np.log(3.0), np.log(3.0) - 1.0]))
+    assert y[:2].mean() == pytest.approx(0.6155, abs=1e-4)
+    pref, slope = se.length_controlled(y, policy, x, 2)
+    np.testing.assert_allclose(pref, [0.5, 0.75], atol=1e-5)
+    assert slope == pytest.approx(1.0, abs=1e-5)
+
+
+def test_sentence_novelty():
+    # One of two sentences is copied (capitals and the article ignored).
+    assert se.sentence_novelty("In the end, Anna felt happy. Anna was happy.", STORY) == 0.5
+    assert se.sentence_novelty("Anna was happy after she won a lovely cake.", STORY) == 1.0
+    assert se.sentence_novelty(STORY, STORY) == 0.0
+    assert np.isnan(se.sentence_novelty("", STORY))
+
+
+def test_lcs_and_bigram_lcs():
+    assert se.lcs_length("ABCBDAB", "BDCABA") == 4  # the textbook pair: BCBA
+    assert se.lcs_length([], "abc") == 0
+    # Bigrams (anna won) (won a) (a cake); the story has anna-won, won-a, then
+    # a-lovely: 2 of 3 in order.
+    assert se.bigram_lcs("Anna won a cake.", STORY) == pytest.approx(2 / 3)
+    assert se.bigram_lcs(STORY, STORY) == 1.0
+    assert np.isnan(se.bigram_lcs("Anna.", STORY))
+
+
+def test_compare_on_hand_worked_metrics():
+    ref = {"gold": np.array([2.0, 2.0, 2.0, 2.0]), "accuracy": np.zeros(4),
+           "words": np.array([10.0, 10.0, 10.0, 10.0]), "novelty": np.array([1, 0, 1, 1.0]),
+           "lcs": np.array([0.5, 1, 0.5, 0.5])}
+    a = dict(ref, gold=np.array([3.0, 1.0, 2.0, 4.0]), words=np.array([10.0, 20, 5, 10]),
+             novelty=np.array([1.0, np.nan, 0.0, 1.0]), rm=np.array([1.0, 2, 3, 4]))
+    out = se.compare({"a": a}, ref, noise=0.0, seed=0)
+    # Wins, loss, tie, win: (1 + 0 + 0.5 + 1) / 4.
+    assert out["a"]["gold_pref"] == 0.625
+    assert out["a"]["novelty"] == pytest.approx(2 / 3)  # the summary without sentences is left out
+    assert out["a"]["words"] == 11.25 and out["a"]["rm_score"] == 2.5
+    assert out["reference"]["gold_score"] == 2.0 and out["reference"]["novelty"] == 0.75
+    # Noise 0: the labeller agrees with the gold except on the tie (a coin).
+    assert out["a"]["labeller_pref"] in (0.5, 0.75)
+    assert 0 < out["a"]["length_controlled_pref"] < 1
+
+
+def test_world_tldr_runlocal_end_to_end(tmp_path):
+    """Every stage of configs/world_tldr.py:runlocal, and the summarisation block."""
+    workdir = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    out = subprocess.run([sys.executable, "launch.py", "--config=configs/world_tldr.py:runlocal",
+                          f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with open(workdir / "eval.json") as f:
+        ev = json.load(f)
+    block = ev["summarization"]
+    assert set(block) == {"pretrained", "sft", "hf", "best_of_2", "reference", "length_slope"}
+    for name in ("pretrained", "sft", "hf", "best_of_2"):
+        r = block[name]
+        assert 0 <= r["gold_pref"] <= 1 and 0 <= r["labeller_pref"] <= 1
+        assert 0 <= r["length_controlled_pref"] <= 1 and r["n"] == 16
+        assert "rm_score" in r
+    # The references score about 0 under the bias-normalised RM (a 16-sample bias).
+    assert abs(block["reference"]["rm_score"]) < 0.5
+    with open(workdir / "samples.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 16
+    assert {"story", "reference", "sft", "hf", "pretrained"} <= set(rows[0])
+    assert "TL;DR" not in rows[0]["story"]
+    with open(workdir / "stages" / "labels.json") as f:
+        assert "gold_best_agreement" in json.load(f)
+
+
+def test_parameter_count_matches_the_model():
+    import jax
+    import jax.numpy as jnp
+
+    from rlhf_jax.models import GPT2LMHeadModel
+    from rlhf_jax.models.gpt2 import GPT2Config
+
+    cfg = GPT2Config(vocab_size=101, n_positions=40, n_embd=16, n_layer=2, n_head=2)
+    shapes = jax.eval_shape(lambda: GPT2LMHeadModel(cfg).init(
+        jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))["params"]
+    count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
+    # 101 * 16 + 40 * 16 + 2 * (12 * 256 + 13 * 16) + 2 * 16 = 8,848.
+    assert count == se.parameter_count(16, 2, 40, 101) == 8848
