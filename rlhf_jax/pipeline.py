@@ -40,7 +40,7 @@ from rlhf_jax.infra.files import write_json_atomic
 from rlhf_jax.infra.metrics import MetricsWriter
 from rlhf_jax.models import GPT2LMHeadModel, loading
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
-from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
+from rlhf_jax.stages.batched import postprocess, ppo_gold_function, sample_responses
 from rlhf_jax.stages.context import Context, resolve_task, setup_tokenizer, stage_key
 
 
@@ -253,7 +253,8 @@ def stage_ppo(ctx: Context) -> dict:
     params, summary = trainer.train(params=params, ref_params=ref_params,
                                     rm_params=rm_params if cfg.ppo.reward_source == "rm" else None,
                                     queries=qs, workdir=ctx.workdir, writer=ctx.writer,
-                                    gold_fn=gold_function(ctx), decode=ctx.decode, online=online)
+                                    gold_fn=ppo_gold_function(ctx, models.reference, ref_params),
+                                    decode=ctx.decode, online=online)
     return finish_ppo(ctx, models, params, summary)
 
 

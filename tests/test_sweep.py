@@ -89,7 +89,8 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
             assert json.load(f)["seed"] == int(m[-1])
         assert any(m in line and "running in" in line for line in stdout.splitlines()), m
     out = os.path.join(workdir, "two_member")
-    assert sorted(os.listdir(out)) == ["curves.csv", "curves.png", "summary.json", "top.txt"]
+    assert sorted(os.listdir(out)) == ["curves.csv", "curves.csv.json", "curves.png",
+                                       "summary.json", "top.txt"]
     with open(os.path.join(out, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "summary.json")) as f:
@@ -103,6 +104,7 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
 def test_csv_holds_every_plotted_number_from_the_members(swept):
     _, workdir, _ = swept
     rows = _read_csv(os.path.join(workdir, "two_member", "curves.csv"))
+    # The runs differ only in their seed: no setting column.
     assert tuple(rows[0]) == sweep_aggregate_lib.CSV_FIELDS
     curve = [r for r in rows if r["curve"] == "gold PPO"]
     per_seed = []
@@ -121,6 +123,8 @@ def test_csv_holds_every_plotted_number_from_the_members(swept):
         assert [float(v) for v in row["y_seeds"].split(";")] == pytest.approx(ys, rel=1e-5,
                                                                              abs=1e-6)
         assert row["runs"] == ";".join(MEMBERS) and row["num_seeds"] == "2"
+        assert row["seeds"] == "0;1" and row["y_se_seeds"] == ""
+        assert row["source"] == "ppo log: ppo/episodes vs objective/gold_score, each logged row"
     (final,) = [r for r in rows if r["curve"] == "final"]
     evals = []
     for m in MEMBERS:
@@ -129,8 +133,67 @@ def test_csv_holds_every_plotted_number_from_the_members(swept):
     assert float(final["x_mean"]) == pytest.approx(np.mean([e["kl"] for e in evals]), rel=1e-5)
     assert float(final["y_mean"]) == pytest.approx(np.mean([e["gold_score"] for e in evals]),
                                                    rel=1e-5, abs=1e-6)
+    # The evaluation's own standard error over its 16 queries, per seed.
+    assert [float(v) for v in final["y_se_seeds"].split(";")] == pytest.approx(
+        [e["gold_score_se"] for e in evals], rel=1e-5)
     top = open(os.path.join(workdir, "two_member", "top.txt")).read()
     assert top.count("response:") == 3
+
+
+def test_outputs_record_their_provenance_and_recompute_with_the_current_code(swept, tmp_path):
+    spec, workdir, _ = swept
+    out = os.path.join(workdir, "two_member")
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(out, "curves.csv.json")) as f:
+        side = json.load(f)
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    for record in (summary, side):
+        assert record["commit"] == head and isinstance(record["dirty"], bool)
+        assert "launch.py" in record["command"] and f"--sweep={spec}:runlocal" in record["command"]
+        assert record["seeds"] == [0, 1]
+        assert record["aggregation_code"] == sweep_aggregate_lib.aggregation_code_hash()
+        assert record["smoothing"]["curves"] == [
+            "eval.json: ppo kl vs gold_score (window 1)",
+            "ppo log: ppo/episodes vs objective/gold_score, each logged row (window 1)"]
+    assert side["runs"]["gold-s1"]["seed"] == 1 and side["runs"]["gold-s1"]["ppo.batch_size"] == 16
+    # The published CSV is what the current aggregation code makes of the runs.
+    sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
+    again = tmp_path / "again"
+    again.mkdir()
+    os.symlink(os.path.join(workdir, "runs"), again / "runs")
+    paths = sweep_aggregate_lib.aggregate(sweep, str(again))
+    csv_again = [p for p in paths if p.endswith(".csv")][0]
+    assert open(csv_again).read() == open(os.path.join(out, "curves.csv")).read()
+
+
+def test_setting_columns_come_from_the_runs_records(tmp_path):
+    root = str(tmp_path)
+    for beta in (0.1, 0.3):
+        for s in (0, 1):
+            name = f"dpo-beta{beta:g}-s{s}"
+            _fake_run(root, name, [], {"dpo": {"kl": beta * 10 + s, "gold_score": beta + s,
+                                               "gold_score_se": 0.01}})
+            with open(os.path.join(root, "runs", name, "sweep_run.json"), "w") as f:
+                json.dump({"config": "c.py", "overrides": {
+                    "seed": s, "dpo.beta": beta, "stages": "dpo,eval",
+                    "model.name_or_path": {"ref": ["base", "models/pretrained"]}}}, f)
+    curve = sweep_lib.Curve("DPO", tuple(
+        sweep_lib.Points(sweep_lib.seeds_of(f"dpo-beta{b:g}", (0, 1)),
+                         sweep_lib.eval_point("dpo", "kl", "gold_score"), setting=f"beta={b:g}")
+        for b in (0.1, 0.3)))
+    fig = sweep_lib.Figure("f", "t", (sweep_lib.Panel("p", "KL", "gold", (curve,),
+                                                      xscale="sqrt"),), caption="gold: g.")
+    png, path = sweep_aggregate_lib.draw_figure(fig, os.path.join(root, "runs"), root)
+    rows = _read_csv(path)
+    # Only the override that differs between the runs is a column (seeds have their own).
+    assert list(rows[0])[len(sweep_aggregate_lib.CSV_FIELDS):] == ["set:dpo.beta"]
+    assert [r["set:dpo.beta"] for r in rows] == ["0.1", "0.3"]
+    assert [r["setting"] for r in rows] == ["beta=0.1", "beta=0.3"]
+    assert [r["seeds"] for r in rows] == ["0;1", "0;1"]
+    assert rows[1]["y_seeds"] == "0.3;1.3" and rows[1]["y_se_seeds"] == "0.01;0.01"
+    assert os.path.getsize(png) > 1000
 
 
 def test_relaunch_skips_finished_members_and_resumes_unfinished(swept):
