@@ -115,3 +115,14 @@ def test_one_seed_is_not_tested(tmp_path):
     points = study_table.read_points(str(path))
     table = study_table.parts_table(points, (("p", "PPO", "DPO"),), budgets=(1.0,))
     assert "not tested: fewer than 2 seeds" in table
+
+
+def test_any_panel_against_one_curve(csv_path, capsys):
+    points = study_table.read_points(csv_path)
+    assert study_table.against(points, "DPO") == (
+        ("PPO, shared value vs DPO", "PPO, shared value", "DPO"),)
+    study_table.main([csv_path, "--panel", G, "--against", "DPO"])
+    out = capsys.readouterr().out
+    assert "| PPO, shared value vs DPO | 1 | 0.500 [" in out
+    with pytest.raises(SystemExit):
+        study_table.main([csv_path, "--panel", "no such panel"])

@@ -1,8 +1,9 @@
 """Sweeps (`rlhf_jax.experiments.sweep`, `launch.py --sweep`): runs, skip, resume, aggregation, CSV.
 
 One real two-member sweep (PPO on the gold reward from a tiny random GPT-2,
-seeds 0 and 1, two updates each) runs through `launch.py --sweep=FILE:runlocal`
-and aggregation; then the same workdir is relaunched in-process to pin the
+seeds 0 and 1, two updates each, plus a third run with another fixed KL
+coefficient that trains in the same program) runs through
+`launch.py --sweep=FILE:runlocal` and aggregation; then the same workdir is relaunched in-process to pin the
 skip of finished members and the resume of an unfinished one. The CSV is
 checked against numbers recomputed from each member's own metrics.jsonl and
 eval.json, and the aggregation arithmetic against hand-made metrics. Every
@@ -11,6 +12,7 @@ running anything.
 """
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -34,17 +36,22 @@ SWEEP_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sweeps"
 # labels, so each member costs two PPO updates and a 16-query evaluation.
 TWO_MEMBER_SWEEP = textwrap.dedent('''
     from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples,
-                                            eval_point, grid, metric, seeds_of)
+                                            eval_point, eval_trajectory, grid, metric,
+                                            seeds_of)
 
     OVERRIDES = {"stages": "ppo,eval", "ppo.reward_source": "gold", "pretrain.num_docs": 300,
                  "ppo.batch_size": 16, "ppo.total_episodes": 32, "ppo.log_every": 1,
                  "ppo.checkpoint_every": 1, "eval.num_queries": 16, "eval.batch_size": 16,
-                 "eval.best_of_n": (), "log.tensorboard": False}
+                 "eval.best_of_n": (), "log.tensorboard": False, "ppo.keep_checkpoints": 5,
+                 "eval.ppo_snapshots": True}
 
     def get_sweep(arg=None):
         if arg != "runlocal":
             raise ValueError("this test sweep only has a runlocal variant")
         runs = grid("gold", "configs/mock_sentiment.py:runlocal", (0, 1), OVERRIDES)
+        # Another member of the same program: another KL coefficient, not plotted.
+        runs += grid("other", "configs/mock_sentiment.py:runlocal", (2,),
+                     {**OVERRIDES, "kl.coef": 0.5})
         members = seeds_of("gold", (0, 1))
         fig = Figure("curves", "two-member test", (
             Panel("gold vs episodes", "episodes", "gold",
@@ -52,7 +59,8 @@ TWO_MEMBER_SWEEP = textwrap.dedent('''
                                                              "objective/gold_score")),)),)),
             Panel("eval", "kl", "gold",
                   (Curve("final", (Points(members, eval_point("ppo", "kl", "gold_score")),),
-                         line=False),)),
+                         line=False),
+                   Curve("snapshots", (Points(members, eval_trajectory("kl", "gold_score")),)))),
         ))
         text = TopSamples("top", members, stage="ppo", key="score", k=3)
         return Sweep("two_member", tuple(runs), (fig,), (text,), runlocal=True)
@@ -95,7 +103,7 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    assert set(summary["runs"]) == set(MEMBERS)
+    assert set(summary["runs"]) == set(MEMBERS) | {"other-s2"}
     assert not any(r["skipped"] for r in summary["runs"].values())
     # A runlocal sweep is never copied into the repository's results/.
     assert not os.path.exists(os.path.join(ROOT, "results", "two_member"))
@@ -136,6 +144,13 @@ def test_csv_holds_every_plotted_number_from_the_members(swept):
     # The evaluation's own standard error over its 16 queries, per seed.
     assert [float(v) for v in final["y_se_seeds"].split(";")] == pytest.approx(
         [e["gold_score_se"] for e in evals], rel=1e-5)
+    # The held-out frontier: the snapshot of update 1 (the kept checkpoint before the
+    # last), then the final policy.
+    snaps = [r for r in rows if r["curve"] == "snapshots"]
+    assert len(snaps) == 2 and snaps[1]["y_seeds"] == final["y_seeds"]
+    for m, e in zip(MEMBERS, evals):
+        with open(os.path.join(workdir, "runs", m, "eval.json")) as f:
+            assert sweep_lib.snapshot_updates(json.load(f)) == [1]
     top = open(os.path.join(workdir, "two_member", "top.txt")).read()
     assert top.count("response:") == 3
 
@@ -152,11 +167,10 @@ def test_outputs_record_their_provenance_and_recompute_with_the_current_code(swe
     for record in (summary, side):
         assert record["commit"] == head and isinstance(record["dirty"], bool)
         assert "launch.py" in record["command"] and f"--sweep={spec}:runlocal" in record["command"]
-        assert record["seeds"] == [0, 1]
+        assert record["seeds"] == [0, 1, 2]
         assert record["aggregation_code"] == sweep_aggregate_lib.aggregation_code_hash()
-        assert record["smoothing"]["curves"] == [
-            "eval.json: ppo kl vs gold_score (window 1)",
-            "ppo log: ppo/episodes vs objective/gold_score, each logged row (window 1)"]
+        assert "ppo log: ppo/episodes vs objective/gold_score, each logged row (window 1)" in (
+            record["smoothing"]["curves"])
     assert side["runs"]["gold-s1"]["seed"] == 1 and side["runs"]["gold-s1"]["ppo.batch_size"] == 16
     # The published CSV is what the current aggregation code makes of the runs.
     sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
@@ -382,30 +396,34 @@ def test_every_sweep_file_validates(path, arg, tmp_path):
                     assert len(pts.runs) == len(seeds)
 
 
-def test_seed_members_trained_in_one_program_equal_separate_runs(swept, tmp_path):
-    # The launch trained both seeds' PPO as one vmapped program (rlhf_jax.members) ...
+def test_a_run_alone_equals_the_same_run_inside_a_larger_group(swept, tmp_path):
+    # The launch trained gold-s0, gold-s1 and other-s2 (another KL coefficient) as one
+    # vmapped PPO program (rlhf_jax.members) ...
     spec, workdir, out = swept
-    assert "gold-s0: running in " in out and "; ppo as one program with gold-s1" in out
-    assert "[ppo] starting: 2 members in one program (gold-s0, gold-s1)" in out
-    # ... and every logged number equals separate runs' to float tolerance.
+    assert "gold-s0: running in " in out and "; ppo as one program with gold-s1, other-s2" in out
+    assert "[ppo] starting: 3 members in one program (gold-s0, gold-s1, other-s2)" in out
+    # ... and gold-s0 run alone, the whole run (PPO, snapshots, eval), logs the same
+    # numbers and evaluates the same to float tolerance.
     sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
+    alone_sweep = dataclasses.replace(sweep, runs=sweep.runs[:1], figures=(), texts=())
+    assert [r.name for r in alone_sweep.runs] == ["gold-s0"]
     alone = str(tmp_path / "alone")
-    sweep_run_lib.run_sweep(sweep, alone, results_dir=None, members=False, log=lambda _: None)
+    sweep_run_lib.run_sweep(alone_sweep, alone, results_dir=None, log=lambda _: None)
     timing = ("elapsed/fps", "seconds")
-    for name in MEMBERS:
-        # PPO rows (an earlier test re-ran gold-s1's eval in `workdir`, appending its rows).
-        rows = [read_metrics(os.path.join(d, "runs", name), stage="ppo") for d in (workdir, alone)]
-        assert len(rows[0]) == len(rows[1]) == 2  # two updates
-        for got, want in zip(*rows):
-            assert got.keys() == want.keys()
-            for k, v in want.items():
-                if isinstance(v, float) and not k.endswith(timing):
-                    assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
-                elif not isinstance(v, float):
-                    assert got[k] == v, (name, k)
-        evals = []
-        for d in (workdir, alone):
-            with open(os.path.join(d, "runs", name, "eval.json")) as f:
-                evals.append(json.load(f))
-        for policy, values in evals[1].items():
-            assert evals[0][policy] == pytest.approx(values, rel=1e-4, abs=1e-5), (name, policy)
+    name = "gold-s0"
+    rows = [read_metrics(os.path.join(d, "runs", name), stage="ppo") for d in (workdir, alone)]
+    assert len(rows[0]) == len(rows[1]) == 2  # two updates
+    for got, want in zip(*rows):
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            if isinstance(v, float) and not k.endswith(timing):
+                assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
+            elif not isinstance(v, float):
+                assert got[k] == v, (name, k)
+    evals = []
+    for d in (workdir, alone):
+        with open(os.path.join(d, "runs", name, "eval.json")) as f:
+            evals.append(json.load(f))
+    assert set(evals[0]) == set(evals[1]) == {"initial", "ppo", "ppo@1"}
+    for policy, values in evals[1].items():
+        assert evals[0][policy] == pytest.approx(values, rel=1e-4, abs=1e-5), (name, policy)

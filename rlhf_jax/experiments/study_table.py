@@ -1,6 +1,7 @@
 """The study's tables from its CSV: each method's points, and which parts mattered at equal KL.
 
     python -m rlhf_jax.experiments.study_table results/study/study.csv [--test permutation]
+    python -m rlhf_jax.experiments.study_table CSV --panel PANEL --against CURVE   # any sweep
 
 Reads the sweep CSV that `configs/sweeps/study.py` writes (one row per
 point: x = KL, y = gold score or judge win rate, with every seed's value)
@@ -19,6 +20,10 @@ and prints two markdown tables:
   p-value (Welch's t by default) and its Holm-adjusted value over every
   row of the table. A difference is called only where the adjusted p is
   below `ALPHA`.
+
+`--panel P --against C` reads any sweep CSV's panel P (x = KL, y = gold)
+and compares every other curve with the curve whose label starts with C
+the same way (e.g. Ziegler Fig. 2: gold-reward PPO against the RM runs).
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ def _setting(runs: str) -> str:
     return re.sub(r"-s\d+$", "", runs.split(";")[0])
 
 
-def read_points(path: str) -> list[Point]:
+def read_points(path: str, panel: str = GOLD_PANEL) -> list[Point]:
     """Every point of the gold panel, with the judge panel's value at the same point."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -82,7 +87,7 @@ def read_points(path: str) -> list[Point]:
         raise ValueError(f"{path}: not a sweep CSV (expected a y_seeds column)")
     judge = {(r["curve"], r["point"]): _floats(r["y_seeds"]) for r in rows
              if r["panel"] == JUDGE_PANEL}
-    gold = [r for r in rows if r["panel"] == GOLD_PANEL]
+    gold = [r for r in rows if r["panel"] == panel]
     stems = [(r["curve"], r.get("setting") or _setting(r["runs"])) for r in gold]
     out = []
     for r, (_, stem) in zip(gold, stems):
@@ -92,7 +97,7 @@ def read_points(path: str) -> list[Point]:
                          judge.get((r["curve"], r["point"])), _floats(r["x_seeds"]),
                          _floats(r.get("y_se_seeds")) or None))
     if not out:
-        raise ValueError(f"{path}: no rows of panel {GOLD_PANEL!r}; is it the study's CSV?")
+        raise ValueError(f"{path}: no rows of panel {panel!r}; is it the study's CSV?")
     return out
 
 
@@ -219,11 +224,26 @@ def main(argv=None) -> None:
     parser.add_argument("csv", help="the study's CSV (results/study/study.csv)")
     parser.add_argument("--test", default="welch", choices=stats.TESTS,
                         help="the two-sided test of each comparison (Holm-corrected)")
+    parser.add_argument("--panel", default=GOLD_PANEL, help="the panel of gold against KL")
+    parser.add_argument("--against", default=None,
+                        help="compare every curve of the panel with the one whose label starts "
+                             "with this (default: the study's PARTS)")
     args = parser.parse_args(argv)
-    points = read_points(args.csv)
+    try:
+        points = read_points(args.csv, args.panel)
+        parts = PARTS if args.against is None else against(points, args.against)
+    except ValueError as e:
+        parser.error(str(e))
     print(methods_table(points))
     print()
-    print(parts_table(points, test=args.test))
+    print(parts_table(points, parts, test=args.test))
+
+
+def against(points: list[Point], prefix: str) -> tuple:
+    """PARTS-like rows: every curve but the initial policy against curve `prefix`."""
+    base = curve_of(points, prefix)[0].curve
+    curves = list(dict.fromkeys(p.curve for p in points))
+    return tuple((f"{c} vs {base}", c, base) for c in curves if c not in (base, INITIAL))
 
 
 if __name__ == "__main__":
