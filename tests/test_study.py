@@ -111,3 +111,30 @@ def test_full_study_groups_only_runs_that_can_share_a_program(tmp_path):
         members_lib.check_members(cfgs)  # raises for a group that cannot share a program
     online = [cfg for run, cfg in plan if run.name.startswith("study-online")]
     assert len(online) == 10 and not any(members_lib.groupable(c) for c in online)
+
+
+def test_csv_records_settings_and_provenance_and_recomputes(study, tmp_path):
+    from rlhf_jax.experiments import sweep_aggregate, sweep_run as sweep_run_lib
+
+    workdir, rows = study
+    assert tuple(rows[0])[:len(sweep_aggregate.CSV_FIELDS)] == sweep_aggregate.CSV_FIELDS
+    # The settings that differ between the study's runs are columns.
+    assert {"set:dpo.beta", "set:ppo.algo", "set:stages"} <= set(rows[0])
+    dpo = [r for r in rows if r["curve"] == "DPO" and r["panel"] == "gold score vs KL"]
+    assert [r["set:dpo.beta"] for r in dpo] == ["0.1"] and dpo[0]["setting"] == "beta=0.1"
+    assert all(r["seeds"] == "0" for r in rows)
+    with open(os.path.join(workdir, "study", "study.csv.json")) as f:
+        side = json.load(f)
+    assert side["aggregation_code"] == sweep_aggregate.aggregation_code_hash()
+    assert side["seeds"] == [0] and "--sweep=configs/sweeps/study.py:runlocal" in side["command"]
+    assert side["commit"] and len(side["runs"]) == len(
+        {r.name for r in sweep_run_lib.load_sweep("configs/sweeps/study.py:runlocal").runs})
+    # Aggregating the same runs again with the current code gives the same CSV.
+    again = tmp_path / "again"
+    again.mkdir()
+    os.symlink(os.path.join(workdir, "runs"), again / "runs")
+    sweep = sweep_run_lib.load_sweep("configs/sweeps/study.py:runlocal")
+    sweep_aggregate.aggregate(sweep, str(again))
+    with open(again / "study" / "study.csv") as f, \
+            open(os.path.join(workdir, "study", "study.csv")) as g:
+        assert f.read() == g.read()

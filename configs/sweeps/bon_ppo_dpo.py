@@ -40,7 +40,7 @@ def get_sweep(arg=None):
                                   setting=f"beta={c:g}") for c, name, _ in coefs), line=False)
 
     def ppo_frontier(y):
-        return Curve("PPO, every 25 updates (all beta)",
+        return Curve(f"PPO, every {s.snapshot_every} updates (all beta)",
                      tuple(Points(seeds_of(name, s.seeds), eval_trajectory("kl", y))
                            for _, name, _ in coefs), line=False,
                      fit="rl" if y == "gold_score" else None)

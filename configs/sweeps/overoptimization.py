@@ -63,7 +63,7 @@ def get_sweep(arg=None):
                         along("objective/score", per_seed=True), xscale="sqrt"),
                   Panel("gold score vs KL (training)", "KL(policy || initial) [nats]",
                         "gold score", along("objective/gold_score"), xscale="sqrt"),
-                  Panel("held-out gold vs KL every 25 updates, Gao RL fit",
+                  Panel("held-out gold vs KL along training, Gao RL fit",
                         "KL(policy || initial) [nats]", "gold score", held_out + (initial,),
                         xscale="sqrt"),
                   Panel("held-out eval after training, one point per beta",
@@ -71,7 +71,8 @@ def get_sweep(arg=None):
                         (final_curve(s, "RM score", coefs, "score"),
                          final_curve(s, "gold score", coefs, "gold_score")), xscale="sqrt")),
                  caption=mock_scale.GOLD + " RM score: the seed's own reward model, normalised "
-                 "to mean 0, std 1 on the initial policy's samples.")
+                 "to mean 0, std 1 on the initial policy's samples. Held-out panel: each run's "
+                 f"policy every {s.snapshot_every} updates and at the end.")
     zero = [name for c, name, _ in coefs if c == 0.0]
     texts = tuple(TopSamples("reward_hacking_kl0", seeds_of(name, s.seeds), stage="ppo",
                              key="score", k=15,

@@ -215,5 +215,6 @@ def get_sweep(arg=None):
                         "RM held-out accuracy", head_curves, xscale="log")),
                  caption=mock_scale.GOLD + " Judge win rate: a held-out mock labeller's "
                  "preference for the policy's response over the initial policy's. PPO-family "
-                 "points: the policy every 25 updates and at the end, at each beta.")
+                 f"points: the policy every {s.snapshot_every} updates and at the end, at each "
+                 "beta.")
     return Sweep("study", tuple(runs), (fig,), runlocal=s.runlocal)

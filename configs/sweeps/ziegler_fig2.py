@@ -16,7 +16,7 @@ against its KL (sqrt axis), the frontier on which gold and RMs compare at
 equal KL:
 
     python -m rlhf_jax.experiments.study_table results/ziegler_fig2/ziegler_fig2.csv \
-        --panel "held-out gold vs KL every 25 updates" --against "gold reward"
+        --panel "held-out gold vs KL along training" --against "gold reward"
 
 Paper: on mock sentiment, RMs from 2.5k-20k labels approach direct
 optimisation of the gold reward, more labels closer. Outputs: `results/ziegler_fig2/`.
@@ -26,7 +26,7 @@ from configs.sweeps import mock_scale
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point,
                                         eval_trajectory, metric, seeds_of)
 
-FRONTIER_PANEL = "held-out gold vs KL every 25 updates"
+FRONTIER_PANEL = "held-out gold vs KL along training"
 
 
 def settings(s):
@@ -65,5 +65,7 @@ def get_sweep(arg=None):
                   Panel(FRONTIER_PANEL, "KL(policy || initial) [nats]", "gold score",
                         held_out + (initial,), xscale="sqrt")),
                  caption=mock_scale.GOLD + " PPO on the gold reward optimises it normalised "
-                 "to mean 0, std 1 on the initial policy's samples, as the RMs are.")
+                 "to mean 0, std 1 on the initial policy's samples, as the RMs are. Held-out "
+                 f"panel: each run's policy every {s.snapshot_every} updates and at the end; "
+                 "dashed: Gao et al.'s RL form fitted to every seed's points.")
     return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal)

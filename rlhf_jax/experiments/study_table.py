@@ -228,15 +228,18 @@ def main(argv=None) -> None:
     parser.add_argument("--against", default=None,
                         help="compare every curve of the panel with the one whose label starts "
                              "with this (default: the study's PARTS)")
+    parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in frontier.BUDGETS),
+                        help="KL budgets in nats, comma-separated")
     args = parser.parse_args(argv)
     try:
+        budgets = tuple(float(b) for b in args.budgets.split(","))
         points = read_points(args.csv, args.panel)
         parts = PARTS if args.against is None else against(points, args.against)
     except ValueError as e:
         parser.error(str(e))
     print(methods_table(points))
     print()
-    print(parts_table(points, parts, test=args.test))
+    print(parts_table(points, parts, budgets, test=args.test))
 
 
 def against(points: list[Point], prefix: str) -> tuple:

@@ -127,15 +127,19 @@ def _g(v) -> str:
     return f"{float(v):.6g}"
 
 
-SQRT_TICKS = (0, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+SQRT_TICKS = (0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
 
 def _sqrt_scale(ax, xmax: float) -> None:
     """An x axis linear in sqrt(x) (signed: a KL estimate can dip below 0), ticked at
-    the KL budgets and doublings beyond."""
+    the KL budgets (and finer or coarser values), at least 1/10 of the axis apart."""
     ax.set_xscale("function", functions=(lambda v: np.sign(v) * np.sqrt(np.abs(v)),
                                          lambda v: np.sign(v) * v * v))
-    ticks = [t for t in SQRT_TICKS if t <= xmax * 1.05] or [0]
+    span = math.sqrt(max(xmax, 1e-6))
+    ticks = [0.0]
+    for t in SQRT_TICKS[1:]:
+        if t <= xmax * 1.1 and math.sqrt(t) - math.sqrt(ticks[-1]) >= span / 10:
+            ticks.append(t)
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
 
