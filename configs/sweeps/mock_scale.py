@@ -157,9 +157,10 @@ def rm_runs(s: Scale, n: int, width: int, head: str = "linear") -> list[Run]:
 
 def snapshots(s: Scale) -> dict:
     """Overrides that keep a PPO checkpoint every `s.snapshot_every` updates and
-    evaluate each one (the run's held-out frontier)."""
+    evaluate each one (the run's held-out frontier). Two spare places: a save at
+    another update (a preemption) must not push out the first snapshot."""
     return {"ppo.checkpoint_every": s.snapshot_every,
-            "ppo.keep_checkpoints": s.ppo_updates // s.snapshot_every + 1,
+            "ppo.keep_checkpoints": s.ppo_updates // s.snapshot_every + 3,
             "eval.ppo_snapshots": True}
 
 

@@ -130,18 +130,21 @@ def _g(v) -> str:
 SQRT_TICKS = (0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
 
 
-def _sqrt_scale(ax, xmax: float) -> None:
+def _sqrt_scale(ax, xmin: float, xmax: float) -> None:
     """An x axis linear in sqrt(x) (signed: a KL estimate can dip below 0), ticked at
-    the KL budgets (and finer or coarser values), at least 1/10 of the axis apart."""
+    the KL budgets (and finer or coarser values), at least 1/7 of the axis apart."""
     ax.set_xscale("function", functions=(lambda v: np.sign(v) * np.sqrt(np.abs(v)),
                                          lambda v: np.sign(v) * v * v))
     span = math.sqrt(max(xmax, 1e-6))
     ticks = [0.0]
     for t in SQRT_TICKS[1:]:
-        if t <= xmax * 1.1 and math.sqrt(t) - math.sqrt(ticks[-1]) >= span / 10:
+        if t <= xmax * 1.1 and math.sqrt(t) - math.sqrt(ticks[-1]) >= span / 7:
             ticks.append(t)
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
+    # A margin in sqrt space on both sides, so no point sits on the frame.
+    lo = -(math.sqrt(max(-xmin, 0.0)) + 0.04 * span) ** 2
+    ax.set_xlim(lo, (1.05 * span) ** 2)
 
 
 def _draw_fit(ax, curve: Curve, data: CurveData, base: float | None, color: str) -> str | None:
@@ -179,13 +182,14 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
         ax = mfig.add_subplot(nrows, cols, i + 1)
         datas = [curve_data(curve, runs_dir) for curve in panel.curves]
         base = next((float(d.y_XxZ.mean()) for d in datas if d.label == panel.fit_base), None)
-        xs_seen = set()
+        xs_seen, xs_all = set(), [0.0]
         for j, (curve, data) in enumerate(zip(panel.curves, datas)):
             rows.extend(_csv_rows(fig, panel, data, overrides))
             sources.update(getattr(pts.fn, "smoothing", "") for pts in curve.points)
             seeds.add(data.y_XxZ.shape[1])
             x, y = data.x_XxZ.mean(1), data.y_XxZ.mean(1)
             xs_seen.update(float(v) for v in x)
+            xs_all.extend(float(v) for v in data.x_XxZ.ravel() if np.isfinite(v))
             lo, hi = data.y_XxZ.min(1), data.y_XxZ.max(1)
             color = f"C{j % 10}"
             label = f"{data.label} (n={data.y_XxZ.shape[1]})"
@@ -220,7 +224,7 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
         ax.set_xlabel(panel.xlabel + (" (sqrt scale)" if panel.xscale == "sqrt" else ""))
         ax.set_ylabel(panel.ylabel)
         if panel.xscale == "sqrt":
-            _sqrt_scale(ax, max(xs_seen, default=1.0))
+            _sqrt_scale(ax, min(xs_all), max(xs_all))
         else:
             ax.set_xscale(panel.xscale)
         if panel.xscale == "log":  # the grid's own values as plain tick labels

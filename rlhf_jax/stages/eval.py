@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import config_check
 from rlhf_jax.algorithms.ppo import forward_policy_value
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
@@ -93,16 +94,19 @@ def _with_se(values: dict) -> dict:
 
 
 def ppo_snapshots(ctx: Context) -> dict:
-    """{"ppo@<update>": policy params} of the kept PPO checkpoints before the last
-    (the last is `models/policy`), oldest first."""
+    """{"ppo@<update>": policy params} of the kept PPO checkpoints at multiples of
+    `ppo.checkpoint_every` before the last update (that one is `models/policy`),
+    oldest first. Saves made at other updates (a preemption, an online-label
+    round) are left out, so every seed of a setting has the same snapshots."""
     path = ctx.path("checkpoints", "ppo")
     if not os.path.isdir(path):
         return {}
     ckpt = Checkpointer(path, max_to_keep=ctx.cfg.ppo.keep_checkpoints)
     try:
-        steps = ckpt.all_steps()
+        every = ctx.cfg.ppo.checkpoint_every
+        last = config_check.num_updates(ctx.cfg.ppo)
         out = {}
-        for step in steps[:-1]:
+        for step in [s for s in ckpt.all_steps() if s % every == 0 and s < last]:
             state, _ = ckpt.read(step)
             out[f"ppo@{step}"] = {"transformer": state["params"]["policy"]["transformer"]}
         return out
