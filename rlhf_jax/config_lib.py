@@ -252,8 +252,15 @@ def base_config() -> ml_collections.ConfigDict:
     q.total_episodes = 1_000_000
     q.value_model = "shared"  # shared (Ziegler) | separate (Stiennon, from the RM)
     q.reward_source = "rm"  # rm | gold
+    # reward_source=gold: scale the gold to N(0, 1) on the initial policy's samples,
+    # as the RM is normalised (reward.normalize_samples of them), so the KL penalty
+    # weighs the same against both rewards.
+    q.gold_normalize = False
     q.log_every = 1
     q.checkpoint_every = 20
+    # Newest PPO checkpoints kept on disk; more keep snapshots along the run
+    # for `eval.ppo_snapshots` (each holds the policy, value and Adam state).
+    q.keep_checkpoints = 2
     q.num_logged_samples = 4
     q.algo = "ppo"  # ppo | rloo (Ahmadian et al. 2024) | grpo (Shao et al. 2024) | reinforce
     q.rloo_k = 4  # rloo, grpo: samples per query (the batch is batch_size / k queries)
@@ -293,6 +300,9 @@ def base_config() -> ml_collections.ConfigDict:
     e.batch_size = 64
     e.best_of_n = (1, 4, 16)
     e.num_samples_logged = 8
+    # Also evaluate the policy of every kept PPO checkpoint (`ppo@<update>` in
+    # eval.json): one run's gold-vs-KL frontier along its trajectory.
+    e.ppo_snapshots = False
     # A held-out mock labeller judges each policy's responses against the
     # initial policy's: gold minus a weight per bad word of each kind, its own
     # noise (Boltzmann temperature) and seed. eval.json gets `judge_winrate`.

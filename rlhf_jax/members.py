@@ -42,7 +42,7 @@ from rlhf_jax.algorithms.ppo import make_update_step
 from rlhf_jax.infra import compile_cache, metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.stages import reward_train, run as run_lib, supervised_members, train_ppo
-from rlhf_jax.stages.batched import gold_function
+from rlhf_jax.stages.batched import gold_reward, ppo_gold_function
 from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout, penalize
 from rlhf_jax.stages.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
                                        query_batch, update_lr)
@@ -199,7 +199,8 @@ class MemberPPOTrainer:
         cfg, dp, m = self.cfg, self.dp, len(members)
         n, b = config_check.num_updates(cfg.ppo), cfg.ppo.batch_size
         states = [init_state(mb.params, make_optimizer(mb.cfg.ppo), mb.cfg) for mb in members]
-        ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage)) if mb.workdir
+        ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage),
+                              max_to_keep=mb.cfg.ppo.keep_checkpoints) if mb.workdir
                  else None for mb in members]
         start = 0
         if all(c is not None for c in ckpts):
@@ -256,7 +257,8 @@ class MemberPPOTrainer:
                     gold_BxM = gold()
                     raw = np.asarray(dp.unshard(ro.response_BxR))
                     scores = np.stack([np.asarray(penalize(
-                        jnp.asarray(gold_BxM[:, i]), jnp.asarray(raw[:, i]), self.task))
+                        jnp.asarray(gold_reward(members[i].gold_fn, gold_BxM[:, i])),
+                        jnp.asarray(raw[:, i]), self.task))
                         for i in range(m)], 1)
                     ro = ro.replace(scores_B=dp.shard(scores))
                 state, stats = self.update_fn(state, ro, hp_r)
@@ -378,7 +380,7 @@ def run_ppo_members(cfgs, workdirs, *, allow_config_change: bool = False) -> lis
             params=params, ref_params=ref_params,
             rm_params=rm_params if ctx.cfg.ppo.reward_source == "rm" else None,
             queries=ctx.queries("train"), workdir=ctx.workdir, writer=ctx.writer,
-            gold_fn=gold_function(ctx), decode=ctx.decode)
+            gold_fn=ppo_gold_function(ctx, m_models.reference, ref_params), decode=ctx.decode)
 
     def train(prepared, dp):
         members = [mb for _, mb in prepared]

@@ -37,7 +37,7 @@ from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
 from rlhf_jax.models import loading
 from rlhf_jax.stages import (dpo, eval as eval_lib, expert_iteration, figures, reward_train, sft,
                              train_ppo, unlikelihood)
-from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
+from rlhf_jax.stages.batched import postprocess, ppo_gold_function, sample_responses
 from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.online import OnlineCollector
 # `Preempted`: what `run` raises on SIGTERM (launch.py catches `pipeline.Preempted`).
@@ -186,7 +186,8 @@ def stage_ppo(ctx: Context) -> dict:
     params, summary = trainer.train(params=params, ref_params=ref_params,
                                     rm_params=rm_params if cfg.ppo.reward_source == "rm" else None,
                                     queries=qs, workdir=ctx.workdir, writer=ctx.writer,
-                                    gold_fn=gold_function(ctx), decode=ctx.decode, online=online)
+                                    gold_fn=ppo_gold_function(ctx, models.reference, ref_params),
+                                    decode=ctx.decode, online=online)
     return train_ppo.finish_ppo(ctx, models, params, summary)
 
 
@@ -243,8 +244,6 @@ def stage_ul(ctx: Context) -> dict:
 
 
 def stage_eval(ctx: Context) -> dict:
-    from rlhf_jax.stages import eval as eval_lib
-
     results = eval_lib.evaluate(ctx)
     if ctx.cfg.task.query_dataset == "world_tldr":  # Stiennon's evaluation against references
         from rlhf_jax.experiments import summary_eval

@@ -62,8 +62,11 @@ def test_the_study_tables_find_every_part(study):
 
     points = study_table.read_points(os.path.join(study[0], "study", "study.csv"))
     table = study_table.parts_table(points)
-    # Every part names curves the study draws (one seed at CI scale: no range claimed).
-    assert table.count("one seed: no range") == len(study_table.PARTS), table
+    # Every part names curves the study draws (one seed at CI scale: nothing tested).
+    assert "no curve starts with" not in table, table
+    for what, _, _ in study_table.PARTS:
+        assert f"| {what} |" in table
+    assert "| higher |" not in table and "| lower |" not in table, table
 
 
 def test_runs_record_what_each_method_trained_on(study):
@@ -103,9 +106,35 @@ def test_full_study_groups_only_runs_that_can_share_a_program(tmp_path):
         if members_lib.groupable(cfg):
             groups.setdefault(members_lib.shared_config_key(cfg), []).append((run.name, cfg))
     names = sorted(sorted(n for n, _ in g) for g in groups.values())
-    assert ["study-rloo-kl0.05-s0", "study-rloo-kl0.05-s1", "study-rloo-kl0.05-s2",
-            "study-rloo-kl0.2-s0", "study-rloo-kl0.2-s1", "study-rloo-kl0.2-s2"] in names
+    assert [f"study-rloo-kl{c}-s{s}" for c in ("0.05", "0.2") for s in range(5)] in names
     for _, cfgs in ((k, [c for _, c in g]) for k, g in groups.items()):
         members_lib.check_members(cfgs)  # raises for a group that cannot share a program
     online = [cfg for run, cfg in plan if run.name.startswith("study-online")]
-    assert len(online) == 6 and not any(members_lib.groupable(c) for c in online)
+    assert len(online) == 10 and not any(members_lib.groupable(c) for c in online)
+
+
+def test_csv_records_settings_and_provenance_and_recomputes(study, tmp_path):
+    from rlhf_jax.experiments import sweep_aggregate, sweep_run as sweep_run_lib
+
+    workdir, rows = study
+    assert tuple(rows[0])[:len(sweep_aggregate.CSV_FIELDS)] == sweep_aggregate.CSV_FIELDS
+    # The settings that differ between the study's runs are columns.
+    assert {"set:dpo.beta", "set:ppo.algo", "set:stages"} <= set(rows[0])
+    dpo = [r for r in rows if r["curve"] == "DPO" and r["panel"] == "gold score vs KL"]
+    assert [r["set:dpo.beta"] for r in dpo] == ["0.1"] and dpo[0]["setting"] == "beta=0.1"
+    assert all(r["seeds"] == "0" for r in rows)
+    with open(os.path.join(workdir, "study", "study.csv.json")) as f:
+        side = json.load(f)
+    assert side["aggregation_code"] == sweep_aggregate.aggregation_code_hash()
+    assert side["seeds"] == [0] and "--sweep=configs/sweeps/study.py:runlocal" in side["command"]
+    assert side["commit"] and len(side["runs"]) == len(
+        {r.name for r in sweep_run_lib.load_sweep("configs/sweeps/study.py:runlocal").runs})
+    # Aggregating the same runs again with the current code gives the same CSV.
+    again = tmp_path / "again"
+    again.mkdir()
+    os.symlink(os.path.join(workdir, "runs"), again / "runs")
+    sweep = sweep_run_lib.load_sweep("configs/sweeps/study.py:runlocal")
+    sweep_aggregate.aggregate(sweep, str(again))
+    with open(again / "study" / "study.csv") as f, \
+            open(os.path.join(workdir, "study", "study.csv")) as g:
+        assert f.read() == g.read()

@@ -1,8 +1,9 @@
 """Sweeps (`rlhf_jax.experiments.sweep`, `launch.py --sweep`): runs, skip, resume, aggregation, CSV.
 
 One real two-member sweep (PPO on the gold reward from a tiny random GPT-2,
-seeds 0 and 1, two updates each) runs through `launch.py --sweep=FILE:runlocal`
-and aggregation; then the same workdir is relaunched in-process to pin the
+seeds 0 and 1, two updates each, plus a third run with another fixed KL
+coefficient that trains in the same program) runs through
+`launch.py --sweep=FILE:runlocal` and aggregation; then the same workdir is relaunched in-process to pin the
 skip of finished members and the resume of an unfinished one. The CSV is
 checked against numbers recomputed from each member's own metrics.jsonl and
 eval.json, and the aggregation arithmetic against hand-made metrics. Every
@@ -11,6 +12,7 @@ running anything.
 """
 
 import csv
+import dataclasses
 import glob
 import json
 import os
@@ -34,17 +36,22 @@ SWEEP_FILES = sorted(p for p in glob.glob(os.path.join(ROOT, "configs", "sweeps"
 # labels, so each member costs two PPO updates and a 16-query evaluation.
 TWO_MEMBER_SWEEP = textwrap.dedent('''
     from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples,
-                                            eval_point, grid, metric, seeds_of)
+                                            eval_point, eval_trajectory, grid, metric,
+                                            seeds_of)
 
     OVERRIDES = {"stages": "ppo,eval", "ppo.reward_source": "gold", "pretrain.num_docs": 300,
                  "ppo.batch_size": 16, "ppo.total_episodes": 32, "ppo.log_every": 1,
                  "ppo.checkpoint_every": 1, "eval.num_queries": 16, "eval.batch_size": 16,
-                 "eval.best_of_n": (), "log.tensorboard": False}
+                 "eval.best_of_n": (), "log.tensorboard": False, "ppo.keep_checkpoints": 5,
+                 "eval.ppo_snapshots": True}
 
     def get_sweep(arg=None):
         if arg != "runlocal":
             raise ValueError("this test sweep only has a runlocal variant")
         runs = grid("gold", "configs/mock_sentiment.py:runlocal", (0, 1), OVERRIDES)
+        # Another member of the same program: another KL coefficient, not plotted.
+        runs += grid("other", "configs/mock_sentiment.py:runlocal", (2,),
+                     {**OVERRIDES, "kl.coef": 0.5})
         members = seeds_of("gold", (0, 1))
         fig = Figure("curves", "two-member test", (
             Panel("gold vs episodes", "episodes", "gold",
@@ -52,7 +59,8 @@ TWO_MEMBER_SWEEP = textwrap.dedent('''
                                                              "objective/gold_score")),)),)),
             Panel("eval", "kl", "gold",
                   (Curve("final", (Points(members, eval_point("ppo", "kl", "gold_score")),),
-                         line=False),)),
+                         line=False),
+                   Curve("snapshots", (Points(members, eval_trajectory("kl", "gold_score")),)))),
         ))
         text = TopSamples("top", members, stage="ppo", key="score", k=3)
         return Sweep("two_member", tuple(runs), (fig,), (text,), runlocal=True)
@@ -89,12 +97,13 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
             assert json.load(f)["seed"] == int(m[-1])
         assert any(m in line and "running in" in line for line in stdout.splitlines()), m
     out = os.path.join(workdir, "two_member")
-    assert sorted(os.listdir(out)) == ["curves.csv", "curves.png", "summary.json", "top.txt"]
+    assert sorted(os.listdir(out)) == ["curves.csv", "curves.csv.json", "curves.png",
+                                       "summary.json", "top.txt"]
     with open(os.path.join(out, "curves.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with open(os.path.join(out, "summary.json")) as f:
         summary = json.load(f)
-    assert set(summary["runs"]) == set(MEMBERS)
+    assert set(summary["runs"]) == set(MEMBERS) | {"other-s2"}
     assert not any(r["skipped"] for r in summary["runs"].values())
     # A runlocal sweep is never copied into the repository's results/.
     assert not os.path.exists(os.path.join(ROOT, "results", "two_member"))
@@ -103,6 +112,7 @@ def test_launch_runs_each_member_in_its_own_workdir_then_aggregates(swept):
 def test_csv_holds_every_plotted_number_from_the_members(swept):
     _, workdir, _ = swept
     rows = _read_csv(os.path.join(workdir, "two_member", "curves.csv"))
+    # The runs differ only in their seed: no setting column.
     assert tuple(rows[0]) == sweep_aggregate_lib.CSV_FIELDS
     curve = [r for r in rows if r["curve"] == "gold PPO"]
     per_seed = []
@@ -121,6 +131,8 @@ def test_csv_holds_every_plotted_number_from_the_members(swept):
         assert [float(v) for v in row["y_seeds"].split(";")] == pytest.approx(ys, rel=1e-5,
                                                                              abs=1e-6)
         assert row["runs"] == ";".join(MEMBERS) and row["num_seeds"] == "2"
+        assert row["seeds"] == "0;1" and row["y_se_seeds"] == ""
+        assert row["source"] == "ppo log: ppo/episodes vs objective/gold_score, each logged row"
     (final,) = [r for r in rows if r["curve"] == "final"]
     evals = []
     for m in MEMBERS:
@@ -129,8 +141,73 @@ def test_csv_holds_every_plotted_number_from_the_members(swept):
     assert float(final["x_mean"]) == pytest.approx(np.mean([e["kl"] for e in evals]), rel=1e-5)
     assert float(final["y_mean"]) == pytest.approx(np.mean([e["gold_score"] for e in evals]),
                                                    rel=1e-5, abs=1e-6)
+    # The evaluation's own standard error over its 16 queries, per seed.
+    assert [float(v) for v in final["y_se_seeds"].split(";")] == pytest.approx(
+        [e["gold_score_se"] for e in evals], rel=1e-5)
+    # The held-out frontier: the snapshot of update 1 (the kept checkpoint before the
+    # last), then the final policy.
+    snaps = [r for r in rows if r["curve"] == "snapshots"]
+    assert len(snaps) == 2 and snaps[1]["y_seeds"] == final["y_seeds"]
+    for m, e in zip(MEMBERS, evals):
+        with open(os.path.join(workdir, "runs", m, "eval.json")) as f:
+            assert sweep_lib.snapshot_updates(json.load(f)) == [1]
     top = open(os.path.join(workdir, "two_member", "top.txt")).read()
     assert top.count("response:") == 3
+
+
+def test_outputs_record_their_provenance_and_recompute_with_the_current_code(swept, tmp_path):
+    spec, workdir, _ = swept
+    out = os.path.join(workdir, "two_member")
+    with open(os.path.join(out, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(out, "curves.csv.json")) as f:
+        side = json.load(f)
+    head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+    for record in (summary, side):
+        assert record["commit"] == head and isinstance(record["dirty"], bool)
+        assert "launch.py" in record["command"] and f"--sweep={spec}:runlocal" in record["command"]
+        assert record["seeds"] == [0, 1, 2]
+        assert record["aggregation_code"] == sweep_aggregate_lib.aggregation_code_hash()
+        assert "ppo log: ppo/episodes vs objective/gold_score, each logged row (window 1)" in (
+            record["smoothing"]["curves"])
+    assert side["runs"]["gold-s1"]["seed"] == 1 and side["runs"]["gold-s1"]["ppo.batch_size"] == 16
+    # The published CSV is what the current aggregation code makes of the runs.
+    sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
+    again = tmp_path / "again"
+    again.mkdir()
+    os.symlink(os.path.join(workdir, "runs"), again / "runs")
+    paths = sweep_aggregate_lib.aggregate(sweep, str(again))
+    csv_again = [p for p in paths if p.endswith(".csv")][0]
+    assert open(csv_again).read() == open(os.path.join(out, "curves.csv")).read()
+
+
+def test_setting_columns_come_from_the_runs_records(tmp_path):
+    root = str(tmp_path)
+    for beta in (0.1, 0.3):
+        for s in (0, 1):
+            name = f"dpo-beta{beta:g}-s{s}"
+            _fake_run(root, name, [], {"dpo": {"kl": beta * 10 + s, "gold_score": beta + s,
+                                               "gold_score_se": 0.01}})
+            with open(os.path.join(root, "runs", name, "sweep_run.json"), "w") as f:
+                json.dump({"config": "c.py", "overrides": {
+                    "seed": s, "dpo.beta": beta, "stages": "dpo,eval",
+                    "model.name_or_path": {"ref": ["base", "models/pretrained"]}}}, f)
+    curve = sweep_lib.Curve("DPO", tuple(
+        sweep_lib.Points(sweep_lib.seeds_of(f"dpo-beta{b:g}", (0, 1)),
+                         sweep_lib.eval_point("dpo", "kl", "gold_score"), setting=f"beta={b:g}")
+        for b in (0.1, 0.3)))
+    fig = sweep_lib.Figure("f", "t", (sweep_lib.Panel("p", "KL", "gold", (curve,),
+                                                      xscale="sqrt"),), caption="gold: g.")
+    png, path = sweep_aggregate_lib.draw_figure(fig, os.path.join(root, "runs"), root)
+    rows = _read_csv(path)
+    # Only the override that differs between the runs is a column (seeds have their own).
+    assert list(rows[0])[len(sweep_aggregate_lib.CSV_FIELDS):] == ["set:dpo.beta"]
+    assert [r["set:dpo.beta"] for r in rows] == ["0.1", "0.3"]
+    assert [r["setting"] for r in rows] == ["beta=0.1", "beta=0.3"]
+    assert [r["seeds"] for r in rows] == ["0;1", "0;1"]
+    assert rows[1]["y_seeds"] == "0.3;1.3" and rows[1]["y_se_seeds"] == "0.01;0.01"
+    assert os.path.getsize(png) > 1000
 
 
 def test_relaunch_skips_finished_members_and_resumes_unfinished(swept):
@@ -319,30 +396,34 @@ def test_every_sweep_file_validates(path, arg, tmp_path):
                     assert len(pts.runs) == len(seeds)
 
 
-def test_seed_members_trained_in_one_program_equal_separate_runs(swept, tmp_path):
-    # The launch trained both seeds' PPO as one vmapped program (rlhf_jax.members) ...
+def test_a_run_alone_equals_the_same_run_inside_a_larger_group(swept, tmp_path):
+    # The launch trained gold-s0, gold-s1 and other-s2 (another KL coefficient) as one
+    # vmapped PPO program (rlhf_jax.members) ...
     spec, workdir, out = swept
-    assert "gold-s0: running in " in out and "; ppo as one program with gold-s1" in out
-    assert "[ppo] starting: 2 members in one program (gold-s0, gold-s1)" in out
-    # ... and every logged number equals separate runs' to float tolerance.
+    assert "gold-s0: running in " in out and "; ppo as one program with gold-s1, other-s2" in out
+    assert "[ppo] starting: 3 members in one program (gold-s0, gold-s1, other-s2)" in out
+    # ... and gold-s0 run alone, the whole run (PPO, snapshots, eval), logs the same
+    # numbers and evaluates the same to float tolerance.
     sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
+    alone_sweep = dataclasses.replace(sweep, runs=sweep.runs[:1], figures=(), texts=())
+    assert [r.name for r in alone_sweep.runs] == ["gold-s0"]
     alone = str(tmp_path / "alone")
-    sweep_run_lib.run_sweep(sweep, alone, results_dir=None, members=False, log=lambda _: None)
+    sweep_run_lib.run_sweep(alone_sweep, alone, results_dir=None, log=lambda _: None)
     timing = ("elapsed/fps", "seconds")
-    for name in MEMBERS:
-        # PPO rows (an earlier test re-ran gold-s1's eval in `workdir`, appending its rows).
-        rows = [read_metrics(os.path.join(d, "runs", name), stage="ppo") for d in (workdir, alone)]
-        assert len(rows[0]) == len(rows[1]) == 2  # two updates
-        for got, want in zip(*rows):
-            assert got.keys() == want.keys()
-            for k, v in want.items():
-                if isinstance(v, float) and not k.endswith(timing):
-                    assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
-                elif not isinstance(v, float):
-                    assert got[k] == v, (name, k)
-        evals = []
-        for d in (workdir, alone):
-            with open(os.path.join(d, "runs", name, "eval.json")) as f:
-                evals.append(json.load(f))
-        for policy, values in evals[1].items():
-            assert evals[0][policy] == pytest.approx(values, rel=1e-4, abs=1e-5), (name, policy)
+    name = "gold-s0"
+    rows = [read_metrics(os.path.join(d, "runs", name), stage="ppo") for d in (workdir, alone)]
+    assert len(rows[0]) == len(rows[1]) == 2  # two updates
+    for got, want in zip(*rows):
+        assert got.keys() == want.keys()
+        for k, v in want.items():
+            if isinstance(v, float) and not k.endswith(timing):
+                assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (name, k)
+            elif not isinstance(v, float):
+                assert got[k] == v, (name, k)
+    evals = []
+    for d in (workdir, alone):
+        with open(os.path.join(d, "runs", name, "eval.json")) as f:
+            evals.append(json.load(f))
+    assert set(evals[0]) == set(evals[1]) == {"initial", "ppo", "ppo@1"}
+    for policy, values in evals[1].items():
+        assert evals[0][policy] == pytest.approx(values, rel=1e-4, abs=1e-5), (name, policy)

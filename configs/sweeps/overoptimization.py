@@ -4,9 +4,11 @@
     python launch.py --sweep=configs/sweeps/overoptimization.py:runlocal --workdir=/tmp/sweep_local
 
 PPO against the reward model of the largest label count with a fixed KL
-coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 3
-seeds each. RM score and gold score against KL(policy || initial),
-along training and at the final held-out evaluation. Paper: the RM score
+coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 5
+seeds each. RM score (each seed's own RM, so each seed's own line) and gold
+score against KL(policy || initial), along training (means of blocks of 5
+updates) and at the held-out evaluation of the policy every 25 updates
+(`eval.ppo_snapshots`), on a sqrt(KL) axis: KL spans 0-60 nats. Paper: the RM score
 keeps rising with KL while the true preference peaks and then falls. For
 coefficient 0 the run's highest-RM-score samples, with their gold score,
 go to `results/overoptimization/reward_hacking_kl0.txt`.
@@ -14,7 +16,7 @@ go to `results/overoptimization/reward_hacking_kl0.txt`.
 
 from configs.sweeps import mock_scale
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point,
-                                        metric, seeds_of)
+                                        eval_trajectory, metric, seeds_of)
 
 
 def coef_runs(s):
@@ -29,8 +31,9 @@ def coef_runs(s):
 
 def final_curve(s, label, coefs, y):
     """One point per coefficient (the final eval), joined in KL order."""
-    return Curve(label, tuple(Points(seeds_of(name, s.seeds), eval_point("ppo", "kl", y))
-                              for _, name, _ in coefs))
+    return Curve(label, tuple(Points(seeds_of(name, s.seeds), eval_point("ppo", "kl", y),
+                                     setting=f"beta={c:g}")
+                              for c, name, _ in coefs))
 
 
 def get_sweep(arg=None):
@@ -39,21 +42,37 @@ def get_sweep(arg=None):
     runs = [r for _, _, rs in coefs for r in rs]
     window = 1 if s.runlocal else 5
 
-    def along(y):
+    def along(y, per_seed=False):
         return tuple(Curve(f"beta = {c:g}", (Points(seeds_of(name, s.seeds),
                                                     metric("ppo", "objective/kl", y,
-                                                           window=window)),))
+                                                           window=window)),),
+                           per_seed=per_seed)
                      for c, name, _ in coefs)
+
+    held_out = tuple(Curve(f"beta = {c:g}", (Points(seeds_of(name, s.seeds),
+                                                    eval_trajectory("kl", "gold_score")),),
+                           fit="rl") for c, name, _ in coefs)
+    initial = Curve("initial policy", (Points(seeds_of(coefs[0][1], s.seeds),
+                                              eval_point("initial", "kl", "gold_score")),),
+                    line=False)
 
     fig = Figure("overoptimization",
                  "Stiennon Fig. 5 style: fixed KL coefficients against a learned RM",
-                 (Panel("RM score vs KL (training)", "KL(policy || initial) [nats]",
-                        "reward model score", along("objective/score")),
+                 (Panel("RM score vs KL (training; each seed its own RM)",
+                        "KL(policy || initial) [nats]", "reward model score",
+                        along("objective/score", per_seed=True), xscale="sqrt"),
                   Panel("gold score vs KL (training)", "KL(policy || initial) [nats]",
-                        "gold score", along("objective/gold_score")),
-                  Panel("held-out eval, one point per beta", "KL(policy || initial) [nats]",
-                        "score", (final_curve(s, "RM score", coefs, "score"),
-                                  final_curve(s, "gold score", coefs, "gold_score")))))
+                        "gold score", along("objective/gold_score"), xscale="sqrt"),
+                  Panel("held-out gold vs KL along training, Gao RL fit",
+                        "KL(policy || initial) [nats]", "gold score", held_out + (initial,),
+                        xscale="sqrt"),
+                  Panel("held-out eval after training, one point per beta",
+                        "KL(policy || initial) [nats]", "score",
+                        (final_curve(s, "RM score", coefs, "score"),
+                         final_curve(s, "gold score", coefs, "gold_score")), xscale="sqrt")),
+                 caption=mock_scale.GOLD + " RM score: the seed's own reward model, normalised "
+                 "to mean 0, std 1 on the initial policy's samples. Held-out panel: each run's "
+                 f"policy every {s.snapshot_every} updates and at the end.")
     zero = [name for c, name, _ in coefs if c == 0.0]
     texts = tuple(TopSamples("reward_hacking_kl0", seeds_of(name, s.seeds), stage="ppo",
                              key="score", k=15,

@@ -5,7 +5,7 @@
     python launch.py --sweep=configs/sweeps/study.py --workdir=runs/sweeps --dry_run       # the plan
 
 Every method sees the same N labels (the sweep scale's largest pool size,
-`mock_scale`) and starts from the same pretrained model; 3 seeds each.
+`mock_scale`) and starts from the same pretrained model; 5 seeds each.
 
 - best-of-N (the RM ranks N samples of the initial policy; KL analytic);
 - PPO against the RM with a shared value head (Ziegler) or a separate value
@@ -21,9 +21,12 @@ Every method sees the same N labels (the sweep scale's largest pool size,
 - online labels (Ziegler 2.3: N/2 offline, then N/2 collected from the
   moving policy) against offline (all N up front), PPO either way.
 
-The PPO-family methods run at `FIXED_KL` coefficients, DPO at `DPO_BETAS`,
-expert iteration at `BON_SFT_N`, so each method traces its own gold-vs-KL
-curve. Every run's eval adds a held-out mock labeller (`eval.judge`: its
+The PPO-family methods run at `Study.fixed_kl` coefficients and evaluate
+their policy every 25 updates (`eval.ppo_snapshots`); DPO runs a beta ladder
+(`Study.dpo_betas`), likelihood/unlikelihood an alpha ladder
+(`Study.ul_alphas`), expert iteration at `Study.bon_sft_n`; so each method
+traces its own gold-vs-KL frontier, and `rlhf_jax.experiments.study_table`
+compares methods at fixed KL budgets on those frontiers. Every run's eval adds a held-out mock labeller (`eval.judge`: its
 own noise draw and seed, and a penalty per bad word the training labeller
 does not weigh) that compares each policy's responses to the initial
 policy's, since the papers' policies were judged by the labellers who
@@ -37,14 +40,15 @@ Figure: `results/study/study.{png,csv}` (CSV: the sweep CSV format).
 import dataclasses
 
 from configs.sweeps import mock_scale
-from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Ref, Sweep, eval_point, grid,
-                                        last_metric, seeds_of)
+from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Ref, Sweep, eval_point,
+                                        eval_trajectory, grid, last_metric, seeds_of)
 
 
 @dataclasses.dataclass(frozen=True)
 class Study:
     fixed_kl: tuple[float, ...]  # KL coefficients of the PPO-family runs
     dpo_betas: tuple[float, ...]
+    ul_alphas: tuple[float, ...]  # weight of the unlikelihood term
     bon_sft_n: tuple[int, ...]
     bon_sft_queries: int
     rloo_k: int
@@ -53,10 +57,12 @@ class Study:
     span_noise: float  # the training span labeller's miss and flip probability
 
 
-FULL = Study(fixed_kl=(0.05, 0.2), dpo_betas=(0.1, 1.0), bon_sft_n=(4, 16), bon_sft_queries=1024,
-             rloo_k=4, token_reward_coef=0.5, online_every=50, span_noise=0.05)
-RUNLOCAL = Study(fixed_kl=(0.1,), dpo_betas=(0.1,), bon_sft_n=(4,), bon_sft_queries=32,
-                 rloo_k=4, token_reward_coef=0.5, online_every=2, span_noise=0.05)
+FULL = Study(fixed_kl=(0.05, 0.2), dpo_betas=(0.03, 0.1, 0.3, 1.0), ul_alphas=(0.3, 1.0, 3.0),
+             bon_sft_n=(4, 16), bon_sft_queries=1024, rloo_k=4, token_reward_coef=0.5,
+             online_every=50, span_noise=0.05)
+RUNLOCAL = Study(fixed_kl=(0.1,), dpo_betas=(0.1,), ul_alphas=(1.0,), bon_sft_n=(4,),
+                 bon_sft_queries=32, rloo_k=4, token_reward_coef=0.5, online_every=2,
+                 span_noise=0.05)
 
 JUDGE = {"eval.judge.enabled": True}
 PG = (("PPO, shared value", "study-ppo", {}),
@@ -101,7 +107,7 @@ def rm_runs(s, st, *, token: bool) -> list:
 def _ppo_overrides(s, coef) -> dict:
     return {**mock_scale._from_base(s), **_eval(s), "stages": "ppo,eval",
             "ppo.batch_size": s.ppo_batch, "ppo.total_episodes": s.ppo_batch * s.ppo_updates,
-            "ppo.log_every": 1, "ppo.checkpoint_every": 20, "kl.adaptive": False,
+            "ppo.log_every": 1, **mock_scale.snapshots(s), "kl.adaptive": False,
             "kl.coef": coef}
 
 
@@ -145,11 +151,24 @@ def method_runs(s, st) -> dict:
         f"study-dpo-beta{b:g}", s.config, s.seeds,
         {**_labels(s, s.max_labels), "stages": "labels,dpo,eval", "dpo.beta": b,
          "dpo.lr": s.dpo_lr, "dpo.batch_size": s.ppo_batch})) for b in st.dpo_betas])
-    out["likelihood + unlikelihood on spans"] = ("ul", [("study-ul", grid(
-        "study-ul", s.config, s.seeds,
+    out["likelihood + unlikelihood on spans"] = ("ul", [(_ul_name(a), grid(
+        _ul_name(a), s.config, s.seeds,
         {**_labels(s, s.max_labels), **_spans(st), "stages": "labels,ul,eval",
-         "ul.batch_size": s.ppo_batch}))])
+         "ul.batch_size": s.ppo_batch, "ul.alpha": a})) for a in st.ul_alphas])
     return out
+
+
+def _ul_name(alpha):
+    # alpha 1 keeps the name of the earlier single-alpha runs.
+    return "study-ul" if alpha == 1.0 else f"study-ul-alpha{alpha:g}"
+
+
+def _setting(name: str) -> str:
+    """The label a point carries: the run name's setting (kl0.05 -> beta=0.05)."""
+    for tag, label in (("-kl", "beta="), ("-beta", "beta="), ("-n", "N="), ("-alpha", "alpha=")):
+        if tag in name:
+            return label + name.rsplit(tag, 1)[1]
+    return "alpha=1" if name == "study-ul" else ""
 
 
 def get_sweep(arg=None):
@@ -168,11 +187,15 @@ def get_sweep(arg=None):
 
     def curves(y):
         out = [Curve("best-of-N (RM-ranked; KL analytic)",
-                     tuple(Points(rm_seeds, eval_point(f"best_of_{n}", "kl", y))
-                           for n in s.best_of_n))]
+                     tuple(Points(rm_seeds, eval_point(f"best_of_{n}", "kl", y),
+                                  setting=f"N={n}") for n in s.best_of_n))]
         for label, (row, groups) in methods.items():
-            out.append(Curve(label, tuple(Points(seeds_of(name, s.seeds), eval_point(row, "kl", y))
-                                          for name, _ in groups), line=len(groups) > 1))
+            # PPO-family runs: every snapshot and the final policy (the frontier).
+            fn = eval_trajectory("kl", y) if row == "ppo" else eval_point(row, "kl", y)
+            out.append(Curve(label, tuple(Points(seeds_of(name, s.seeds), fn,
+                                                 setting="" if row == "ppo" else _setting(name))
+                                          for name, _ in groups),
+                             line=len(groups) > 1 and row != "ppo"))
         out.append(Curve("initial policy", (Points(rm_seeds, eval_point("initial", "kl", y)),),
                          line=False))
         return tuple(out)
@@ -184,9 +207,14 @@ def get_sweep(arg=None):
     kl = "KL(policy || initial) [nats]"
     fig = Figure("study", f"Which parts were necessary? {s.max_labels} labels for every method "
                  "(held-out eval)",
-                 (Panel("gold score vs KL", kl, "gold score", curves("gold_score")),
+                 (Panel("gold score vs KL", kl, "gold score", curves("gold_score"),
+                        xscale="sqrt"),
                   Panel("held-out judge: win rate against the initial policy", kl,
-                        "judge win rate", curves("judge_winrate")),
+                        "judge win rate", curves("judge_winrate"), xscale="sqrt"),
                   Panel("reward-model heads: held-out accuracy", "training labels",
-                        "RM held-out accuracy", head_curves, xscale="log")))
+                        "RM held-out accuracy", head_curves, xscale="log")),
+                 caption=mock_scale.GOLD + " Judge win rate: a held-out mock labeller's "
+                 "preference for the policy's response over the initial policy's. PPO-family "
+                 f"points: the policy every {s.snapshot_every} updates and at the end, at each "
+                 "beta.")
     return Sweep("study", tuple(runs), (fig,), runlocal=s.runlocal)

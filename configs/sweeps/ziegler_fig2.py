@@ -6,16 +6,27 @@
 PPO (adaptive KL, the offline default's controller) from the shared base
 model, optimising either the world gold directly (`reward=gold`) or a reward model
 trained on the first N mock best-of-4 labels of the shared pool, N in
-`mock_scale.FULL.label_counts`; 3 seeds each. Gold score against
-episodes and against KL(policy || initial), logged per update and averaged
-over blocks of 5 updates, and the final held-out evaluation. Paper: on
-mock sentiment, RMs from 2.5k-20k labels approach direct optimisation of the
-gold reward, more labels closer. Outputs: `results/ziegler_fig2/`.
+`mock_scale.FULL.label_counts`; 5 seeds each. The gold reward is normalised
+as the reward models are (`ppo.gold_normalize`: gain and bias that give it
+mean 0, std 1 on the initial policy's samples), so the KL penalty weighs the
+same against every reward. Panels: gold score against episodes (the paper's
+axis; training batches, means of blocks of 5 updates), against KL during
+training, and the held-out gold of each run's policy every 25 updates
+against its KL (sqrt axis), the frontier on which gold and RMs compare at
+equal KL:
+
+    python -m rlhf_jax.experiments.study_table results/ziegler_fig2/ziegler_fig2.csv \
+        --panel "held-out gold vs KL along training" --against "gold reward"
+
+Paper: on mock sentiment, RMs from 2.5k-20k labels approach direct
+optimisation of the gold reward, more labels closer. Outputs: `results/ziegler_fig2/`.
 """
 
 from configs.sweeps import mock_scale
-from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point, metric,
-                                        seeds_of)
+from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point,
+                                        eval_trajectory, metric, seeds_of)
+
+FRONTIER_PANEL = "held-out gold vs KL along training"
 
 
 def settings(s):
@@ -37,19 +48,24 @@ def get_sweep(arg=None):
         return tuple(Curve(label, (Points(seeds_of(name, s.seeds), metric("ppo", x, y, **kw)),))
                      for label, name, _ in sets)
 
-    final = tuple(Curve(label, (Points(seeds_of(name, s.seeds), eval_point("ppo", "kl",
-                                                                           "gold_score")),),
-                        line=False) for label, name, _ in sets)
     initial = Curve("initial policy", (Points(seeds_of("ppo-gold", s.seeds),
                                               eval_point("initial", "kl", "gold_score")),),
                     line=False)
+    held_out = tuple(Curve(label, (Points(seeds_of(name, s.seeds),
+                                          eval_trajectory("kl", "gold_score")),), fit="rl")
+                     for label, name, _ in sets)
     fig = Figure("ziegler_fig2",
-                 "Ziegler Fig. 2 style: PPO on the gold reward vs on RMs from N labels",
+                 "Ziegler Fig. 2 style: PPO on the (normalised) gold reward vs on RMs from N labels",
                  (Panel("gold score vs episodes", "episodes", "gold score",
                         curves("ppo/episodes", "objective/gold_score", window=window)),
                   Panel("gold score vs KL (training)", "KL(policy || initial) [nats]",
                         "gold score",
-                        curves("objective/kl", "objective/gold_score", window=window)),
-                  Panel("held-out eval after training", "KL(policy || initial) [nats]",
-                        "gold score", final + (initial,))))
+                        curves("objective/kl", "objective/gold_score", window=window),
+                        xscale="sqrt"),
+                  Panel(FRONTIER_PANEL, "KL(policy || initial) [nats]", "gold score",
+                        held_out + (initial,), xscale="sqrt")),
+                 caption=mock_scale.GOLD + " PPO on the gold reward optimises it normalised "
+                 "to mean 0, std 1 on the initial policy's samples, as the RMs are. Held-out "
+                 f"panel: each run's policy every {s.snapshot_every} updates and at the end; "
+                 "dashed: Gao et al.'s RL form fitted to every seed's points.")
     return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal)

@@ -1,18 +1,29 @@
-"""The study's tables from its CSV: each method's points, and which parts mattered.
+"""The study's tables from its CSV: each method's points, and which parts mattered at equal KL.
 
-    python -m rlhf_jax.experiments.study_table results/study/study.csv
+    python -m rlhf_jax.experiments.study_table results/study/study.csv [--test permutation]
+    python -m rlhf_jax.experiments.study_table CSV --panel PANEL --against CURVE   # any sweep
 
 Reads the sweep CSV that `configs/sweeps/study.py` writes (one row per
 point: x = KL, y = gold score or judge win rate, with every seed's value)
 and prints two markdown tables:
 
-- every method's points: its setting (the run name without the seed),
-  KL, gold score and the held-out judge's win rate against the initial
-  policy, each as mean [min, max] over seeds;
-- `PARTS`: each part of the pipeline against a method without it, each
-  side at its best setting by mean gold. "Beyond seed range" means every
-  seed of one side scored above every seed of the other; with 3 seeds this
-  is the only claim the study makes about a difference.
+- every method's points: its setting, KL, the gold score's seed mean with
+  its 95% bootstrap interval over seeds (`stats.bootstrap_ci`), the number
+  of seeds, the evaluation's own standard error over queries (the mean of
+  the seeds' standard errors, where the CSV has them) and the held-out
+  judge's win rate against the initial policy;
+- `PARTS`: each part of the pipeline against a method without it, at the
+  same KL: each seed's points form a frontier of gold against KL, read at
+  each budget of `frontier.BUDGETS` (`frontier`: linear in sqrt(KL), the
+  initial policy at KL 0, no extrapolation). Per row: the budget, each
+  side's mean, interval and seeds, the difference, the test's two-sided
+  p-value (Welch's t by default) and its Holm-adjusted value over every
+  row of the table. A difference is called only where the adjusted p is
+  below `ALPHA`.
+
+`--panel P --against C` reads any sweep CSV's panel P (x = KL, y = gold)
+and compares every other curve with the curve whose label starts with C
+the same way (e.g. Ziegler Fig. 2: gold-reward PPO against the RM runs).
 """
 
 from __future__ import annotations
@@ -20,10 +31,17 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import math
 import re
+
+import numpy as np
+
+from rlhf_jax.experiments import frontier, stats
 
 GOLD_PANEL = "gold score vs KL"
 JUDGE_PANEL = "held-out judge: win rate against the initial policy"
+INITIAL = "initial policy"
+ALPHA = 0.05
 
 # (what the part is, a method with it, one without it): curve labels matched by prefix.
 PARTS = (
@@ -38,7 +56,7 @@ PARTS = (
      "PPO, shared value"),
     ("span marks without RL (likelihood + unlikelihood) vs DPO",
      "likelihood + unlikelihood", "DPO"),
-    ("RLHF at all: PPO vs the initial policy", "PPO, shared value", "initial policy"),
+    ("RLHF at all: PPO vs the initial policy", "PPO, shared value", INITIAL),
 )
 
 
@@ -49,17 +67,19 @@ class Point:
     kl: float
     gold: tuple[float, ...]  # one per seed
     judge: tuple[float, ...] | None
+    kl_seeds: tuple[float, ...] = ()
+    gold_se: tuple[float, ...] | None = None  # per seed: the eval's standard error over queries
 
 
-def _floats(cell: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in cell.split(";") if v != "")
+def _floats(cell: str | None) -> tuple[float, ...]:
+    return tuple(float(v) for v in (cell or "").split(";") if v != "")
 
 
 def _setting(runs: str) -> str:
     return re.sub(r"-s\d+$", "", runs.split(";")[0])
 
 
-def read_points(path: str) -> list[Point]:
+def read_points(path: str, panel: str = GOLD_PANEL) -> list[Point]:
     """Every point of the gold panel, with the judge panel's value at the same point."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
@@ -67,14 +87,17 @@ def read_points(path: str) -> list[Point]:
         raise ValueError(f"{path}: not a sweep CSV (expected a y_seeds column)")
     judge = {(r["curve"], r["point"]): _floats(r["y_seeds"]) for r in rows
              if r["panel"] == JUDGE_PANEL}
-    gold = [r for r in rows if r["panel"] == GOLD_PANEL]
-    stems = [(r["curve"], _setting(r["runs"])) for r in gold]
-    # Points of one curve from the same runs (best-of-N's N): numbered.
-    out = [Point(r["curve"], stem if stems.count((r["curve"], stem)) == 1
-                 else f"{stem} #{r['point']}", float(r["x_mean"]), _floats(r["y_seeds"]),
-                 judge.get((r["curve"], r["point"]))) for r, (_, stem) in zip(gold, stems)]
+    gold = [r for r in rows if r["panel"] == panel]
+    stems = [(r["curve"], r.get("setting") or _setting(r["runs"])) for r in gold]
+    out = []
+    for r, (_, stem) in zip(gold, stems):
+        # Points of one curve with one setting (snapshots of one run): numbered.
+        name = stem if stems.count((r["curve"], stem)) == 1 else f"{stem} #{r['point']}"
+        out.append(Point(r["curve"], name, float(r["x_mean"]), _floats(r["y_seeds"]),
+                         judge.get((r["curve"], r["point"])), _floats(r["x_seeds"]),
+                         _floats(r.get("y_se_seeds")) or None))
     if not out:
-        raise ValueError(f"{path}: no rows of panel {GOLD_PANEL!r}; is it the study's CSV?")
+        raise ValueError(f"{path}: no rows of panel {panel!r}; is it the study's CSV?")
     return out
 
 
@@ -83,6 +106,7 @@ def _mean(xs) -> float:
 
 
 def _band(xs, digits: int = 3) -> str:
+    """mean [min, max]."""
     if xs is None:
         return "-"
     if len(xs) == 1:
@@ -90,62 +114,139 @@ def _band(xs, digits: int = 3) -> str:
     return f"{_mean(xs):.{digits}f} [{min(xs):.{digits}f}, {max(xs):.{digits}f}]"
 
 
-def best(points: list[Point], prefix: str) -> Point:
-    """The point of the first curve whose label starts with `prefix` with the highest mean gold."""
+def _ci(xs, digits: int = 3) -> str:
+    """mean [95% bootstrap interval]."""
+    ci = stats.bootstrap_ci(xs)
+    return f"{ci.mean:.{digits}f} [{ci.lo:.{digits}f}, {ci.hi:.{digits}f}]"
+
+
+def curve_of(points: list[Point], prefix: str) -> list[Point]:
+    """The points of the first curve whose label starts with `prefix`."""
     curves = [p.curve for p in points if p.curve.startswith(prefix)]
     if not curves:
         raise ValueError(f"no curve starts with {prefix!r}")
-    mine = [p for p in points if p.curve == curves[0]]
-    return max(mine, key=lambda p: _mean(p.gold))
+    return [p for p in points if p.curve == curves[0]]
 
 
-def compare(points: list[Point], with_part: str, without: str) -> dict:
-    """Best setting of each side: the gold difference of means and whether the seeds separate."""
-    a, b = best(points, with_part), best(points, without)
-    if min(len(a.gold), len(b.gold)) < 2:
-        verdict = "one seed: no range"
-    elif min(a.gold) > max(b.gold):
-        verdict = "higher, beyond seed range"
-    elif max(a.gold) < min(b.gold):
-        verdict = "lower, beyond seed range"
-    else:
-        verdict = "within seed range"
-    return {"with": a, "without": b, "diff": _mean(a.gold) - _mean(b.gold), "verdict": verdict}
+def frontiers(points: list[Point], prefix: str) -> list[frontier.Frontier]:
+    """Per seed, the curve's frontier, anchored at the initial policy's gold (KL 0)."""
+    mine = curve_of(points, prefix)
+    initial = [p for p in points if p.curve == INITIAL]
+    anchor = initial[0].gold if initial and len(initial[0].gold) == len(mine[0].gold) else None
+    return frontier.seed_frontiers([(p.kl_seeds or (p.kl,) * len(p.gold), p.gold)
+                                    for p in mine], anchor)
+
+
+def _at(points: list[Point], prefix: str, budget: float) -> np.ndarray:
+    if prefix == INITIAL:  # KL 0 only: the gain of the other side at this budget
+        return np.asarray(curve_of(points, INITIAL)[0].gold, np.float64)
+    return frontier.at_budget(frontiers(points, prefix), budget)
+
+
+def compare(points: list[Point], with_part: str, without: str,
+            budgets=frontier.BUDGETS, test: str = "welch") -> list[dict]:
+    """Per KL budget: each side's per-seed gold (its frontier read there), the
+    difference of means and the test's p-value (NaN where a side did not reach
+    the budget on every seed, or has fewer than 2 seeds)."""
+    out = []
+    for b in budgets:
+        a, o = _at(points, with_part, b), _at(points, without, b)
+        row = {"budget": b, "with": a, "without": o, "diff": float("nan"), "p": float("nan")}
+        if np.all(np.isfinite(a)) and np.all(np.isfinite(o)):
+            row["diff"] = float(a.mean() - o.mean())
+            if min(len(a), len(o)) >= 2:
+                row["p"] = stats.p_value(a, o, test)
+        out.append(row)
+    return out
 
 
 def methods_table(points: list[Point]) -> str:
-    lines = ["| method | setting | KL | gold mean [min, max] | judge win rate |",
-             "|---|---|---|---|---|"]
+    lines = ["| method | setting | KL | gold mean [95% CI] | n seeds | eval s.e. | "
+             "judge win rate mean [min, max] |", "|---|---|---|---|---|---|---|"]
     for p in points:
-        lines.append(f"| {p.curve} | {p.setting} | {p.kl:.2f} | {_band(p.gold)} | "
-                     f"{_band(p.judge, 2)} |")
+        se = "-" if p.gold_se is None else f"{_mean(p.gold_se):.3f}"
+        lines.append(f"| {p.curve} | {p.setting} | {p.kl:.2f} | {_ci(p.gold)} | {len(p.gold)} | "
+                     f"{se} | {_band(p.judge, 2)} |")
     return "\n".join(lines)
 
 
-def parts_table(points: list[Point], parts=PARTS) -> str:
-    lines = ["| part | with it (best setting) | without it (best setting) | gold difference |",
-             "|---|---|---|---|"]
+def parts_rows(points: list[Point], parts=PARTS, budgets=frontier.BUDGETS,
+               test: str = "welch") -> list[dict]:
+    """Every (part, budget) comparison with its Holm-adjusted p over all of them."""
+    rows = []
     for what, with_part, without in parts:
         try:
-            c = compare(points, with_part, without)
+            cmp = compare(points, with_part, without, budgets, test)
         except ValueError as e:  # a partial sweep: say which curve is missing
-            lines.append(f"| {what} | - | - | {e} |")
+            rows.append({"part": what, "error": str(e)})
             continue
-        a, b = c["with"], c["without"]
-        lines.append(f"| {what} | {a.setting}: {_band(a.gold)} at KL {a.kl:.2f} | "
-                     f"{b.setting}: {_band(b.gold)} at KL {b.kl:.2f} | "
-                     f"{c['diff']:+.3f}, {c['verdict']} |")
+        rows.extend({"part": what, "with_name": with_part, "without_name": without, **c}
+                    for c in cmp)
+    tested = [r for r in rows if "error" not in r]
+    for r, adj in zip(tested, stats.holm([r["p"] for r in tested])):
+        r["p_holm"] = adj
+    return rows
+
+
+def _verdict(r: dict) -> str:
+    if math.isnan(r["diff"]):
+        return "not compared: a side did not reach this KL on every seed"
+    if math.isnan(r["p"]):
+        return "not tested: fewer than 2 seeds"
+    if r["p_holm"] < ALPHA:
+        return "higher" if r["diff"] > 0 else "lower"
+    return f"no difference shown (adjusted p >= {ALPHA:g})"
+
+
+def parts_table(points: list[Point], parts=PARTS, budgets=frontier.BUDGETS,
+                test: str = "welch") -> str:
+    lines = [f"| part | KL | with it: mean [95% CI] (n) | without it: mean [95% CI] (n) | "
+             f"difference | {test} p | Holm p | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in parts_rows(points, parts, budgets, test):
+        if "error" in r:
+            lines.append(f"| {r['part']} | - | - | - | - | - | - | {r['error']} |")
+            continue
+
+        def side(v):
+            return (f"{_ci(v)} ({len(v)})" if np.all(np.isfinite(v))
+                    else f"not reached ({int(np.sum(np.isfinite(v)))} of {len(v)} seeds)")
+
+        p = "-" if math.isnan(r["p"]) else f"{r['p']:.3g}"
+        ph = "-" if math.isnan(r.get("p_holm", float("nan"))) else f"{r['p_holm']:.3g}"
+        diff = "-" if math.isnan(r["diff"]) else f"{r['diff']:+.3f}"
+        lines.append(f"| {r['part']} | {r['budget']:g} | {side(r['with'])} | "
+                     f"{side(r['without'])} | {diff} | {p} | {ph} | {_verdict(r)} |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("csv", help="the study's CSV (results/study/study.csv)")
+    parser.add_argument("--test", default="welch", choices=stats.TESTS,
+                        help="the two-sided test of each comparison (Holm-corrected)")
+    parser.add_argument("--panel", default=GOLD_PANEL, help="the panel of gold against KL")
+    parser.add_argument("--against", default=None,
+                        help="compare every curve of the panel with the one whose label starts "
+                             "with this (default: the study's PARTS)")
+    parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in frontier.BUDGETS),
+                        help="KL budgets in nats, comma-separated")
     args = parser.parse_args(argv)
-    points = read_points(args.csv)
+    try:
+        budgets = tuple(float(b) for b in args.budgets.split(","))
+        points = read_points(args.csv, args.panel)
+        parts = PARTS if args.against is None else against(points, args.against)
+    except ValueError as e:
+        parser.error(str(e))
     print(methods_table(points))
     print()
-    print(parts_table(points))
+    print(parts_table(points, parts, budgets, test=args.test))
+
+
+def against(points: list[Point], prefix: str) -> tuple:
+    """PARTS-like rows: every curve but the initial policy against curve `prefix`."""
+    base = curve_of(points, prefix)[0].curve
+    curves = list(dict.fromkeys(p.curve for p in points))
+    return tuple((f"{c} vs {base}", c, base) for c in curves if c not in (base, INITIAL))
 
 
 if __name__ == "__main__":

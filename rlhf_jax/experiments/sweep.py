@@ -80,16 +80,24 @@ class Run:
         return sorted({r.run for r in refs + list(self.copies.values())})
 
 
-# An extractor: run workdir -> (x_X, y_X), the points one seed contributes.
-Extractor = Callable[[str], tuple[np.ndarray, np.ndarray]]
+# An extractor: run workdir -> (x_X, y_X) or (x_X, y_X, y_se_X), the points one
+# seed contributes (y_se: the evaluation's standard error over its queries).
+# The extractors below carry a `source` attribute: what they read, and how it
+# is smoothed; the CSV records it per point.
+Extractor = Callable[[str], tuple[np.ndarray, ...]]
 
 
 @dataclasses.dataclass(frozen=True)
 class Points:
-    """Points from one group of runs (one per seed), aggregated index by index."""
+    """Points from one group of runs (one per seed), aggregated index by index.
+
+    `setting`: the setting these points stand for ("beta=0.3", "N=16"), in
+    the CSV and written beside the points in the figure; "" for none.
+    """
 
     runs: tuple[str, ...]
     fn: Extractor
+    setting: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +108,12 @@ class Curve:
     # x order, one `Points`' in logged order); False: markers with min-max
     # error bars (settings with no order between them).
     line: bool = True
+    # Gao et al.'s form fitted to every seed's points and drawn: "bon" or "rl"
+    # (`rlhf_jax.experiments.gao`), the gain over the panel's `fit_base` curve.
+    fit: str | None = None
+    # Each seed's own line instead of the seed mean (numbers whose scale
+    # differs by seed, e.g. each seed's own reward model's score).
+    per_seed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +122,10 @@ class Panel:
     xlabel: str
     ylabel: str
     curves: tuple[Curve, ...]
+    # "linear", "log" (ticks at the plotted values) or "sqrt" (KL spanning decades:
+    # sqrt(KL) is the axis of Gao et al.'s forms, and keeps KL 0).
     xscale: str = "linear"
+    fit_base: str = "initial policy"  # the curve whose mean y is the fits' zero gain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +133,9 @@ class Figure:
     name: str  # file stem of the PNG and CSV
     title: str
     panels: tuple[Panel, ...]
+    # Printed under the figure: what its numbers are (e.g. what "gold score"
+    # means). The aggregation adds the seeds, the band and the smoothing.
+    caption: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +218,11 @@ def metric(stage: str, x: str, y: str, first: int | None = None, window: int = 1
         n = len(rows) // window * window
         return (x_N[:n].reshape(-1, window).mean(1), y_N[:n].reshape(-1, window).mean(1))
 
+    fn.source = (f"{stage} log: {x} vs {y}, " + ("each logged row" if window <= 1 else
+                 f"means of blocks of {window} consecutive logged rows"))
+    fn.smoothing = (f"training log ({stage}), " + ("each logged update" if window <= 1 else
+                    f"means of blocks of {window} consecutive logged updates"))
+    fn.window = window
     return fn
 
 
@@ -210,19 +235,55 @@ def last_metric(stage: str, y: str, x: float) -> Extractor:
             raise ValueError(f"{workdir}: no {stage} row with {y!r}")
         return np.asarray([x], np.float64), np.asarray([rows[-1][y]], np.float64)
 
+    fn.source = f"{stage} log: last {y}"
+    fn.smoothing = f"the last {stage} log row"
+    fn.window = 1
     return fn
 
 
+def _eval_json(workdir: str) -> tuple[str, dict]:
+    path = os.path.join(workdir, "eval.json")
+    with open(path) as f:
+        return path, json.load(f)
+
+
+def _eval_rows(path: str, res: dict, policies: Sequence[str], x: str, y: str):
+    for p in policies:
+        if p not in res or x not in res[p] or y not in res[p]:
+            raise ValueError(f"{path}: no {p!r} row with {x!r} and {y!r}")
+    se = [res[p].get(f"{y}_se", float("nan")) for p in policies]
+    return (np.asarray([res[p][x] for p in policies], np.float64),
+            np.asarray([res[p][y] for p in policies], np.float64), np.asarray(se, np.float64))
+
+
 def eval_point(policy: str, x: str, y: str) -> Extractor:
-    """One point from eval.json: (`x`, `y`) of `policy` (initial, ppo, dpo, best_of_N)."""
+    """One point from eval.json: (`x`, `y`, y's standard error over queries) of
+    `policy` (initial, ppo, dpo, best_of_N)."""
 
     def fn(workdir):
-        path = os.path.join(workdir, "eval.json")
-        with open(path) as f:
-            res = json.load(f)
-        if policy not in res or x not in res[policy] or y not in res[policy]:
-            raise ValueError(f"{path}: no {policy!r} row with {x!r} and {y!r}")
-        return (np.asarray([res[policy][x]], np.float64),
-                np.asarray([res[policy][y]], np.float64))
+        return _eval_rows(*_eval_json(workdir), [policy], x, y)
 
+    fn.source = f"eval.json: {policy} {x} vs {y}"
+    fn.smoothing = "held-out evaluation, no smoothing"
+    fn.window = 1
+    return fn
+
+
+def snapshot_updates(res: dict, prefix: str = "ppo") -> list[int]:
+    """The PPO updates eval.json holds snapshots of (`ppo@<update>`), ascending."""
+    return sorted(int(k.split("@", 1)[1]) for k in res if k.startswith(prefix + "@"))
+
+
+def eval_trajectory(x: str, y: str, prefix: str = "ppo") -> Extractor:
+    """One point per evaluated PPO snapshot (`ppo@<update>`, `eval.ppo_snapshots`)
+    in update order, then the final policy (`ppo`): the run's held-out frontier."""
+
+    def fn(workdir):
+        path, res = _eval_json(workdir)
+        names = [f"{prefix}@{u}" for u in snapshot_updates(res, prefix)] + [prefix]
+        return _eval_rows(path, res, names, x, y)
+
+    fn.source = f"eval.json: {prefix}@<update> snapshots then {prefix}, {x} vs {y}"
+    fn.smoothing = "held-out evaluation of saved policies, no smoothing"
+    fn.window = 1
     return fn

@@ -6,13 +6,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
+import subprocess
+import textwrap
 
 import numpy as np
 
-from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, RUNS_DIR, Sweep, TopSamples
+from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, RUNS_DIR, Curve, Figure, Panel, Points,
+                                        Sweep, TopSamples)
+
+# The code that turns runs into CSVs and tables: its hash is in every provenance record.
+AGGREGATION_CODE = ("sweep.py", "sweep_aggregate.py", "gao.py", "stats.py", "frontier.py")
 
 # --------------------------------------------------------------------------
 # Aggregation.
@@ -27,51 +34,136 @@ class CurveData:
     x_XxZ: np.ndarray  # points x seeds
     y_XxZ: np.ndarray
     runs_XxZ: list[tuple[str, ...]]
+    se_XxZ: np.ndarray | None = None  # y's evaluation standard error (NaN: not measured)
+    settings_X: list[str] = dataclasses.field(default_factory=list)
+    sources_X: list[str] = dataclasses.field(default_factory=list)
 
 
-def _aggregate_points(pts: Points, runs_dir: str) -> tuple[np.ndarray, np.ndarray]:
-    xs, ys = [], []
+def _aggregate_points(pts: Points, runs_dir: str):
+    xs, ys, ses = [], [], []
     for r in pts.runs:
-        x, y = pts.fn(os.path.join(runs_dir, r))
-        xs.append(np.asarray(x, np.float64))
-        ys.append(np.asarray(y, np.float64))
+        out = pts.fn(os.path.join(runs_dir, r))
+        x, y = (np.asarray(v, np.float64) for v in out[:2])
+        xs.append(x)
+        ys.append(y)
+        ses.append(np.asarray(out[2], np.float64) if len(out) > 2 else np.full(len(y), np.nan))
     n = min(len(x) for x in xs)  # a seed that logged fewer points bounds the curve
-    return (np.stack([x[:n] for x in xs], 1), np.stack([y[:n] for y in ys], 1))
+    return tuple(np.stack([v[:n] for v in vs], 1) for vs in (xs, ys, ses))
 
 
 def curve_data(curve: Curve, runs_dir: str) -> CurveData:
-    xs, ys, runs = [], [], []
+    xs, ys, ses, runs, settings, sources = [], [], [], [], [], []
     for pts in curve.points:
-        x_XxZ, y_XxZ = _aggregate_points(pts, runs_dir)
+        x_XxZ, y_XxZ, se_XxZ = _aggregate_points(pts, runs_dir)
         xs.append(x_XxZ)
         ys.append(y_XxZ)
+        ses.append(se_XxZ)
         runs.extend([pts.runs] * len(x_XxZ))
+        settings.extend([pts.setting] * len(x_XxZ))
+        sources.extend([getattr(pts.fn, "source", "")] * len(x_XxZ))
     seeds = {x.shape[1] for x in xs}
     if len(seeds) != 1:
         raise ValueError(f"curve {curve.label!r}: its points have different seed counts {seeds}")
-    return CurveData(curve.label, curve.line, np.concatenate(xs), np.concatenate(ys), runs)
+    return CurveData(curve.label, curve.line, np.concatenate(xs), np.concatenate(ys), runs,
+                     np.concatenate(ses), settings, sources)
 
 
-CSV_FIELDS = ("figure", "panel", "curve", "point", "x_mean", "x_min", "x_max", "y_mean",
-              "y_min", "y_max", "y_std", "num_seeds", "x_seeds", "y_seeds", "runs")
+# Fixed columns; then one `set:<field>` column per config override that
+# differs between the figure's runs (the settings, from each run's
+# sweep_run.json), seeds excluded: they have their own column.
+CSV_FIELDS = ("figure", "panel", "curve", "point", "setting", "x_mean", "x_min", "x_max",
+              "y_mean", "y_min", "y_max", "y_std", "num_seeds", "seeds", "x_seeds", "y_seeds",
+              "y_se_seeds", "runs", "source")
+SETTING_PREFIX = "set:"
 
 
-def _csv_rows(fig: Figure, panel: Panel, data: CurveData) -> list[dict]:
+def run_overrides(runs_dir: str, name: str) -> dict:
+    """The overrides run `name` was started with (its sweep_run.json), {} if none."""
+    path = os.path.join(runs_dir, name, RUN_RECORD)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f).get("overrides", {})
+
+
+def _cell(v) -> str:
+    if isinstance(v, dict) and "ref" in v:  # a Ref: the run and path it names
+        return "/".join(x for x in v["ref"] if x)
+    if isinstance(v, (list, tuple)):
+        return " ".join(_cell(x) for x in v)
+    return str(v)
+
+
+def _csv_rows(fig: Figure, panel: Panel, data: CurveData, overrides: dict) -> list[dict]:
     rows = []
     for p in range(len(data.x_XxZ)):
-        x, y = data.x_XxZ[p], data.y_XxZ[p]
-        rows.append({
+        x, y, se = data.x_XxZ[p], data.y_XxZ[p], data.se_XxZ[p]
+        runs = data.runs_XxZ[p]
+        row = {
             "figure": fig.name, "panel": panel.title, "curve": data.label, "point": p,
+            "setting": data.settings_X[p],
             "x_mean": _g(x.mean()), "x_min": _g(x.min()), "x_max": _g(x.max()),
             "y_mean": _g(y.mean()), "y_min": _g(y.min()), "y_max": _g(y.max()),
             "y_std": _g(y.std()), "num_seeds": len(y),
+            "seeds": ";".join(_cell(overrides.get(r, {}).get("seed", "")) for r in runs),
             "x_seeds": ";".join(_g(v) for v in x), "y_seeds": ";".join(_g(v) for v in y),
-            "runs": ";".join(data.runs_XxZ[p])})
+            "y_se_seeds": "" if np.all(np.isnan(se)) else ";".join(_g(v) for v in se),
+            "runs": ";".join(runs), "source": data.sources_X[p]}
+        fields = sorted({k for r in runs for k in overrides.get(r, {})} - {"seed"})
+        for k in fields:
+            values = [_cell(overrides.get(r, {}).get(k, "")) for r in runs]
+            row[SETTING_PREFIX + k] = values[0] if len(set(values)) == 1 else ";".join(values)
+        rows.append(row)
     return rows
+
+
+def _varying(rows: list[dict]) -> list[str]:
+    """The `set:` columns whose value is not the same on every row."""
+    keys = sorted({k for r in rows for k in r if k.startswith(SETTING_PREFIX)})
+    return [k for k in keys if len({r.get(k, "") for r in rows}) > 1]
 
 
 def _g(v) -> str:
     return f"{float(v):.6g}"
+
+
+SQRT_TICKS = (0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320)
+
+
+def _sqrt_scale(ax, xmin: float, xmax: float) -> None:
+    """An x axis linear in sqrt(x) (signed: a KL estimate can dip below 0), ticked at
+    the KL budgets (and finer or coarser values), at least 1/7 of the axis apart."""
+    ax.set_xscale("function", functions=(lambda v: np.sign(v) * np.sqrt(np.abs(v)),
+                                         lambda v: np.sign(v) * v * v))
+    span = math.sqrt(max(xmax, 1e-6))
+    ticks = [0.0]
+    for t in SQRT_TICKS[1:]:
+        if t <= xmax * 1.1 and math.sqrt(t) - math.sqrt(ticks[-1]) >= span / 7:
+            ticks.append(t)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    # A margin in sqrt space on both sides, so no point sits on the frame.
+    lo = -(math.sqrt(max(-xmin, 0.0)) + 0.04 * span) ** 2
+    ax.set_xlim(lo, (1.05 * span) ** 2)
+
+
+def _draw_fit(ax, curve: Curve, data: CurveData, base: float | None, color: str) -> str | None:
+    """Gao et al.'s `curve.fit` form through every seed's points, drawn dashed; its label."""
+    from rlhf_jax.experiments import gao
+
+    if curve.fit is None or base is None:
+        return None
+    kl, y = np.maximum(data.x_XxZ.ravel(), 0.0), data.y_XxZ.ravel() - base
+    try:
+        f = gao.fit(kl, y, curve.fit)
+    except ValueError:  # too few distinct KL values to fit two parameters
+        return None
+    d = np.linspace(0.0, np.sqrt(kl.max()), 100)
+    second = d * d if curve.fit == "bon" else np.where(d > 0, d * np.log(np.maximum(d, 1e-12)),
+                                                       0.0)
+    ax.plot(d * d, base + f.a * d - f.b * second, "--", color=color, lw=1.2, alpha=0.8)
+    return (f"Gao fit d(a - b {'d' if curve.fit == 'bon' else 'log d'}): a={f.a:.2f}, "
+            f"b={f.b:.2f}, R^2={f.r2:.2f}")
 
 
 def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
@@ -79,58 +171,91 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure as MplFigure
 
-    cols = min(len(fig.panels), 3)
+    cols = min(len(fig.panels), 2)
     nrows = math.ceil(len(fig.panels) / cols)
-    mfig = MplFigure(figsize=(5.2 * cols, 3.9 * nrows))
-    rows = []
+    # Each panel's legend sits to its right, outside the data.
+    mfig = MplFigure(figsize=(8.4 * cols, 4.3 * nrows + 1.2))
+    names = {r for panel in fig.panels for c in panel.curves for pts in c.points for r in pts.runs}
+    overrides = {r: run_overrides(runs_dir, r) for r in names}
+    rows, sources, seeds = [], set(), set()
     for i, panel in enumerate(fig.panels):
         ax = mfig.add_subplot(nrows, cols, i + 1)
-        xs_seen = set()
-        for j, curve in enumerate(panel.curves):
-            data = curve_data(curve, runs_dir)
-            rows.extend(_csv_rows(fig, panel, data))
+        datas = [curve_data(curve, runs_dir) for curve in panel.curves]
+        base = next((float(d.y_XxZ.mean()) for d in datas if d.label == panel.fit_base), None)
+        xs_seen, xs_all = set(), [0.0]
+        for j, (curve, data) in enumerate(zip(panel.curves, datas)):
+            rows.extend(_csv_rows(fig, panel, data, overrides))
+            sources.update(getattr(pts.fn, "smoothing", "") for pts in curve.points)
+            seeds.add(data.y_XxZ.shape[1])
             x, y = data.x_XxZ.mean(1), data.y_XxZ.mean(1)
             xs_seen.update(float(v) for v in x)
+            xs_all.extend(float(v) for v in data.x_XxZ.ravel() if np.isfinite(v))
             lo, hi = data.y_XxZ.min(1), data.y_XxZ.max(1)
             color = f"C{j % 10}"
             label = f"{data.label} (n={data.y_XxZ.shape[1]})"
-            if data.line:
-                # Points from several settings join in x order; one run group's
-                # points (a training trajectory) keep their logged order.
-                order = (np.argsort(x, kind="stable") if len(curve.points) > 1
-                         else np.arange(len(x)))
+            # Points from several settings join in x order; one run group's
+            # points (a training trajectory) keep their logged order.
+            order = (np.argsort(x, kind="stable") if len(curve.points) > 1
+                     else np.arange(len(x)))
+            if curve.per_seed:
+                for z in range(data.y_XxZ.shape[1]):
+                    ax.plot(data.x_XxZ[order, z], data.y_XxZ[order, z], "-", color=color,
+                            lw=1, alpha=0.7, label=f"{data.label}, each seed" if z == 0 else None)
+            elif data.line:
                 x, y, lo, hi = x[order], y[order], lo[order], hi[order]
                 ax.plot(x, y, "-o", color=color, markersize=3, label=label)
-                if np.all(np.diff(x) >= 0):
+                if len(x) >= 3 and np.all(np.diff(x) >= 0):
                     ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
-                else:  # x turns back (KL along training): a band would fold over
+                else:  # few points, or x turns back (KL along training): bars, not a band
                     ax.errorbar(x, y, yerr=np.stack([y - lo, hi - y]), fmt="none",
-                                color=color, alpha=0.35)
+                                color=color, alpha=0.5, capsize=2)
             else:
                 ax.errorbar(x, y, yerr=np.stack([y - lo, hi - y]), fmt="o", color=color,
                             capsize=3, label=label)
+            for p, setting in enumerate(data.settings_X):
+                if setting:
+                    ax.annotate(setting, (data.x_XxZ[p].mean(), data.y_XxZ[p].mean()),
+                                textcoords="offset points", xytext=(4, 4), fontsize="x-small",
+                                color=color)
+            fit = _draw_fit(ax, curve, data, base, color)
+            if fit:
+                ax.plot([], [], "--", color=color, label=fit)
         ax.set_title(panel.title, fontsize="medium")
-        ax.set_xlabel(panel.xlabel)
+        ax.set_xlabel(panel.xlabel + (" (sqrt scale)" if panel.xscale == "sqrt" else ""))
         ax.set_ylabel(panel.ylabel)
-        ax.set_xscale(panel.xscale)
+        if panel.xscale == "sqrt":
+            _sqrt_scale(ax, min(xs_all), max(xs_all))
+        else:
+            ax.set_xscale(panel.xscale)
         if panel.xscale == "log":  # the grid's own values as plain tick labels
             ticks = sorted(xs_seen)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.minorticks_off()
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="x-small")
-    mfig.suptitle(f"{fig.title}\n(mean over seeds; band / bars: min-max across seeds)",
-                  fontsize="medium")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small",
+                  borderaxespad=0.0)
+    smoothing = "; ".join(sorted(s for s in sources if s))
+    caption = (f"Mean over {'/'.join(str(n) for n in sorted(seeds))} seeds (n per curve in the "
+               f"legend); band or bars: min-max across seeds. Points: {smoothing}.")
+    if fig.caption:
+        caption = fig.caption + " " + caption
+    mfig.suptitle(fig.title, fontsize="medium")
+    mfig.text(0.01, 0.01, _wrap(caption, 40 * cols + 60), fontsize="x-small", va="bottom")
     FigureCanvasAgg(mfig)
-    mfig.tight_layout()
+    mfig.tight_layout(rect=(0, 0.12 / nrows, 1, 1))
     png = os.path.join(out_dir, f"{fig.name}.png")
     mfig.savefig(png, dpi=100)
     path = os.path.join(out_dir, f"{fig.name}.csv")
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        w = csv.DictWriter(f, fieldnames=CSV_FIELDS + tuple(_varying(rows)),
+                           extrasaction="ignore", restval="")
         w.writeheader()
         w.writerows(rows)
     return [png, path]
+
+
+def _wrap(text: str, width: int) -> str:
+    return "\n".join(textwrap.wrap(text, width * 2))
 
 
 def write_top_samples(text: TopSamples, runs_dir: str, out_dir: str) -> str:
@@ -166,14 +291,56 @@ def write_top_samples(text: TopSamples, runs_dir: str, out_dir: str) -> str:
     return out
 
 
-def aggregate(sweep: Sweep, workdir: str) -> list[str]:
-    """Every figure (PNG + CSV) and text of `sweep` into `workdir/<sweep>/`; their paths."""
+def aggregation_code_hash() -> str:
+    """sha256 over the aggregation modules' sources (`AGGREGATION_CODE`), first 16 hex."""
+    h = hashlib.sha256()
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in AGGREGATION_CODE:
+        with open(os.path.join(here, name), "rb") as f:
+            h.update(name.encode() + b"\0" + f.read())
+    return h.hexdigest()[:16]
+
+
+def git_commit() -> dict:
+    """{"commit": HEAD or None, "dirty": uncommitted changes outside results/}."""
+    def git(*args):
+        out = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def provenance(sweep: Sweep, workdir: str, command: str | None) -> dict:
+    """What produced a sweep's outputs: commit, command, seeds, smoothing, code."""
+    runs_dir = os.path.join(workdir, RUNS_DIR)
+    seeds = sorted({run.overrides["seed"] for run in sweep.runs if "seed" in run.overrides})
+    smoothing = {}
+    for fig in sweep.figures:
+        smoothing[fig.name] = sorted({
+            f"{getattr(pts.fn, 'source', '?')} (window {getattr(pts.fn, 'window', 1)})"
+            for panel in fig.panels for c in panel.curves for pts in c.points})
+    return {"sweep": sweep.name, "runlocal": sweep.runlocal, **git_commit(),
+            "command": command, "seeds": seeds, "smoothing": smoothing,
+            "aggregation_code": aggregation_code_hash(),
+            "runs": {run.name: run_overrides(runs_dir, run.name) for run in sweep.runs}}
+
+
+def aggregate(sweep: Sweep, workdir: str, command: str | None = None) -> list[str]:
+    """Every figure (PNG + CSV + `<name>.csv.json`, the provenance record) and text of
+    `sweep` into `workdir/<sweep>/`; their paths."""
     runs_dir = os.path.join(workdir, RUNS_DIR)
     out_dir = os.path.join(workdir, sweep.name)
     os.makedirs(out_dir, exist_ok=True)
+    record = provenance(sweep, workdir, command)
     paths = []
     for fig in sweep.figures:
-        paths.extend(draw_figure(fig, runs_dir, out_dir))
+        png, path = draw_figure(fig, runs_dir, out_dir)
+        side = path + ".json"
+        with open(side, "w") as f:
+            json.dump({"csv": os.path.basename(path), **record}, f, indent=1, sort_keys=True)
+        paths.extend([png, path, side])
     for text in sweep.texts:
         paths.append(write_top_samples(text, runs_dir, out_dir))
     return paths

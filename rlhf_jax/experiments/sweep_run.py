@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any, Callable
 from rlhf_jax import config_check, config_lib, members as members_lib, pipeline
 from rlhf_jax.experiments.sweep import (LOCK_FILE, LOCK_POLL_S, Ref, REPO, Run, RUN_RECORD,
                                         RUNS_DIR, Sweep)
-from rlhf_jax.experiments.sweep_aggregate import aggregate
+from rlhf_jax.experiments.sweep_aggregate import aggregate, provenance
 from rlhf_jax.infra import compile_cache
 from rlhf_jax.infra.files import write_json_atomic
 
@@ -305,11 +306,17 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
             continue
         pending = [(r, c) for r, c in pending if r.name not in summary_runs]
     out_dir = os.path.join(workdir, sweep.name)
-    outputs = aggregate(sweep, workdir)
+    command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
+    outputs = aggregate(sweep, workdir, command)
+    prov = provenance(sweep, workdir, command)
     summary = {"sweep": sweep.name, "runlocal": sweep.runlocal,
+               **{k: prov[k] for k in ("commit", "dirty", "command", "seeds", "smoothing",
+                                       "aggregation_code")},
                "wall_seconds_this_launch": round(time.time() - t0, 1),
                "run_seconds_total": round(sum(r["seconds"] or 0 for r in summary_runs.values()), 1),
-               "runs": summary_runs, "outputs": [os.path.basename(p) for p in outputs]}
+               "runs": {name: {**r, "overrides": prov["runs"].get(name, {})}
+                        for name, r in summary_runs.items()},
+               "outputs": [os.path.basename(p) for p in outputs]}
     write_json_atomic(os.path.join(out_dir, "summary.json"), summary)
     if results_dir and not sweep.runlocal:
         dest = os.path.join(results_dir, sweep.name)

@@ -241,6 +241,14 @@ class Checkpointer:
             "refusing to start the stage from scratch over them. Errors: "
             + " | ".join(errors))
 
+    def read(self, step: int) -> tuple[Any, dict]:
+        """`(state, meta)` of a saved `step` as saved (nested dicts of arrays, no
+        target needed): for reading parts of it, e.g. the policy of a PPO step."""
+        self.wait()
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            STATE_ITEM: ocp.args.StandardRestore(), META_ITEM: ocp.args.JsonRestore()}))
+        return restored[STATE_ITEM], dict(restored[META_ITEM])
+
     def _quarantine(self, steps: list[int]) -> None:
         """Moves bad step directories aside so later saves can reuse the steps."""
         if jax.process_index() == 0:

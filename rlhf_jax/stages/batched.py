@@ -24,7 +24,7 @@ from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.labelling.labelers import GOLDS, make_gold
 from rlhf_jax.stages import rollout, supervised
-from rlhf_jax.stages.context import Context
+from rlhf_jax.stages.context import Context, stage_key
 
 
 def _sampler(ctx: Context, model, greedy: bool = False) -> Callable:
@@ -96,6 +96,48 @@ def gold_function(ctx: Context) -> Callable | None:
         return judge(texts)
 
     return gold
+
+
+# Fold-in offset of the gold normalisation's samples in the ppo stage's key.
+_GOLD_NORM_STREAM = 1 << 21
+
+
+def ppo_gold_function(ctx: Context, policy_model, policy_params) -> Callable | None:
+    """`gold_function(ctx)` for the PPO stage. With `ppo.reward_source="gold"` and
+    `ppo.gold_normalize`, it carries `reward_gain_bias`: the gain and bias that
+    give the gold N(0, 1) moments on the initial policy's samples, found as the
+    reward model's are (`reward.reference_normalizer`: `reward.normalize_samples`
+    untruncated samples of `policy_params` on training queries, population
+    moments). PPO's reward is then `gain * gold + bias`, so a KL coefficient
+    weighs the same against it as against a normalised RM; the logged
+    `objective/gold_score` stays the raw gold."""
+    from rlhf_jax.stages import reward
+
+    gold = gold_function(ctx)
+    cfg = ctx.cfg
+    if gold is None or cfg.ppo.reward_source != "gold" or not cfg.ppo.gold_normalize:
+        return gold
+    sampler = reward.reference_normalizer(ctx, policy_model, policy_params)
+    out = sampler(reward.normalization_sample_count(cfg.reward),
+                  jax.random.fold_in(stage_key(cfg, "ppo"), _GOLD_NORM_STREAM))
+    g = np.asarray(gold(out.query_MxQ, out.query_mask_MxQ, out.response_MxR), np.float64)
+    std = float(g.std())
+    if not std > 0:
+        raise ValueError(f"ppo.gold_normalize: the gold of {len(g)} initial-policy samples has "
+                         "no spread; it cannot be normalised")
+    gain = 1.0 / std
+    gold.reward_gain_bias = (gain, -gain * float(g.mean()))
+    print(f"[ppo] gold reward normalised on {len(g)} initial-policy samples: mean "
+          f"{g.mean():.4f}, std {std:.4f} -> gain {gain:.4f}, bias {-gain * g.mean():.4f}",
+          flush=True)
+    return gold
+
+
+def gold_reward(gold_fn: Callable, gold_B: np.ndarray) -> np.ndarray:
+    """PPO's reward from the gold scores: `gain * gold + bias` when `gold_fn`
+    carries `reward_gain_bias` (`ppo_gold_function`), else the gold itself."""
+    gain, bias = getattr(gold_fn, "reward_gain_bias", (1.0, 0.0))
+    return (gain * np.asarray(gold_B, np.float64) + bias).astype(np.float32)
 
 
 def _best_of_n_fn(rep, b, *, run):

@@ -8,6 +8,12 @@ sequence KL from the initial policy, sum_t log pi(y_t) - log rho(y_t) of the
 temperature-scaled distributions. Best-of-N samples N responses from the
 initial policy (`rollout.make_best_of_n`), keeps the one the RM scores highest
 and reports its RM and gold score; its KL is analytic, log N - (N-1)/N.
+Every mean comes with its standard error over the queries (`<name>_se`:
+std / sqrt(num_queries)), the noise of one evaluation.
+
+With `eval.ppo_snapshots` it also evaluates the policy of every PPO
+checkpoint the run kept (`ppo.keep_checkpoints`) before the last, as
+`ppo@<update>`: points along the run's trajectory for a gold-vs-KL frontier.
 
 With `eval.judge.enabled` a held-out mock labeller (`spans.judge_for_config`)
 compares every policy's responses (and best-of-N's) with the initial policy's
@@ -28,10 +34,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rlhf_jax import config_check
 from rlhf_jax.algorithms.ppo import forward_policy_value
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.labelling import spans
+from rlhf_jax.infra.checkpoint import Checkpointer
 from rlhf_jax.models import loading
 from rlhf_jax.stages import reward, rollout, supervised
 from rlhf_jax.stages.batched import best_of_n, gold_function, postprocess, sample_responses
@@ -71,6 +79,42 @@ def _sequence_kl(ctx: Context, model, params, ref_params, q_NxQ, m_NxQ, raw_NxR,
         cache_key=("eval_kl", model, t.temperature))["kl"]
 
 
+def _mean_se(v) -> dict:
+    v = np.asarray(v, np.float64)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return {"mean": float(v.mean()), "se": se}
+
+
+def _with_se(values: dict) -> dict:
+    """{name: mean, name_se: its standard error over queries} of per-query arrays."""
+    out = {}
+    for k, v in values.items():
+        ms = _mean_se(v)
+        out[k], out[f"{k}_se"] = ms["mean"], ms["se"]
+    return out
+
+
+def ppo_snapshots(ctx: Context) -> dict:
+    """{"ppo@<update>": policy params} of the kept PPO checkpoints at multiples of
+    `ppo.checkpoint_every` before the last update (that one is `models/policy`),
+    oldest first. Saves made at other updates (a preemption, an online-label
+    round) are left out, so every seed of a setting has the same snapshots."""
+    path = ctx.path("checkpoints", "ppo")
+    if not os.path.isdir(path):
+        return {}
+    ckpt = Checkpointer(path, max_to_keep=ctx.cfg.ppo.keep_checkpoints)
+    try:
+        every = ctx.cfg.ppo.checkpoint_every
+        last = config_check.num_updates(ctx.cfg.ppo)
+        out = {}
+        for step in [s for s in ckpt.all_steps() if s % every == 0 and s < last]:
+            state, _ = ckpt.read(step)
+            out[f"ppo@{step}"] = {"transformer": state["params"]["policy"]["transformer"]}
+        return out
+    finally:
+        ckpt.close()
+
+
 def evaluate(ctx: Context) -> dict:
     """Held-out comparison: initial policy, PPO (or RLOO / REINFORCE), DPO, best-of-N SFT,
     likelihood/unlikelihood, best-of-N; RM score, gold score, KL, and with
@@ -103,6 +147,8 @@ def evaluate(ctx: Context) -> dict:
     for name, label in (("policy", "ppo"), ("dpo", "dpo"), ("bon_sft", "bon_sft"), ("ul", "ul")):
         if os.path.exists(ctx.path("models", name, "model.safetensors")):
             policies[label] = loading.load_lm(cfg, ctx.path("models", name))[1]
+    if e.ppo_snapshots:
+        policies.update(ppo_snapshots(ctx))
     for i, (name, params) in enumerate(policies.items()):
         raw, rmask = sample_responses(ctx, ref_model, params, q, m, jax.random.fold_in(key, i),
                                       e.batch_size)
@@ -110,8 +156,7 @@ def evaluate(ctx: Context) -> dict:
         judged[name] = (processed, pmask)
         scores = score_all(processed, pmask)
         kl = _sequence_kl(ctx, ref_model, params, ref_params, policy_q, policy_m, raw, rmask)
-        results[name] = {**{k: float(np.mean(v)) for k, v in scores.items()},
-                         "kl": float(np.mean(kl))}
+        results[name] = _with_se({**scores, "kl": kl})
         for j in range(min(e.num_samples_logged, len(q))):
             samples.append({"policy": name, "query": ctx.decode(q[j][m[j] > 0]),
                             "response": ctx.decode(processed[j][pmask[j] > 0]),
@@ -122,9 +167,9 @@ def evaluate(ctx: Context) -> dict:
             best, score = best_of_n(ctx.dp, models, ctx.task_spec(), n, ref_params, rm[1], q, m,
                                     jax.random.fold_in(key, _BEST_OF_N_STREAM + n), e.batch_size)
             judged[f"best_of_{n}"] = (best, (best != t.pad_token).astype(np.int32))
-            res = {"score": float(np.mean(score)), "kl": rollout.best_of_n_kl(n)}
+            res = {**_with_se({"score": score}), "kl": rollout.best_of_n_kl(n)}
             if gold is not None:
-                res["gold_score"] = float(np.mean(gold(q, m, best)))
+                res.update(_with_se({"gold_score": gold(q, m, best)}))
             results[f"best_of_{n}"] = res
     if e.judge.enabled:  # a held-out labeller: each policy's responses vs the initial's
 
@@ -138,6 +183,7 @@ def evaluate(ctx: Context) -> dict:
         with open(ctx.path("eval.json"), "w") as f:
             json.dump(results, f, indent=2)
     for name, r in results.items():
-        print(f"eval | {name:>12} | " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()),
+        print(f"eval | {name:>12} | " + " | ".join(f"{k} {v:.3f}" for k, v in r.items()
+                                                   if not k.endswith("_se")),
               flush=True)
     return results

@@ -37,6 +37,7 @@ from rlhf_jax.infra import metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
 from rlhf_jax.stages.context import Context, stage_key
+from rlhf_jax.stages.batched import gold_reward
 from rlhf_jax.stages.rollout import PPOModels, TaskSpec, TokenRewards, make_rollout, penalize
 from rlhf_jax.stages.run import raise_if_preempted
 
@@ -155,7 +156,8 @@ class PPOTrainer:
             gold_B = np.asarray(gold_fn(query_BxQ, query_mask_BxQ, processed_h), np.float32)
             if not self.use_rm:
                 raw = np.asarray(dp.unshard(ro.response_BxR))
-                scores = np.asarray(penalize(jnp.asarray(gold_B), jnp.asarray(raw), self.task))
+                scores = np.asarray(penalize(jnp.asarray(gold_reward(gold_fn, gold_B)),
+                                             jnp.asarray(raw), self.task))
                 ro = ro.replace(scores_B=dp.shard(scores))
         return ro, processed, gold_B
 
@@ -179,7 +181,8 @@ class PPOTrainer:
         # On a mesh the params are placed split along fsdp and the optimizer state
         # created split: no host or device holds a full copy of it.
         state = dp.init(lambda p: init_state(p, self.optimizer, cfg), params)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints", stage)) if workdir else None
+        ckpt = Checkpointer(os.path.join(workdir, "checkpoints", stage),
+                            max_to_keep=cfg.ppo.keep_checkpoints) if workdir else None
         start = 0
         if ckpt is not None:
             restored = ckpt.restore(state)
