@@ -4,6 +4,8 @@
 Steps, most important first, each its own process with its log in `--out`:
 
   mfu_774m        PPO update MFU, GPT-2 774M bf16, batch 512 x (64 + 24), 4 x 4 (mfu.py)
+  mfu_774m_xla    the same with XLA's attention, here only if mfu_774m failed (say, a
+                  cuDNN constraint), else last (what cuDNN's fused kernel gains)
   members_prepare the offline default's stages before PPO, shortened (launch.py)
   members         its PPO stage: 8 seeds as members vs one run (members.py)
   ppo_vs_trl      one PPO iteration vs TRL 1.12's PPOTrainer, both with a separate
@@ -11,10 +13,9 @@ Steps, most important first, each its own process with its log in `--out`:
   sampler         KV-cache sampler vs transformers generate, GPT-2 124M (sampling.py)
   mfu_124m        PPO update MFU, GPT-2 124M bf16, the same shape (mfu.py)
   mfu_774m_chunk  774M with the LM head and log-softmax in chunks of 8 positions
-  mfu_774m_xla    774M with XLA's attention instead of cuDNN's (the fused kernel's gain)
 
-The steps up to mfu_124m are the measurement; the last two run only while the
-time budget (`--budget_s`, counted from `--started_at`) leaves room for them.
+The steps up to mfu_124m are the measurement; mfu_774m_chunk and (after a
+successful mfu_774m) mfu_774m_xla run only while the time budget (`--budget_s`, counted from `--started_at`) leaves room for them.
 Each step runs at most until its cap or the budget's end; a step that fails
 or runs out of time is recorded as such and the rest go on (rerun it alone
 with `--only NAME`). Prints a summary and writes `--out/summary.json`.
@@ -79,6 +80,11 @@ def steps(out: str, small: bool) -> list[dict]:
     return [
         dict(name="mfu_774m", cmd=mfu + ["--model=gpt2-large", "--json", js("mfu_774m")],
              json=js("mfu_774m"), cap=240),
+        # XLA's attention: at once if the default (cuDNN's kernel) failed, else as an
+        # optional comparison after the rest (what the fused kernel gains).
+        dict(name="mfu_774m_xla", cmd=mfu + ["--model=gpt2-large", "--attention_impl=xla",
+                                             "--json", js("mfu_774m_xla")],
+             json=js("mfu_774m_xla"), cap=200, if_failed="mfu_774m"),
         dict(name="members_prepare", cmd=launch, json=None, cap=150),
         # 50 updates (the default stage has 150): compilation counts three times as
         # much as in a whole stage, so the ratio without compilation is recorded beside it.
@@ -96,9 +102,6 @@ def steps(out: str, small: bool) -> list[dict]:
         dict(name="mfu_774m_chunk", cmd=mfu + ["--model=gpt2-large", "--logits_chunk=8",
                                                "--json", js("mfu_774m_chunk")],
              json=js("mfu_774m_chunk"), cap=200, optional=True),
-        dict(name="mfu_774m_xla", cmd=mfu + ["--model=gpt2-large", "--attention_impl=xla",
-                                             "--json", js("mfu_774m_xla")],
-             json=js("mfu_774m_xla"), cap=200, optional=True),
     ]
 
 
@@ -123,6 +126,33 @@ def run_step(step: dict, out: str, timeout: float, env: dict) -> dict:
             result["result"] = json.load(f)
     print(f"== {step['name']}: {status} in {wall:.0f} s", flush=True)
     return result
+
+
+def run_steps(todo: list[dict], budget_s: float, start: float, small: bool, runner) -> dict:
+    """`{name: result}` of running `todo` in order with `runner(step, timeout)`.
+
+    A step with `if_failed=NAME` runs in its place only if NAME did not succeed,
+    else it moves to the end as an optional one; an optional step runs only if
+    its cap fits in what is left of `budget_s` (counted from `start`); in the
+    full run no step starts in the budget's last 5 seconds.
+    """
+    todo, results = list(todo), {}
+    while todo:
+        step = todo.pop(0)
+        if step.get("if_failed") and results.get(step["if_failed"], {}).get("status") == "ok":
+            todo.append({**step, "if_failed": None, "optional": True})
+            continue
+        left = budget_s - (time.time() - start)
+        if step.get("optional") and left < step["cap"]:
+            results[step["name"]] = {"status": f"skipped ({left:.0f} s of budget left)",
+                                     "cmd": step["cmd"][1:], "log": None}
+            continue
+        if left <= 5 and not small:
+            results[step["name"]] = {"status": "skipped (budget spent)",
+                                     "cmd": step["cmd"][1:], "log": None}
+            continue
+        results[step["name"]] = runner(step, step["cap"] if small else min(step["cap"], left))
+    return results
 
 
 def _pct(x):
@@ -212,19 +242,9 @@ def main():
             raise SystemExit(f"error: --only names unknown steps {unknown}")
         todo = [s for s in todo if s["name"] in names]
     summary = {"small": args.small, "started_at": start, "budget_s": args.budget_s,
-               "environment": environment(), "steps": {}}
-    for step in todo:
-        left = args.budget_s - (time.time() - start)
-        if step.get("optional") and left < step["cap"]:
-            summary["steps"][step["name"]] = {"status": f"skipped ({left:.0f} s of budget left)",
-                                              "cmd": step["cmd"][1:], "log": None}
-            continue
-        if left <= 5 and not args.small:
-            summary["steps"][step["name"]] = {"status": "skipped (budget spent)",
-                                              "cmd": step["cmd"][1:], "log": None}
-            continue
-        timeout = step["cap"] if args.small else min(step["cap"], left)
-        summary["steps"][step["name"]] = run_step(step, args.out, timeout, env)
+               "environment": environment()}
+    summary["steps"] = run_steps(todo, args.budget_s, start, args.small,
+                                 lambda step, timeout: run_step(step, args.out, timeout, env))
     summary["total_s"] = round(time.time() - start, 1)
     summary["lines"] = summary_lines(summary["steps"])
     with open(os.path.join(args.out, "summary.json"), "w") as f:

@@ -88,11 +88,42 @@ def test_gpu_summary_lines_put_each_ratio_beside_its_baseline():
     assert lines[2].endswith("NOT like for like: torch has no CUDA here, the baseline ran on the CPU")
     assert lines[3] == "sampler: timed out after 40 s (log: /x/sampler.log)"
     # The full run's steps: the measurement first, the optional variants last.
-    names = [s["name"] for s in gpu_suite.steps("/tmp/x", small=False)]
-    assert names == ["mfu_774m", "members_prepare", "members", "ppo_vs_trl", "sampler",
-                     "mfu_124m", "mfu_774m_chunk", "mfu_774m_xla"]
-    assert [s.get("optional", False) for s in gpu_suite.steps("/tmp/x", small=False)][-2:] == [
-        True, True]
+    full = gpu_suite.steps("/tmp/x", small=False)
+    assert [s["name"] for s in full] == ["mfu_774m", "mfu_774m_xla", "members_prepare", "members",
+                                         "ppo_vs_trl", "sampler", "mfu_124m", "mfu_774m_chunk"]
+    assert full[1]["if_failed"] == "mfu_774m" and full[-1]["optional"]
+
+
+def test_gpu_steps_fall_back_and_keep_to_the_budget():
+    import time
+
+    from benchmarks import gpu_suite
+
+    def step(name, cap=10, **kw):
+        return dict(name=name, cmd=["python", name], json=None, cap=cap, **kw)
+
+    todo = [step("a"), step("a_xla", if_failed="a"), step("b"), step("c", cap=100, optional=True)]
+    ran = []
+
+    def runner(outcome):
+        def run(s, timeout):
+            ran.append((s["name"], timeout))
+            return {"status": outcome.get(s["name"], "ok")}
+        return run
+
+    # The default failed: its fallback runs at once; the optional step does not fit.
+    got = gpu_suite.run_steps(todo, 50, time.time(), False, runner({"a": "failed (exit 1)"}))
+    assert [n for n, _ in ran] == ["a", "a_xla", "b"] and ran[0][1] == 10
+    assert got["c"]["status"].startswith("skipped (")
+    # The default succeeded: the fallback moves to the end, optional, and runs if it fits.
+    ran.clear()
+    got = gpu_suite.run_steps(todo, 500, time.time(), False, runner({}))
+    assert [n for n, _ in ran] == ["a", "b", "c", "a_xla"]
+    ran.clear()
+    got = gpu_suite.run_steps(todo, 9, time.time(), False, runner({}))
+    # Each step's timeout is what is left of the budget; optional ones that do not fit wait.
+    assert [n for n, _ in ran] == ["a", "b"] and 8 < ran[1][1] <= 9
+    assert got["a_xla"]["status"].startswith("skipped (")
 
 
 def test_trace_summary_adds_device_kernels_by_name_and_kind():
