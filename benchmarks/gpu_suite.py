@@ -15,7 +15,8 @@ Steps, most important first, each its own process with its log in `--out`:
   mfu_774m_chunk  774M with the LM head and log-softmax in chunks of 8 positions
 
 The steps up to mfu_124m are the measurement; mfu_774m_chunk and (after a
-successful mfu_774m) mfu_774m_xla run only while the time budget (`--budget_s`, counted from `--started_at`) leaves room for them.
+successful mfu_774m) mfu_774m_xla run only while the time budget
+(`--budget_s`, counted from `--started_at`) leaves room for them.
 Each step runs at most until its cap or the budget's end; a step that fails
 or runs out of time is recorded as such and the rest go on (rerun it alone
 with `--only NAME`). Prints a summary and writes `--out/summary.json`.
@@ -66,7 +67,8 @@ def steps(out: str, small: bool) -> list[dict]:
                                       "--members=2", "--updates=2", "--switches=runlocal",
                                       "--json", js("members")], json=js("members"), cap=300),
             dict(name="ppo_vs_trl", cmd=[PY, _bench("ppo.py"), "--small", "--value=separate",
-                                         "--json", js("ppo_vs_trl")], json=js("ppo_vs_trl"), cap=300),
+                                         "--json", js("ppo_vs_trl")],
+                 json=js("ppo_vs_trl"), cap=300),
             dict(name="sampler", cmd=[PY, _bench("sampling.py"), "--small", "--rounds=1",
                                       "--json", js("sampler")], json=js("sampler"), cap=300),
         ]
@@ -168,18 +170,20 @@ def summary_lines(results: dict) -> list[str]:
         r = results.get(name, {}).get("result")
         if r:
             peak = r["datasheet_peak_flops"]
+            sheet = (f"{peak / 1e12:.0f} TFLOP/s datasheet peak" if peak
+                     else "datasheet peak (unknown)")
             lines.append(
-                f"update MFU, {label} bf16: {_pct(r['mfu'])} of the "
-                + (f"{peak / 1e12:.0f} TFLOP/s datasheet peak" if peak else "datasheet peak (unknown)")
-                + f"{' (target 50%)' if name == 'mfu_774m' else ''}; update "
+                f"update MFU, {label} bf16: {_pct(r['mfu'])} of the {sheet}"
+                f"{' (target 50%)' if name == 'mfu_774m' else ''}; update "
                 f"{r['achieved_flops'] / 1e12:.2f} TFLOP/s = {_pct(r['update_vs_matmul_peak'])} of "
-                f"the bf16 matmul peak measured in the same run ({r['matmul_peak_flops'] / 1e12:.2f} "
-                f"TFLOP/s); update {r['update_s']:.3f} s, rollout {r['rollout_s']:.3f} s")
+                f"the bf16 matmul peak measured in the same run "
+                f"({r['matmul_peak_flops'] / 1e12:.2f} TFLOP/s); update {r['update_s']:.3f} s, "
+                f"rollout {r['rollout_s']:.3f} s")
     r = results.get("members", {}).get("result")
     if r:
         lines.append(
-            f"members: {r['members']} seeds {r['members_per_hour_ratio']:.2f}x the members per hour "
-            f"of one run (target 5x); one run {r['one_run']['wall']:.0f} s (compile "
+            f"members: {r['members']} seeds {r['members_per_hour_ratio']:.2f}x the members per "
+            f"hour of one run (target 5x); one run {r['one_run']['wall']:.0f} s (compile "
             f"{r['one_run']['compile']:.0f} s), {r['members']} members {r['group']['wall']:.0f} s "
             f"(compile {r['group']['compile']:.0f} s); without compilation "
             f"{r['members_per_hour_ratio_without_compile']:.2f}x")
@@ -194,8 +198,9 @@ def summary_lines(results: dict) -> list[str]:
     r = results.get("sampler", {}).get("result")
     if r:
         lines.append(
-            f"sampler: {r['ratio']:.2f}x transformers generate (ours {r['ours_tokens_per_s']:.0f} "
-            f"new tokens/s, generate {r['generate_tokens_per_s']:.0f}; torch on {r['torch_device']})"
+            f"sampler: {r['ratio']:.2f}x transformers generate (ours "
+            f"{r['ours_tokens_per_s']:.0f} new tokens/s, generate "
+            f"{r['generate_tokens_per_s']:.0f}; torch on {r['torch_device']})"
             + ("" if r["headline"] else " [no headline: see the sampler's log]"))
     for name, res in results.items():
         if res["status"] != "ok":
@@ -251,7 +256,8 @@ def main():
         json.dump(summary, f, indent=1)
     print(f"\n== summary ({summary['total_s']:.0f} s; {os.path.join(args.out, 'summary.json')})")
     print("\n".join(summary["lines"]), flush=True)
-    failed = [n for n, r in summary["steps"].items() if not r["status"].startswith(("ok", "skipped"))]
+    failed = [n for n, r in summary["steps"].items()
+              if not r["status"].startswith(("ok", "skipped"))]
     if failed:
         raise SystemExit(f"error: steps {failed} did not finish; see their logs in {args.out}")
 
