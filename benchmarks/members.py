@@ -13,7 +13,10 @@ included (no persistent cache), and prints the wall-time ratio b/a beside the
 load average. `--updates` shortens the stage (150 updates by default).
 `--stage reward` does the same for the reward-model stage (each seed its
 own labels' order, head and normalisation samples; the copies share the
-prepared workdir's labels).
+prepared workdir's labels). `--switches` applies config switches to both
+sides (`runlocal`: the smaller variant, for a smoke run on the prepared
+runlocal workdir); `--json PATH` writes the numbers, with the ratio also
+without compilation (the steady state of a longer stage).
 """
 
 from __future__ import annotations
@@ -31,14 +34,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "mock_sentiment.py")
 
 
-def _config(seed: int, updates: int | None, stage: str):
+def _config(seed: int, updates: int | None, stage: str, switches: str = ""):
     sys.path.insert(0, ROOT)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mock_sentiment", CONFIG)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    cfg = module.get_config()
+    cfg = module.get_config(switches or None)
     cfg.seed = seed
     cfg.stages = "pretrain,labels,reward" + (",ppo" if stage == "ppo" else "")
     if updates:
@@ -46,13 +49,13 @@ def _config(seed: int, updates: int | None, stage: str):
     return cfg
 
 
-def child(dirs: list[str], updates: int | None, stage: str) -> None:
+def child(dirs: list[str], updates: int | None, stage: str, switches: str = "") -> None:
     """Runs `stage` of `dirs` (seed i in dirs[i]): alone if one, else as members."""
     from rlhf_jax import members, pipeline
     from rlhf_jax.infra import compile_cache
 
     compile_cache.enable(off=True)
-    cfgs = [_config(i, updates, stage) for i in range(len(dirs))]
+    cfgs = [_config(i, updates, stage, switches) for i in range(len(dirs))]
     t0 = time.perf_counter()
     # The copies' earlier stages ran with seed 0 (shared, as in the sweeps).
     if len(dirs) == 1:
@@ -71,10 +74,13 @@ def main():
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--updates", type=int, default=None, help="PPO updates (default: 150)")
     parser.add_argument("--stage", choices=("ppo", "reward"), default="ppo")
+    parser.add_argument("--switches", default="", help="config switches for both sides "
+                        "(e.g. runlocal, matching a workdir prepared with them)")
+    parser.add_argument("--json", default="", help="write the measured numbers to this file")
     parser.add_argument("--child", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        return child(args.child, args.updates, args.stage)
+        return child(args.child, args.updates, args.stage, args.switches)
     for stage in ("pretrain", "labels", "reward"):
         if not os.path.exists(os.path.join(args.prepared, "stages", f"{stage}.json")):
             raise SystemExit(f"error: {args.prepared} has not finished the {stage} stage")
@@ -91,7 +97,7 @@ def main():
                 dirs.append(d)
             load0 = os.getloadavg()[0]
             cmd = [sys.executable, os.path.abspath(__file__), f"--prepared={args.prepared}",
-                   f"--stage={args.stage}", "--child", *dirs] + (
+                   f"--stage={args.stage}", f"--switches={args.switches}", "--child", *dirs] + (
                        [f"--updates={args.updates}"] if args.updates else [])
             path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH", "")) if p)
             out = subprocess.run(cmd, capture_output=True, text=True,
@@ -104,8 +110,19 @@ def main():
             print(f"{label:>10}: {args.stage} stage {r['wall']:.0f} s wall (compile {r['compile']:.0f} s), "
                   f"load average {r['load'][0]:.2f} -> {r['load'][1]:.2f}", flush=True)
     one, many = results["one run"], results[f"{args.members} members"]
-    print(f"{args.members} members / one run: {many['wall'] / one['wall']:.2f}x wall "
-          f"(target <= 1.5x); {args.members * one['wall'] / many['wall']:.2f}x members per hour")
+    m = args.members
+    per_hour = m * one["wall"] / many["wall"]
+    steady = m * (one["wall"] - one["compile"]) / max(many["wall"] - many["compile"], 1e-9)
+    print(f"{m} members / one run: {many['wall'] / one['wall']:.2f}x wall "
+          f"(target <= 1.5x); {per_hour:.2f}x members per hour; without compilation "
+          f"{steady:.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            # "updates": None is the config's own count.
+            json.dump({"stage": args.stage, "members": m, "updates": args.updates,
+                       "switches": args.switches, "one_run": one, "group": many,
+                       "wall_ratio": many["wall"] / one["wall"], "members_per_hour_ratio": per_hour,
+                       "members_per_hour_ratio_without_compile": steady}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,16 @@ the same run (an 8192^3 bf16 matmul) is printed too.
 
     python benchmarks/mfu.py            # GPT-2 774M, 512 x 88, 4 x 4: on one GPU, ~3 min
     python benchmarks/mfu.py --small    # a tiny model on the CPU: a smoke run (CI)
+
+`--attention_impl` and `--logits_chunk` set the model's `attention_impl`
+(models/attention.py) and `logits_chunk` (algorithms/logprobs.py); `--json
+PATH` writes the numbers printed (benchmarks/gpu_suite.py collects them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -101,6 +106,11 @@ def main():
     parser.add_argument("--nminibatches", type=int, default=4)
     parser.add_argument("--iters", type=int, default=3, help="timed calls of each step (median)")
     parser.add_argument("--remat", action="store_true", help="rematerialise each block")
+    parser.add_argument("--attention_impl", choices=("", "xla", "cudnn"), default="",
+                        help="the model's attention_impl ('': cuDNN where it applies, else XLA)")
+    parser.add_argument("--logits_chunk", type=int, default=0,
+                        help="LM head + log-softmax in chunks of this many positions (0: at once)")
+    parser.add_argument("--json", default="", help="write the measured numbers to this file")
     parser.add_argument("--profile", default="", help="trace one rollout and one update into "
                         "this dir and print where their device time goes")
     args = parser.parse_args()
@@ -119,7 +129,8 @@ def main():
         args.noptepochs, args.nminibatches = 2, 2
     else:
         cfg = GPT2Config.from_name(args.model)
-    cfg = cfg.replace(dtype=jnp.bfloat16, param_dtype=jnp.float32, remat=args.remat)
+    cfg = cfg.replace(dtype=jnp.bfloat16, param_dtype=jnp.float32, remat=args.remat,
+                      attention_impl=args.attention_impl or None, logits_chunk=args.logits_chunk)
     shape = Shape(batch=args.batch, query=args.query, response=args.response,
                   nminibatches=args.nminibatches, noptepochs=args.noptepochs, temperature=0.7)
     device = jax.devices()[0]
@@ -127,7 +138,8 @@ def main():
     print(f"model: {args.model if not args.small else 'tiny'} {cfg.num_params() / 1e6:.0f}M params, "
           f"bf16 compute / f32 params{', remat' if args.remat else ''}; batch {shape.batch} x "
           f"({shape.query} + {shape.response}), {shape.noptepochs} epochs x "
-          f"{shape.nminibatches} minibatches", flush=True)
+          f"{shape.nminibatches} minibatches; attention {args.attention_impl or 'auto'}, "
+          f"logits chunk {args.logits_chunk or 'none'}", flush=True)
 
     t_setup = time.perf_counter()
     # Random weights made on the device, one compiled init (no host copy of 774M params).
@@ -200,6 +212,21 @@ def main():
     else:
         print(f"datasheet peak: unknown for {device.device_kind!r}; MFU vs the measured "
               f"matmul peak only")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({
+                "device": device.device_kind, "backend": jax.default_backend(),
+                "jax": jax.__version__, "model": "tiny" if args.small else args.model,
+                "params": cfg.num_params(), "batch": shape.batch, "query": shape.query,
+                "response": shape.response, "noptepochs": shape.noptepochs,
+                "nminibatches": shape.nminibatches, "attention_impl": args.attention_impl or "auto",
+                "logits_chunk": args.logits_chunk, "rollout_s": t_rollout, "update_s": t_update,
+                "update_model_flops": flops, "xla_flops": flops_xla, "achieved_flops": achieved,
+                "matmul_peak_flops": matmul, "update_vs_matmul_peak": achieved / matmul,
+                "datasheet_peak_flops": peak, "mfu": achieved / peak if peak else None,
+                "compile_s": {"rollout": t_compile_rollout, "update": t_compile_update},
+            }, f, indent=1)
 
     if args.profile:
         from benchmarks import trace_summary

@@ -18,6 +18,10 @@ CPU time.
 
     python benchmarks/ppo.py            # full shape: several minutes on a CPU
     python benchmarks/ppo.py --small    # a tiny model: seconds
+    python benchmarks/ppo.py --json out.json   # also write the numbers (gpu_suite.py)
+
+On a GPU both sides run there (TRL through accelerate, the hand-written
+baseline on CUDA too), float32 with TF32 matmuls on both (JAX's default).
 
 The baseline needs TRL's PPO: `pip install "trl==1.12.0"`. TRL exported
 `trl.PPOTrainer` up to 0.28, kept it in `trl.experimental.ppo` from 0.26 to
@@ -33,6 +37,7 @@ import argparse
 import concurrent.futures
 import copy
 import dataclasses
+import json
 import math
 import multiprocessing
 import os
@@ -351,16 +356,17 @@ def bench_torch(cfg, hf_lm, head_Dx1, shape: Shape, queries_BxQ, value: str, ite
     import torch
 
     b, q, r, t_ = shape.batch, shape.query, shape.response, shape.temperature
-    reward, value_net = _hf_heads(cfg, hf_lm, head_Dx1, value)
-    policy = copy.deepcopy(hf_lm).train()
-    ref = copy.deepcopy(hf_lm).eval()
-    value_head = torch.nn.Linear(cfg.n_embd, 1)
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # as TRL (accelerate)
+    reward, value_net = (m.to(dev) for m in _hf_heads(cfg, hf_lm, head_Dx1, value))
+    policy = copy.deepcopy(hf_lm).to(dev).train()
+    ref = copy.deepcopy(hf_lm).to(dev).eval()
+    value_head = torch.nn.Linear(cfg.n_embd, 1).to(dev)
     torch.nn.init.zeros_(value_head.weight)
     torch.nn.init.zeros_(value_head.bias)
     trained = list(policy.parameters()) + (
         list(value_head.parameters()) if value == "shared" else list(value_net.parameters()))
     opt = torch.optim.Adam(trained, lr=1e-5, eps=1e-5)
-    ids = torch.tensor(queries_BxQ, dtype=torch.long)
+    ids = torch.tensor(queries_BxQ, dtype=torch.long, device=dev)
 
     def values_of(seq, hidden):
         if value == "shared":
@@ -391,16 +397,16 @@ def bench_torch(cfg, hf_lm, head_Dx1, shape: Shape, queries_BxQ, value: str, ite
             rewards = -0.15 * kl
             rewards[:, -1] += scores
             rewards = whiten(rewards, shift_mean=False)
-            adv, last = torch.zeros_like(rewards), torch.zeros(b)
+            adv, last = torch.zeros_like(rewards), torch.zeros(b, device=dev)
             for i in reversed(range(r)):
-                next_v = old_values[:, i + 1] if i < r - 1 else torch.zeros(b)
+                next_v = old_values[:, i + 1] if i < r - 1 else torch.zeros(b, device=dev)
                 last = rewards[:, i] + next_v - old_values[:, i] + 0.95 * last
                 adv[:, i] = last
             returns = adv + old_values
             adv = whiten(adv)
         mb = b // shape.nminibatches
         for _ in range(shape.noptepochs):
-            perm = torch.randperm(b)
+            perm = torch.randperm(b, device=dev)
             for j in range(shape.nminibatches):
                 rows = perm[j * mb:(j + 1) * mb]
                 out = policy(seq[rows], output_hidden_states=True)
@@ -419,6 +425,8 @@ def bench_torch(cfg, hf_lm, head_Dx1, shape: Shape, queries_BxQ, value: str, ite
     for _ in range(iters):  # the last iteration's time is reported
         t0 = Clock.now()
         iteration()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         spent = Clock.now() - t0
     return spent
 
@@ -438,6 +446,12 @@ def run_ours(cfg, shape: Shape, value: str, iters: int) -> dict:
 
 def run_baseline(kind: str, cfg, shape: Shape, value: str, iters: int,
                  trl_micro_batch: int | None = None) -> Clock:
+    import torch
+
+    # On a GPU JAX's default float32 matmuls use TF32 tensor cores; torch's
+    # default does not. The same arithmetic on both sides: TF32 here too.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
     hf_lm, _, head = build_weights(cfg)
     if kind == "trl":
         return bench_trl(cfg, hf_lm, head, shape, make_queries(cfg, shape), value, iters,
@@ -470,6 +484,7 @@ def main():
                         help="TRL: gradient accumulation over micro-batches of this size "
                              "(the same update; at the full shape TRL's 64-row minibatch "
                              "needs more than 23 GB, so 16 fits a 24 GB machine)")
+    parser.add_argument("--json", default="", help="write the measured numbers to this file")
     args = parser.parse_args()
 
     import torch
@@ -527,6 +542,18 @@ def main():
           f"{shape.batch / base.cpu:.3f} episodes per CPU-second")
     print(f"ratio (rlhf_jax / baseline): {base.wall / ours.wall:.2f}x episodes/s (wall), "
           f"{base.cpu / ours.cpu:.2f}x per CPU-second")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"platform": jax.devices()[0].platform, "value": args.value,
+                       "model_params": cfg.num_params(), "batch": shape.batch,
+                       "baseline": baseline, "baseline_name": name,
+                       "torch_cuda": torch.cuda.is_available(),
+                       "ours_s": ours.wall, "ours_cpu_s": ours.cpu,
+                       "ours_parts_s": {k: v.wall for k, v in times.items()},
+                       "baseline_s": base.wall, "baseline_cpu_s": base.cpu,
+                       "ours_episodes_per_s": shape.batch / ours.wall,
+                       "baseline_episodes_per_s": shape.batch / base.wall,
+                       "ratio": base.wall / ours.wall}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,15 @@ Implementations (`impl`, a model config's `attention_impl`):
   score tensor in memory and no head transposes. NVIDIA GPUs only, bfloat16
   or float16 compute, head dim a multiple of 8 (<= 128; 256 on Hopper); the
   mask is passed as an additive bias (cuDNN's form of an arbitrary mask).
-- "xla": `jax.nn.dot_product_attention(implementation="xla")`, the XLA
-  expression every backend compiles. Two places keep a form written for
-  XLA:CPU's kernels, with the same arithmetic: bfloat16 on a CPU (the dots
-  write float32 and are rounded once, `dot_dtype`), and a decode step (one
-  query against the cache, as a multiply-and-reduce over the cache in its
-  own [B, S, F, d] layout; an einsum would transpose every layer's cache at
-  every step, measured about 5x slower on a CPU).
+- "xla": `jax.nn.dot_product_attention(implementation="xla")` on GPUs and
+  TPUs. Two forms with the same arithmetic suit XLA:CPU better: on a CPU the
+  same einsums written out (there they compile to fewer copies and
+  transposes: 40 against 50 copies in a 2-layer GPT-2 training step; and in
+  bfloat16 the dots write float32 and are rounded once, `dot_dtype`, the form
+  XLA:CPU's fast kernels run), and in a decode step on every backend, one
+  query against the cache as a multiply-and-reduce over the cache in its own
+  [B, S, F, d] layout (an einsum would transpose every layer's cache at every
+  step, measured about 5x slower on a CPU).
 - None (the default): "cudnn" where its kernel applies (a GPU, bfloat16 or
   float16, supported head dim and lengths, not a decode step), else "xla".
 
@@ -103,12 +105,17 @@ def dot_product_attention(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS, *, cau
     which = resolve_impl(impl, dtype, d, t, s, decode)
     if which == "reduce":
         return _decode_reduce(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS)
-    if which == "xla" and dot_dtype is not None:
+    if which == "xla" and (dot_dtype is not None or jax.default_backend() == "cpu"):
         return _xla_einsum(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS, dot_dtype)
-    mask_Bx1xTxS = allowed_BxTxS[:, None]
-    return jax.nn.dot_product_attention(
-        q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, mask=mask_Bx1xTxS, is_causal=causal and not decode,
-        implementation=which)
+    return _jax_attention(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS,
+                          causal=causal and not decode, impl=which)
+
+
+def _jax_attention(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS, *, causal: bool, impl: str):
+    """`jax.nn.dot_product_attention` with the mask (cuDNN takes it as a bias)."""
+    return jax.nn.dot_product_attention(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd,
+                                        mask=allowed_BxTxS[:, None], is_causal=causal,
+                                        implementation=impl)
 
 
 def _grouped(q_BxTxHxd, f):
@@ -123,16 +130,16 @@ def _xla_einsum(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS, dot_dtype):
     b, t, h, d = q_BxTxHxd.shape
     f = k_BxSxFxd.shape[2]
     dtype = q_BxTxHxd.dtype
-    q_BxTxFxGxd = _grouped(q_BxTxHxd, f)
-    scores_BxFxGxTxS = jnp.einsum("btfgd,bsfd->bfgts", q_BxTxFxGxd, k_BxSxFxd,
+    q_BxTxFxAxd = _grouped(q_BxTxHxd, f)
+    scores_BxFxAxTxS = jnp.einsum("btfad,bsfd->bfats", q_BxTxFxAxd, k_BxSxFxd,
                                   preferred_element_type=jnp.float32) / math.sqrt(d)
     # `where`, not an additive bias: a fully masked row softmaxes to uniform, not NaN.
-    scores_BxFxGxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxFxGxTxS,
+    scores_BxFxAxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxFxAxTxS,
                                  jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores_BxFxGxTxS, axis=-1).astype(dtype)
-    out_BxTxFxGxd = jnp.einsum("bfgts,bsfd->btfgd", probs, v_BxSxFxd,
+    probs = jax.nn.softmax(scores_BxFxAxTxS, axis=-1).astype(dtype)
+    out_BxTxFxAxd = jnp.einsum("bfats,bsfd->btfad", probs, v_BxSxFxd,
                                preferred_element_type=dot_dtype).astype(dtype)
-    return out_BxTxFxGxd.reshape(b, t, h, d)
+    return out_BxTxFxAxd.reshape(b, t, h, d)
 
 
 def _decode_reduce(q_Bx1xHxd, k_BxSxFxd, v_BxSxFxd, allowed_Bx1xS):
@@ -141,12 +148,12 @@ def _decode_reduce(q_Bx1xHxd, k_BxSxFxd, v_BxSxFxd, allowed_Bx1xS):
     b, _, h, d = q_Bx1xHxd.shape
     f = k_BxSxFxd.shape[2]
     dtype = q_Bx1xHxd.dtype
-    q_Bx1xFxGxd = _grouped(q_Bx1xHxd, f)
-    scores_BxSxFxG = jnp.sum(
-        (q_Bx1xFxGxd * k_BxSxFxd[:, :, :, None]).astype(jnp.float32), axis=-1
+    q_Bx1xFxAxd = _grouped(q_Bx1xHxd, f)
+    scores_BxSxFxA = jnp.sum(
+        (q_Bx1xFxAxd * k_BxSxFxd[:, :, :, None]).astype(jnp.float32), axis=-1
     ) / math.sqrt(d)
-    scores_BxSxFxG = jnp.where(allowed_Bx1xS[:, 0, :, None, None], scores_BxSxFxG,
+    scores_BxSxFxA = jnp.where(allowed_Bx1xS[:, 0, :, None, None], scores_BxSxFxA,
                                jnp.finfo(jnp.float32).min)
-    probs_BxSxFxG = jax.nn.softmax(scores_BxSxFxG, axis=1).astype(dtype)
-    out_BxFxGxd = jnp.sum(probs_BxSxFxG[..., None] * v_BxSxFxd[:, :, :, None], axis=1)
-    return out_BxFxGxd.reshape(b, 1, h, d)
+    probs_BxSxFxA = jax.nn.softmax(scores_BxSxFxA, axis=1).astype(dtype)
+    out_BxFxAxd = jnp.sum(probs_BxSxFxA[..., None] * v_BxSxFxd[:, :, :, None], axis=1)
+    return out_BxFxAxd.reshape(b, 1, h, d)

@@ -193,6 +193,7 @@ class Attention(nn.Module):
             k_BxTxHxd, v_BxTxHxd = k_BxSxHxd.astype(cfg.dtype), v_BxSxHxd.astype(cfg.dtype)
         # One shared attention (models/attention.py): cuDNN's fused kernel on a
         # GPU where it applies, else XLA's; a decode step reads the cache in place.
+        # Without a cache `allowed` lies in the causal triangle (GPT2Model, SelectorHead).
         out_BxTxHxd = dot_product_attention(
             q_BxTxHxd, k_BxTxHxd, v_BxTxHxd, allowed_BxTxS, causal=layer_cache is None,
             impl=cfg.attention_impl, dot_dtype=_dot_dtype(cfg),
