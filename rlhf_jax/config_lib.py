@@ -154,6 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.num_docs = 0  # world_tldr: stories in the train split (valid, test: a tenth each)
     t.dataset_path = "bookcorpus"  # local file/dir or HF dataset name
     t.query_format = "lhp"  # lhp: raw text, the RM reads it raw | sff: Stiennon's template
+    # | chat: sff's text as a user turn in the tokenizer's chat template (instruct models)
     t.query_length = 64  # tokens of the raw query (LHP: prefix and suffix come on top)
     t.response_length = 24
     t.query_prefix = ""  # policy and reference only, never the RM (LHP query_formatter)

@@ -244,7 +244,7 @@ def sampling_temporaries(cfg, config, f: int, rows: int, context: int,
                          logit_positions: int) -> tuple[int, int]:
     """`(KV cache, forward activations)` of sampling `rows` sequences per device and
     scoring them with forward passes (the LM head at `logit_positions`)."""
-    d, layers, vocab = config.n_embd, config.n_layer, config.vocab_size
+    layers, vocab = config.n_layer, config.vocab_size
     kv_dtype = getattr(jnp, cfg.model.kv_cache_dtype or cfg.model.dtype)
     kv_width = arch.kv_heads(config) * config.head_dim  # grouped-query: the K/V heads only
     kv = 2 * layers * rows * context * kv_width * jnp.dtype(kv_dtype).itemsize

@@ -33,8 +33,8 @@ OVERRIDES = {
     "labels.num_train": 32,
     "labels.num_val": 16,
     "reward.normalize_samples": 16,
-    "ppo.total_episodes": 32,
-    "eval.num_queries": 16,
+    "ppo.total_episodes": 64,
+    "eval.num_queries": 32,
     "eval.best_of_n": (1, 2),
     "bon_sft.num_queries": 16,
     "bon_sft.batch_size": 16,
@@ -53,7 +53,8 @@ def _config(arch: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     cfg = module.get_config(f"runlocal,arch={arch},{CASES[arch]}")
-    cfg.stages += EXTRA_STAGES.get(arch, "")
+    # figures only reads the workdir: the same for every architecture.
+    cfg.stages = cfg.stages.replace(",figures", "") + EXTRA_STAGES.get(arch, "")
     for dotted, value in OVERRIDES.items():
         group, name = dotted.split(".")
         cfg[group][name] = value
@@ -70,8 +71,11 @@ def test_every_stage_runs_on_the_architecture(arch, tmp_path):
     assert f"model.arch={arch}" in report.arch and report.kv_cache > 0
 
     results = pipeline.run(cfg, str(tmp_path))
-    stages = pipeline_stages = [s for s in results if s != "figures"]
-    assert {"pretrain", "labels", "reward", "ppo", "eval"} <= set(pipeline_stages), stages
+    want = {"pretrain", "labels", "reward", "ppo", "eval"} | (
+        {"dpo", "bon_sft"} if arch in EXTRA_STAGES else set())
+    assert want <= set(results), sorted(results)
+    if arch == "qwen3":  # GRPO: no value model, group-normalised advantages
+        assert "ppo/loss/value" not in results["ppo"] and "ppo/loss/policy" in results["ppo"]
     with open(tmp_path / "eval.json") as f:
         evaluation = json.load(f)
     assert evaluation  # every policy scored

@@ -51,6 +51,9 @@ FULL_SIZES = {
     # TPU pod variants: the paper's PPO batch per size (512 / 256), on the slice's chips.
     "stiennon_tldr_1b3_pod": {"reward_steps": 1450, "ppo_updates": 1954,
                               "sft_steps": 911, "devices": 16},
+    # Stiennon's batches on Qwen2.5-0.5B.
+    "stiennon_tldr_qwen": {"reward_steps": 1450, "ppo_updates": 1_000_000 // 64,
+                           "sft_steps": 116_608 // 16},
     # 1,000,000 / 256 = 3906.25 -> 3907.
     "stiennon_tldr_6b7_pod": {"reward_steps": 1450, "ppo_updates": 3907,
                               "sft_steps": 911, "devices": 32},
@@ -69,6 +72,7 @@ RUNLOCAL_SIZES = {
     "stiennon_tldr_1b3_pod": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
     "stiennon_tldr_6b7_pod": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
     "world_tldr": {"reward_steps": 32 // 16, "ppo_updates": 2, "sft_steps": 32 // 16},
+    "stiennon_tldr_qwen": {"reward_steps": 4, "ppo_updates": 3, "sft_steps": 64 // 16},
 }
 
 
@@ -234,6 +238,8 @@ SWITCH_CASES = {
                ("online=human", {"labels.online.enabled": True,
                                  "labels.online.labeler": "human"})],
     "algo": [("algo=rloo", {"ppo.algo": "rloo"}),
+             ("algo=grpo", {"ppo.algo": "grpo", "ppo.grpo_variant": "grpo"}),
+             ("algo=dr_grpo", {"ppo.algo": "grpo", "ppo.grpo_variant": "dr_grpo"}),
              ("algo=reinforce", {"ppo.algo": "reinforce"}),
              ("algo=ppo", {"ppo.algo": "ppo"}),
              ("algo=bon_sft", {"stages": "pretrain,labels,reward,eval,figures,bon_sft"}),
@@ -247,6 +253,8 @@ SWITCH_CASES = {
                  ("token_rm=off", {"reward.token_head": False, "ppo.token_reward_coef": 0.0})],
     "judge": [("judge=on", {"eval.judge.enabled": True}),
               ("judge=off", {"eval.judge.enabled": False})],
+    "arch": [("arch=llama", {"model.arch": "llama"}), ("arch=qwen2", {"model.arch": "qwen2"}),
+             ("arch=qwen3", {"model.arch": "qwen3"}), ("arch=gpt2", {"model.arch": "gpt2"})],
 }
 
 

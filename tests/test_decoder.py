@@ -247,3 +247,50 @@ def test_weight_shape_disagreeing_with_config_names_the_tensor(tmp_path):
     path = _write_config(tmp_path, num_key_value_heads=6)  # the checkpoint has 3
     msg = _error(load_pretrained, path)
     assert "model.layers.0.self_attn.k_proj" in msg and "does not imply" in msg
+
+
+def test_grpo_update_on_a_gqa_decoder_with_fsdp_equals_one_device():
+    # GRPO with the KL in the loss (per-response means over EOS-masked rows of
+    # unequal length) on a Qwen2-architecture model with grouped-query attention:
+    # one device against a 2 x 2 mesh with params and Adam state split.
+    import chex
+
+    from rlhf_jax.algorithms import pg
+    from rlhf_jax.algorithms.ppo import make_update_step
+    from rlhf_jax.infra import parallel
+    from rlhf_jax.stages.rollout import PPOModels
+    from rlhf_jax.stages.train_ppo import hparams, init_state, make_optimizer
+    from tests.test_fsdp import host, ppo_config, synthetic_rollout
+    from tests.test_rollout import Q, R
+    from tests.test_rollout import V as VOCAB
+
+    config = arch.config_for("qwen2", vocab_size=VOCAB, n_positions=Q + R, n_embd=32, n_layer=2,
+                             n_head=4, n_kv_head=2)
+    lm = arch.causal_lm(config)
+    params = {"policy": lm.init(jax.random.key(3), jnp.zeros((1, 4), jnp.int32))["params"]}
+    cfg = ppo_config()
+    cfg.ppo.update(dict(algo="grpo", rloo_k=4, grpo_variant="grpo", kl_in="loss",
+                        baseline_decay=0.9))
+    models = PPOModels(policy=lm, reference=lm, no_value=True)
+    optimizer = make_optimizer(cfg.ppo)
+    ro = synthetic_rollout()
+
+    def update(dp):
+        adv = pg.make_advantages("grpo", k=4, decay=0.9, axis_name=dp.batch_axes)
+        step = dp.compile(make_update_step(models.apply_policy_value, optimizer, hparams(cfg),
+                                           dp.batch_axes, advantages=adv),
+                          (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP))
+        state = init_state(params, optimizer, cfg)
+        state = (dp.init(lambda p: init_state(p, optimizer, cfg), dp.replicate(params))
+                 if dp.mode == "mesh" else dp.replicate(state))
+        state, stats = step(state, dp.shard(ro))
+        return host(dp.unreplicate(state).params), host(dp.unreplicate(stats))
+
+    one_params, one_stats = update(parallel.DataParallel("pmap", 1))
+    assert one_stats["ppo/loss/kl"] > 0
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), one_params, host(params))
+    assert max(jax.tree.leaves(moved)) > 1e-3
+    got_params, got_stats = update(parallel.DataParallel("mesh", 4, fsdp=2))
+    chex.assert_trees_all_close(got_params, one_params, atol=2e-6, rtol=0)
+    for k in one_stats:
+        np.testing.assert_allclose(got_stats[k], one_stats[k], atol=1e-5, err_msg=k)

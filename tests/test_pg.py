@@ -172,8 +172,9 @@ def test_no_value_model_learns_the_gold_reward(algo):
     assert ("ppo/loss/kl" in h[-1]) == algo.endswith("kl_loss")
 
 
+# GRPO with the KL in the loss on a mesh: tests/test_decoder.py.
 @pytest.mark.parametrize("algo,mode", [("reinforce", "pmap"), ("rloo", "mesh"),
-                                       ("grpo_kl_loss", "mesh"), ("dr_grpo", "pmap")])
+                                       ("dr_grpo", "pmap")])
 def test_no_value_model_on_4_devices_equals_one(algo, mode):
     _, one = _train(algo, 2)
     _, four = _train(algo, 2, mode=mode, num_devices=4)

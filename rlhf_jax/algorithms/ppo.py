@@ -562,12 +562,14 @@ def make_update_step(apply_policy_value, optimizer: optax.GradientTransformation
             # afterwards: under FSDP a split leaf's gradient is summed over its
             # fsdp group inside the backward pass (`fsdp.mean_grads`).
             count = jnp.sum(mb["mask"])
-            weight = _safe_div(count, pmean(count))
-            if hp.loss_norm != "token":  # means over rows: every shard holds as many
-                weight = jnp.ones((), jnp.float32)
+            token_weight = _safe_div(count, pmean(count))
+            # GRPO's losses are means over rows, and every shard holds as many.
+            weight = (token_weight if hp.loss_norm == "token" else
+                      jnp.ones((), jnp.float32))
             grads, stats = grad_fn(params, mb, weight)
             grads = fsdp.mean_grads(grads, axis_name) if axis_name else grads
-            stats = pmean(jax.tree.map(lambda x: x * weight, stats))
+            stats = pmean({k: v * (weight if k.startswith("ppo/loss/") else token_weight)
+                           for k, v in stats.items()})
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), stats
 

@@ -24,7 +24,9 @@ policy reads `task.query_prefix + query + task.query_suffix`
 (`tasks.format_queries`; LHP's `query_formatter`), never stored here.
 `task.query_format='sff'` (Stiennon; tldr and cnndm only): the SFF query
 template (`format_tldr_query`, `format_cnndm_query`), read by policy and
-reward model alike. The reference summaries of tldr/cnndm come along for SFT
+reward model alike. `task.query_format='chat'` (instruct models; tldr and
+cnndm): the same template as the user turn of the tokenizer's own chat
+template, ending with the assistant's turn opened (`chat_encoder`). The reference summaries of tldr/cnndm come along for SFT
 and for Stiennon's reward bias.
 """
 
@@ -43,7 +45,7 @@ import numpy as np
 from rlhf_jax.data import tasks
 
 SOURCES = ("synthetic", "books", "tldr", "cnndm", "world_tldr")
-QUERY_FORMATS = ("lhp", "sff")
+QUERY_FORMATS = ("lhp", "sff", "chat")
 # The text field (LHP query) and reference field of each summarisation source.
 _TEXT_FIELDS = {"tldr": ("post", "summary"), "cnndm": ("article", "highlights")}
 SPLITS = ("train", "valid", "test")
@@ -204,6 +206,23 @@ def _batch_encoder(tokenizer) -> Callable[[list[str]], list[list[int]]] | None:
     return lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+def chat_encoder(tokenizer) -> Callable[[str], list[int]]:
+    """str -> the ids of that text as one user message in the tokenizer's chat
+    template, with the assistant's turn opened (`add_generation_prompt`), so the
+    policy answers in the format an instruct model was tuned on."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("task.query_format='chat' needs a tokenizer with a chat template "
+                         f"({getattr(tokenizer, 'name_or_path', '') or 'this tokenizer'} has none)")
+
+    def encode(text: str) -> list[int]:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                                 tokenize=False, add_generation_prompt=True)
+        # The template writes its own special tokens (BOS included, where it has one).
+        return tokenizer.encode(rendered, add_special_tokens=False)
+
+    return encode
+
+
 def _single_token(encode, text: str | None, field: str) -> int | None:
     if text is None:
         return None
@@ -225,14 +244,14 @@ def check_query_format(task) -> None:
     fmt = task.query_format
     if fmt not in QUERY_FORMATS:
         raise ValueError(f"task.query_format={fmt!r}: expected one of {QUERY_FORMATS}")
-    if fmt == "sff":
+    if fmt in ("sff", "chat"):
         if task.query_dataset not in _TEXT_FIELDS:
-            raise ValueError(f"task.query_format='sff' formats TL;DR posts and CNN/DM "
+            raise ValueError(f"task.query_format={fmt!r} formats TL;DR posts and CNN/DM "
                              f"articles, not task.query_dataset={task.query_dataset!r}")
         if task.query_prefix or task.query_suffix:
             raise ValueError("task.query_prefix / task.query_suffix are LHP's policy-only "
                              "formatting (task.query_format='lhp'); the SFF template "
-                             "(task.query_format='sff') holds its own")
+                             f"(task.query_format={fmt!r}) holds its own")
 
 
 def _world_tldr_queries(task, tokenizer, *, split: str, seed: int,
@@ -314,7 +333,8 @@ def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = 
         return QueryDataset(q, m, seed)
     records = _load_records(source, task.dataset_path, split)
     text_field, ref_field = _TEXT_FIELDS[source]
-    if task.query_format == "sff" and limit is not None:
+    encode_query = chat_encoder(tokenizer) if task.query_format == "chat" else encode
+    if task.query_format != "lhp" and limit is not None:
         records = records[:limit]
     queries, refs = [], []
     eos = task.eos_token
@@ -333,11 +353,11 @@ def load_queries(task, tokenizer, *, split: str, seed: int, limit: int | None = 
             try:
                 if source == "tldr":
                     q = tasks.format_tldr_query(
-                        encode, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
+                        encode_query, subreddit=str(_field(r, "subreddit", task.dataset_path, i)),
                         title=str(_field(r, "title", task.dataset_path, i)), post=text,
                         query_length=task.query_length)
                 else:
-                    q = tasks.format_cnndm_query(encode, article=text,
+                    q = tasks.format_cnndm_query(encode_query, article=text,
                                                  query_length=task.query_length)
             except tasks.QueryTooLong:
                 # The rest of the query (subreddit, title) alone exceeds query_length:

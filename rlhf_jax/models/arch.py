@@ -119,3 +119,44 @@ def config_for(arch: str, *, vocab_size: int, n_positions: int, n_embd: int, n_l
                          n_embd=n_embd, n_layer=n_layer, n_head=n_head, n_kv_head=kv,
                          intermediate_size=ffn, tie_embeddings=True,
                          **_FAMILY[arch], **numerics)
+
+
+# Released checkpoints' architectures (their config.json), so a config can size
+# one (`--dry_run`, the memory report) before its weights are on disk.
+_LLAMA3_ROPE = (("rope_type", "llama3"), ("factor", None), ("low_freq_factor", 1.0),
+                ("high_freq_factor", 4.0), ("original_max_position_embeddings", 8192))
+
+
+def _llama3_rope(factor: float) -> tuple:
+    return tuple((k, factor if k == "factor" else v) for k, v in _LLAMA3_ROPE)
+
+
+KNOWN = {
+    "Qwen/Qwen2.5-0.5B": dict(family="qwen2", vocab_size=151936, n_positions=32768, n_embd=896,
+                              n_layer=24, n_head=14, n_kv_head=2, intermediate_size=4864,
+                              rope_theta=1000000.0, qkv_bias=True, tie_embeddings=True),
+    "Qwen/Qwen2.5-1.5B": dict(family="qwen2", vocab_size=151936, n_positions=131072,
+                              n_embd=1536, n_layer=28, n_head=12, n_kv_head=2,
+                              intermediate_size=8960, rope_theta=1000000.0, qkv_bias=True,
+                              tie_embeddings=True),
+    "Qwen/Qwen3-0.6B": dict(family="qwen3", vocab_size=151936, n_positions=40960, n_embd=1024,
+                            n_layer=28, n_head=16, n_kv_head=8, head_dim=128,
+                            intermediate_size=3072, rope_theta=1000000.0, qk_norm=True,
+                            tie_embeddings=True),
+    "meta-llama/Llama-3.2-1B": dict(family="llama", vocab_size=128256, n_positions=131072,
+                                    n_embd=2048, n_layer=16, n_head=32, n_kv_head=8,
+                                    head_dim=64, intermediate_size=8192, rms_norm_eps=1e-5,
+                                    rope_theta=500000.0, rope_scaling=_llama3_rope(32.0),
+                                    tie_embeddings=True),
+    "meta-llama/Llama-3.1-8B": dict(family="llama", vocab_size=128256, n_positions=131072,
+                                    n_embd=4096, n_layer=32, n_head=32, n_kv_head=8,
+                                    intermediate_size=14336, rms_norm_eps=1e-5,
+                                    rope_theta=500000.0, rope_scaling=_llama3_rope(8.0),
+                                    tie_embeddings=False),
+}
+
+
+def known_config(name: str, **numerics):
+    """The architecture config of a released checkpoint named in `KNOWN`, or None."""
+    spec = KNOWN.get(name)
+    return None if spec is None else DecoderConfig(**spec, **numerics)

@@ -124,7 +124,8 @@ def load_reward_model(cfg, path: str):
 def architecture(cfg) -> tuple[object, str]:
     """The architecture config the config runs, without loading weights, and its source.
 
-    A known GPT-2 size name (`gpt2`, ..., `stiennon-6.7b`) or a local Hugging
+    A known size name (GPT-2's `gpt2`, ..., `stiennon-6.7b`; `arch.KNOWN`'s
+    released Llama / Qwen checkpoints) or a local Hugging
     Face directory gives the architecture and dims; otherwise (a random init,
     a pretrain stage, or a hub name not on disk) `model.arch` and the
     `model.*` fields do.
@@ -137,6 +138,8 @@ def architecture(cfg) -> tuple[object, str]:
     if m.init != "scratch" and "pretrain" not in stages and name:
         if name in _SIZES:
             return GPT2Config.from_name(name, **dtypes), f"{name} (known size)"
+        if name in arch_lib.KNOWN:
+            return arch_lib.known_config(name, **dtypes), f"{name} (known size)"
         path = os.path.join(name, "config.json")
         if os.path.isfile(path):
             with open(path) as f:

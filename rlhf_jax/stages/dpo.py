@@ -151,7 +151,7 @@ def train_dpo(cfg, *, model, params, ref_params, train: Labels, val: Labels | No
 
     Args:
       cfg: the experiment's ConfigDict.
-      model: the LM (`GPT2LMHeadModel` or `PolicyWithValueHead`).
+      model: the LM (`models.causal_lm`: GPT-2 or the Llama family) or a `PolicyWithValueHead`.
       params: the policy's initial params (usually the reference's).
       ref_params: the frozen reference's params.
       train, val: `Labels` (pairwise, best_of_<N> or scalar_compare).

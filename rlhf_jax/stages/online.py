@@ -89,7 +89,7 @@ class OnlineCollector:
 
     Args:
       ctx: the pipeline context (config, workdir, devices, tokenizer, writer).
-      policy_model: the policy's language model (a GPT2LMHeadModel) to sample from.
+      policy_model: the policy's language model (`models.causal_lm`) to sample from.
       rm_model, rm_params: the reward model the PPO stage starts with (the
         reward stage's).
     """

@@ -100,7 +100,7 @@ class PPOModels:
     """The Flax modules of a PPO run (params live elsewhere).
 
     `policy` is a `PolicyWithValueHead` when `value` is None (shared, Ziegler)
-    or a `GPT2LMHeadModel` beside a `ValueModel` (separate, Stiennon).
+    or an LM (`models.causal_lm`) beside a `ValueModel` (separate, Stiennon).
     """
 
     policy: nn.Module

@@ -80,7 +80,7 @@ class SFTData:
 
 
 def causal_logits(model, params, ids_BxT, mask_BxT):
-    """[B, T, V] float32 logits of an LM (`GPT2LMHeadModel`) or of the shared
+    """[B, T, V] float32 logits of an LM (`models.causal_lm`) or of the shared
     policy+value model (`PolicyWithValueHead`, whose values are dropped)."""
     out = model.apply({"params": params}, ids_BxT, attention_mask=mask_BxT)
     if isinstance(out, tuple):
@@ -210,7 +210,7 @@ def train_sft(cfg, *, model, params, train: SFTData, val: SFTData | None, dp, rn
 
     Args:
       cfg: the experiment's ConfigDict.
-      model, params: an LM (`GPT2LMHeadModel` or `PolicyWithValueHead`) and
+      model, params: an LM (`models.causal_lm` or `PolicyWithValueHead`) and
         its initial params (host).
       train, val: `SFTData`; `val` None or empty skips validation.
       dp: `DataParallel`; rng: the base key (data order).
