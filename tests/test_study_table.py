@@ -126,3 +126,9 @@ def test_any_panel_against_one_curve(csv_path, capsys):
     assert "| PPO, shared value vs DPO | 1 | 0.500 [" in out
     with pytest.raises(SystemExit):
         study_table.main([csv_path, "--panel", "no such panel"])
+
+
+def test_cli_names_a_missing_file(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        study_table.main([str(tmp_path / "none.csv")])
+    assert "none.csv: no such file" in capsys.readouterr().err

@@ -5,18 +5,23 @@
 
 The baseline is Ziegler Fig. 2's run on the largest label count (shared
 value head, TF-style Adam, whitened rewards, linear RM head, adaptive KL);
-each variant changes one thing, 3 seeds each: `ppo.value_model=separate`
+each variant changes one thing, 5 seeds each: `ppo.value_model=separate`
 (Stiennon: a value model initialised from the RM), `ppo.adam=torch`
 (PyTorch's epsilon placement; eps stays 1e-5, so the ablation is the
 formula alone), `ppo.whiten_rewards=False`, and `reward.head=scalar_mix`
 (its own reward models). Panels: gold score vs episodes per ablation, the
-first updates' approxkl for the Adam pair, and the final held-out gold
-score with RM held-out accuracy per head.
+first updates' approxkl for the Adam pair, the final held-out gold
+score, each run's held-out gold every 25 updates against its KL (the
+ablations at equal KL:
+`python -m rlhf_jax.experiments.study_table CSV --panel "held-out gold vs KL along training" --against baseline`)
+and RM held-out accuracy per head.
 """
 
 from configs.sweeps import mock_scale
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point,
-                                        last_metric, metric, seeds_of)
+                                        eval_trajectory, last_metric, metric, seeds_of)
+
+FRONTIER_PANEL = "held-out gold vs KL along training"
 
 VARIANTS = (  # (label, run name, ppo_runs keyword arguments)
     ("separate value model", "ppo-value-separate",
@@ -56,13 +61,26 @@ def get_sweep(arg=None):
     final += [Curve(lab, (Points(seeds_of(name, s.seeds), eval_point("ppo", "kl", "gold_score")),),
                     line=False) for lab, name, _ in VARIANTS]
     panels.append(Panel("held-out eval after training", "KL(policy || initial) [nats]",
-                        "gold score", tuple(final)))
+                        "gold score", tuple(final), xscale="sqrt"))
+    # Each run's policy every `snapshot_every` updates: the ablations at equal KL
+    # (`python -m rlhf_jax.experiments.study_table CSV --panel FRONTIER_PANEL --against baseline`).
+    along = [Curve(lab, (Points(seeds_of(name, s.seeds), eval_trajectory("kl", "gold_score")),))
+             for lab, name in [(label, base)] + [(lab, name) for lab, name, _ in VARIANTS]]
+    along.append(Curve("initial policy", (Points(seeds_of(base, s.seeds),
+                                                 eval_point("initial", "kl", "gold_score")),),
+                       line=False))
+    panels.append(Panel(FRONTIER_PANEL, "KL(policy || initial) [nats]", "gold score",
+                        tuple(along), xscale="sqrt"))
     heads = tuple(Curve(f"{head} head", (Points(seeds_of(mock_scale.rm_name(s.max_labels, s.width,
                                                                             head), s.seeds),
                                                 last_metric("reward", "reward/val_accuracy", x)),),
                         line=False) for x, head in enumerate(("linear", "scalar_mix")))
-    panels.append(Panel("RM held-out accuracy by head", "head (0 linear, 1 scalar_mix)",
-                        "held-out accuracy", heads))
+    panels.append(Panel("RM held-out accuracy by head", "reward-model head",
+                        "held-out accuracy", heads, xticks=((0, "linear"), (1, "scalar_mix"))))
+    caption = (mock_scale.GOLD + f" Training panels: means of blocks of {window} updates; "
+               f"held-out panel: each run's policy every {s.snapshot_every} updates and at the "
+               "end.")
     return Sweep("ablations", tuple(runs), (Figure("ablations", "PPO ablations (one change each "
-                                                   "from the baseline)", tuple(panels)),),
+                                                   "from the baseline)", tuple(panels),
+                                                   caption=caption),),
                  runlocal=s.runlocal)

@@ -32,12 +32,14 @@ def get_sweep(arg=None):
         return Curve("best-of-N (RM-ranked; KL analytic)",
                      tuple(Points(rm_seeds, eval_point(f"best_of_{n}", "kl", y),
                                   setting=f"N={n}") for n in s.best_of_n),
-                     fit="bon" if y == "gold_score" else None)
+                     fit="bon" if y == "gold_score" else None,
+                     per_seed=y == "score")  # each seed's own RM: its own line
 
     def ppo(y):
         return Curve("PPO, fixed beta " + ", ".join(f"{c:g}" for c, _, _ in coefs),
                      tuple(Points(seeds_of(name, s.seeds), eval_point("ppo", "kl", y),
-                                  setting=f"beta={c:g}") for c, name, _ in coefs), line=False)
+                                  setting=f"beta={c:g}") for c, name, _ in coefs), line=False,
+                     per_seed=y == "score")
 
     def ppo_frontier(y):
         return Curve(f"PPO, every {s.snapshot_every} updates (all beta)",
@@ -56,7 +58,8 @@ def get_sweep(arg=None):
                  (Panel("gold score vs KL", "KL(policy || initial) [nats]", "gold score",
                         (bon("gold_score"), ppo_frontier("gold_score"), ppo("gold_score"), dpo,
                          initial), xscale="sqrt"),
-                  Panel("RM score vs KL", "KL(policy || initial) [nats]", "reward model score",
+                  Panel("RM score vs KL (each seed its own RM)", "KL(policy || initial) [nats]",
+                        "reward model score",
                         (bon("score"), ppo("score")), xscale="sqrt")),
                  caption=mock_scale.GOLD + " Dashed: Gao et al.'s forms fitted to every seed's "
                  "points (gain over the initial policy).")

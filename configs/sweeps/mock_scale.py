@@ -86,7 +86,7 @@ RUNLOCAL = Scale(runlocal=True, seeds=(0, 1), width=32, rm_widths=(16, 32),
                  label_counts=(32, 64), rm_label_counts=(32, 64), num_val=32, num_docs=600,
                  rm_epochs=1, normalize_samples=32, ppo_batch=16, ppo_updates=3, kl_horizon=200,
                  eval_queries=32, eval_batch=16, best_of_n=(1, 2), kl_coefs=(0.0, 0.1),
-                 dpo_betas=(0.1, 1.0), dpo_lr=1e-4, adam_updates=2, snapshot_every=1)
+                 dpo_betas=(0.1, 1.0), dpo_lr=1e-4, adam_updates=2, snapshot_every=2)
 
 
 def scale(arg: str | None) -> Scale:

@@ -6,7 +6,7 @@
 Reward models trained on the first N labels of the shared pool
 (`mock_scale.FULL.rm_label_counts`) from GPT-2s of each width in
 `mock_scale.FULL.rm_widths` (2 layers, each pretrained on the same corpus
-and tokenizer), 3 seeds each; held-out 4-way accuracy on the pool's held-out
+and tokenizer), 5 seeds each; held-out 4-way accuracy on the pool's held-out
 labels (chance 0.25). Paper: accuracy grows with both data and model size
 (roughly log-linearly).
 """

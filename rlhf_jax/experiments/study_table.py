@@ -32,6 +32,7 @@ import argparse
 import csv
 import dataclasses
 import math
+import os
 import re
 
 import numpy as np
@@ -231,6 +232,8 @@ def main(argv=None) -> None:
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in frontier.BUDGETS),
                         help="KL budgets in nats, comma-separated")
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.csv):
+        parser.error(f"{args.csv}: no such file")
     try:
         budgets = tuple(float(b) for b in args.budgets.split(","))
         points = read_points(args.csv, args.panel)

@@ -126,6 +126,8 @@ class Panel:
     # sqrt(KL) is the axis of Gao et al.'s forms, and keeps KL 0).
     xscale: str = "linear"
     fit_base: str = "initial policy"  # the curve whose mean y is the fits' zero gain
+    # Named x positions ((x, label), ...) for categories on the x axis.
+    xticks: tuple[tuple[float, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

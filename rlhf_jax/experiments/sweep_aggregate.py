@@ -227,7 +227,11 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
             _sqrt_scale(ax, min(xs_all), max(xs_all))
         else:
             ax.set_xscale(panel.xscale)
-        if panel.xscale == "log":  # the grid's own values as plain tick labels
+        if panel.xticks:
+            ax.set_xticks([x for x, _ in panel.xticks], [t for _, t in panel.xticks])
+            ax.set_xlim(min(x for x, _ in panel.xticks) - 0.5,
+                        max(x for x, _ in panel.xticks) + 0.5)
+        elif panel.xscale == "log":  # the grid's own values as plain tick labels
             ticks = sorted(xs_seen)
             ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
             ax.minorticks_off()
