@@ -130,12 +130,22 @@ def _xla_einsum(q_BxTxHxd, k_BxSxFxd, v_BxSxFxd, allowed_BxTxS, dot_dtype):
     b, t, h, d = q_BxTxHxd.shape
     f = k_BxSxFxd.shape[2]
     dtype = q_BxTxHxd.dtype
+    neg = jnp.finfo(jnp.float32).min
+    if f == h:
+        # Plain multi-head attention keeps the ungrouped einsums: XLA:CPU
+        # accumulates a dot with a size-1 group axis in another order, and the
+        # float-level difference flips sampled tokens (and the pinned runs).
+        scores_BxHxTxS = jnp.einsum("bthd,bshd->bhts", q_BxTxHxd, k_BxSxFxd,
+                                    preferred_element_type=jnp.float32) / math.sqrt(d)
+        # `where`, not an additive bias: a fully masked row softmaxes to uniform, not NaN.
+        scores_BxHxTxS = jnp.where(allowed_BxTxS[:, None], scores_BxHxTxS, neg)
+        probs_BxHxTxS = jax.nn.softmax(scores_BxHxTxS, axis=-1).astype(dtype)
+        return jnp.einsum("bhts,bshd->bthd", probs_BxHxTxS, v_BxSxFxd,
+                          preferred_element_type=dot_dtype).astype(dtype)
     q_BxTxFxAxd = _grouped(q_BxTxHxd, f)
     scores_BxFxAxTxS = jnp.einsum("btfad,bsfd->bfats", q_BxTxFxAxd, k_BxSxFxd,
                                   preferred_element_type=jnp.float32) / math.sqrt(d)
-    # `where`, not an additive bias: a fully masked row softmaxes to uniform, not NaN.
-    scores_BxFxAxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxFxAxTxS,
-                                 jnp.finfo(jnp.float32).min)
+    scores_BxFxAxTxS = jnp.where(allowed_BxTxS[:, None, None], scores_BxFxAxTxS, neg)
     probs = jax.nn.softmax(scores_BxFxAxTxS, axis=-1).astype(dtype)
     out_BxTxFxAxd = jnp.einsum("bfats,bsfd->btfad", probs, v_BxSxFxd,
                                preferred_element_type=dot_dtype).astype(dtype)
@@ -148,12 +158,17 @@ def _decode_reduce(q_Bx1xHxd, k_BxSxFxd, v_BxSxFxd, allowed_Bx1xS):
     b, _, h, d = q_Bx1xHxd.shape
     f = k_BxSxFxd.shape[2]
     dtype = q_Bx1xHxd.dtype
+    neg = jnp.finfo(jnp.float32).min
+    if f == h:  # ungrouped, as in `_xla_einsum`
+        scores_BxSxH = jnp.sum((q_Bx1xHxd * k_BxSxFxd).astype(jnp.float32), axis=-1) / math.sqrt(d)
+        scores_BxSxH = jnp.where(allowed_Bx1xS[:, 0, :, None], scores_BxSxH, neg)
+        probs_BxSxH = jax.nn.softmax(scores_BxSxH, axis=1).astype(dtype)
+        return jnp.sum(probs_BxSxH[..., None] * v_BxSxFxd, axis=1, keepdims=True)
     q_Bx1xFxAxd = _grouped(q_Bx1xHxd, f)
     scores_BxSxFxA = jnp.sum(
         (q_Bx1xFxAxd * k_BxSxFxd[:, :, :, None]).astype(jnp.float32), axis=-1
     ) / math.sqrt(d)
-    scores_BxSxFxA = jnp.where(allowed_Bx1xS[:, 0, :, None, None], scores_BxSxFxA,
-                               jnp.finfo(jnp.float32).min)
+    scores_BxSxFxA = jnp.where(allowed_Bx1xS[:, 0, :, None, None], scores_BxSxFxA, neg)
     probs_BxSxFxA = jax.nn.softmax(scores_BxSxFxA, axis=1).astype(dtype)
     out_BxFxAxd = jnp.sum(probs_BxSxFxA[..., None] * v_BxSxFxd[:, :, :, None], axis=1)
     return out_BxFxAxd.reshape(b, 1, h, d)
