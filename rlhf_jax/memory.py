@@ -400,22 +400,24 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
     g = cfg.reward
     optimizer = make_optimizer(lr=g.lr, total_steps=10, schedule=g.schedule, adam=g.adam,
                                eps=g.adam_eps)
-    step = dp.compile(supervised._make_train_step(loss, optimizer),
-                      (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP),
-                      donate_argnums=(0,))
-    state = jax.eval_shape(lambda p: supervised.TrainState(
+    # A run is a group of one: the member axis leads the state, follows the batch's rows.
+    train_step, _ = supervised.member_steps(loss, optimizer, 1)
+    step = dp.compile(train_step, (parallel.REP, parallel.SHARD, parallel.REP),
+                      (parallel.REP, parallel.REP), donate_argnums=(0,))
+    state = jax.eval_shape(lambda p: jax.tree.map(lambda x: x[None], supervised.TrainState(
         params=p, opt_state=optimizer.init(p), rng=jax.random.key(0),
-        step=jnp.zeros((), jnp.int32)), param_shapes(rm))
+        step=jnp.zeros((), jnp.int32))), param_shapes(rm))
     state = dp.step_shapes(state, parallel.REP)
+    scale = dp.step_shapes(jax.ShapeDtypeStruct((1,), jnp.float32), parallel.REP)
     b, q, r = g.batch_size, cfg.task.query_length, cfg.task.response_length
     target = jnp.float32 if kind in ("scalar_rating", "scalar_compare") else jnp.int32
-    batch = {name: jax.ShapeDtypeStruct((b, *shape), dtype)
+    batch = {name: jax.ShapeDtypeStruct((b, 1, *shape), dtype)
              for name, shape, dtype in (("query", (q,), jnp.int32), ("query_mask", (q,), jnp.int32),
                                         ("responses", (k, r), jnp.int32),
                                         ("response_mask", (k, r), jnp.int32),
                                         ("target", (), target))}
     batch = dp.step_shapes(batch, parallel.SHARD)
-    analysis = step.lower(state, batch).compile().memory_analysis()
+    analysis = step.lower(state, batch, scale).compile().memory_analysis()
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
 
 

@@ -107,6 +107,38 @@ def query_batch(cfg, queries: QuerySource, update: int):
     return queries.batch(update, cfg.ppo.batch_size)
 
 
+# Fold-in constant of the rollouts' keys: update u samples with
+# `fold_in(fold_in(state.rng, _ROLLOUT_STREAM), u)`.
+_ROLLOUT_STREAM = 1 << 20
+
+
+def rollout_key(rng: jax.Array, step) -> jax.Array:
+    """The sampling key of the rollout before update `step` (a run's or a member's)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, _ROLLOUT_STREAM), step)
+
+
+def gold_scores(task: TaskSpec, gold_fn: Callable, query_BxQ, query_mask_BxQ, processed_BxR,
+                response_BxR=None):
+    """`(gold_B, scores_B)` on the host: each episode's gold score, and the penalised
+    gold to train on when `response_BxR` (the raw responses) is given, PPO on the
+    gold reward (`ppo.reward_source='gold'`); else `scores_B` is None."""
+    gold_B = np.asarray(gold_fn(query_BxQ, query_mask_BxQ, processed_BxR), np.float32)
+    if response_BxR is None:
+        return gold_B, None
+    return gold_B, np.asarray(penalize(jnp.asarray(gold_B), jnp.asarray(response_BxR), task))
+
+
+def update_extras(ppo_cfg, update: int, seconds: float, episodes: int, gold_B=None) -> dict:
+    """The host-side statistics of update `update` (1-based) that took `seconds` for
+    `episodes` episodes (every member's): speed, episodes so far, its lr, gold."""
+    out = {"elapsed/fps": episodes / max(seconds, 1e-9),
+           "ppo/episodes": update * ppo_cfg.batch_size,
+           "ppo/lr": update_lr(ppo_cfg, update - 1)}
+    if gold_B is not None:
+        out["objective/gold_score"] = float(np.mean(gold_B))
+    return out
+
+
 class PPOTrainer:
     """Compiled rollout and update for one config; the loop is `train`."""
 
@@ -141,18 +173,16 @@ class PPOTrainer:
         """A scored rollout (device) plus host copies of what logging needs."""
         dp = self.dp
         # Only the key and step come to the host, not the whole state.
-        key = jax.random.fold_in(jax.random.fold_in(dp.unreplicate(state.rng), 1 << 20),
-                                 int(dp.unreplicate(state.step)))
+        key = rollout_key(dp.unreplicate(state.rng), int(dp.unreplicate(state.step)))
         ro, processed = self.rollout_fn(state.params, ref_params, rm_params,
                                         dp.shard(query_BxQ), dp.shard(query_mask_BxQ),
                                         dp.replicate(key))
         gold_B = None
         if gold_fn is not None or not self.use_rm:
-            processed_h = np.asarray(dp.unshard(processed))
-            gold_B = np.asarray(gold_fn(query_BxQ, query_mask_BxQ, processed_h), np.float32)
-            if not self.use_rm:
-                raw = np.asarray(dp.unshard(ro.response_BxR))
-                scores = np.asarray(penalize(jnp.asarray(gold_B), jnp.asarray(raw), self.task))
+            raw = None if self.use_rm else np.asarray(dp.unshard(ro.response_BxR))
+            gold_B, scores = gold_scores(self.task, gold_fn, query_BxQ, query_mask_BxQ,
+                                         np.asarray(dp.unshard(processed)), raw)
+            if scores is not None:
                 ro = ro.replace(scores_B=dp.shard(scores))
         return ro, processed, gold_B
 
@@ -227,12 +257,8 @@ class PPOTrainer:
                 state, stats = self.update_fn(state, ro)
                 update += 1
                 now = time.perf_counter()
-                extra = {"elapsed/fps": cfg.ppo.batch_size / max(now - t_last, 1e-9),
-                         "ppo/episodes": update * cfg.ppo.batch_size,
-                         "ppo/lr": update_lr(cfg.ppo, update - 1)}
+                extra = update_extras(cfg.ppo, update, now - t_last, cfg.ppo.batch_size, gold_B)
                 t_last = now
-                if gold_B is not None:
-                    extra["objective/gold_score"] = float(np.mean(gold_B))
                 is_log = update % cfg.ppo.log_every == 0 or update == n
                 if is_log and writer is not None and decode is not None:
                     # The beta this rollout was penalised with (before this update's change).
