@@ -8,7 +8,8 @@ with the same command ends with the same metrics as one never interrupted.
 
 A stage reads what earlier stages left in the workdir and calls one trainer;
 what the stages share (config, devices, tokenizer, models on disk) is
-`context.Context`, host-batched sampling is `batched`, the eval stage is `eval`.
+`context.Context`, a run's bookkeeping (workdir, stage markers) is `stages.run`,
+host-batched sampling is `batched`, the eval stage is `eval`.
 
 Artifacts:
   tokenizer/                 the trained tokenizer (offline default)
@@ -40,9 +41,10 @@ from rlhf_jax.stages import (dpo, eval as eval_lib, expert_iteration, figures, r
 from rlhf_jax.stages.batched import gold_function, postprocess, sample_responses
 from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.online import OnlineCollector
-# `Preempted`: what `run` raises on SIGTERM (launch.py catches `pipeline.Preempted`).
-from rlhf_jax.stages.run import (Preempted, finished_stage, open_run, raise_if_preempted,  # noqa: F401
-                                 record_stage, scalars, start_stage)
+from rlhf_jax.stages.run import (finished_stage, open_run, raise_if_preempted, record_stage,
+                                 scalars, start_stage)
+# What `run` raises on SIGTERM (launch.py catches `pipeline.Preempted`).
+from rlhf_jax.stages.run import Preempted  # noqa: F401
 
 
 # --------------------------------------------------------------------------

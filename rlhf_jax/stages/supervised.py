@@ -407,20 +407,15 @@ def _label(stage: str, group: list[MemberRun]) -> str:
     return stage if len(group) == 1 else f"{stage}: {len(group)} members"
 
 
-def _run(loop, members, ckpts, *, loss_fn, eval_fn, dp, optimizer, total_steps, steps_per_epoch,
-         warmup, stop_after, cache_key):
-    """The loop (one program for the group): restore or start, train, evaluate, save."""
-    stage, batch_size = loop.stage, loop.batch_size
-    start, results, active, restored = _restore(loop, members, ckpts, optimizer, dp)
-    if not active:
-        return results
-    group = [members[i] for i in active]
-    group_ckpts = [ckpts[i] for i in active]
-    summaries = [{"total_steps": total_steps, "stopped_early": False} for _ in group]
+def _start_state(loop, group, restored, start, summaries, optimizer, dp, total_steps):
+    """The group's state (host layout, member axis first) at step `start`: stacked
+    from the members' checkpoints `restored` (None on a fresh start), else their
+    initial params after `init_fn`, with a fresh optimizer state."""
+    stage = loop.stage
     if restored is not None:
         states = []
         for k, mb in enumerate(group):
-            _, tree, meta = restored[active[k]]
+            _, tree, meta = restored[k]
             summaries[k].update(meta["summary"])
             states.append(_from_ckpt(tree))
             if int(states[k].step) != start:
@@ -428,20 +423,62 @@ def _run(loop, members, ckpts, *, loss_fn, eval_fn, dp, optimizer, total_steps, 
                                  f"{start} holds step {int(states[k].step)}")
             if mb.writer is not None:
                 mb.writer.resume(stage, start)
-        host_state = _stack(states)
         log_line(f"{_label(stage, group)} resuming at step {start}/{total_steps}")
-    else:
-        params = []
+        return _stack(states)
+    params = []
+    for k, mb in enumerate(group):
+        p = mb.params
+        if mb.init_fn is not None:
+            p, summaries[k]["init"] = mb.init_fn(p, jax.random.fold_in(mb.rng, _INIT_STREAM))
+        params.append(p)
+    params = _stack(params)
+    # On a mesh the optimizer state is created split, never whole on one device.
+    return TrainState(params=params, opt_state=dp.init(jax.vmap(optimizer.init), params),
+                      rng=_stack([mb.rng for mb in group]),
+                      step=jnp.zeros((len(group),), jnp.int32))
+
+
+def _evaluator(loop, group, eval_step, dp, total_steps) -> Callable:
+    """`evaluate(step, state)`: every member's held-out metrics (exact weighted means
+    over the padded set), written to its log; a list, one dict per member."""
+    stage, batch_size = loop.stage, loop.batch_size
+    padded = [pad_rows(mb.val_data, batch_size) for mb in group]
+    num_val_rows = num_rows(padded[0], f"{stage} val data")
+
+    def run_eval(step, state):
+        totals = None
+        for s in range(0, num_val_rows, batch_size):
+            rows = np.arange(s, s + batch_size)
+            batch = dp.shard(_stack_batch([take_rows(p, rows) for p in padded]))
+            out = jax.tree.map(lambda x: np.asarray(x, np.float64),  # sums as floats
+                               jax.device_get(dp.unreplicate(eval_step(state.params, batch))))
+            totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+        vals = []
         for k, mb in enumerate(group):
-            p = mb.params
-            if mb.init_fn is not None:
-                p, summaries[k]["init"] = mb.init_fn(p, jax.random.fold_in(mb.rng, _INIT_STREAM))
-            params.append(p)
-        params = _stack(params)
-        # On a mesh the optimizer state is created split, never whole on one device.
-        host_state = TrainState(params=params, opt_state=dp.init(jax.vmap(optimizer.init), params),
-                                rng=_stack([mb.rng for mb in group]),
-                                step=jnp.zeros((len(group),), jnp.int32))
+            metrics = {f"{stage}/val_{name}": float(num[k]) / max(float(den[k]), 1e-12)
+                       for name, (num, den) in totals.items()}
+            _write(mb, step, stage, metrics, total_steps)
+            vals.append({key.split("/", 1)[1]: v for key, v in metrics.items()})
+        return vals
+
+    return run_eval
+
+
+def _run(loop, members, ckpts, *, loss_fn, eval_fn, dp, optimizer, total_steps, steps_per_epoch,
+         warmup, stop_after, cache_key):
+    """The loop (one program for the group): restore or start, train, evaluate, save.
+
+    About 120 lines, kept whole: the order of a step's logging, evaluation,
+    checkpoint and stop is what makes a resume exact, and reads in one place."""
+    stage, batch_size = loop.stage, loop.batch_size
+    start, results, active, restored = _restore(loop, members, ckpts, optimizer, dp)
+    if not active:
+        return results
+    group = [members[i] for i in active]
+    group_ckpts = [ckpts[i] for i in active]
+    summaries = [{"total_steps": total_steps, "stopped_early": False} for _ in group]
+    mine = None if restored is None else [restored[i] for i in active]
+    host_state = _start_state(loop, group, mine, start, summaries, optimizer, dp, total_steps)
     state = dp.replicate(host_state)
     m = len(group)
     scales = [(loop.lr if mb.lr is None else mb.lr) / loop.lr if loop.lr else 1.0 for mb in group]
@@ -459,25 +496,7 @@ def _run(loop, members, ckpts, *, loss_fn, eval_fn, dp, optimizer, total_steps, 
         eval_step = _compiled(
             None if cache_key is None else ("eval", cache_key, placement, m),
             lambda: dp.compile(eval_fn_m, (R, S), R))
-        padded = [pad_rows(mb.val_data, batch_size) for mb in group]
-        num_val_rows = num_rows(padded[0], f"{stage} val data")
-
-        def run_eval(step, state):
-            totals = None
-            for s in range(0, num_val_rows, batch_size):
-                rows = np.arange(s, s + batch_size)
-                batch = dp.shard(_stack_batch([take_rows(p, rows) for p in padded]))
-                out = jax.tree.map(lambda x: np.asarray(x, np.float64),  # sums as floats
-                                   jax.device_get(dp.unreplicate(eval_step(state.params, batch))))
-                totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
-            vals = []
-            for k, mb in enumerate(group):
-                metrics = {f"{stage}/val_{name}": float(num[k]) / max(float(den[k]), 1e-12)
-                           for name, (num, den) in totals.items()}
-                _write(mb, step, stage, metrics, total_steps)
-                vals.append({key.split("/", 1)[1]: v for key, v in metrics.items()})
-            return vals
-
+        run_eval = _evaluator(loop, group, eval_step, dp, total_steps)
         evaluate = run_eval
         if start == 0:
             for summary, val in zip(summaries, evaluate(0, state)):
