@@ -44,8 +44,9 @@ from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_fini
 from rlhf_jax.stages import reward_train, run as run_lib, supervised, train_ppo
 from rlhf_jax.stages.batched import gold_function
 from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout
-from rlhf_jax.stages.train_ppo import (LOG_KEYS, gold_scores, hparams, init_state, log_samples,
-                                       make_optimizer, query_batch, rollout_key, update_extras)
+from rlhf_jax.stages.train_ppo import (gold_scores, hparams, init_state, log_samples,
+                                       make_optimizer, query_batch, rollout_key, update_extras,
+                                       write_row)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -215,16 +216,9 @@ class MemberPPOTrainer:
         def log(step_done, host_stats, extras):
             _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
             for i, mb in enumerate(members):
-                check = {k: float(v[i]) for k, v in host_stats.items() if np.ndim(v) == 1}
-                check.update(extras[i])
-                metrics_lib.check_finite(check, step_done, f"{stage} [{mb.name}]")
-                histories[i].append({"step": step_done, **check})
-                if mb.writer is not None:
-                    mb.writer.write(step_done, stage, check)
-                if parallel.process_is_main():
-                    print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS,
-                                                      stage=f"{stage} [{mb.name}]",
-                                                      eta_s=eta_s), flush=True)
+                row = {k: float(v[i]) for k, v in host_stats.items() if np.ndim(v) == 1}
+                write_row(mb.writer, stage, f"{stage} [{mb.name}]", step_done, n,
+                          {**row, **extras[i]}, histories[i], eta_s)
 
         def flush():
             ready = deferred.flush()

@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import config_lib
-from rlhf_jax.algorithms.optim import make_optimizer
 from rlhf_jax.algorithms.ppo import Rollout, make_update_step
 from rlhf_jax.data.labels import parse_label_type
 from rlhf_jax.infra import fsdp, parallel
@@ -398,8 +397,7 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
                              reward_at=cfg.reward.reward_at, eos_token=eos,
                              span_coef=float(cfg.reward.span_coef))
     g = cfg.reward
-    optimizer = make_optimizer(lr=g.lr, total_steps=10, schedule=g.schedule, adam=g.adam,
-                               eps=g.adam_eps)
+    optimizer, _ = supervised.loop_optimizer(config_lib.LoopConfig.from_config(cfg, "reward"), 10)
     # A run is a group of one: the member axis leads the state, follows the batch's rows.
     train_step, _ = supervised.member_steps(loss, optimizer, 1)
     step = dp.compile(train_step, (parallel.REP, parallel.SHARD, parallel.REP),

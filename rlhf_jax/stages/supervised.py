@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rlhf_jax.algorithms.optim import make_optimizer, make_schedule
+from rlhf_jax.algorithms.optim import adam_optimizer, make_schedule
 from rlhf_jax.config_lib import LoopConfig
 from rlhf_jax.infra import fsdp, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
@@ -298,6 +298,15 @@ def run(
                        max_to_keep=max_to_keep, cache_key=cache_key)[0]
 
 
+def loop_optimizer(loop: LoopConfig, total_steps: int, lr: float | None = None):
+    """`(optimizer, lr_schedule)` of a loop of `total_steps` steps: Adam of the loop's
+    style on its schedule (`lr` overrides the loop's); logging reads the same schedule."""
+    schedule = make_schedule(loop.schedule, lr=loop.lr if lr is None else lr,
+                             total_steps=total_steps,
+                             warmup_steps=int(loop.warmup_frac * total_steps))
+    return adam_optimizer(schedule, loop.adam, eps=loop.adam_eps), schedule
+
+
 def _shapes(data, what):
     if data is None:
         return None
@@ -346,13 +355,10 @@ def run_members(loop: LoopConfig, members: list[MemberRun], *, loss_fn: Callable
     steps_per_epoch = loop.steps_per_epoch(
         n, num_field=num_train_field, drop_last=drop_last, num_devices=dp.num_devices)
     total_steps = steps_per_epoch * loop.epochs
-    warmup = int(loop.warmup_frac * total_steps)
-    optimizer = make_optimizer(lr=loop.lr, total_steps=total_steps, schedule=loop.schedule,
-                               adam=loop.adam, eps=loop.adam_eps, warmup_steps=warmup)
+    optimizer, lr_schedule = loop_optimizer(loop, total_steps)
     for mb in members:
         # Each member's own lr must be one its own run accepts.
-        make_schedule(loop.schedule, lr=loop.lr if mb.lr is None else mb.lr,
-                      total_steps=total_steps, warmup_steps=warmup)
+        loop_optimizer(loop, total_steps, lr=mb.lr)
     ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage), max_to_keep=max_to_keep,
                           save_interval_steps=1) if mb.workdir is not None else None
              for mb in members]
@@ -362,7 +368,7 @@ def run_members(loop: LoopConfig, members: list[MemberRun], *, loss_fn: Callable
     try:
         return _run(loop, members, ckpts, loss_fn=loss_fn, eval_fn=eval_fn, dp=dp,
                     optimizer=optimizer, total_steps=total_steps,
-                    steps_per_epoch=steps_per_epoch, warmup=warmup, stop_after=stop_after,
+                    steps_per_epoch=steps_per_epoch, lr_schedule=lr_schedule, stop_after=stop_after,
                     cache_key=cache_key)
     finally:
         for c in ckpts:
@@ -404,7 +410,7 @@ def _restore(loop, members, ckpts, optimizer, dp):
 
 
 def _label(stage: str, group: list[MemberRun]) -> str:
-    return stage if len(group) == 1 else f"{stage}: {len(group)} members"
+    return f"{stage}:" if len(group) == 1 else f"{stage}: {len(group)} members"
 
 
 def _start_state(loop, group, restored, start, summaries, optimizer, dp, total_steps):
@@ -465,7 +471,7 @@ def _evaluator(loop, group, eval_step, dp, total_steps) -> Callable:
 
 
 def _run(loop, members, ckpts, *, loss_fn, eval_fn, dp, optimizer, total_steps, steps_per_epoch,
-         warmup, stop_after, cache_key):
+         lr_schedule, stop_after, cache_key):
     """The loop (one program for the group): restore or start, train, evaluate, save.
 
     About 120 lines, kept whole: the order of a step's logging, evaluation,
@@ -502,8 +508,6 @@ def _run(loop, members, ckpts, *, loss_fn, eval_fn, dp, optimizer, total_steps, 
             for summary, val in zip(summaries, evaluate(0, state)):
                 summary["initial_val"] = val
 
-    lr_schedule = make_schedule(loop.schedule, lr=loop.lr, total_steps=total_steps,
-                                warmup_steps=warmup)
     t0 = time.monotonic()
 
     def log_train(done):

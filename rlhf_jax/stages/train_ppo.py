@@ -139,6 +139,19 @@ def update_extras(ppo_cfg, update: int, seconds: float, episodes: int, gold_B=No
     return out
 
 
+def write_row(writer, stage: str, label: str, step: int, total: int, row: dict, history: list,
+              eta_s: float | None) -> None:
+    """One PPO log row of a run (or a member, `label` naming it): NaN check, its
+    history, its metrics file and one console line (process 0)."""
+    metrics_lib.check_finite(row, step, label)
+    history.append({"step": step, **row})
+    if writer is not None:
+        writer.write(step, stage, row)
+    if parallel.process_is_main():
+        print(metrics_lib.format_log_line(step, total, row, LOG_KEYS, stage=label, eta_s=eta_s),
+              flush=True)
+
+
 class PPOTrainer:
     """Compiled rollout and update for one config; the loop is `train`."""
 
@@ -231,15 +244,9 @@ class PPOTrainer:
         update = start
 
         def log(step_done, host_stats):
-            check = {k: v for k, v in host_stats.items() if np.ndim(v) == 0}
-            metrics_lib.check_finite(check, step_done, stage)
-            history.append({"step": step_done, **check})
-            if writer is not None:
-                writer.write(step_done, stage, check)
-            if parallel.process_is_main():
-                _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
-                print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS, stage=stage,
-                                                  eta_s=eta_s), flush=True)
+            row = {k: v for k, v in host_stats.items() if np.ndim(v) == 0}
+            _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
+            write_row(writer, stage, stage, step_done, n, row, history, eta_s)
 
         with PreemptionHandler() as preempt:
             while update < n:
