@@ -66,10 +66,8 @@ def check_adam(group, name: str) -> None:
     _need(group.adam_eps > 0, f"{name}.adam_eps={group.adam_eps!r} must be > 0")
 
 
-def resolve(c, num_devices: int) -> dict:
-    """Validates `c` for `num_devices` and returns derived sizes (one line per error)."""
-    stages = stage_list(c)
-    d = {"devices": num_devices, "stages": ",".join(stages)}
+def _resolve_model_task(c, stages, num_devices: int, d: dict) -> None:
+    """Validates the `model`, `parallel` and `task` groups (every stage reads them)."""
     _need(c.model.dtype in ("float32", "bfloat16"),
           f"model.dtype={c.model.dtype!r}: expected float32 or bfloat16")
     _need(c.model.param_dtype in ("float32", "bfloat16"),
@@ -111,6 +109,13 @@ def resolve(c, num_devices: int) -> dict:
               f"model.n_kv_head={kv!r} must be 0 or divide model.n_head={c.model.n_head}")
     d["context"] = ctx
 
+
+def resolve(c, num_devices: int) -> dict:
+    """Validates `c` for `num_devices` and returns derived sizes (one line per error)."""
+    stages = stage_list(c)
+    d = {"devices": num_devices, "stages": ",".join(stages)}
+    _resolve_model_task(c, stages, num_devices, d)
+
     for group in loop_groups(c):
         if group in stages:
             loop = LoopConfig.from_config(c, group)
@@ -140,7 +145,7 @@ def resolve(c, num_devices: int) -> dict:
               f"labels.path={c.labels.path!r} is set but labels.source='mock' does not read "
               "it: add --config.labels.source=file")
         if c.labels.source == "file":
-            _need(c.labels.format != "sff" or t.query_format == "sff",
+            _need(c.labels.format != "sff" or c.task.query_format == "sff",
                   "labels.format='sff': SFF comparisons hold Stiennon-format queries; the "
                   "reward model would read other queries than PPO gives it: set "
                   "task.query_format='sff'")

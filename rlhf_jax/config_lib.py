@@ -126,6 +126,8 @@ class LoopConfig:
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every field with its default. One long function on purpose: the schema reads
+    top to bottom, a group at a time, each field beside its comment."""
     c = ml_collections.ConfigDict()
     c.name = "base"
     c.seed = 0  # one base key; every stage folds in its own stream

@@ -6,7 +6,7 @@ together. PPO: one `jax.vmap` over a leading member axis of the rollout and
 the update, each member with its own params, optimizer state, KL controller
 state, PRNG key, queries, reward model and reference. Reward model
 (`run_reward_members`): the supervised loop vmapped the same way
-(`rlhf_jax.stages.supervised_members`), each member with its own labels, data
+(`rlhf_jax.stages.supervised.run_members`), each member with its own labels, data
 order, initial head, normalisation samples and `reward.lr`. Where one small run leaves the device mostly
 idle (an accelerator), M members cost far less than M runs; on a small CPU
 whose cores one run already keeps busy, about M times one (docs/sweeps.md).
@@ -41,11 +41,12 @@ from rlhf_jax.algorithms import pg
 from rlhf_jax.algorithms.ppo import make_update_step
 from rlhf_jax.infra import compile_cache, metrics as metrics_lib, parallel
 from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_finished
-from rlhf_jax.stages import reward_train, run as run_lib, supervised_members, train_ppo
-from rlhf_jax.stages.batched import gold_reward, ppo_gold_function
-from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout, penalize
-from rlhf_jax.stages.train_ppo import (LOG_KEYS, hparams, init_state, log_samples, make_optimizer,
-                                       query_batch, update_lr)
+from rlhf_jax.stages import reward_train, run as run_lib, supervised, train_ppo
+from rlhf_jax.stages.batched import ppo_gold_function
+from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout
+from rlhf_jax.stages.train_ppo import (gold_scores, hparams, init_state, log_samples,
+                                       make_optimizer, query_batch, rollout_key, update_extras,
+                                       write_row)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -160,8 +161,7 @@ class MemberPPOTrainer:
         # Each member's rollout key as its own run derives it (PPOTrainer.rollout),
         # computed on the device: reading the state's key and step on the host
         # would wait for the previous update before the next rollout is queued.
-        self.keys_fn = dp.compile(jax.vmap(lambda r, s: jax.random.fold_in(
-            jax.random.fold_in(r, 1 << 20), s)), (R, R), R)
+        self.keys_fn = dp.compile(jax.vmap(rollout_key), (R, R), R)
         base = hparams(cfg)
 
         def update(state, ro, hp):
@@ -221,16 +221,9 @@ class MemberPPOTrainer:
         def log(step_done, host_stats, extras):
             _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
             for i, mb in enumerate(members):
-                check = {k: float(v[i]) for k, v in host_stats.items() if np.ndim(v) == 1}
-                check.update(extras[i])
-                metrics_lib.check_finite(check, step_done, f"{stage} [{mb.name}]")
-                histories[i].append({"step": step_done, **check})
-                if mb.writer is not None:
-                    mb.writer.write(step_done, stage, check)
-                if parallel.process_is_main():
-                    print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS,
-                                                      stage=f"{stage} [{mb.name}]",
-                                                      eta_s=eta_s), flush=True)
+                row = {k: float(v[i]) for k, v in host_stats.items() if np.ndim(v) == 1}
+                write_row(mb.writer, stage, f"{stage} [{mb.name}]", step_done, n,
+                          {**row, **extras[i]}, histories[i], eta_s)
 
         def flush():
             ready = deferred.flush()
@@ -248,33 +241,26 @@ class MemberPPOTrainer:
 
                 def gold():
                     proc_h = np.asarray(dp.unshard(processed))
-                    return np.stack([np.asarray(mb.gold_fn(q_BxMxQ[:, i], qm_BxMxQ[:, i],
-                                                           proc_h[:, i]), np.float32)
-                                     for i, mb in enumerate(members)], 1)
+                    raw = None if self.use_rm else np.asarray(dp.unshard(ro.response_BxR))
+                    golds = [gold_scores(self.task, mb.gold_fn, q_BxMxQ[:, i], qm_BxMxQ[:, i],
+                                         proc_h[:, i], None if raw is None else raw[:, i])
+                             for i, mb in enumerate(members)]
+                    return np.stack([g for g, _ in golds], 1), golds
 
                 gold_BxM = None
                 if not self.use_rm:  # the gold is the reward: the update waits for it
-                    gold_BxM = gold()
-                    raw = np.asarray(dp.unshard(ro.response_BxR))
-                    scores = np.stack([np.asarray(penalize(
-                        jnp.asarray(gold_reward(members[i].gold_fn, gold_BxM[:, i])),
-                        jnp.asarray(raw[:, i]), self.task))
-                        for i in range(m)], 1)
-                    ro = ro.replace(scores_B=dp.shard(scores))
+                    gold_BxM, golds = gold()
+                    ro = ro.replace(scores_B=dp.shard(np.stack([s for _, s in golds], 1)))
                 state, stats = self.update_fn(state, ro, hp_r)
                 if gold_BxM is None and members[0].gold_fn is not None:
                     # Logged only: scored on the host while the device runs the update.
-                    gold_BxM = gold()
+                    gold_BxM, _ = gold()
                 update += 1
                 now = time.perf_counter()
-                extras = [{"elapsed/fps": m * b / max(now - t_last, 1e-9),
-                           "ppo/episodes": update * b,
-                           "ppo/lr": update_lr(mb.cfg.ppo, update - 1)}
-                          for mb in members]
+                extras = [update_extras(mb.cfg.ppo, update, now - t_last, m * b,
+                                        None if gold_BxM is None else gold_BxM[:, i])
+                          for i, mb in enumerate(members)]
                 t_last = now
-                if gold_BxM is not None:
-                    for i in range(m):
-                        extras[i]["objective/gold_score"] = float(np.mean(gold_BxM[:, i]))
                 is_log = update % cfg.ppo.log_every == 0 or update == n
                 if is_log and members[0].decode is not None:
                     kl_coef_M = np.asarray(dp.unreplicate(stats)["objective/kl_coef"])
@@ -414,14 +400,14 @@ def run_reward_members(cfgs, workdirs, *, allow_config_change: bool = False,
         p = reward_train.prepare(ctx.cfg, rm_model=inputs["rm_model"], train=inputs["train"],
                                  val=inputs["val"], dp=dp, normalizer=inputs["normalizer"])
         loops.append(p)
-        return supervised_members.MemberRun(
+        return supervised.MemberRun(
             name=os.path.basename(os.path.normpath(ctx.workdir)), params=inputs["rm_params"],
             train_data=p.train_data, val_data=p.val_data, rng=inputs["rng"],
             workdir=ctx.workdir, writer=ctx.writer, init_fn=p.init_fn,
             finalize_fn=p.finalize_fn, lr=ctx.cfg.reward.lr)
 
     def train(runs, dp):
-        results = supervised_members.run_members(
+        results = supervised.run_members(
             loops[0].loop, runs, loss_fn=loops[0].loss_fn, eval_fn=loops[0].eval_fn, dp=dp,
             num_train_field="labels.num_train", stop_after=stop_after)
         if any(summary["stopped_early"] for _, summary in results):

@@ -41,7 +41,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from rlhf_jax import config_lib
-from rlhf_jax.algorithms.optim import make_optimizer
 from rlhf_jax.algorithms.ppo import Rollout, make_update_step
 from rlhf_jax.data.labels import parse_label_type
 from rlhf_jax.infra import fsdp, parallel
@@ -400,24 +399,25 @@ def compiled_reward_step(cfg, dp) -> tuple[int, object]:
                              reward_at=cfg.reward.reward_at, eos_token=eos,
                              span_coef=float(cfg.reward.span_coef))
     g = cfg.reward
-    optimizer = make_optimizer(lr=g.lr, total_steps=10, schedule=g.schedule, adam=g.adam,
-                               eps=g.adam_eps)
-    step = dp.compile(supervised._make_train_step(loss, optimizer),
-                      (parallel.REP, parallel.SHARD), (parallel.REP, parallel.REP),
-                      donate_argnums=(0,))
-    state = jax.eval_shape(lambda p: supervised.TrainState(
+    optimizer, _ = supervised.loop_optimizer(config_lib.LoopConfig.from_config(cfg, "reward"), 10)
+    # A run is a group of one: the member axis leads the state, follows the batch's rows.
+    train_step, _ = supervised.member_steps(loss, optimizer, 1)
+    step = dp.compile(train_step, (parallel.REP, parallel.SHARD, parallel.REP),
+                      (parallel.REP, parallel.REP), donate_argnums=(0,))
+    state = jax.eval_shape(lambda p: jax.tree.map(lambda x: x[None], supervised.TrainState(
         params=p, opt_state=optimizer.init(p), rng=jax.random.key(0),
-        step=jnp.zeros((), jnp.int32)), param_shapes(rm))
+        step=jnp.zeros((), jnp.int32))), param_shapes(rm))
     state = dp.step_shapes(state, parallel.REP)
+    scale = dp.step_shapes(jax.ShapeDtypeStruct((1,), jnp.float32), parallel.REP)
     b, q, r = g.batch_size, cfg.task.query_length, cfg.task.response_length
     target = jnp.float32 if kind in ("scalar_rating", "scalar_compare") else jnp.int32
-    batch = {name: jax.ShapeDtypeStruct((b, *shape), dtype)
+    batch = {name: jax.ShapeDtypeStruct((b, 1, *shape), dtype)
              for name, shape, dtype in (("query", (q,), jnp.int32), ("query_mask", (q,), jnp.int32),
                                         ("responses", (k, r), jnp.int32),
                                         ("response_mask", (k, r), jnp.int32),
                                         ("target", (), target))}
     batch = dp.step_shapes(batch, parallel.SHARD)
-    analysis = step.lower(state, batch).compile().memory_analysis()
+    analysis = step.lower(state, batch, scale).compile().memory_analysis()
     return analysis.argument_size_in_bytes + analysis.temp_size_in_bytes, analysis
 
 

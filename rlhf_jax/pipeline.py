@@ -8,7 +8,8 @@ with the same command ends with the same metrics as one never interrupted.
 
 A stage reads what earlier stages left in the workdir and calls one trainer;
 what the stages share (config, devices, tokenizer, models on disk) is
-`context.Context`, host-batched sampling is `batched`, the eval stage is `eval`.
+`context.Context`, a run's bookkeeping (workdir, stage markers) is `stages.run`,
+host-batched sampling is `batched`, the eval stage is `eval`.
 
 Artifacts:
   tokenizer/                 the trained tokenizer (offline default)
@@ -40,13 +41,27 @@ from rlhf_jax.stages import (dpo, eval as eval_lib, expert_iteration, figures, r
 from rlhf_jax.stages.batched import postprocess, ppo_gold_function, sample_responses
 from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.online import OnlineCollector
-# `Preempted`: what `run` raises on SIGTERM (launch.py catches `pipeline.Preempted`).
-from rlhf_jax.stages.run import (Preempted, finished_stage, open_run, raise_if_preempted,  # noqa: F401
-                                 record_stage, scalars, start_stage)
+from rlhf_jax.stages.run import (finished_stage, open_run, raise_if_preempted, record_stage,
+                                 scalars, start_stage)
+# What `run` raises on SIGTERM (launch.py catches `pipeline.Preempted`).
+from rlhf_jax.stages.run import Preempted  # noqa: F401
 
 
 # --------------------------------------------------------------------------
 # Stages.
+
+
+def _train_lm(ctx: Context, stage: str, train_fn, model, params, *, saved_as: str | None = None,
+              **inputs) -> dict:
+    """A stage that trains the LM `model` from `params`: `train_fn` with the stage's
+    key, devices and logs; stops on SIGTERM (`Preempted`), else exports
+    `models/<saved_as or stage>`. Returns the stage's summary."""
+    params, summary = train_fn(ctx.cfg, model=model, params=params, dp=ctx.dp,
+                               rng=stage_key(ctx.cfg, stage), workdir=ctx.workdir,
+                               writer=ctx.writer, **inputs)
+    raise_if_preempted(summary, stage)
+    ctx.save_lm(saved_as or stage, model, params)
+    return scalars(summary)
 
 
 def stage_pretrain(ctx: Context) -> dict:
@@ -66,15 +81,10 @@ def stage_pretrain(ctx: Context) -> dict:
     model = loading.causal_lm(cfg, len(ctx.tokenizer))
     # Jitted: an eager init compiles one tiny program per op (about 80 here).
     params = jax.jit(model.init)(stage_key(cfg, "pretrain"), jnp.zeros((1, 8), jnp.int32))["params"]
-    params, summary = sft.train_lm(cfg, model=model, params=params, tokens_NxT=train,
-                                   mask_NxT=np.ones_like(train), val_tokens_NxT=val,
-                                   val_mask_NxT=np.ones_like(val), dp=ctx.dp,
-                                   rng=stage_key(cfg, "pretrain"), workdir=ctx.workdir,
-                                   writer=ctx.writer)
-    raise_if_preempted(summary, "pretrain")
-    ctx.save_lm("pretrained", model, params)
     return {"sequences": int(n_train), "tokens": int(n_train * p.seq_len),
-            **scalars(summary)}
+            **_train_lm(ctx, "pretrain", sft.train_lm, model, params, saved_as="pretrained",
+                        tokens_NxT=train, mask_NxT=np.ones_like(train), val_tokens_NxT=val,
+                        val_mask_NxT=np.ones_like(val))}
 
 
 def stage_sft(ctx: Context) -> dict:
@@ -89,13 +99,8 @@ def stage_sft(ctx: Context) -> dict:
                          f"{len(train_q)} training examples")
     as_data = lambda d: sft.SFTData(*ctx.policy_queries(d.query_NxQ, d.query_mask_NxQ),  # noqa: E731
                                     d.reference_NxR, d.reference_mask_NxR)
-    model, params = ctx.base_model()
-    params, summary = sft.train_sft(cfg, model=model, params=params, train=as_data(train_q),
-                                    val=as_data(val_q), dp=ctx.dp, rng=stage_key(cfg, "sft"),
-                                    workdir=ctx.workdir, writer=ctx.writer)
-    raise_if_preempted(summary, "sft")
-    ctx.save_lm("sft", model, params)
-    return scalars(summary)
+    return _train_lm(ctx, "sft", sft.train_sft, *ctx.base_model(), train=as_data(train_q),
+                     val=as_data(val_q))
 
 
 def stage_labels(ctx: Context) -> dict:
@@ -200,47 +205,30 @@ def _policy_labels(ctx: Context, labels):
 
 
 def stage_dpo(ctx: Context) -> dict:
-    cfg = ctx.cfg
     train, val = reward_train.read_labels(ctx)
     # Labels hold raw queries (what the RM reads); the policy reads them formatted.
     train, val = _policy_labels(ctx, train), _policy_labels(ctx, val)
     model, params = ctx.initial_policy()
-    params, summary = dpo.train_dpo(cfg, model=model, params=params, ref_params=params,
-                                    train=train, val=val, dp=ctx.dp, rng=stage_key(cfg, "dpo"),
-                                    workdir=ctx.workdir, writer=ctx.writer)
-    raise_if_preempted(summary, "dpo")
-    ctx.save_lm("dpo", model, params)
-    return scalars(summary)
+    return _train_lm(ctx, "dpo", dpo.train_dpo, model, params, ref_params=params, train=train,
+                     val=val)
 
 
 def stage_bon_sft(ctx: Context) -> dict:
     """Expert iteration: best-of-n by the reward model, then SFT on the chosen samples."""
-    cfg = ctx.cfg
     rm = ctx.reward_model()
     if rm is None:
         raise ValueError("the bon_sft stage ranks samples with the reward model: add the reward "
                          "stage (models/reward is missing)")
-    model, params = ctx.initial_policy()
-    params, summary = expert_iteration.train_bon_sft(
-        cfg, task=ctx.task_spec(), model=model, params=params, rm_model=rm[0], rm_params=rm[1],
-        queries=ctx.queries("train"), dp=ctx.dp, rng=stage_key(cfg, "bon_sft"),
-        workdir=ctx.workdir, writer=ctx.writer)
-    raise_if_preempted(summary, "bon_sft")
-    ctx.save_lm("bon_sft", model, params)
-    return scalars(summary)
+    return _train_lm(ctx, "bon_sft", expert_iteration.train_bon_sft, *ctx.initial_policy(),
+                     task=ctx.task_spec(), rm_model=rm[0], rm_params=rm[1],
+                     queries=ctx.queries("train"))
 
 
 def stage_ul(ctx: Context) -> dict:
     """Likelihood on preferred responses + unlikelihood on span-marked tokens (no RL)."""
-    cfg = ctx.cfg
     train, val = reward_train.read_labels(ctx)
-    model, params = ctx.initial_policy()
-    params, summary = unlikelihood.train_ul(cfg, model=model, params=params, train=train,
-                                            val=val, dp=ctx.dp, rng=stage_key(cfg, "ul"),
-                                            workdir=ctx.workdir, writer=ctx.writer)
-    raise_if_preempted(summary, "ul")
-    ctx.save_lm("ul", model, params)
-    return scalars(summary)
+    return _train_lm(ctx, "ul", unlikelihood.train_ul, *ctx.initial_policy(), train=train,
+                     val=val)
 
 
 def stage_eval(ctx: Context) -> dict:

@@ -3,7 +3,7 @@
 Three members of `tests/test_reward.py`'s token-count world, each with its
 own labels, key (data order, step keys), learning rate and normalisation
 samples (gain and bias before and after training), held-out evaluation on its
-own labels, train through `supervised_members.run_members`; each must match
+own labels, train through `supervised.run_members`; each must match
 its own `reward_train.train_reward_model` run (params, train and held-out
 metrics, normalisation stats). A group interrupted after 3 steps with one
 member's newest checkpoint torn away resumes to the same result, and one
@@ -20,7 +20,7 @@ import pytest
 
 from rlhf_jax.infra.metrics import read_metrics
 from rlhf_jax.infra.parallel import DataParallel
-from rlhf_jax.stages import reward, reward_train, supervised_members
+from rlhf_jax.stages import reward, reward_train, supervised
 from rlhf_jax.models.heads import RewardModel
 from tests.test_reward import CONFIG, Q, R, V, assert_trees_close, make_cfg, make_labels
 
@@ -74,11 +74,11 @@ def grouped_run(rm_init, workdirs=None, **kw):
         p = reward_train.prepare(m["cfg"], rm_model=model, train=m["train"], val=m["val"],
                                  dp=DataParallel("pmap"), normalizer=m["normalizer"])
         loops.append(p)
-        runs.append(supervised_members.MemberRun(
+        runs.append(supervised.MemberRun(
             name=f"m{i}", params=params, train_data=p.train_data, val_data=p.val_data,
             rng=m["rng"], workdir=None if workdirs is None else workdirs[i],
             init_fn=p.init_fn, finalize_fn=p.finalize_fn, lr=m["lr"]))
-    return supervised_members.run_members(
+    return supervised.run_members(
         loops[0].loop, runs, loss_fn=loops[0].loss_fn, eval_fn=loops[0].eval_fn,
         dp=DataParallel("pmap"), num_train_field="labels.num_train", **kw)
 
@@ -168,11 +168,11 @@ def test_members_with_other_data_shapes_are_refused(rm_init):
         p = reward_train.prepare(m["cfg"], rm_model=model, train=m["train"], val=m["val"],
                                  dp=DataParallel("pmap"), normalizer=m["normalizer"])
         data = {k: v[:n] for k, v in p.train_data.items()}
-        runs.append(supervised_members.MemberRun(name=f"m{i}", params=params, train_data=data,
+        runs.append(supervised.MemberRun(name=f"m{i}", params=params, train_data=data,
                                                  rng=m["rng"]))
     with pytest.raises(ValueError, match=r"reward members 'm0' and 'm1': their training data "
                                          r"differ"):
-        supervised_members.run_members(p.loop, runs, loss_fn=p.loss_fn,
+        supervised.run_members(p.loop, runs, loss_fn=p.loss_fn,
                                        dp=DataParallel("pmap"), num_train_field="labels.num_train")
 
 

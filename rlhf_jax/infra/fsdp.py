@@ -129,6 +129,22 @@ def unbox_local(tree):
     return local, specs
 
 
+def member_view(tree, *, inside: bool):
+    """A step's boxes as seen inside (`inside=True`) or outside a `jax.vmap` over a
+    leading member axis: a `Shard`'s `dim` counts that axis outside, not inside.
+    ValueError if a leaf is split along the member axis itself."""
+    def shift(x):
+        if not is_shard(x):
+            return x
+        dim = x.dim - 1 if inside else x.dim + 1
+        if dim < 0:
+            raise ValueError("a leaf is split along fsdp on its member axis; use a member "
+                             "count that parallel.fsdp does not divide")
+        return x.replace(dim=dim)
+
+    return jax.tree.map(shift, tree, is_leaf=is_shard)
+
+
 def mean_grads(grads, batch_axes):
     """The mean of per-device gradients over every batch shard (inside a step).
 

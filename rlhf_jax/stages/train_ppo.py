@@ -111,6 +111,52 @@ def query_batch(cfg, queries: QuerySource, update: int):
     return queries.batch(update, cfg.ppo.batch_size)
 
 
+# Fold-in constant of the rollouts' keys: update u samples with
+# `fold_in(fold_in(state.rng, _ROLLOUT_STREAM), u)`.
+_ROLLOUT_STREAM = 1 << 20
+
+
+def rollout_key(rng: jax.Array, step) -> jax.Array:
+    """The sampling key of the rollout before update `step` (a run's or a member's)."""
+    return jax.random.fold_in(jax.random.fold_in(rng, _ROLLOUT_STREAM), step)
+
+
+def gold_scores(task: TaskSpec, gold_fn: Callable, query_BxQ, query_mask_BxQ, processed_BxR,
+                response_BxR=None):
+    """`(gold_B, scores_B)` on the host: each episode's gold score, and the penalised
+    gold to train on when `response_BxR` (the raw responses) is given, PPO on the
+    gold reward (`ppo.reward_source='gold'`); else `scores_B` is None."""
+    gold_B = np.asarray(gold_fn(query_BxQ, query_mask_BxQ, processed_BxR), np.float32)
+    if response_BxR is None:
+        return gold_B, None
+    reward_B = gold_reward(gold_fn, gold_B)  # normalised as an RM's with `ppo.gold_normalize`
+    return gold_B, np.asarray(penalize(jnp.asarray(reward_B), jnp.asarray(response_BxR), task))
+
+
+def update_extras(ppo_cfg, update: int, seconds: float, episodes: int, gold_B=None) -> dict:
+    """The host-side statistics of update `update` (1-based) that took `seconds` for
+    `episodes` episodes (every member's): speed, episodes so far, its lr, gold."""
+    out = {"elapsed/fps": episodes / max(seconds, 1e-9),
+           "ppo/episodes": update * ppo_cfg.batch_size,
+           "ppo/lr": update_lr(ppo_cfg, update - 1)}
+    if gold_B is not None:
+        out["objective/gold_score"] = float(np.mean(gold_B))
+    return out
+
+
+def write_row(writer, stage: str, label: str, step: int, total: int, row: dict, history: list,
+              eta_s: float | None) -> None:
+    """One PPO log row of a run (or a member, `label` naming it): NaN check, its
+    history, its metrics file and one console line (process 0)."""
+    metrics_lib.check_finite(row, step, label)
+    history.append({"step": step, **row})
+    if writer is not None:
+        writer.write(step, stage, row)
+    if parallel.process_is_main():
+        print(metrics_lib.format_log_line(step, total, row, LOG_KEYS, stage=label, eta_s=eta_s),
+              flush=True)
+
+
 class PPOTrainer:
     """Compiled rollout and update for one config; the loop is `train`."""
 
@@ -145,19 +191,16 @@ class PPOTrainer:
         """A scored rollout (device) plus host copies of what logging needs."""
         dp = self.dp
         # Only the key and step come to the host, not the whole state.
-        key = jax.random.fold_in(jax.random.fold_in(dp.unreplicate(state.rng), 1 << 20),
-                                 int(dp.unreplicate(state.step)))
+        key = rollout_key(dp.unreplicate(state.rng), int(dp.unreplicate(state.step)))
         ro, processed = self.rollout_fn(state.params, ref_params, rm_params,
                                         dp.shard(query_BxQ), dp.shard(query_mask_BxQ),
                                         dp.replicate(key))
         gold_B = None
         if gold_fn is not None or not self.use_rm:
-            processed_h = np.asarray(dp.unshard(processed))
-            gold_B = np.asarray(gold_fn(query_BxQ, query_mask_BxQ, processed_h), np.float32)
-            if not self.use_rm:
-                raw = np.asarray(dp.unshard(ro.response_BxR))
-                scores = np.asarray(penalize(jnp.asarray(gold_reward(gold_fn, gold_B)),
-                                             jnp.asarray(raw), self.task))
+            raw = None if self.use_rm else np.asarray(dp.unshard(ro.response_BxR))
+            gold_B, scores = gold_scores(self.task, gold_fn, query_BxQ, query_mask_BxQ,
+                                         np.asarray(dp.unshard(processed)), raw)
+            if scores is not None:
                 ro = ro.replace(scores_B=dp.shard(scores))
         return ro, processed, gold_B
 
@@ -207,15 +250,9 @@ class PPOTrainer:
         update = start
 
         def log(step_done, host_stats):
-            check = {k: v for k, v in host_stats.items() if np.ndim(v) == 0}
-            metrics_lib.check_finite(check, step_done, stage)
-            history.append({"step": step_done, **check})
-            if writer is not None:
-                writer.write(step_done, stage, check)
-            if parallel.process_is_main():
-                _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
-                print(metrics_lib.format_log_line(step_done, n, check, LOG_KEYS, stage=stage,
-                                                  eta_s=eta_s), flush=True)
+            row = {k: v for k, v in host_stats.items() if np.ndim(v) == 0}
+            _, eta_s = metrics_lib.rate_and_eta(update, n, start, time.monotonic() - t_start)
+            write_row(writer, stage, stage, step_done, n, row, history, eta_s)
 
         with PreemptionHandler() as preempt:
             while update < n:
@@ -233,12 +270,8 @@ class PPOTrainer:
                 state, stats = self.update_fn(state, ro)
                 update += 1
                 now = time.perf_counter()
-                extra = {"elapsed/fps": cfg.ppo.batch_size / max(now - t_last, 1e-9),
-                         "ppo/episodes": update * cfg.ppo.batch_size,
-                         "ppo/lr": update_lr(cfg.ppo, update - 1)}
+                extra = update_extras(cfg.ppo, update, now - t_last, cfg.ppo.batch_size, gold_B)
                 t_last = now
-                if gold_B is not None:
-                    extra["objective/gold_score"] = float(np.mean(gold_B))
                 is_log = update % cfg.ppo.log_every == 0 or update == n
                 if is_log and writer is not None and decode is not None:
                     # The beta this rollout was penalised with (before this update's change).
