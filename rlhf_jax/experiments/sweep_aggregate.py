@@ -255,7 +255,8 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
     mfig.suptitle(fig.title, fontsize="medium")
     mfig.text(0.01, 0.01, _wrap(caption, 40 * cols + 60), fontsize="x-small", va="bottom")
     FigureCanvasAgg(mfig)
-    mfig.tight_layout(rect=(0, 0.12 / nrows, 1, 1))
+    # Room for the title above and the caption below the panels.
+    mfig.tight_layout(rect=(0, 0.12 / nrows, 1, 1 - 0.05 / nrows))
     png = os.path.join(out_dir, f"{fig.name}.png")
     mfig.savefig(png, dpi=100)
     path = os.path.join(out_dir, f"{fig.name}.csv")
