@@ -53,7 +53,8 @@ def check_ppo(p, num_devices: int) -> int:
           f"ppo.whiten_scope='minibatch' whitens each device's minibatch of "
           f"{local // p.nminibatches} rows; LHP requires at least 8 (raise ppo.batch_size or "
           "lower ppo.nminibatches)")
-    _need(p.keep_checkpoints >= 1, f"ppo.keep_checkpoints={p.keep_checkpoints} must be >= 1")
+    _need(p.get("keep_checkpoints", 2) >= 1,
+          f"ppo.keep_checkpoints={p.get('keep_checkpoints')} must be >= 1")
     _need(p.reward_source in ("rm", "gold"),
           f"ppo.reward_source={p.reward_source!r}: expected 'rm' or 'gold'")
     return local

@@ -44,9 +44,9 @@ from rlhf_jax.infra.checkpoint import Checkpointer, PreemptionHandler, mark_fini
 from rlhf_jax.stages import reward_train, run as run_lib, supervised, train_ppo
 from rlhf_jax.stages.batched import ppo_gold_function
 from rlhf_jax.stages.rollout import TaskSpec, TokenRewards, make_rollout
-from rlhf_jax.stages.train_ppo import (gold_scores, hparams, init_state, log_samples,
-                                       make_optimizer, query_batch, rollout_key, update_extras,
-                                       write_row)
+from rlhf_jax.stages.train_ppo import (gold_scores, hparams, init_state, keep_checkpoints,
+                                       log_samples, make_optimizer, query_batch, rollout_key,
+                                       update_extras, write_row)
 
 # PPOHParams field of each traced config field (`ppo.lr` goes to the optimizer).
 _TRACED = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprange_value",
@@ -200,7 +200,7 @@ class MemberPPOTrainer:
         n, b = config_check.num_updates(cfg.ppo), cfg.ppo.batch_size
         states = [init_state(mb.params, make_optimizer(mb.cfg.ppo), mb.cfg) for mb in members]
         ckpts = [Checkpointer(os.path.join(mb.workdir, "checkpoints", stage),
-                              max_to_keep=mb.cfg.ppo.keep_checkpoints) if mb.workdir
+                              max_to_keep=keep_checkpoints(mb.cfg)) if mb.workdir
                  else None for mb in members]
         start = 0
         if all(c is not None for c in ckpts):

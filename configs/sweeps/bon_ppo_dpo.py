@@ -44,7 +44,7 @@ def get_sweep(arg=None):
     def ppo_frontier(y):
         return Curve(f"PPO, every {s.snapshot_every} updates (all beta)",
                      tuple(Points(seeds_of(name, s.seeds), eval_trajectory("kl", y))
-                           for _, name, _ in coefs), line=False,
+                           for _, name, _ in coefs), trajectories=True,
                      fit="rl" if y == "gold_score" else None)
 
     dpo = Curve("DPO, beta " + ", ".join(f"{b:g}" for b in s.dpo_betas),

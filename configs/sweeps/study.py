@@ -195,7 +195,7 @@ def get_sweep(arg=None):
             out.append(Curve(label, tuple(Points(seeds_of(name, s.seeds), fn,
                                                  setting="" if row == "ppo" else _setting(name))
                                           for name, _ in groups),
-                             line=len(groups) > 1 and row != "ppo"))
+                             line=len(groups) > 1, trajectories=row == "ppo"))
         out.append(Curve("initial policy", (Points(rm_seeds, eval_point("initial", "kl", y)),),
                          line=False))
         return tuple(out)

@@ -114,6 +114,9 @@ class Curve:
     # Each seed's own line instead of the seed mean (numbers whose scale
     # differs by seed, e.g. each seed's own reward model's score).
     per_seed: bool = False
+    # Each `Points`' points joined in logged order, one line per `Points` (the
+    # snapshots of runs at several settings), with min-max bars.
+    trajectories: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,6 +37,7 @@ class CurveData:
     se_XxZ: np.ndarray | None = None  # y's evaluation standard error (NaN: not measured)
     settings_X: list[str] = dataclasses.field(default_factory=list)
     sources_X: list[str] = dataclasses.field(default_factory=list)
+    group_X: np.ndarray | None = None  # which of the curve's `Points` each point came from
 
 
 def _aggregate_points(pts: Points, runs_dir: str):
@@ -52,9 +53,10 @@ def _aggregate_points(pts: Points, runs_dir: str):
 
 
 def curve_data(curve: Curve, runs_dir: str) -> CurveData:
-    xs, ys, ses, runs, settings, sources = [], [], [], [], [], []
-    for pts in curve.points:
+    xs, ys, ses, runs, settings, sources, groups = [], [], [], [], [], [], []
+    for g, pts in enumerate(curve.points):
         x_XxZ, y_XxZ, se_XxZ = _aggregate_points(pts, runs_dir)
+        groups.extend([g] * len(x_XxZ))
         xs.append(x_XxZ)
         ys.append(y_XxZ)
         ses.append(se_XxZ)
@@ -65,7 +67,7 @@ def curve_data(curve: Curve, runs_dir: str) -> CurveData:
     if len(seeds) != 1:
         raise ValueError(f"curve {curve.label!r}: its points have different seed counts {seeds}")
     return CurveData(curve.label, curve.line, np.concatenate(xs), np.concatenate(ys), runs,
-                     np.concatenate(ses), settings, sources)
+                     np.concatenate(ses), settings, sources, np.asarray(groups))
 
 
 # Fixed columns; then one `set:<field>` column per config override that
@@ -201,6 +203,13 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
                 for z in range(data.y_XxZ.shape[1]):
                     ax.plot(data.x_XxZ[order, z], data.y_XxZ[order, z], "-", color=color,
                             lw=1, alpha=0.7, label=f"{data.label}, each seed" if z == 0 else None)
+            elif curve.trajectories:
+                for g in np.unique(data.group_X):
+                    i = np.flatnonzero(data.group_X == g)
+                    ax.plot(x[i], y[i], "-o", color=color, markersize=3, lw=1,
+                            label=label if g == 0 else None)
+                    ax.errorbar(x[i], y[i], yerr=np.stack([y[i] - lo[i], hi[i] - y[i]]),
+                                fmt="none", color=color, alpha=0.5, capsize=2)
             elif data.line:
                 x, y, lo, hi = x[order], y[order], lo[order], hi[order]
                 ax.plot(x, y, "-o", color=color, markersize=3, label=label)
@@ -246,7 +255,8 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
     mfig.suptitle(fig.title, fontsize="medium")
     mfig.text(0.01, 0.01, _wrap(caption, 40 * cols + 60), fontsize="x-small", va="bottom")
     FigureCanvasAgg(mfig)
-    mfig.tight_layout(rect=(0, 0.12 / nrows, 1, 1))
+    # Room for the title above and the caption below the panels.
+    mfig.tight_layout(rect=(0, 0.12 / nrows, 1, 1 - 0.05 / nrows))
     png = os.path.join(out_dir, f"{fig.name}.png")
     mfig.savefig(png, dpi=100)
     path = os.path.join(out_dir, f"{fig.name}.csv")

@@ -102,6 +102,11 @@ def init_state(params, optimizer, cfg) -> PPOState:
     return pg.PGState(**fields, baseline=jnp.zeros((), jnp.float32))
 
 
+def keep_checkpoints(cfg) -> int:
+    """`ppo.keep_checkpoints`; 2 for a hand-built config without the field."""
+    return cfg.ppo.get("keep_checkpoints", 2)
+
+
 def query_batch(cfg, queries: QuerySource, update: int):
     """The queries of one update: `ppo.batch_size` of them, or for RLOO and GRPO
     `batch_size / rloo_k` queries each repeated `rloo_k` times."""
@@ -225,7 +230,7 @@ class PPOTrainer:
         # created split: no host or device holds a full copy of it.
         state = dp.init(lambda p: init_state(p, self.optimizer, cfg), params)
         ckpt = Checkpointer(os.path.join(workdir, "checkpoints", stage),
-                            max_to_keep=cfg.ppo.keep_checkpoints) if workdir else None
+                            max_to_keep=keep_checkpoints(cfg)) if workdir else None
         start = 0
         if ckpt is not None:
             restored = ckpt.restore(state)
