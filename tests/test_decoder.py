@@ -315,3 +315,17 @@ def test_memory_report_of_a_decoder_matches_xla(arch_name):
     state_bytes = sum(m.params + m.optimizer for m in rep.models if m.trained)
     assert analysis.argument_size_in_bytes - rows * (2 * q + 5 * r + 2) * 4 == pytest.approx(
         state_bytes, abs=256)
+
+
+def test_arch_switch_sizes_random_inits_and_refuses_a_gpt2_checkpoint():
+    from rlhf_jax import config_check
+    from rlhf_jax.models import loading
+    from tests.test_configs import get_config
+
+    c = get_config("mock_sentiment", "runlocal,arch=qwen3")
+    config_check.resolve(c, 1)
+    config, source = loading.architecture(c)
+    assert isinstance(config, arch.DecoderConfig) and config.family == "qwen3"
+    assert (config.n_embd, config.n_head, config.n_kv_head) == (32, 2, 1)
+    with pytest.raises(ValueError, match=r"model.arch='llama' but model.name_or_path='gpt2'"):
+        config_check.resolve(get_config("sentiment", "arch=llama"), 1)
