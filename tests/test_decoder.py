@@ -329,3 +329,16 @@ def test_arch_switch_sizes_random_inits_and_refuses_a_gpt2_checkpoint():
     assert (config.n_embd, config.n_head, config.n_kv_head) == (32, 2, 1)
     with pytest.raises(ValueError, match=r"model.arch='llama' but model.name_or_path='gpt2'"):
         config_check.resolve(get_config("sentiment", "arch=llama"), 1)
+
+
+def test_qwen_config_dry_run_sizes_the_released_model_without_weights():
+    from rlhf_jax import config_check, memory
+    from tests.test_configs import get_config, with_label_file
+
+    c = with_label_file(get_config("stiennon_tldr_qwen"))
+    config_check.resolve(c, 1)
+    rep = memory.report(c, 1)
+    assert rep.arch == "Qwen/Qwen2.5-0.5B (known size)"
+    counts = {m.name: m.num_params for m in rep.models}
+    assert counts["policy"] == counts["reference"] == 494_032_768  # Qwen2.5-0.5B's count
+    assert max(s.peak for s in rep.stages) < 40 * 2**30  # one 40 GB GPU, per the docstring
