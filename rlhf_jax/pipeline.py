@@ -118,10 +118,10 @@ def stage_labels(ctx: Context) -> dict:
                         response_length=cfg.task.response_length,
                         eos_token=cfg.task.eos_token, pad_token=cfg.task.pad_token)
         elif lb.format == "lhp":
-            read.update(label_type=lb.type, vocab_size=len(ctx.tokenizer),
+            read.update(label_type=lb.type, vocab_size=ctx.vocab_rows,
                         pad_token=cfg.task.pad_token)
         else:
-            read.update(label_type=kind, vocab_size=len(ctx.tokenizer),
+            read.update(label_type=kind, vocab_size=ctx.vocab_rows,
                         pad_token=cfg.task.pad_token, query_length=cfg.task.query_length,
                         response_length=cfg.task.response_length)
         train = label_files_lib.read_labels(lb.path, **read)
@@ -171,7 +171,7 @@ def _read_labels(ctx: Context):
     cfg = ctx.cfg
     kind, _ = labels_lib.parse_label_type(cfg.labels.type)
     kw = dict(query_length=cfg.task.query_length, response_length=cfg.task.response_length,
-              pad_token=cfg.task.pad_token, vocab_size=len(ctx.tokenizer), label_type=kind)
+              pad_token=cfg.task.pad_token, vocab_size=ctx.vocab_rows, label_type=kind)
     train = label_files_lib.read_labels_jsonl(ctx.path("labels", "train.jsonl"), **kw)
     val_path = ctx.path("labels", "val.jsonl")
     val = label_files_lib.read_labels_jsonl(val_path, **kw) if os.path.exists(val_path) else None
