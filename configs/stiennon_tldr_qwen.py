@@ -53,7 +53,9 @@ def get_config(arg=None):
     c.model.remat = True  # keep only each layer's input for the backward pass
     c.model.kv_cache_dtype = "bfloat16"
     c.task.eos_token = None  # the tokenizer's (<|endoftext|>), not GPT-2's 50256
-    c.task.pad_token = None  # outside the tokenizer's vocabulary (len(tokenizer))
+    # Outside the model's 151,936 embedding rows, not only the tokenizer's 151,665
+    # tokens: the policy can sample the unused rows in between, never this id.
+    c.task.pad_token = 151936
     # One GPU, no gradient accumulation: batches cut so the 151k-way LM head's
     # float32 logits fit (the memory report's numbers, in the docstring).
     c.sft.batch_size = 16  # ours (Stiennon: 128); 116,608 posts -> 7,288 steps

@@ -86,6 +86,12 @@ def _resolve_model_task(c, stages, num_devices: int, d: dict) -> None:
         d["mesh"] = {"data": num_devices // f, "fsdp": f}
     _need(c.model.init in ("pretrained", "scratch"),
           f"model.init={c.model.init!r}: expected 'pretrained' or 'scratch'")
+    # A checkpoint names its own architecture; model.arch sizes a random init.
+    _need(c.model.get("arch", "gpt2") == "gpt2" or c.model.init == "scratch"
+          or "pretrain" in stages or not c.model.name_or_path.startswith("gpt2"),
+          f"model.arch={c.model.get('arch')!r} but model.name_or_path="
+          f"{c.model.name_or_path!r} is a GPT-2 checkpoint: arch= applies to a random init "
+          "(model.init='scratch') or the pretrain stage")
     t = c.task
     check_query_format(t)
     _need(t.query_length > 0, f"task.query_length={t.query_length} must be positive")

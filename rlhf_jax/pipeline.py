@@ -120,10 +120,10 @@ def stage_labels(ctx: Context) -> dict:
                         response_length=cfg.task.response_length,
                         eos_token=cfg.task.eos_token, pad_token=cfg.task.pad_token)
         elif lb.format == "lhp":
-            read.update(label_type=lb.type, vocab_size=len(ctx.tokenizer),
+            read.update(label_type=lb.type, vocab_size=ctx.vocab_rows,
                         pad_token=cfg.task.pad_token)
         else:
-            read.update(label_type=kind, vocab_size=len(ctx.tokenizer),
+            read.update(label_type=kind, vocab_size=ctx.vocab_rows,
                         pad_token=cfg.task.pad_token, query_length=cfg.task.query_length,
                         response_length=cfg.task.response_length)
         train = label_files_lib.read_labels(lb.path, **read)

@@ -65,3 +65,27 @@ def test_chat_format_needs_a_template_and_a_summarisation_source(tmp_path):
         datasets.load_queries(_task(), tok, split="valid", seed=0)
     with pytest.raises(ValueError, match=r"task.query_format='chat'.*books"):
         datasets.check_query_format(_task(query_dataset="books"))
+
+
+def test_a_checkpoint_with_more_rows_than_tokens_pads_beyond_both(tmp_path):
+    # Qwen's embedding has 151,936 rows for 151,665 tokens; the policy can sample
+    # the rows in between, so the pad and the label checks go beyond them.
+    import torch
+    import transformers
+
+    from rlhf_jax.stages.context import Context, resolve_task
+    from tests.test_configs import get_config
+
+    tok = _tokenizer(str(tmp_path))
+    hf = transformers.Qwen2Config(vocab_size=len(tok) + 16, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=1, num_attention_heads=2,
+                                  num_key_value_heads=1, max_position_embeddings=256)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(hf).save_pretrained(str(tmp_path))
+    cfg = get_config("stiennon_tldr_qwen", "runlocal")
+    cfg.model.init, cfg.model.name_or_path, cfg.model.tokenizer = "pretrained", str(tmp_path), ""
+    cfg.task.query_format = "chat"
+    ctx = Context(cfg=cfg, workdir=str(tmp_path), dp=None, writer=None,
+                  stages=cfg.stages.split(","), tokenizer=tok)
+    resolve_task(ctx)
+    assert ctx.vocab_rows == cfg.task.pad_token == len(tok) + 16

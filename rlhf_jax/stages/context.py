@@ -56,6 +56,9 @@ class Context:
     query_suffix_ids: tuple[int, ...] = ()
     # sha256 of the tokenizer's JSON, the query memo's key (`queries`).
     tokenizer_fingerprint: str | None = None
+    # Ids the policy can emit: the tokenizer's, or a checkpoint's embedding rows
+    # when it has more (`resolve_task`).
+    vocab_rows: int = 0
 
     def path(self, *parts) -> str:
         return os.path.join(self.workdir, *parts)
@@ -164,14 +167,21 @@ def resolve_task(ctx: Context) -> None:
     """Fills token ids the config leaves to the tokenizer (pad, eos), encodes the
     policy's query prefix and suffix, and checks that the formatted context fits."""
     t = ctx.cfg.task
+    # A checkpoint can have more embedding rows than its tokenizer has tokens
+    # (Qwen: 151,936 and 151,665); the policy can sample those rows, so the pad
+    # lies beyond both.
+    rows = len(ctx.tokenizer)
+    if ctx.cfg.model.init != "scratch" and "pretrain" not in ctx.stages:
+        rows = max(rows, loading.architecture(ctx.cfg)[0].vocab_size)
+    ctx.vocab_rows = rows
     with t.unlocked():
         if t.pad_token is None:
-            t.pad_token = len(ctx.tokenizer)  # outside the vocabulary: never sampled
+            t.pad_token = rows  # outside the vocabulary: never sampled
         if t.eos_token is None:
             t.eos_token = ctx.tokenizer.eos_token_id
-    if t.pad_token < len(ctx.tokenizer):
+    if t.pad_token < rows:
         raise ValueError(f"task.pad_token={t.pad_token} is inside the vocabulary (size "
-                         f"{len(ctx.tokenizer)}); it must be an id the model can never emit")
+                         f"{rows}); it must be an id the model can never emit")
     encode = lambda text: tuple(ctx.tokenizer.encode(text, add_special_tokens=False))  # noqa: E731
     ctx.query_prefix_ids = encode(t.query_prefix) if t.query_prefix else ()
     ctx.query_suffix_ids = encode(t.query_suffix) if t.query_suffix else ()

@@ -228,7 +228,7 @@ class OnlineCollector:
         cfg = self.cfg
         return label_files_lib.read_labels_jsonl(
             path, query_length=cfg.task.query_length, response_length=cfg.task.response_length,
-            pad_token=cfg.task.pad_token, vocab_size=len(self.ctx.tokenizer),
+            pad_token=cfg.task.pad_token, vocab_size=self.ctx.vocab_rows,
             label_type=self.kind)
 
     def _label_set(self, r: int):

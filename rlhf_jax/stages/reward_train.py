@@ -336,7 +336,7 @@ def read_labels(ctx: Context) -> tuple[Labels, Labels | None]:
     cfg = ctx.cfg
     kind, _ = parse_label_type(cfg.labels.type)
     kw = dict(query_length=cfg.task.query_length, response_length=cfg.task.response_length,
-              pad_token=cfg.task.pad_token, vocab_size=len(ctx.tokenizer), label_type=kind)
+              pad_token=cfg.task.pad_token, vocab_size=ctx.vocab_rows, label_type=kind)
     train = label_files_lib.read_labels_jsonl(ctx.path("labels", "train.jsonl"), **kw)
     val_path = ctx.path("labels", "val.jsonl")
     val = label_files_lib.read_labels_jsonl(val_path, **kw) if os.path.exists(val_path) else None
