@@ -55,6 +55,25 @@ def violations():
     return found
 
 
+def nested_project_imports():
+    """`module:line` of every rlhf_jax import inside a function."""
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found += [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(fn)
+                          if isinstance(node, ast.ImportFrom) and node.level == 0
+                          and (node.module or "").startswith("rlhf_jax")]
+    return found
+
+
+def test_project_imports_sit_at_the_top_of_files():
+    # The top of a file says what it depends on. The label server's command line
+    # loads its web app and file formats only for the subcommand that uses them.
+    assert [f for f in nested_project_imports()
+            if not f.startswith("labelling/label_server/__main__.py:")] == []
+
+
 def test_every_package_imports_only_the_layers_below():
     assert violations() == []
 

@@ -223,6 +223,11 @@ class PPOTrainer:
         `online` (an `rlhf_jax.stages.online.OnlineCollector`) collects labels and
         retrains the RM before the updates it is `due` at, checkpointing first;
         PPO then continues against the new RM (Ziegler 2.3).
+
+        About 100 lines: the order of rollout, update, logging, checkpoint and
+        stop within one update is what makes a resume exact; it is to merge with
+        `members.MemberPPOTrainer.train` (docs/architecture.md, "One loop per
+        trainer").
         """
         cfg, dp = self.cfg, self.dp
         n = config_check.num_updates(cfg.ppo)
