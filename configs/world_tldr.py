@@ -149,7 +149,7 @@ def _apply(c, arg):
 
 
 def _runlocal(c):
-    """CI smoke: every stage of the real path at toy sizes (a 1-layer model, 15 pretraining steps)."""
+    """CI smoke: every stage of the real path at toy sizes (1-layer model, 15 pretrain steps)."""
     c.model.n_embd, c.model.n_layer, c.model.n_head = 16, 1, 2
     c.model.n_positions = 136
     c.pretrain.num_docs = 1000  # the tokenizer's corpus: enough for whole-word tokens

@@ -130,7 +130,8 @@ def kl_runs(s: Scale, coef: float) -> list[Run]:
 
     def copies(seed):  # the sft stage is done: its model and marker come along
         run = f"{src}-s{seed}"
-        return {"models/sft": Ref(run, "models/sft"), "stages/sft.json": Ref(run, "stages/sft.json"),
+        return {"models/sft": Ref(run, "models/sft"),
+                "stages/sft.json": Ref(run, "stages/sft.json"),
                 "models/reward": Ref(run, "models/reward")}
 
     return tldr_runs(s, main) + grid(kl_name(coef), s.config, s.seeds, ov, copies=copies)
