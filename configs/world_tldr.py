@@ -83,10 +83,13 @@ def get_config(arg=None):
     t.stop_at_eos = True  # stop, mask and score at EOS
 
     c.sft.batch_size = 32
-    c.sft.epochs = 2
+    # 4 passes over 8,192 references: with 2 passes over 4,096 the 64-wide model
+    # copied the character's name but not the outcome or the event
+    # (validation loss 1.54; 1.29 with these; docs/summarization.md).
+    c.sft.epochs = 4
     c.sft.lr = 1e-3  # tiny model; Stiennon 6.35e-5 for 1.3B
     c.sft.schedule = "cosine"
-    c.sft.num_train = 4096
+    c.sft.num_train = 8192  # every training story
     c.sft.num_val = 256
     c.sft.log_every = 20
 

@@ -56,7 +56,7 @@ class Scale:
 # Three sizes (0.06M, 0.18M, 0.55M parameters), five seeds. Not yet timed on an
 # idle machine: see docs/summarization.md.
 FULL = Scale(runlocal=False, seeds=(0, 1, 2, 3, 4), widths=((32, 2, 2), (64, 2, 2), (128, 2, 4)),
-             main=1, num_docs=40000, task_docs=8192, sft_train=4096, labels=4096,
+             main=1, num_docs=40000, task_docs=8192, sft_train=8192, labels=4096,
              ppo_updates=150, ppo_batch=64, eval_queries=256,
              kl_coefs=(0.01, 0.05, 0.2, 1.0))
 
