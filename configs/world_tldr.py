@@ -29,8 +29,9 @@ pretrained-only lowest, and HF copying more under `judge=accuracy`. Measured
 (seed 0, docs/summarization.md "Measured runs"), size m: preferred to the
 reference by the gold judge pretrained-only 0.004, SFT 0.273, HF 0.336,
 best-of-16 0.250 (length-controlled SFT 0.226, HF 0.277): the paper's order
-except that HF stays below the reference; at size s the model does not
-copy facts from the story and every policy scores near 0. Runtime on the
+except that HF stays below the reference; at size s, with an earlier and
+shorter SFT (2 passes over 4,096), the model did not copy facts from the
+story and every policy scored near 0. Runtime on the
 shared 2-core machine under load (about 7): size m about 20 minutes
 (pretraining 9.5), size s 14; `:runlocal` about a minute.
 """
