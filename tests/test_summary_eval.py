@@ -130,3 +130,19 @@ def test_parameter_count_matches_the_model():
     count = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(shapes))
     # 101 * 16 + 40 * 16 + 2 * (12 * 256 + 13 * 16) + 2 * 16 = 8,848.
     assert count == se.parameter_count(16, 2, 40, 101) == 8848
+
+
+def test_world_tldr_switches():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("world_tldr_cfg",
+                                                  os.path.join(ROOT, "configs", "world_tldr.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config("size=s,judge=accuracy,seed=3")
+    assert (c.model.n_embd, c.model.n_layer, c.labels.gold, c.seed) == (32, 2,
+                                                                        "summary_accuracy", 3)
+    assert module.get_config().labels.gold == "summary"
+    assert module.get_config("size=l").model.n_embd == 128
+    with pytest.raises(ValueError, match="size=q"):
+        module.get_config("size=q")

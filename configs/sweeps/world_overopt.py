@@ -4,8 +4,8 @@
     python launch.py --sweep=configs/sweeps/world_overopt.py:runlocal --workdir=/tmp/sweep_local
 
 PPO at the main width from the same SFT model and reward model per seed
-(five seeds) with fixed KL coefficients (`world_scale.FULL.kl_coefs`; 0.05
-is the config's own run). At the final held-out evaluation: the gold
+(five seeds) with fixed KL coefficients (`world_scale.FULL.kl_coefs` and the
+config's own 0.5, which is its main run). At the final held-out evaluation: the gold
 judge's preference against the reference and the RM score of the HF policy
 against KL(policy || SFT); along training, RM and gold score against KL.
 Paper: the RM score keeps rising with KL while the true preference peaks

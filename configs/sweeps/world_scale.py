@@ -56,9 +56,9 @@ class Scale:
 # Three sizes (0.06M, 0.18M, 0.55M parameters), five seeds. Not yet timed on an
 # idle machine: see docs/summarization.md.
 FULL = Scale(runlocal=False, seeds=(0, 1, 2, 3, 4), widths=((32, 2, 2), (64, 2, 2), (128, 2, 4)),
-             main=1, num_docs=40000, task_docs=8192, sft_train=4096, labels=4096,
+             main=1, num_docs=40000, task_docs=8192, sft_train=8192, labels=4096,
              ppo_updates=150, ppo_batch=64, eval_queries=256,
-             kl_coefs=(0.005, 0.02, 0.05, 0.2))
+             kl_coefs=(0.01, 0.05, 0.2, 1.0))
 
 # CI scale: the same run graph with 1-layer models of widths 8 and 16, two seeds.
 RUNLOCAL = Scale(runlocal=True, seeds=(0, 1), widths=((8, 1, 2), (16, 1, 2)), main=1,
@@ -130,7 +130,8 @@ def kl_runs(s: Scale, coef: float) -> list[Run]:
 
     def copies(seed):  # the sft stage is done: its model and marker come along
         run = f"{src}-s{seed}"
-        return {"models/sft": Ref(run, "models/sft"), "stages/sft.json": Ref(run, "stages/sft.json"),
+        return {"models/sft": Ref(run, "models/sft"),
+                "stages/sft.json": Ref(run, "stages/sft.json"),
                 "models/reward": Ref(run, "models/reward")}
 
     return tldr_runs(s, main) + grid(kl_name(coef), s.config, s.seeds, ov, copies=copies)

@@ -35,7 +35,6 @@ import functools
 
 import numpy as np
 
-from rlhf_jax.data import grammar
 from rlhf_jax.data.grammar import (DETERMINERS, NEGATIVE_EVENT_VERBS, NEGATIVE_FEELINGS, NOUNS,
                                    PLACES, POSITIVE_EVENT_VERBS, POSITIVE_FEELINGS, TIMES)
 # The continuation world's sentence writer (subjects, moods, noun phrases):

@@ -330,9 +330,11 @@ def log_samples(cfg, task: TaskSpec, writer, update, ro, processed, gold_B, deco
     k = min(cfg.ppo.num_logged_samples, cfg.ppo.batch_size)
     q, qm, resp = ro.query_BxQ[:k], ro.query_mask_BxQ[:k], processed[:k]
     scores, logp, ref = ro.scores_B[:k], ro.logprobs_BxR[:k], ro.ref_logprobs_BxR[:k]
+    mask = ro.response_mask_BxR[:k]
     rows = []
     for i in range(k):
-        kl = float(np.sum(logp[i] - ref[i]))
+        # Over the response's own tokens: after a stop at EOS the rest is padding.
+        kl = float(np.sum((logp[i] - ref[i]) * mask[i]))
         row = {"query": decode(q[i][qm[i] > 0]),
                "response": decode(resp[i][resp[i] != task.pad_token]),
                "score": float(scores[i]), "kl": kl, "total": float(scores[i]) - kl_coef * kl}
