@@ -37,7 +37,7 @@ from rlhf_jax.labelling import spans
 from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
 from rlhf_jax.models import loading
 from rlhf_jax.stages import (dpo, eval as eval_lib, expert_iteration, figures, reward_train, sft,
-                             train_ppo, unlikelihood)
+                             summary_eval, train_ppo, unlikelihood)
 from rlhf_jax.stages.batched import postprocess, ppo_gold_function, sample_responses
 from rlhf_jax.stages.context import Context, stage_key
 from rlhf_jax.stages.online import OnlineCollector
@@ -234,8 +234,6 @@ def stage_ul(ctx: Context) -> dict:
 def stage_eval(ctx: Context) -> dict:
     results = eval_lib.evaluate(ctx)
     if ctx.cfg.task.query_dataset == "world_tldr":  # Stiennon's evaluation against references
-        from rlhf_jax.experiments import summary_eval
-
         results["summarization"] = summary_eval.evaluate(ctx)
     return results
 

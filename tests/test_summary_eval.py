@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from rlhf_jax.experiments import summary_eval as se
+from rlhf_jax.stages import summary_eval as se
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STORY = ("Anna found a red box in the garden. Yesterday, the baker cleaned the kitchen. "

@@ -15,7 +15,7 @@ supervised); under Stiennon's labellers HF copies less than pretrained.
 """
 
 from configs.sweeps import world_scale
-from rlhf_jax.experiments.summary_eval import summarization_point
+from rlhf_jax.stages.summary_eval import summarization_point
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seeds_of
 
 POLICIES = ("pretrained", "sft", "hf", "best_of", "reference")

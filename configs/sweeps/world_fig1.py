@@ -15,7 +15,7 @@ HF rising with size; length control costs HF about 5 points.
 """
 
 from configs.sweeps import world_scale
-from rlhf_jax.experiments.summary_eval import summarization_point
+from rlhf_jax.stages.summary_eval import summarization_point
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seeds_of
 
 

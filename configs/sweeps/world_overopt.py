@@ -14,7 +14,7 @@ and falls.
 
 from configs import world_tldr
 from configs.sweeps import world_scale
-from rlhf_jax.experiments.summary_eval import summarization_point
+from rlhf_jax.stages.summary_eval import summarization_point
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, metric, seeds_of
 
 

@@ -42,7 +42,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from rlhf_jax.data import tasks
+from rlhf_jax.data import summaries, tasks
 
 SOURCES = ("synthetic", "books", "tldr", "cnndm", "world_tldr")
 QUERY_FORMATS = ("lhp", "sff", "chat")
@@ -259,8 +259,6 @@ def _world_tldr_queries(task, tokenizer, *, split: str, seed: int,
     """The summarisation world's split: `story\nTL;DR:` queries and their references
     (` <TL;DR>` + EOS, as SFT and the reward bias read them). A story whose query
     exceeds `task.query_length` tokens is skipped, like SFF's filtered posts."""
-    from rlhf_jax.data import summaries
-
     if task.query_format != "lhp" or task.query_prefix or task.query_suffix:
         raise ValueError("task.query_dataset='world_tldr' writes its own queries (story, "
                          "newline, 'TL;DR:'): set task.query_format='lhp' and no "

@@ -15,6 +15,7 @@ import textwrap
 
 import numpy as np
 
+from rlhf_jax.experiments import gao
 from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, RUNS_DIR, Curve, Figure, Panel, Points,
                                         Sweep, TopSamples)
 
@@ -151,8 +152,6 @@ def _sqrt_scale(ax, xmin: float, xmax: float) -> None:
 
 def _draw_fit(ax, curve: Curve, data: CurveData, base: float | None, color: str) -> str | None:
     """Gao et al.'s `curve.fit` form through every seed's points, drawn dashed; its label."""
-    from rlhf_jax.experiments import gao
-
     if curve.fit is None or base is None:
         return None
     kl, y = np.maximum(data.x_XxZ.ravel(), 0.0), data.y_XxZ.ravel() - base

@@ -38,6 +38,7 @@ import numpy as np
 
 from rlhf_jax.data import grammar
 from rlhf_jax.data.labels import Labels, parse_label_type
+from rlhf_jax.labelling import summary_judge
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -267,9 +268,6 @@ def make_gold(name: str, *, ungrammatical_penalty: float = 1.0):
     if name == "vader":
         return VaderGold()
     if name in ("summary", "summary_accuracy"):
-        # Imported here: summary_judge imports this module (LabelRequest).
-        from rlhf_jax.labelling import summary_judge
-
         return (summary_judge.SummaryJudge() if name == "summary"
                 else summary_judge.AccuracyJudge())
     raise ValueError(f"labels.gold={name!r}: expected one of {GOLDS}")

@@ -42,12 +42,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 
 from rlhf_jax.data import grammar, summaries
-from rlhf_jax.labelling.labelers import LabelRequest
+
+if TYPE_CHECKING:  # annotations only: labelers imports this module
+    from rlhf_jax.labelling.labelers import LabelRequest
 
 _EOS_TEXT = "<|endoftext|>"
 

@@ -23,7 +23,7 @@ from rlhf_jax.algorithms.sampling import sample
 from rlhf_jax.data import tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.labelling.labelers import GOLDS, make_gold
-from rlhf_jax.stages import rollout, supervised
+from rlhf_jax.stages import reward, rollout, supervised
 from rlhf_jax.stages.context import Context, stage_key
 
 
@@ -111,8 +111,6 @@ def ppo_gold_function(ctx: Context, policy_model, policy_params) -> Callable | N
     moments). PPO's reward is then `gain * gold + bias`, so a KL coefficient
     weighs the same against it as against a normalised RM; the logged
     `objective/gold_score` stays the raw gold."""
-    from rlhf_jax.stages import reward
-
     gold = gold_function(ctx)
     cfg = ctx.cfg
     if gold is None or cfg.ppo.reward_source != "gold" or not cfg.ppo.gold_normalize:

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from rlhf_jax import config_lib
-from rlhf_jax.data import datasets, synthetic, tasks
+from rlhf_jax.data import datasets, summaries, synthetic, tasks
 from rlhf_jax.infra import parallel
 from rlhf_jax.infra.metrics import MetricsWriter
 from rlhf_jax.models import load_tokenizer, loading, save_pretrained
@@ -146,8 +146,6 @@ def setup_tokenizer(ctx: Context) -> None:
     cfg = ctx.cfg
 
     if cfg.task.query_dataset == "world_tldr":  # stories, a share ending with their TL;DR
-        from rlhf_jax.data import summaries
-
         ctx.corpus = summaries.pretraining_corpus(cfg.pretrain.num_docs, cfg.seed)
     elif cfg.task.query_dataset == "synthetic" or cfg.model.tokenizer == "synthetic":
         ctx.corpus = synthetic.generate_corpus(cfg.pretrain.num_docs, cfg.seed)

@@ -38,6 +38,7 @@ import numpy as np
 from rlhf_jax.data import grammar, summaries
 from rlhf_jax.infra import parallel
 from rlhf_jax.labelling import summary_judge
+from rlhf_jax.models import loading
 from rlhf_jax.stages import batched, reward, rollout
 from rlhf_jax.stages.context import Context, stage_key
 
@@ -206,8 +207,6 @@ def compare(per_policy: dict, reference: dict, *, noise: float, seed: int) -> di
 
 def _policies(ctx: Context) -> dict:
     """name -> (model, params): pretrained-only, SFT, HF (PPO), as the run has them."""
-    from rlhf_jax.models import loading
-
     out = {"pretrained": ctx.base_model()}
     if "sft" in ctx.stages:
         out["sft"] = ctx.initial_policy()
