@@ -41,7 +41,7 @@ from rlhf_jax.models.gpt2 import (
     GPT2Output,
     _dot_dtype,
     _f32_result_dot,
-    position_ids_from_mask,
+    attention_layout,
     tied_lm_logits,
 )
 
@@ -306,22 +306,8 @@ class DecoderModel(nn.Module):
                  cache_index=None):
         cfg = self.config
         b, t = input_ids_BxT.shape
-        if cache is None:
-            if attention_mask is None:
-                attention_mask = jnp.ones((b, t), jnp.int32)
-            if position_ids is None:
-                position_ids = position_ids_from_mask(attention_mask)
-            causal_TxS = jnp.tril(jnp.ones((t, t), bool))
-        else:
-            if attention_mask is None or cache_index is None:
-                raise ValueError("decoding with a cache needs attention_mask [B, S] and cache_index")
-            s = attention_mask.shape[1]
-            start = jnp.asarray(cache_index, jnp.int32)
-            if position_ids is None:
-                position_ids = jax.lax.dynamic_slice_in_dim(
-                    position_ids_from_mask(attention_mask), start, t, axis=1)
-            causal_TxS = jnp.arange(s)[None, :] <= (start + jnp.arange(t))[:, None]
-        allowed_BxTxS = causal_TxS[None] & attention_mask.astype(bool)[:, None, :]
+        allowed_BxTxS, position_ids = attention_layout(b, t, attention_mask, position_ids, cache,
+                                                       cache_index)
         cos, sin = rope_angles(cfg, position_ids)
 
         # Ids outside the vocabulary (pads) would gather garbage; they are masked.

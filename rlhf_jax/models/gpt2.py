@@ -122,6 +122,30 @@ def position_ids_from_mask(mask_BxT: jax.Array) -> jax.Array:
     return jnp.cumsum(mask, axis=-1) - mask
 
 
+def attention_layout(b: int, t: int, attention_mask, position_ids, cache, cache_index):
+    """`(allowed_BxTxS, position_ids_BxT)` of a forward over `t` new tokens: the
+    causal rule and the key padding mask, and positions that left padding does
+    not advance. Without a cache S == T; with one, `attention_mask` covers the
+    whole cache [B, S] and the new tokens sit at `cache_index`. Every
+    architecture's trunk calls this."""
+    if cache is None:
+        if attention_mask is None:
+            attention_mask = jnp.ones((b, t), jnp.int32)
+        if position_ids is None:
+            position_ids = position_ids_from_mask(attention_mask)
+        causal_TxS = jnp.tril(jnp.ones((t, t), bool))
+    else:
+        if attention_mask is None or cache_index is None:
+            raise ValueError("decoding with a cache needs attention_mask [B, S] and cache_index")
+        s = attention_mask.shape[1]
+        start = jnp.asarray(cache_index, jnp.int32)
+        if position_ids is None:
+            position_ids = jax.lax.dynamic_slice_in_dim(
+                position_ids_from_mask(attention_mask), start, t, axis=1)
+        causal_TxS = jnp.arange(s)[None, :] <= (start + jnp.arange(t))[:, None]
+    return causal_TxS[None] & attention_mask.astype(bool)[:, None, :], position_ids
+
+
 def _dot_dtype(config: GPT2Config):
     """The result dtype, before rounding, of the low-precision dots whose output
     stays in the compute dtype (dense layers, the attention's probs @ v), or None.
@@ -267,26 +291,8 @@ class GPT2Model(nn.Module):
             embedding_init=nn.initializers.normal(cfg.initializer_range),
             name="wpe",
         )
-        if cache is None:
-            if attention_mask is None:
-                attention_mask = jnp.ones((b, t), jnp.int32)
-            key_mask_BxS = attention_mask.astype(bool)
-            if position_ids is None:
-                position_ids = position_ids_from_mask(attention_mask)
-            causal_TxS = jnp.tril(jnp.ones((t, t), bool))
-        else:
-            if attention_mask is None or cache_index is None:
-                raise ValueError("decoding with a cache needs attention_mask [B, S] and cache_index")
-            s = attention_mask.shape[1]
-            key_mask_BxS = attention_mask.astype(bool)
-            start = jnp.asarray(cache_index, jnp.int32)
-            if position_ids is None:
-                position_ids = jax.lax.dynamic_slice_in_dim(
-                    position_ids_from_mask(attention_mask), start, t, axis=1
-                )
-            query_pos_T = start + jnp.arange(t)
-            causal_TxS = jnp.arange(s)[None, :] <= query_pos_T[:, None]
-        allowed_BxTxS = causal_TxS[None] & key_mask_BxS[:, None, :]
+        allowed_BxTxS, position_ids = attention_layout(b, t, attention_mask, position_ids, cache,
+                                                       cache_index)
 
         # Ids outside the vocabulary (pads) would gather garbage; they are masked.
         ids = jnp.where((input_ids_BxT >= 0) & (input_ids_BxT < cfg.vocab_size), input_ids_BxT, 0)
