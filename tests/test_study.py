@@ -1,7 +1,7 @@
 """The study sweep (`configs/sweeps/study.py`) end to end at CI scale.
 
 `launch.py --sweep=configs/sweeps/study.py:runlocal` runs every method of the
-study (PPO with a shared or separate value, RLOO, REINFORCE, token-level RM +
+study (PPO with a shared or separate value, RLOO, GRPO, REINFORCE, token-level RM +
 PPO, online labels, best-of-N then SFT, DPO, likelihood/unlikelihood, and
 best-of-N), the held-out judge, and the three RM heads, at toy size with one
 seed; then the figure's CSV must hold a finite point for each.
@@ -36,7 +36,7 @@ def test_every_method_has_a_finite_point_in_each_panel(study):
     for r in rows:
         by_panel.setdefault(r["panel"], {}).setdefault(r["curve"], []).append(r)
     methods = {"best-of-N (RM-ranked; KL analytic)", "PPO, shared value", "PPO, separate value",
-               "RLOO (no value model)", "REINFORCE + baseline",
+               "RLOO (no value model)", "GRPO (no value model)", "REINFORCE + baseline",
                "token-level RM + PPO (dense rewards)", "best-of-N then SFT", "DPO",
                "likelihood + unlikelihood on spans", "initial policy"}
     for panel in ("gold score vs KL", "held-out judge: win rate against the initial policy"):

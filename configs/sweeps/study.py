@@ -68,6 +68,8 @@ JUDGE = {"eval.judge.enabled": True}
 PG = (("PPO, shared value", "study-ppo", {}),
       ("PPO, separate value", "study-ppo-separate", {"ppo.value_model": "separate"}),
       ("RLOO (no value model)", "study-rloo", {"ppo.algo": "rloo"}),
+      # Group-normalised advantages over ppo.rloo_k samples per query, KL in the reward.
+      ("GRPO (no value model)", "study-grpo", {"ppo.algo": "grpo"}),
       ("REINFORCE + baseline", "study-reinforce", {"ppo.algo": "reinforce"}))
 
 

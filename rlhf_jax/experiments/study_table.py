@@ -51,6 +51,7 @@ PARTS = (
     ("RL vs fine-tuning on best-of-N samples", "PPO, shared value", "best-of-N then SFT"),
     ("a value model (PPO vs RLOO)", "PPO, shared value", "RLOO"),
     ("a value model (PPO vs REINFORCE)", "PPO, shared value", "REINFORCE"),
+    ("a value model (PPO vs GRPO)", "PPO, shared value", "GRPO"),
     ("a separate value model vs a shared one", "PPO, separate value", "PPO, shared value"),
     ("online labels vs the same count offline", "PPO, online labels", "PPO, shared value"),
     ("a token-level RM on span marks vs a sequence RM", "token-level RM + PPO",
