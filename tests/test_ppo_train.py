@@ -337,8 +337,8 @@ def test_tf_and_torch_adam_give_different_first_update_approxkl(ziegler):
     torch_cfg = make_config(stiennon=False, adam="torch")
     torch_trainer = PPOTrainer(torch_cfg, setup.models, setup.dp)
     _, stats_torch = torch_trainer.update_fn(setup.fresh_state(torch_trainer), ro, None)
-    kl_tf = float(setup.dp.unreplicate(stats_tf)["ppo/policy/approxkl"])
-    kl_torch = float(setup.dp.unreplicate(stats_torch)["ppo/policy/approxkl"])
+    kl_tf = float(setup.dp.unreplicate(stats_tf)["ppo/policy/approxkl"][0])
+    kl_torch = float(setup.dp.unreplicate(stats_torch)["ppo/policy/approxkl"][0])
     print(f"first-update approxkl: tf {kl_tf:.3e}, torch {kl_torch:.3e}, "
           f"ratio {kl_torch / kl_tf:.2f}")
     # Same rollout, same initial params: only the Adam style differs. TF-style

@@ -322,7 +322,7 @@ class PPOTrainer:
         each as `train` returns it for that member alone. `online` (`train`'s)
         needs a group of one.
 
-        About 130 lines, kept whole: the order of rollout, update, logging,
+        About 120 lines, kept whole: the order of rollout, update, logging,
         checkpoint and stop within one update is what makes a resume exact.
         """
         cfg, dp, m = self.cfg, self.dp, len(members)
@@ -345,9 +345,10 @@ class PPOTrainer:
                 if mb.writer is not None:
                     mb.writer.resume(stage, start)
         state = dp.replicate(stack_members(states), reuse=True)
+        del states  # not held twice on the device for the whole stage
         rm_params = [mb.rm_params or {} for mb in members]
         if online is not None:
-            rm_params = [online.start(start)]  # the newest online round's RM, on resume
+            rm_params = [online.start(start) or {}]  # the newest round's RM, on resume
         ref_r, rm_r = (dp.replicate(stack_members([mb.ref_params for mb in members])),
                        dp.replicate(stack_members(rm_params)))
         hp_r = None if self.hparams is None else dp.replicate(self.hparams)
