@@ -3,7 +3,9 @@
 One update (docs/implementation_details.md item 24): a rollout of `ppo.batch_size` episodes,
 then `ppo.noptepochs` passes of `ppo.nminibatches` minibatches (scans inside
 one compiled step), then the KL controller. The lr anneals linearly to zero
-over updates, constant within one (item 25, LHP `lrnow`).
+over updates, constant within one (item 25, LHP `lrnow`). One loop trains a
+group of runs over a member axis (`PPOTrainer.train_members`, sweeps via
+`rlhf_jax.members`); a run is a group of one (`PPOTrainer.train`).
 
 Config fields read (groups `ppo`, `kl`, `task`, `parallel`, `seed`):
 `ppo.batch_size`, `ppo.nminibatches`, `ppo.noptepochs`, `ppo.lr`, `ppo.adam`
