@@ -318,6 +318,14 @@ class PPOTrainer:
             restored = [c.restore(s, max_step=start) for c, s in zip(ckpts, states)]
         return start, [r[1] for r in restored], ckpts, [r[2] for r in restored]
 
+    def _stack_states(self, states):
+        """The members' placed states, stacked in the step layout. On a mesh inside a
+        jit: an eager stack of arrays spread over several processes cannot be placed."""
+        if self.dp.mode == "pmap":
+            return self.dp.replicate(stack_members(states), reuse=True)
+        out = self.dp.shardings(jax.eval_shape(stack_members, states))
+        return jax.jit(stack_members, out_shardings=out)(states)
+
     def train_members(self, members: list[Member], *, stop_after: int | None = None,
                       stage: str = STAGE, online=None) -> list[tuple[dict, dict]]:
         """Runs (or resumes) the members' PPO stage; `[(params, summary)]` per member,
@@ -346,7 +354,7 @@ class PPOTrainer:
             for mb in members:
                 if mb.writer is not None:
                     mb.writer.resume(stage, start)
-        state = dp.replicate(stack_members(states), reuse=True)
+        state = self._stack_states(states)
         del states  # not held twice on the device for the whole stage
         rm_params = [mb.rm_params or {} for mb in members]
         if online is not None:
