@@ -174,7 +174,7 @@ TRACED_HPARAMS = {"ppo.cliprange": "cliprange", "ppo.cliprange_value": "cliprang
 
 
 def stack_members(trees):
-    """Host trees of the members, stacked along a new leading member axis."""
+    """The members' trees, stacked along a new leading member axis."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
