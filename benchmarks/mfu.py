@@ -121,7 +121,7 @@ def main():
     from rlhf_jax.models import GPT2Config, GPT2LMHeadModel
     from rlhf_jax.models.heads import PolicyWithValueHead, RewardModel
     from rlhf_jax.stages.rollout import PPOModels
-    from rlhf_jax.stages.train_ppo import PPOTrainer, init_state
+    from rlhf_jax.stages.train_ppo import PPOTrainer, init_state, stack_members
 
     if args.small:
         cfg = GPT2Config(vocab_size=512, n_positions=64, n_embd=64, n_layer=1, n_head=4)
@@ -157,20 +157,23 @@ def main():
     run_cfg = run_config(shape, cfg.vocab_size)
     dp = parallel.DataParallel("mesh", 1)
     trainer = PPOTrainer(run_cfg, models, dp)
-    state = dp.replicate(init_state(params, trainer.optimizer, run_cfg))
-    ref_r, rm_r = dp.replicate(ref_params), dp.replicate(rm_params)
-    q_BxQ = np.random.default_rng(0).integers(0, cfg.vocab_size, (shape.batch, shape.query))
+    # A run is a group of one: a member axis first on the state and models, second
+    # on the queries.
+    state = dp.replicate(stack_members([init_state(params, trainer.optimizer, run_cfg)]))
+    ref_r = dp.replicate(stack_members([ref_params]))
+    rm_r = dp.replicate(stack_members([rm_params]))
+    q_BxQ = np.random.default_rng(0).integers(0, cfg.vocab_size, (shape.batch, 1, shape.query))
     q_BxQ = q_BxQ.astype(np.int32)
     qm_BxQ = np.ones_like(q_BxQ)
-    key = dp.replicate(jax.random.key(1))
 
     t0 = time.perf_counter()
     trainer.rollout_fn = trainer.rollout_fn.lower(
-        state.params, ref_r, rm_r, dp.shard(q_BxQ), dp.shard(qm_BxQ), key).compile()
+        state.params, ref_r, rm_r, dp.shard(q_BxQ), dp.shard(qm_BxQ),
+        trainer.keys_fn(state.rng, state.step)).compile()
     t_compile_rollout = time.perf_counter() - t0
-    ro, _, _ = trainer.rollout(state, ref_r, rm_r, q_BxQ, qm_BxQ, None)
+    ro, _ = trainer.rollout(state, ref_r, rm_r, q_BxQ, qm_BxQ)
     t0 = time.perf_counter()
-    update = trainer.update_fn.lower(state, ro).compile()
+    update = trainer.update_fn.lower(state, ro, None).compile()
     t_compile_update = time.perf_counter() - t0
     flops_xla = xla_flops(update)
     print(f"setup {t0 - t_setup - t_compile_rollout:.0f}s; compile: rollout "
@@ -179,11 +182,11 @@ def main():
     holder = {"state": state}
 
     def rollout():
-        return trainer.rollout(holder["state"], ref_r, rm_r, q_BxQ, qm_BxQ, None)[0]
+        return trainer.rollout(holder["state"], ref_r, rm_r, q_BxQ, qm_BxQ)[0]
 
     def step():
         # The update donates its state: carry the new one forward.
-        holder["state"], stats = update(holder["state"], ro)
+        holder["state"], stats = update(holder["state"], ro, None)
         return stats
 
     step()  # warm-up (first-call allocations)

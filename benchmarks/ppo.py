@@ -170,7 +170,7 @@ def bench_ours(cfg, trunk, head_Dx1, shape: Shape, queries_BxQ, value: str,
     from rlhf_jax.algorithms.sampling import sample
     from rlhf_jax.infra import parallel
     from rlhf_jax.stages.rollout import TaskSpec, rm_scores
-    from rlhf_jax.stages.train_ppo import PPOTrainer, init_state
+    from rlhf_jax.stages.train_ppo import PPOTrainer, init_state, stack_members
 
     models, params, ref_params, rm_params = ours_params(cfg, trunk, head_Dx1, value)
     run_cfg = run_config(shape, cfg.vocab_size)
@@ -204,22 +204,26 @@ def bench_ours(cfg, trunk, head_Dx1, shape: Shape, queries_BxQ, value: str,
     # The full iteration: PPOTrainer's own compiled rollout and update steps.
     dp = parallel.DataParallel("mesh", 1)
     trainer = PPOTrainer(run_cfg, models, dp)
-    state = dp.replicate(init_state(params, trainer.optimizer, run_cfg))
-    ref_r, rm_r = dp.replicate(ref_params), dp.replicate(rm_params)
-    key = dp.replicate(jax.random.key(1))
-    trainer.rollout_fn = aot(trainer.rollout_fn, state.params, ref_r, rm_r, dp.shard(queries_BxQ),
-                             dp.shard(np.ones_like(queries_BxQ)), key)
+    # A run is a group of one: a member axis first on the state and models, second
+    # on the queries.
+    state = dp.replicate(stack_members([init_state(params, trainer.optimizer, run_cfg)]))
+    ref_r = dp.replicate(stack_members([ref_params]))
+    rm_r = dp.replicate(stack_members([rm_params]))
+    q_BxMxQ = queries_BxQ[:, None]
+    qm_BxMxQ = np.ones_like(q_BxMxQ)
+    trainer.rollout_fn = aot(trainer.rollout_fn, state.params, ref_r, rm_r, dp.shard(q_BxMxQ),
+                             dp.shard(qm_BxMxQ), trainer.keys_fn(state.rng, state.step))
     for i in range(iters):  # the last iteration's times are reported
         t0 = Clock.now()
-        ro, _, _ = trainer.rollout(state, ref_r, rm_r, queries_BxQ, np.ones_like(queries_BxQ),
-                                   None)
+        ro, _ = trainer.rollout(state, ref_r, rm_r, q_BxMxQ, qm_BxMxQ)
         jax.block_until_ready(ro)
         times["iteration: rollout"] = Clock.now() - t0
         if i == 0:
-            trainer.update_fn = aot(trainer.update_fn, state, ro)
-        times["iteration: train (the update)"], (state, stats) = timed(trainer.update_fn, state, ro)
+            trainer.update_fn = aot(trainer.update_fn, state, ro, None)
+        times["iteration: train (the update)"], (state, stats) = timed(trainer.update_fn, state,
+                                                                       ro, None)
         if i == 0:
-            approxkl = float(stats["ppo/policy/approxkl"])
+            approxkl = float(stats["ppo/policy/approxkl"][0])
     times["iteration"] = times["iteration: rollout"] + times["iteration: train (the update)"]
     print(f"  (ours: first-update approxkl {approxkl:.2e})", flush=True)
     return times

@@ -3,7 +3,7 @@
 Three members of the ZIEGLER setup of `tests/test_ppo_train.py` (shared
 policy+value model, RM reward, adaptive KL), differing in seed, initial KL
 coefficient, learning rate and clip range, each with its own query stream,
-train as one `MemberPPOTrainer`; each must match its own `PPOTrainer` run
+train as one `PPOTrainer` (`train_members`); each must match its own `PPOTrainer` run
 (metrics at every update and final params, float tolerance). A group
 interrupted after two updates, with one member's newest checkpoint torn away,
 resumes to the same result, and a member's checkpoint resumes as a separate run.
@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 from rlhf_jax import members as members_lib
-from rlhf_jax.stages.train_ppo import PPOTrainer
+from rlhf_jax.stages.train_ppo import Member, PPOTrainer
 from tests.test_ppo_train import (BATCH, Setup, gold_fraction, make_config, metrics_close,
                                   params_close)
 from tests.test_rollout import random_queries
@@ -52,7 +52,7 @@ def setup():
 
 
 def group_members(setup, cfgs, workdirs=None):
-    return [members_lib.Member(name=f"m{i}", cfg=cfg, params=setup.params,
+    return [Member(name=f"m{i}", cfg=cfg, params=setup.params,
                                ref_params=setup.ref_params, rm_params=setup.rm_params,
                                queries=MemberQueries(i), gold_fn=gold_fraction,
                                workdir=None if workdirs is None else workdirs[i])
@@ -74,7 +74,7 @@ def separate(setup):
 @pytest.fixture(scope="module")
 def grouped(setup):
     cfgs = member_configs()
-    return members_lib.MemberPPOTrainer(cfgs, setup.models, setup.dp).train(
+    return PPOTrainer(cfgs, setup.models, setup.dp).train_members(
         group_members(setup, cfgs))
 
 
@@ -93,13 +93,13 @@ def test_members_equal_separate_runs(separate, grouped):
 def test_group_resumes_after_a_kill_and_a_torn_member_checkpoint(setup, separate, tmp_path):
     cfgs = member_configs()
     workdirs = [str(tmp_path / f"m{i}") for i in range(len(cfgs))]
-    trainer = members_lib.MemberPPOTrainer(cfgs, setup.models, setup.dp)
-    trainer.train(group_members(setup, cfgs, workdirs), stop_after=2)
+    trainer = PPOTrainer(cfgs, setup.models, setup.dp)
+    trainer.train_members(group_members(setup, cfgs, workdirs), stop_after=2)
     # A kill between two members' saves: member 2 lacks the newest step.
     ckpt = os.path.join(workdirs[2], "checkpoints", "ppo")
     assert sorted(os.listdir(ckpt)) == ["1", "2"]
     shutil.rmtree(os.path.join(ckpt, "2"))
-    resumed = trainer.train(group_members(setup, cfgs, workdirs))
+    resumed = trainer.train_members(group_members(setup, cfgs, workdirs))
     for (p_sep, s_sep), (p_res, s_res) in zip(separate, resumed):
         # The resumed call logs from its restart point (step 2) on.
         metrics_close(s_res["history"], s_sep["history"][1:], ATOL)
@@ -109,8 +109,8 @@ def test_group_resumes_after_a_kill_and_a_torn_member_checkpoint(setup, separate
 def test_member_checkpoint_resumes_as_a_separate_run(setup, separate, tmp_path):
     cfgs = member_configs()
     workdirs = [str(tmp_path / f"m{i}") for i in range(len(cfgs))]
-    trainer = members_lib.MemberPPOTrainer(cfgs, setup.models, setup.dp)
-    trainer.train(group_members(setup, cfgs, workdirs), stop_after=2)
+    trainer = PPOTrainer(cfgs, setup.models, setup.dp)
+    trainer.train_members(group_members(setup, cfgs, workdirs), stop_after=2)
     params, summary = separate_run(setup, cfgs[1], 1, workdir=workdirs[1])
     metrics_close(summary["history"], separate[1][1]["history"][2:], ATOL)
     params_close(params, separate[1][0], ATOL)

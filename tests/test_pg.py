@@ -15,7 +15,7 @@ from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead
 from rlhf_jax.stages.rollout import PPOModels
-from rlhf_jax.stages.train_ppo import PPOTrainer, init_state, query_batch
+from rlhf_jax.stages.train_ppo import Member, PPOTrainer, init_state, query_batch
 from tests.test_ppo_train import BATCH, Queries, gold_fraction, make_config, metrics_close
 from tests.test_rollout import CONFIG, TARGET, V, random_params, target_fraction_rm
 
@@ -185,8 +185,6 @@ def test_no_value_model_on_4_devices_equals_one(algo, mode):
 def test_members_in_one_program_equal_separate_runs(algo):
     # Sweeps run seeds and numeric hyperparameters of one setting as members of
     # one vmapped program (`rlhf_jax.members`): the same advantages and queries.
-    from rlhf_jax import members as members_lib
-
     _, trainer, ref, rm_params = _trainer(algo, 2)
     cfgs = []
     for seed, lr in ((0, 1e-2), (1, 3e-3)):
@@ -198,8 +196,8 @@ def test_members_in_one_program_equal_separate_runs(algo):
         t = PPOTrainer(cfg, trainer.models, trainer.dp)
         separate.append(t.train(params={"policy": ref}, ref_params=ref, rm_params=rm_params,
                                 queries=Queries(), workdir=None, gold_fn=gold_fraction))
-    group = members_lib.MemberPPOTrainer(cfgs, trainer.models, trainer.dp).train(
-        [members_lib.Member(name=f"m{i}", cfg=cfg, params={"policy": ref}, ref_params=ref,
+    group = PPOTrainer(cfgs, trainer.models, trainer.dp).train_members(
+        [Member(name=f"m{i}", cfg=cfg, params={"policy": ref}, ref_params=ref,
                             rm_params=rm_params, queries=Queries(), workdir=None,
                             gold_fn=gold_fraction) for i, cfg in enumerate(cfgs)])
     for (_, s_sep), (_, s_grp) in zip(separate, group):

@@ -23,20 +23,18 @@ import numpy as np
 import pytest
 
 from rlhf_jax import config_check
-from rlhf_jax.algorithms.ppo import make_update_step
 from rlhf_jax.infra import parallel
 from rlhf_jax.models import GPT2LMHeadModel
 from rlhf_jax.models.heads import PolicyWithValueHead, ValueModel, value_params_from_reward
 from rlhf_jax.stages import train_ppo
 from rlhf_jax.stages.rollout import PPOModels
-from rlhf_jax.stages.train_ppo import PPOTrainer, hparams, init_state, make_optimizer
+from rlhf_jax.stages.train_ppo import PPOTrainer, gold_scores, init_state, stack_members
 from tests.test_rollout import (CONFIG, PAD, TARGET, R, V, random_params, random_queries,
                                 target_fraction_rm)
 
 EOS = 5
 BATCH = 64
 UPDATES = 24
-REP, SHARD = parallel.REP, parallel.SHARD
 # Run-to-run noise in these metrics is timing, not numerics.
 TIMING_KEYS = ("elapsed/fps",)
 
@@ -96,17 +94,26 @@ class Setup:
                                   rm_params=self.rm_params, queries=Queries(), workdir=workdir,
                                   gold_fn=gold_fraction, stop_after=stop_after)
 
-    def fresh_state(self):
-        """The initial PPOState, replicated (a new copy each call: the update donates it)."""
-        return self.dp.replicate(init_state(self.params, self.trainer.optimizer, self.cfg))
+    def fresh_state(self, trainer=None):
+        """The initial PPOState of a group of one, replicated (a new copy each call:
+        the update donates it)."""
+        trainer = trainer or self.trainer
+        return self.dp.replicate(stack_members([init_state(self.params, trainer.optimizer,
+                                                           trainer.cfg)]))
 
     def first_rollout(self):
-        """(replicated initial state, the first update's rollout) as `train` would make them."""
-        state = self.fresh_state()
+        """(replicated initial state, the first update's rollout) as `train` would make
+        them, in a group of one's layout (`[B, 1, ...]`)."""
+        dp, state = self.dp, self.fresh_state()
         q_BxQ, qm_BxQ = Queries().batch(0, BATCH)
-        ro, _, _ = self.trainer.rollout(state, self.dp.replicate(self.ref_params),
-                                        self.dp.replicate(self.rm_params), q_BxQ, qm_BxQ,
-                                        gold_fraction)
+        ro, processed = self.trainer.rollout(
+            state, dp.replicate(stack_members([self.ref_params])),
+            dp.replicate(stack_members([self.rm_params or {}])), q_BxQ[:, None], qm_BxQ[:, None])
+        if not self.trainer.use_rm:  # the gold is the reward
+            _, scores_B = gold_scores(self.trainer.task, gold_fraction, q_BxQ, qm_BxQ,
+                                      np.asarray(dp.unshard(processed))[:, 0],
+                                      np.asarray(dp.unshard(ro.response_BxR))[:, 0])
+            ro = ro.replace(scores_B=dp.shard(scores_B[:, None]))
         return state, ro
 
 
@@ -308,13 +315,13 @@ def test_stiennon_masks_are_respected(stiennon):
                          values_BxR=garble(ro.values_BxR, 50.0),
                          response_BxR=jnp.where(ro.response_mask_BxR > 0, ro.response_BxR,
                                                 junk_tokens))
-    state_a, stats_a = setup.trainer.update_fn(setup.fresh_state(), ro)
-    state_b, stats_b = setup.trainer.update_fn(setup.fresh_state(), garbled)
+    state_a, stats_a = setup.trainer.update_fn(setup.fresh_state(), ro, None)
+    state_b, stats_b = setup.trainer.update_fn(setup.fresh_state(), garbled, None)
     params_close(state_b.params, state_a.params, atol=1e-6)
     chex.assert_trees_all_close(host(stats_b), host(stats_a), atol=1e-6)
     # The same change on the valid tokens does move the update (the check has teeth).
     shifted = ro.replace(logprobs_BxR=ro.logprobs_BxR - 0.5)
-    state_c, _ = setup.trainer.update_fn(setup.fresh_state(), shifted)
+    state_c, _ = setup.trainer.update_fn(setup.fresh_state(), shifted, None)
     diff = jax.tree.map(lambda a, c: float(np.max(np.abs(np.asarray(a) - np.asarray(c)))),
                         state_a.params, state_c.params)
     assert max(jax.tree.leaves(diff)) > 1e-4
@@ -326,16 +333,12 @@ def test_stiennon_masks_are_respected(stiennon):
 def test_tf_and_torch_adam_give_different_first_update_approxkl(ziegler):
     setup = ziegler
     state, ro = setup.first_rollout()
-    _, stats_tf = setup.trainer.update_fn(state, ro)
+    _, stats_tf = setup.trainer.update_fn(state, ro, None)
     torch_cfg = make_config(stiennon=False, adam="torch")
-    optimizer = make_optimizer(torch_cfg.ppo)
-    update = setup.dp.compile(
-        make_update_step(setup.models.apply_policy_value, optimizer, hparams(torch_cfg),
-                         parallel.AXIS), (REP, SHARD), (REP, REP), donate_argnums=(0,))
-    state_torch = setup.dp.replicate(init_state(setup.params, optimizer, torch_cfg))
-    _, stats_torch = update(state_torch, ro)
-    kl_tf = float(setup.dp.unreplicate(stats_tf)["ppo/policy/approxkl"])
-    kl_torch = float(setup.dp.unreplicate(stats_torch)["ppo/policy/approxkl"])
+    torch_trainer = PPOTrainer(torch_cfg, setup.models, setup.dp)
+    _, stats_torch = torch_trainer.update_fn(setup.fresh_state(torch_trainer), ro, None)
+    kl_tf = float(setup.dp.unreplicate(stats_tf)["ppo/policy/approxkl"][0])
+    kl_torch = float(setup.dp.unreplicate(stats_torch)["ppo/policy/approxkl"][0])
     print(f"first-update approxkl: tf {kl_tf:.3e}, torch {kl_torch:.3e}, "
           f"ratio {kl_torch / kl_tf:.2f}")
     # Same rollout, same initial params: only the Adam style differs. TF-style

@@ -175,20 +175,20 @@ def _make_eval_step(eval_fn: Callable) -> Callable:
     return eval_step
 
 
-def over_members(fn: Callable, in_axes: tuple, members: int) -> Callable:
-    """`jax.vmap(fn, in_axes)` over `members` members (outputs: member axis first).
+def over_members(fn: Callable, in_axes: tuple, members: int, out_axes: int = 0) -> Callable:
+    """`jax.vmap(fn, in_axes, out_axes)` over `members` members.
 
     A group of one drops the axis, calls `fn` once and restores it: the same
     function, and the very program a run without a member axis compiles (a
     vmapped dot may sum in another order, and a seeded run's numbers would
     move by float rounding)."""
     if members > 1:
-        return jax.vmap(fn, in_axes=in_axes)
+        return jax.vmap(fn, in_axes=in_axes, out_axes=out_axes)
 
     def one(*args):
         inner = [a if axis is None else jax.tree.map(lambda x, ax=axis: jnp.squeeze(x, ax), a)
                  for a, axis in zip(args, in_axes)]
-        return jax.tree.map(lambda x: jnp.expand_dims(x, 0), fn(*inner))
+        return jax.tree.map(lambda x: jnp.expand_dims(x, out_axes), fn(*inner))
 
     return one
 
