@@ -3,8 +3,9 @@ runlocal,arch=llama|qwen2|qwen3`, every stage in-process on tiny shapes.
 
 Each family also takes a different slice of the switches, so together the
 three runs cover the shared and the separate value model (from the reward
-model), the linear, scalar-mix and selector heads, PPO and GRPO, and DPO and
-best-of-N SFT beside them; the exported policy must load in transformers'
+model), the linear, scalar-mix and selector heads, PPO and GRPO, span marks
+with a token-level RM's dense rewards and likelihood/unlikelihood, the
+held-out judge, and DPO and best-of-N SFT beside them; the exported policy must load in transformers'
 `AutoModelForCausalLM` with the same logits. This checks that every stage
 runs on these architectures, not what they learn at these sizes.
 """
@@ -40,11 +41,11 @@ OVERRIDES = {
     "bon_sft.batch_size": 16,
 }
 CASES = {
-    "llama": "value=shared,head=linear",
+    "llama": "value=shared,head=linear,token_rm=on,judge=on",
     "qwen2": "value=separate,head=scalar_mix",
     "qwen3": "algo=grpo,head=selector",
 }
-EXTRA_STAGES = {"qwen2": ",dpo,bon_sft"}
+EXTRA_STAGES = {"llama": ",ul", "qwen2": ",dpo,bon_sft"}
 
 
 def _config(arch: str):
@@ -71,14 +72,19 @@ def test_every_stage_runs_on_the_architecture(arch, tmp_path):
     assert f"model.arch={arch}" in report.arch and report.kv_cache > 0
 
     results = pipeline.run(cfg, str(tmp_path))
-    want = {"pretrain", "labels", "reward", "ppo", "eval"} | (
-        {"dpo", "bon_sft"} if arch in EXTRA_STAGES else set())
+    want = {"pretrain", "labels", "reward", "ppo", "eval"} | set(
+        EXTRA_STAGES.get(arch, "").split(",")[1:])
     assert want <= set(results), sorted(results)
     if arch == "qwen3":  # GRPO: no value model, group-normalised advantages
         assert "ppo/loss/value" not in results["ppo"] and "ppo/loss/policy" in results["ppo"]
+    if arch == "llama":  # span marks, a token-level RM's dense rewards, the held-out judge
+        assert "objective/token_reward" in results["ppo"]
+        assert "unlikelihood" in results["ul"]["train"]
     with open(tmp_path / "eval.json") as f:
         evaluation = json.load(f)
     assert evaluation  # every policy scored
+    if arch == "llama":
+        assert "judge_winrate" in evaluation["ppo"] and "ul" in evaluation
     with open(tmp_path / "models" / "reward" / "reward_config.json") as f:
         assert json.load(f)["trunk"]["model_type"] == arch
 

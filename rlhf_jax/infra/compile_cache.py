@@ -41,6 +41,13 @@ def resolve_dir(flag_dir: str | None = None) -> str:
             or default_dir())
 
 
+# A size limit makes JAX hold a file lock around every read and write of the
+# cache. Without one, processes sharing it (a sweep split over launches, test
+# workers) can read an entry another is still writing, and loading that torn
+# executable crashes the reader (a segfault, seen with two pytest workers).
+MAX_BYTES = 16 << 30
+
+
 def enable(cache_dir: str | None = None, *, off: bool = False) -> str | None:
     """Turns the persistent cache on at `resolve_dir(cache_dir)` (or off); returns the dir.
 
@@ -64,6 +71,8 @@ def enable(cache_dir: str | None = None, *, off: bool = False) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
+        jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
     _configured = path
     return path
 
