@@ -14,7 +14,9 @@ import importlib.util
 import json
 import os
 
+import jax
 import jax.numpy as jnp
+from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 import torch
@@ -63,8 +65,21 @@ def _config(arch: str):
     return cfg
 
 
+@pytest.fixture
+def no_persistent_cache():
+    # In the full suite, jaxlib 0.10.2 crashed (SIGSEGV reading, SIGABRT writing)
+    # in the persistent cache's (de)serialisation of one of these runs'
+    # executables, in three runs of three; alone it passes. These runs compile
+    # afresh until that is understood (docs/reliability.md).
+    jax.config.update("jax_enable_compilation_cache", False)
+    compilation_cache.reset_cache()  # the process decided once whether to use it
+    yield
+    jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()
+
+
 @pytest.mark.parametrize("arch", sorted(CASES))
-def test_every_stage_runs_on_the_architecture(arch, tmp_path):
+def test_every_stage_runs_on_the_architecture(arch, tmp_path, no_persistent_cache):
     cfg = _config(arch)
     resolve(cfg, 1)
     # The memory report (--dry_run) sizes the same architecture.
