@@ -263,7 +263,8 @@ def test_end_to_end_artifacts(reference):
     # best-of-N's analytic KL: log N - (N - 1) / N.
     assert results["best_of_2"]["kl"] == pytest.approx(np.log(2) - 0.5)
     for name in ("initial", "ppo"):
-        assert set(results[name]) == {"score", "gold_score", "kl"}
+        assert set(results[name]) == {"score", "gold_score", "kl", "score_se", "gold_score_se",
+                                      "kl_se"}
     with open(os.path.join(workdir, "samples.jsonl")) as f:
         samples = [json.loads(line) for line in f]
     assert {s["stage"] for s in samples} == {"ppo", "eval"}
