@@ -205,7 +205,10 @@ class LabelServer(TcpWSGIServer):
         """Stops `serve_forever` (from another thread) and waits for it."""
         self._stop.set()
         if self._serving:
-            self.trigger.pull_trigger()
+            try:
+                self.trigger.pull_trigger()  # wake the loop now rather than at its timeout
+            except OSError:  # the loop already stopped and closed its trigger
+                pass
             self._stopped.wait(30)
 
     def server_close(self) -> None:
