@@ -1,4 +1,5 @@
-"""Online label collection during PPO (Ziegler 2.3) on the offline default's runlocal config.
+"""Online label collection during PPO (Ziegler 2.3) on the offline default's runlocal config,
+with a Qwen2-architecture model (`arch=qwen2`; the study's online runs use GPT-2).
 
 `configs/mock_sentiment.py:runlocal,online=...` shrunk further: 32 offline
 labels, 4 PPO updates of 16 episodes, one collect-retrain round of 16 queries
@@ -115,7 +116,7 @@ def sigterm_when(condition, timeout=600):
 def base(tmp_path_factory):
     """A workdir with the labels and reward stages done."""
     workdir = str(tmp_path_factory.mktemp("online_base"))
-    cfg = make_config("runlocal", stages="labels,reward")
+    cfg = make_config("runlocal,arch=qwen2", stages="labels,reward")
     pipeline.run(cfg, workdir)
     return workdir
 
@@ -154,7 +155,7 @@ def mock_run(base, tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(train_ppo.PPOTrainer, "rollout", recording)
         starts = recording_retrain_starts(m.setattr)
-        results = pipeline.run(make_config("runlocal,online=mock", stages="labels,reward,ppo"),
+        results = pipeline.run(make_config("runlocal,arch=qwen2,online=mock", stages="labels,reward,ppo"),
                                workdir)
     return workdir, results, used, starts
 
@@ -202,7 +203,7 @@ def test_mock_cycle_labels_retrains_and_ppo_uses_the_new_rm(mock_run, base):
 def test_sigterm_during_the_retrain_resumes_to_the_same_run(mock_run, base, tmp_path, capsys,
                                                              monkeypatch):
     workdir = copy_of(base, tmp_path, "w")
-    cfg = make_config("runlocal,online=mock", stages="labels,reward,ppo")
+    cfg = make_config("runlocal,arch=qwen2,online=mock", stages="labels,reward,ppo")
 
     class SigtermAfterFirstStep(MetricsWriter):
         """The round's RM writer: SIGTERM as the retrain logs its first step."""
@@ -243,7 +244,7 @@ def test_human_labels_wait_stop_and_resume_with_answers_given_meanwhile(base, tm
 
     monkeypatch.setattr(online_lib, "_log", log)
     db_path = str(tmp_path / "labels.sqlite")
-    cfg = make_config("runlocal,online=human", stages="labels,reward,ppo",
+    cfg = make_config("runlocal,arch=qwen2,online=human", stages="labels,reward,ppo",
                       **{"labels.online.db": db_path, "labels.online.retrain": "reinit"})
     db = LabelDB(db_path)
     sigterm_when(lambda: db.progress()["total"] == 16)
