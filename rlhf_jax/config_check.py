@@ -148,6 +148,13 @@ def resolve(c, num_devices: int) -> dict:
         _need(c.labels.source == "file" or c.labels.gold in MOCK_GOLDS,
               f"labels.source='mock' picks by the gold reward: labels.gold={c.labels.gold!r} "
               f"must be one of {MOCK_GOLDS}")
+        share = c.labels.get("reference_share", 0.0)
+        _need(0.0 <= share <= 1.0, f"labels.reference_share={share} must be in [0, 1]")
+        _need(share == 0.0 or (c.labels.source == "mock" and c.labels.type == "pairwise"
+                               and c.task.query_dataset in ("tldr", "cnndm", "world_tldr")),
+              f"labels.reference_share={share} compares policy samples with the dataset's "
+              "reference summaries: it needs labels.source='mock', labels.type='pairwise' and "
+              "a task.query_dataset with references (tldr, cnndm, world_tldr)")
         _need(c.labels.source == "file" or not (c.labels.path or c.labels.val_path),
               f"labels.path={c.labels.path!r} is set but labels.source='mock' does not read "
               "it: add --config.labels.source=file")

@@ -200,6 +200,11 @@ def base_config() -> ml_collections.ConfigDict:
     lb.ungrammatical_penalty = 1.0  # world gold: score of a broken or unfinished sentence
     lb.mock_noise = 0.0  # Boltzmann temperature of a noisy mock labeller
     lb.batch_size = 64  # queries per sampling batch when generating mock (and online) labels
+    # Share of mock pairwise records in which one response (its slot drawn at
+    # random) is the query's reference summary rather than a policy sample:
+    # Stiennon et al.'s comparisons include the dataset's references. Needs a
+    # dataset with references (tldr, cnndm, world_tldr).
+    lb.reference_share = 0.0
     # Online collection (Ziegler 2.3): every `every` PPO updates, label fresh
     # samples of the current policy and retrain the RM on the grown set.
     lb.online = o = ml_collections.ConfigDict()

@@ -144,6 +144,14 @@ def stage_labels(ctx: Context) -> dict:
             responses.append(postprocess(ctx, raw))
         resp_NxKxR = np.stack([r for r, _ in responses], axis=1)
         mask_NxKxR = np.stack([mk for _, mk in responses], axis=1)
+        if lb.reference_share:
+            if qs.reference_NxR is None:
+                raise ValueError(f"labels.reference_share={lb.reference_share}: "
+                                 f"task.query_dataset={cfg.task.query_dataset!r} has no "
+                                 "reference summaries")
+            resp_NxKxR, ref_slot_N = labels_lib.with_references(
+                resp_NxKxR, qs.reference_NxR[rows], lb.reference_share, cfg.seed)
+            mask_NxKxR = (resp_NxKxR != cfg.task.pad_token).astype(np.int32)
         request = LabelRequest.from_tokens(q, m, resp_NxKxR, mask_NxKxR, pad_token=cfg.task.pad_token,
                                            decode=ctx.decode)
         every = labeler.label(request)
@@ -156,6 +164,12 @@ def stage_labels(ctx: Context) -> dict:
         if val is not None:
             label_files_lib.write_labels_jsonl(ctx.path("labels", "val.jsonl"), val)
     out = {"num_train": len(train), "num_val": 0 if val is None else len(val)}
+    if lb.source == "mock" and lb.reference_share:
+        with_ref_N = ref_slot_N[:lb.num_train] >= 0
+        out["reference_records"] = int(with_ref_N.sum())
+        if with_ref_N.any():  # how often the labeller preferred the reference
+            out["reference_preferred"] = float(np.mean(
+                train.best_N[with_ref_N] == ref_slot_N[:lb.num_train][with_ref_N]))
     if train.gold_NxK is not None:
         # How often the labelled best is the gold best (1.0 for a noiseless mock).
         out["gold_best_agreement"] = float(np.mean(np.argmax(train.gold_NxK, 1) == train.best_N))

@@ -10,7 +10,7 @@ import pytest
 from rlhf_jax.data import label_files as label_files_lib
 from rlhf_jax.data.label_files import (read_labels, read_labels_jsonl, read_lhp_labels,
                                        read_sff_comparisons, write_labels_jsonl)
-from rlhf_jax.data.labels import Labels, parse_label_type
+from rlhf_jax.data.labels import Labels, parse_label_type, with_references
 from rlhf_jax.data.tasks import format_tldr_query
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -450,3 +450,44 @@ def test_labels_validation():
     with pytest.raises(ValueError, match="needs K=2"):
         Labels(**{**fields, "responses_NxKxR": good.responses_NxKxR[:, :1],
                   "response_mask_NxKxR": good.response_mask_NxKxR[:, :1]})
+
+
+def test_with_references_puts_the_reference_in_one_random_slot_of_a_share_of_records():
+    n, k, r = 400, 2, 5
+    resp = np.arange(n * k * r, dtype=np.int32).reshape(n, k, r)
+    refs = -np.arange(n * r, dtype=np.int32).reshape(n, r) - 1
+    out, slot = with_references(resp, refs, 0.5, seed=3)
+    chosen = slot >= 0
+    assert 0.42 < chosen.mean() < 0.58  # binomial(400, 0.5): 4 standard deviations
+    assert 0.35 < (slot[chosen] == 0).mean() < 0.65  # either slot
+    for i in range(n):
+        for j in range(k):
+            want = refs[i] if slot[i] == j else resp[i, j]
+            np.testing.assert_array_equal(out[i, j], want)
+    again, slot2 = with_references(resp, refs, 0.5, seed=3)
+    np.testing.assert_array_equal(again, out)
+    np.testing.assert_array_equal(slot2, slot)
+    assert (with_references(resp, refs, 0.0, seed=3)[1] == -1).all()
+    assert (with_references(resp, refs, 1.0, seed=3)[1] >= 0).all()
+    with pytest.raises(ValueError, match="do not match"):
+        with_references(resp, refs[:, :3], 0.5, seed=3)
+
+
+@pytest.mark.parametrize("config, share, error", [
+    ("world_tldr", 0.5, None), ("world_tldr", 1.5, "must be in"),
+    ("mock_sentiment", 0.5, "a task.query_dataset with references")])
+def test_reference_share_is_checked_before_any_work(config, share, error):
+    import importlib.util
+
+    from rlhf_jax.config_check import resolve
+    spec = importlib.util.spec_from_file_location(
+        config, os.path.join(os.path.dirname(__file__), "..", "configs", f"{config}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_config("runlocal")
+    cfg.labels.reference_share = share
+    if error is None:
+        resolve(cfg, 1)
+    else:
+        with pytest.raises(ValueError, match=f"labels.reference_share={share}.*{error}"):
+            resolve(cfg, 1)

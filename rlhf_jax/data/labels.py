@@ -226,6 +226,26 @@ class Labels:
             for name in first._array_fields()})
 
 
+def with_references(resp_NxKxR: np.ndarray, reference_NxR: np.ndarray, share: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Responses to label in which a `share` of the records hold their query's
+    reference in one slot (drawn uniformly), as Stiennon et al.'s comparisons
+    include the dataset's references; returns the responses and the slot of
+    the reference per record (-1: none). Records and slots come from `seed`
+    alone, so they are the same on every process and relaunch."""
+    n, k, r = resp_NxKxR.shape
+    if reference_NxR.shape != (n, r):
+        raise ValueError(f"references {reference_NxR.shape} do not match responses "
+                         f"{resp_NxKxR.shape}")
+    rng = np.random.default_rng([seed, 0x5EF])
+    chosen_N = rng.random(n) < share
+    slot_N = np.where(chosen_N, rng.integers(0, k, n), -1)
+    out = np.array(resp_NxKxR)
+    rows = np.flatnonzero(chosen_N)
+    out[rows, slot_N[rows]] = reference_NxR[rows]
+    return out, slot_N
+
+
 def mask_to_ranges(mask_R) -> list[list[int]]:
     """`[start, end)` ranges of the runs of 1 in a 0/1 token mask (end exclusive)."""
     m = np.concatenate([[0], np.asarray(mask_R, np.int8) != 0, [0]]).astype(np.int8)
