@@ -87,3 +87,23 @@ def test_nocompile_cache_compiles_everything(two_launches, tmp_path):
     off = _launch(tmp_path / "off", f"--compile_cache_dir={cache}", "--nocompile_cache")
     assert off["pretrain"] == (first["pretrain"][0], 0)
     assert len(os.listdir(cache)) == entries
+
+
+def test_entries_without_access_times_are_repaired_so_writes_succeed(tmp_path):
+    # A cache written without a size limit has no `-atime` files; with the limit
+    # JAX's eviction reads them before every write, and each write failed.
+    from jax._src.lru_cache import LRUCache
+
+    (tmp_path / "old-cache").write_bytes(b"x" * 10)
+    (tmp_path / "new-cache").write_bytes(b"y" * 10)
+    (tmp_path / "new-atime").write_bytes((5).to_bytes(8, "little"))
+    cache = LRUCache(str(tmp_path), max_size=1 << 20)
+    with pytest.raises(FileNotFoundError):
+        cache.put("fresh", b"z")
+    assert compile_cache.add_missing_atimes(str(tmp_path)) == 1
+    stamp = int.from_bytes((tmp_path / "old-atime").read_bytes(), "little")
+    assert stamp == os.stat(tmp_path / "old-cache").st_mtime_ns
+    assert int.from_bytes((tmp_path / "new-atime").read_bytes(), "little") == 5  # kept
+    cache.put("fresh", b"z")
+    assert cache.get("fresh") == b"z"
+    assert compile_cache.add_missing_atimes(str(tmp_path)) == 0

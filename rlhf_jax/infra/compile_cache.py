@@ -73,8 +73,36 @@ def enable(cache_dir: str | None = None, *, off: bool = False) -> str | None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if "JAX_COMPILATION_CACHE_MAX_SIZE" not in os.environ:
         jax.config.update("jax_compilation_cache_max_size", MAX_BYTES)
+    add_missing_atimes(path)
     _configured = path
     return path
+
+
+def add_missing_atimes(path: str) -> int:
+    """Gives every entry of a cache dir its access-time file; returns how many were added.
+
+    With a size limit JAX reads each entry's `<key>-atime` before every write
+    (to evict the least recently used); an entry without one, written by a
+    run without the limit (earlier versions of this project), makes every
+    later write fail with a warning, so nothing new is ever cached. The
+    missing times are the entries' modification times.
+    """
+    added = 0
+    for name in os.listdir(path):
+        if not name.endswith("-cache"):
+            continue
+        entry = os.path.join(path, name)
+        atime = entry[: -len("-cache")] + "-atime"
+        if os.path.exists(atime):
+            continue
+        try:
+            stamp = os.stat(entry).st_mtime_ns.to_bytes(8, "little")
+            with open(atime, "wb") as f:
+                f.write(stamp)
+            added += 1
+        except OSError:  # evicted meanwhile by another process, or read-only
+            pass
+    return added
 
 
 @dataclasses.dataclass
