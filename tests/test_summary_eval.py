@@ -89,17 +89,23 @@ def test_compare_on_hand_worked_metrics():
     assert 0 < out["a"]["length_controlled_pref"] < 1
 
 
-def test_world_tldr_runlocal_end_to_end(tmp_path):
-    """Every stage of configs/world_tldr.py:runlocal, and the summarisation block."""
-    workdir = tmp_path / "run"
+def test_world_sweeps_runlocal_end_to_end(tmp_path):
+    """The three summarisation sweeps at `:runlocal` in one workdir (their shared
+    runs trained once): every stage of configs/world_tldr.py:runlocal, the
+    summarisation block, and each sweep's figures."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    out = subprocess.run([sys.executable, "launch.py", "--config=configs/world_tldr.py:runlocal",
-                          f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    with open(workdir / "eval.json") as f:
-        ev = json.load(f)
-    block = ev["summarization"]
+    for sweep in ("world_fig1", "world_copying", "world_overopt"):
+        out = subprocess.run([sys.executable, "launch.py",
+                              f"--sweep=configs/sweeps/{sweep}.py:runlocal",
+                              f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        pngs = [f for f in os.listdir(tmp_path / sweep) if f.endswith(".png")]
+        csvs = [f for f in os.listdir(tmp_path / sweep) if f.endswith(".csv")]
+        assert pngs and len(csvs) == len(pngs), (sweep, sorted(os.listdir(tmp_path / sweep)))
+    run = tmp_path / "runs" / "wtldr-w16-s0"
+    with open(run / "eval.json") as f:
+        block = json.load(f)["summarization"]
     assert set(block) == {"pretrained", "sft", "hf", "best_of_2", "reference", "length_slope"}
     for name in ("pretrained", "sft", "hf", "best_of_2"):
         r = block[name]
@@ -108,13 +114,23 @@ def test_world_tldr_runlocal_end_to_end(tmp_path):
         assert "rm_score" in r
     # The references score about 0 under the bias-normalised RM (a 16-sample bias).
     assert abs(block["reference"]["rm_score"]) < 0.5
-    with open(workdir / "samples.jsonl") as f:
+    with open(run / "samples.jsonl") as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 16
     assert {"story", "reference", "sft", "hf", "pretrained"} <= set(rows[0])
     assert "TL;DR" not in rows[0]["story"]
-    with open(workdir / "stages" / "labels.json") as f:
-        assert "gold_best_agreement" in json.load(f)
+    with open(run / "stages" / "labels.json") as f:
+        labels = json.load(f)
+    # Half the comparisons hold the story's reference (labels.reference_share).
+    assert "gold_best_agreement" in labels and 0 < labels["reference_records"] < 32
+    assert 0 <= labels["reference_preferred"] <= 1
+    # Seeds share the size's SFT model (world_scale: one SFT model per size).
+    for seed in (0, 1):
+        with open(tmp_path / "runs" / f"wtldr-w16-s{seed}" / "models" / "sft" /
+                  "model.safetensors", "rb") as f, open(
+                tmp_path / "runs" / "wsft-w16" / "models" / "sft" / "model.safetensors",
+                "rb") as g:
+            assert f.read() == g.read()
 
 
 def test_parameter_count_matches_the_model():

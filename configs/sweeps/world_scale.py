@@ -5,19 +5,22 @@ Runs (names shared by every world_* sweep, so each is trained once per --workdir
   wpre-w<W>        a GPT-2 of width W pretrained on the summarisation world's
                    corpus (`configs/world_tldr.py`); the main width's run also
                    trains the tokenizer every other run reads.
+  wsft-w<W>        that model fine-tuned on the references (SFT, seed 0).
   wtldr-w<W>[-accuracy]-s<seed>
-                   configs/world_tldr.py from that model: SFT on the references,
-                   pairwise labels on SFT samples (full summary judge, or the
+                   configs/world_tldr.py from that SFT model: pairwise labels
+                   on SFT samples and references (full summary judge, or the
                    accuracy-only judge), a reward model at EOS biased so the
                    references score 0, PPO with a value network from the RM at
                    the config's fixed KL, and the summarisation evaluation.
   wkl<beta>-s<seed>
                    PPO at another fixed KL coefficient from the main width's
-                   SFT model and reward model of the same seed (both copied),
+                   SFT model and the reward model of the same seed (copied),
                    then the evaluation.
 
-Seeds change SFT, labels (samples and labeller noise), RM, PPO and the
-evaluation's sampling; the pretrained models are shared.
+One pretrained and one SFT model per size, as the paper has; seeds change
+the labels (samples and labeller noise), the RM, PPO and the evaluation's
+sampling. So HF's seed spread is the human-feedback stages' own, and SFT's
+preference is one model's (its standard error over stories is in eval.json).
 """
 
 from __future__ import annotations
@@ -53,10 +56,11 @@ class Scale:
         return self.widths[self.main][0]
 
 
-# Three sizes (0.06M, 0.18M, 0.55M parameters), five seeds. Not yet timed on an
-# idle machine: see docs/summarization.md.
+# Three sizes (0.06M, 0.18M, 0.55M parameters), five seeds; the copying and KL
+# sweeps at the largest, where the models copy the story's event. Not yet timed
+# on an idle machine: see docs/summarization.md.
 FULL = Scale(runlocal=False, seeds=(0, 1, 2, 3, 4), widths=((32, 2, 2), (64, 2, 2), (128, 2, 4)),
-             main=1, num_docs=40000, task_docs=8192, sft_train=8192, labels=4096,
+             main=2, num_docs=40000, task_docs=8192, sft_train=8192, labels=4096,
              ppo_updates=150, ppo_batch=64, eval_queries=256,
              kl_coefs=(0.01, 0.05, 0.2, 1.0))
 
@@ -107,6 +111,20 @@ def _from_pretrained(s: Scale, width) -> dict:
             "eval.num_queries": s.eval_queries, "log.tensorboard": False}
 
 
+def sft_name(width) -> str:
+    return f"wsft-w{width[0]}"
+
+
+def sft_run(s: Scale, width) -> Run:
+    return Run(sft_name(width), s.config, {**_from_pretrained(s, width), "stages": "sft"})
+
+
+def _sft_copies(width) -> dict:
+    """The SFT stage done: its model and marker come along (run `sft_name(width)`)."""
+    return {"models/sft": Ref(sft_name(width), "models/sft"),
+            "stages/sft.json": Ref(sft_name(width), "stages/sft.json")}
+
+
 def tldr_name(width, judge: str = "full") -> str:
     return f"wtldr-w{width[0]}" + ("" if judge == "full" else f"-{judge}")
 
@@ -115,7 +133,8 @@ def tldr_runs(s: Scale, width, judge: str = "full") -> list[Run]:
     """The whole Stiennon pipeline after pretraining, per seed."""
     ov = {**_from_pretrained(s, width), "stages": "sft,labels,reward,ppo,eval",
           "labels.gold": {"full": "summary", "accuracy": "summary_accuracy"}[judge]}
-    return pretrain_runs(s, width) + grid(tldr_name(width, judge), s.config, s.seeds, ov)
+    return (pretrain_runs(s, width) + [sft_run(s, width)]
+            + grid(tldr_name(width, judge), s.config, s.seeds, ov, copies=_sft_copies(width)))
 
 
 def kl_name(coef: float) -> str:
@@ -128,10 +147,7 @@ def kl_runs(s: Scale, coef: float) -> list[Run]:
     src = tldr_name(main)
     ov = {**_from_pretrained(s, main), "stages": "sft,ppo,eval", "kl.coef": coef}
 
-    def copies(seed):  # the sft stage is done: its model and marker come along
-        run = f"{src}-s{seed}"
-        return {"models/sft": Ref(run, "models/sft"),
-                "stages/sft.json": Ref(run, "stages/sft.json"),
-                "models/reward": Ref(run, "models/reward")}
+    def copies(seed):  # the shared SFT model, and the reward model of this seed
+        return {**_sft_copies(main), "models/reward": Ref(f"{src}-s{seed}", "models/reward")}
 
     return tldr_runs(s, main) + grid(kl_name(coef), s.config, s.seeds, ov, copies=copies)
