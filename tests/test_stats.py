@@ -43,6 +43,18 @@ def test_welch_by_hand():
         stats.welch([1], [2, 3])
 
 
+def test_one_sample_t_by_hand():
+    # 1, 2, 3 against 0: mean 2, sd 1, se 1/sqrt(3), t = 2 sqrt(3) on 2 dof, where
+    # the t CDF is closed-form: two-sided p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(12/14).
+    t, p = stats.one_sample_t([1, 2, 3], 0.0)
+    assert t == pytest.approx(2 * math.sqrt(3))
+    assert p == pytest.approx(1 - math.sqrt(12 / 14))
+    assert stats.one_sample_t([0.4, 0.6], 0.5) == (0.0, 1.0)
+    assert stats.one_sample_t([0.7, 0.7], 0.5)[1] == 0.0
+    with pytest.raises(ValueError, match="needs >= 2 seeds"):
+        stats.one_sample_t([0.7], 0.5)
+
+
 def test_permutation_by_hand():
     # 3 vs 3 fully separated: of the C(6, 3) = 20 relabellings only the observed
     # one and its mirror reach |difference| 3: p = 2/20.

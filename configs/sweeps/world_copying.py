@@ -12,10 +12,12 @@ not in the story), bigram LCS with the story, length, and the gold
 preference. Paper: under accuracy-checking labellers the RL policy copies
 (TL;DR novelty 29% against 94-99% for references, zero-shot and
 supervised); under Stiennon's labellers HF copies less than pretrained.
+`verdicts.md` tests these over the seeds (`rlhf_jax.experiments.summary_table`).
 """
 
 from configs.sweeps import world_scale
 from rlhf_jax.stages.summary_eval import summarization_point
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seeds_of
 
 POLICIES = ("pretrained", "sft", "hf", "best_of", "reference")
@@ -46,4 +48,5 @@ def get_sweep(arg=None):
                   Panel("length", x, "words", curves(s, "words")),
                   Panel("preferred to the reference (gold)", x, "fraction",
                         curves(s, "gold_pref"))))
-    return Sweep("world_copying", tuple(runs), (fig,), runlocal=s.runlocal)
+    return Sweep("world_copying", tuple(runs), (fig,), runlocal=s.runlocal,
+                 tables=(summary_table.copying_verdicts,))

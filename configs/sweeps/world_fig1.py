@@ -11,11 +11,13 @@ labeller, for pretrained-only, SFT, HF (PPO) and best-of-16 by the RM,
 against parameters; a line per policy type with the seed band. Second
 figure: the length-controlled preference (Stiennon App. F). Paper: HF above
 the reference (61-70%) and above SFT at every size; pretrained-only lowest;
-HF rising with size; length control costs HF about 5 points.
+HF rising with size; length control costs HF about 5 points. `verdicts.md` tests each claim over
+the seeds (`rlhf_jax.experiments.summary_table`).
 """
 
 from configs.sweeps import world_scale
 from rlhf_jax.stages.summary_eval import summarization_point
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seeds_of
 
 
@@ -46,4 +48,5 @@ def get_sweep(arg=None):
                            policy_curves(s, "length_controlled_pref"), xscale="log"),
                      Panel("summary length", x, "words", policy_curves(s, "words"),
                            xscale="log")))
-    return Sweep("world_fig1", tuple(runs), (fig1, fig_lc), runlocal=s.runlocal)
+    return Sweep("world_fig1", tuple(runs), (fig1, fig_lc), runlocal=s.runlocal,
+                 tables=(summary_table.fig1_verdicts,))

@@ -9,6 +9,9 @@ seeds (independent runs), never over the queries of one evaluation:
 - `standard_error`: the standard error of one evaluation's mean over its
   queries (sample std / sqrt(n)), the noise a single seed's number carries;
 - `welch`: Welch's unequal-variance t test of two seed samples (two-sided);
+- `one_sample_t`: Student's t test of one seed sample's mean against a fixed
+  value (two-sided), e.g. a preference share against 0.5, or per-seed paired
+  differences against 0;
 - `permutation`: the exact two-sided permutation test of the difference of
   means (every split of the pooled seeds when there are at most
   `max_exact` of them, else that many random splits);
@@ -91,6 +94,22 @@ def welch(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     t = diff / math.sqrt(vx + vy)
     dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
     return t, float(2 * scipy_stats.t.sf(abs(t), dof))
+
+
+def one_sample_t(xs: Sequence[float], mu: float = 0.0) -> tuple[float, float]:
+    """(t, two-sided p) of Student's t test of mean(xs) = mu; needs >= 2 values.
+
+    A sample with no spread gives p = 0 if its mean differs from mu, else 1.
+    """
+    x = _sample(xs, "one_sample_t")
+    if len(x) < 2:
+        raise ValueError(f"one_sample_t: needs >= 2 seeds, got {len(x)}")
+    diff = float(x.mean() - mu)
+    se = float(x.std(ddof=1) / math.sqrt(len(x)))
+    if se == 0:
+        return (math.copysign(math.inf, diff) if diff else 0.0), (0.0 if diff else 1.0)
+    t = diff / se
+    return t, float(2 * scipy_stats.t.sf(abs(t), len(x) - 1))
 
 
 def permutation(a: Sequence[float], b: Sequence[float], *, max_exact: int = 20_000,

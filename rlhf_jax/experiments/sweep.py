@@ -170,6 +170,9 @@ class Sweep:
     figures: tuple[Figure, ...]
     texts: tuple[TopSamples, ...] = ()
     runlocal: bool = False  # a CI-scale variant: never copied to results/
+    # Called with the output folder once the figures' CSVs are written (e.g. the
+    # tests over seeds, `summary_table.fig1_verdicts`); each returns the paths it wrote.
+    tables: tuple[Callable[[str], list[str]], ...] = ()
 
 
 def seeds_of(name: str, seeds: Sequence[int]) -> tuple[str, ...]:

@@ -20,7 +20,8 @@ from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, RUNS_DIR, Curve, Figur
                                         Sweep, TopSamples)
 
 # The code that turns runs into CSVs and tables: its hash is in every provenance record.
-AGGREGATION_CODE = ("sweep.py", "sweep_aggregate.py", "gao.py", "stats.py", "frontier.py")
+AGGREGATION_CODE = ("sweep.py", "sweep_aggregate.py", "gao.py", "stats.py", "frontier.py",
+                    "summary_table.py")
 
 # --------------------------------------------------------------------------
 # Aggregation.
@@ -356,4 +357,6 @@ def aggregate(sweep: Sweep, workdir: str, command: str | None = None) -> list[st
         paths.extend([png, path, side])
     for text in sweep.texts:
         paths.append(write_top_samples(text, runs_dir, out_dir))
+    for table in sweep.tables:
+        paths.extend(table(out_dir))
     return paths

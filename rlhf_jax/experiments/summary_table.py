@@ -1,0 +1,289 @@
+"""Verdicts of the summarisation sweeps over seeds: Stiennon's Fig. 1 claims, tested.
+
+    python -m rlhf_jax.experiments.summary_table results/world_fig1
+    python -m rlhf_jax.experiments.summary_table results/world_copying
+
+Reads the CSVs `configs/sweeps/world_fig1.py` writes (one point per model
+size, the per-seed values in `y_seeds`) and tests each claim of the paper's
+Fig. 1 at every size, over seeds:
+
+- HF (PPO) is preferred to the reference more than half the time, by the
+  noise-free gold judge: Student's t of the seeds' shares against 0.5;
+- HF is preferred more often than SFT: t of the per-seed differences HF - SFT
+  against 0 (paired: seed k's HF and SFT are evaluated on the same stories);
+- pretrained-only is the lowest policy: paired t of (the next-lowest policy -
+  pretrained) against 0;
+- length-controlled (logistic fit read at the reference's length), HF stays
+  above 0.5: t against 0.5;
+- HF's preference rises with size: Welch's t between adjacent sizes.
+
+And for `configs/sweeps/world_copying.py` (`copying_verdicts`): under each
+labeller, HF's sentence novelty against SFT's and the references' (paired t,
+with the ratio of means) and HF's bigram LCS with the story against SFT's;
+HF's novelty under the two labellers (Welch).
+
+All two-sided, Holm-corrected over each sweep's family. A claim "holds" when the
+effect has the claimed sign and its adjusted p is below `ALPHA`; otherwise
+the verdict says "not shown" or "reversed", with the numbers. The world
+sweeps' aggregation writes `verdicts.md` and `verdicts.json` beside the
+figures (`Sweep.tables`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+
+import numpy as np
+
+from rlhf_jax.experiments import stats
+
+ALPHA = 0.05
+GOLD_CSV = "fig1_preference_vs_size.csv"
+LC_CSV = "fig1_length_controlled.csv"
+GOLD_PANEL = "by the noise-free gold judge"
+LABELLER_PANEL = "by a noisy held-out labeller"
+LC_PANEL = "length-controlled, gold judge"
+PRETRAINED, SFT, HF = "pretrained only", "SFT", "HF (PPO)"
+
+
+def _floats(cell: str) -> np.ndarray:
+    return np.asarray([float(v) for v in (cell or "").split(";") if v != ""], np.float64)
+
+
+def read_panel(path: str, panel: str) -> dict[str, list[dict]]:
+    """{curve: [{"params", "seeds", "y"} per size, in the CSV's order]} of one panel."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("panel") == panel]
+    if not rows:
+        raise ValueError(f"{path}: no rows of panel {panel!r}; is it world_fig1's CSV?")
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["curve"], []).append(
+            {"params": float(r["x_mean"]), "seeds": r["seeds"].split(";"),
+             "y": _floats(r["y_seeds"])})
+    return out
+
+
+def _paired(a: dict, b: dict, what: str) -> np.ndarray:
+    """Per-seed a - b, checking both list the same seeds in the same order."""
+    if a["seeds"] != b["seeds"]:
+        raise ValueError(f"{what}: seeds differ ({a['seeds']} vs {b['seeds']})")
+    return a["y"] - b["y"]
+
+
+def _test(claim: str, size: str, effect: np.ndarray, *, t_p: tuple[float, float],
+          what: str) -> dict:
+    ci = stats.bootstrap_ci(effect)
+    return {"claim": claim, "size": size, "effect": ci.mean, "effect_ci95": [ci.lo, ci.hi],
+            "n": ci.n, "t": t_p[0], "p": t_p[1], "test": what}
+
+
+def fig1_tests(gold: dict[str, list[dict]], lc: dict[str, list[dict]]) -> list[dict]:
+    """Every Fig. 1 claim as a test row (see the module doc), Holm-adjusted."""
+    for name in (PRETRAINED, SFT, HF):
+        if name not in gold:
+            raise ValueError(f"world_fig1 CSV: no curve {name!r} (curves: {sorted(gold)})")
+    sizes = len(gold[HF])
+    rows = []
+    for k in range(sizes):
+        size = f"{gold[HF][k]['params'] / 1e6:.2f}M"
+        hf, sft, pre = gold[HF][k], gold[SFT][k], gold[PRETRAINED][k]
+        rows.append(_test("HF preferred to the reference (> 0.5)", size, hf["y"] - 0.5,
+                          t_p=stats.one_sample_t(hf["y"], 0.5), what="t vs 0.5"))
+        d = _paired(hf, sft, f"HF vs SFT at {size}")
+        rows.append(_test("HF above SFT", size, d, t_p=stats.one_sample_t(d, 0.0),
+                          what="paired t"))
+        others = [c for c in gold if c != PRETRAINED]
+        nearest = min(others, key=lambda c: gold[c][k]["y"].mean())
+        d = _paired(gold[nearest][k], pre, f"{nearest} vs pretrained at {size}")
+        rows.append(_test(f"pretrained-only lowest (vs {nearest}, the next lowest)", size, d,
+                          t_p=stats.one_sample_t(d, 0.0), what="paired t"))
+        if HF in lc:
+            y = lc[HF][k]["y"]
+            rows.append(_test("HF length-controlled > 0.5", size, y - 0.5,
+                              t_p=stats.one_sample_t(y, 0.5), what="t vs 0.5"))
+    for k in range(sizes - 1):
+        a, b = gold[HF][k], gold[HF][k + 1]
+        size = f"{a['params'] / 1e6:.2f}M -> {b['params'] / 1e6:.2f}M"
+        # The effect's interval: the difference of the two bootstrap means is not
+        # paired, so report the mean difference with each side's interval folded in.
+        ca, cb = stats.bootstrap_ci(a["y"]), stats.bootstrap_ci(b["y"])
+        t, p = stats.welch(b["y"], a["y"])
+        rows.append({"claim": "HF rises with size", "size": size,
+                     "effect": cb.mean - ca.mean, "effect_ci95": [cb.lo - ca.hi, cb.hi - ca.lo],
+                     "n": min(ca.n, cb.n), "t": t, "p": p, "test": "Welch t"})
+    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
+        r["p_holm"] = adj
+        r["verdict"] = verdict(r["effect"], adj)
+    return rows
+
+
+def verdict(effect: float, p_holm: float, alpha: float = ALPHA) -> str:
+    if p_holm < alpha:
+        return "holds" if effect > 0 else "reversed"
+    return "not shown" if effect > 0 else "not shown (opposite sign)"
+
+
+def means_table(panels: dict[str, dict[str, list[dict]]]) -> list[dict]:
+    """Per panel, curve and size: the seed mean, its 95% bootstrap interval and n."""
+    out = []
+    for panel, curves in panels.items():
+        for curve, pts in curves.items():
+            for p in pts:
+                ci = stats.bootstrap_ci(p["y"])
+                out.append({"panel": panel, "policy": curve, "params": p["params"],
+                            "mean": ci.mean, "ci95": [ci.lo, ci.hi], "n": ci.n})
+    return out
+
+
+def _f(v: float) -> str:
+    return f"{v:+.3f}" if abs(v) < 100 else f"{v:.3g}"
+
+
+def markdown(means: list[dict], tests: list[dict]) -> str:
+    lines = ["# Stiennon Fig. 1 in miniature: tests over seeds", "",
+             "Share of held-out summaries preferred to the reference (T = 0): seed mean "
+             "[95% bootstrap interval over seeds], n seeds.", "",
+             "| panel | policy | parameters | mean [95% CI] | n |", "|---|---|---|---|---|"]
+    for m in means:
+        lines.append(f"| {m['panel']} | {m['policy']} | {m['params'] / 1e6:.2f}M | "
+                     f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {m['n']} |")
+    lines += ["", f"Claims: two-sided tests over seeds, Holm-adjusted over all {len(tests)} "
+              f"rows; a claim holds when its effect has the claimed sign and adjusted "
+              f"p < {ALPHA}.", "",
+              "| claim | size | effect [95% CI] | n | test | t | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in tests:
+        lines.append(f"| {r['claim']} | {r['size']} | {_f(r['effect'])} "
+                     f"[{_f(r['effect_ci95'][0])}, {_f(r['effect_ci95'][1])}] | {r['n']} | "
+                     f"{r['test']} | {r['t']:.2f} | {r['p']:.3g} | {r['p_holm']:.3g} | "
+                     f"**{r['verdict']}** |")
+    return "\n".join(lines) + "\n"
+
+
+def fig1_verdicts(out_dir: str) -> list[str]:
+    """Reads world_fig1's CSVs in `out_dir`, writes verdicts.md and verdicts.json there."""
+    gold_path, lc_path = os.path.join(out_dir, GOLD_CSV), os.path.join(out_dir, LC_CSV)
+    for p in (gold_path, lc_path):
+        if not os.path.isfile(p):
+            raise ValueError(f"{p}: missing; run the world_fig1 sweep's aggregation first")
+    gold = read_panel(gold_path, GOLD_PANEL)
+    lc = read_panel(lc_path, LC_PANEL)
+    tests = fig1_tests(gold, lc)
+    means = means_table({GOLD_PANEL: gold, LABELLER_PANEL: read_panel(gold_path, LABELLER_PANEL),
+                         LC_PANEL: lc})
+    md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
+    with open(md, "w") as f:
+        f.write(markdown(means, tests))
+    with open(js, "w") as f:
+        json.dump({"alpha": ALPHA, "correction": "holm", "means": means, "tests": tests}, f,
+                  indent=1)
+    return [md, js]
+
+
+# --------------------------------------------------------------------------
+# world_copying: does the RL policy copy under the accuracy-only labeller?
+
+COPYING_CSV = "copying.csv"
+NOVELTY_PANEL = "sentence novelty"
+LCS_PANEL = "bigram LCS with the story"
+FULL, ACCURACY = "labels: full judge", "labels: accuracy only"
+# The copying sweep's x positions (configs/sweeps/world_copying.py POLICIES).
+POSITIONS = {"pretrained": 0, "SFT": 1, "HF": 2, "best-of-N": 3, "reference": 4}
+COPIER_RATIO = 0.5  # "far below": under half SFT's novelty
+
+
+def _by_position(curve: list[dict]) -> dict[str, dict]:
+    names = {v: k for k, v in POSITIONS.items()}
+    return {names[int(round(p["params"]))]: p for p in curve}
+
+
+def copying_tests(novelty: dict[str, list[dict]], lcs: dict[str, list[dict]]) -> list[dict]:
+    """Ziegler's smart copiers as tests over seeds (paired: one seed's policies are
+    evaluated on the same stories); Holm-adjusted."""
+    for c in (FULL, ACCURACY):
+        if c not in novelty:
+            raise ValueError(f"world_copying CSV: no curve {c!r} (curves: {sorted(novelty)})")
+    rows = []
+    for labels in (ACCURACY, FULL):
+        nov, lc = _by_position(novelty[labels]), _by_position(lcs[labels])
+        who = labels.split(": ")[1]
+        for other in ("SFT", "reference"):
+            d = _paired(nov["HF"], nov[other], f"{labels}: HF vs {other}")
+            rows.append(_test(f"{who}: HF novelty below {other}'s", "", -d,
+                              t_p=stats.one_sample_t(-d, 0.0), what="paired t"))
+            rows[-1]["ratio"] = float(nov["HF"]["y"].mean() / nov[other]["y"].mean())
+        d = _paired(lc["HF"], lc["SFT"], f"{labels}: HF vs SFT LCS")
+        rows.append(_test(f"{who}: HF bigram LCS above SFT's", "", d,
+                          t_p=stats.one_sample_t(d, 0.0), what="paired t"))
+    a, f = _by_position(novelty[ACCURACY])["HF"], _by_position(novelty[FULL])["HF"]
+    ca, cf = stats.bootstrap_ci(a["y"]), stats.bootstrap_ci(f["y"])
+    t, p = stats.welch(f["y"], a["y"])
+    rows.append({"claim": "HF novelty lower under accuracy-only labels than under full",
+                 "size": "", "effect": cf.mean - ca.mean,
+                 "effect_ci95": [cf.lo - ca.hi, cf.hi - ca.lo], "n": min(ca.n, cf.n),
+                 "t": t, "p": p, "test": "Welch t"})
+    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
+        r["p_holm"] = adj
+        r["verdict"] = verdict(r["effect"], adj)
+    return rows
+
+
+def copying_verdicts(out_dir: str) -> list[str]:
+    """world_copying's tests (`copying_tests`) into verdicts.md / verdicts.json; the
+    smart-copier verdict needs HF's novelty under half SFT's and the references'
+    (`COPIER_RATIO`) beside a significant drop."""
+    path = os.path.join(out_dir, COPYING_CSV)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; run the world_copying sweep's aggregation first")
+    novelty, lcs = read_panel(path, NOVELTY_PANEL), read_panel(path, LCS_PANEL)
+    tests = copying_tests(novelty, lcs)
+    below = [r for r in tests if r["claim"].startswith("accuracy only: HF novelty below")]
+    copier = all(r["verdict"] == "holds" and r["ratio"] < COPIER_RATIO for r in below)
+    means = means_table({NOVELTY_PANEL: novelty, LCS_PANEL: lcs})
+    for m in means:  # x is the policy's position, not a parameter count
+        m["params"] = {v: k for k, v in POSITIONS.items()}[int(round(m["params"]))]
+    lines = ["# Copying under two labellers: tests over seeds", "",
+             "| panel | labels | policy | mean [95% CI] | n |", "|---|---|---|---|---|"]
+    for m in means:
+        lines.append(f"| {m['panel']} | {m['policy']} | {m['params']} | {m['mean']:.3f} "
+                     f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}] | {m['n']} |")
+    lines += ["", f"Two-sided tests over seeds, Holm-adjusted over {len(tests)} rows.", "",
+              "| claim | effect [95% CI] | ratio HF / other | n | test | t | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in tests:
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        lines.append(f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
+                     f"{_f(r['effect_ci95'][1])}] | {ratio} | {r['n']} | {r['test']} | "
+                     f"{r['t']:.2f} | {r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
+    lines += ["", f"Smart copier under accuracy-only labels (HF novelty under "
+              f"{COPIER_RATIO:g}x SFT's and the references', significantly): "
+              f"**{'yes' if copier else 'no'}**."]
+    md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(js, "w") as f:
+        json.dump({"alpha": ALPHA, "correction": "holm", "smart_copier": copier,
+                   "means": means, "tests": tests}, f, indent=1)
+    return [md, js]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("dir", help="world_fig1's or world_copying's output folder "
+                                    "(results/world_fig1)")
+    args = parser.parse_args(argv)
+    try:
+        paths = (copying_verdicts(args.dir) if os.path.isfile(os.path.join(args.dir, COPYING_CSV))
+                 else fig1_verdicts(args.dir))
+    except ValueError as e:
+        parser.error(str(e))
+    with open(paths[0]) as f:
+        print(f.read())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The Fig. 1 verdicts (`rlhf_jax.experiments.summary_table`) on hand-made CSVs."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from rlhf_jax.experiments import stats
+from rlhf_jax.experiments import summary_table as st
+
+SEEDS = "0;1;2"
+
+
+def _write(path, panel_rows):
+    fields = ["figure", "panel", "curve", "point", "x_mean", "seeds", "y_seeds"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for panel, curve, point, params, ys, seeds in panel_rows:
+            w.writerow({"figure": "f", "panel": panel, "curve": curve, "point": point,
+                        "x_mean": params, "seeds": seeds,
+                        "y_seeds": ";".join(str(y) for y in ys)})
+
+
+def _fig1(tmp_path, sft_seeds=SEEDS):
+    g, lab, lc = st.GOLD_PANEL, st.LABELLER_PANEL, st.LC_PANEL
+    # Size 0 (0.10M): HF 0.6/0.7/0.8, SFT 0.5 on every seed, pretrained 0.0/0.1/0.2.
+    # Size 1 (0.30M): every policy the same on every seed.
+    values = {st.PRETRAINED: ([0.0, 0.1, 0.2], [0.1] * 3), st.SFT: ([0.5] * 3, [0.5] * 3),
+              st.HF: ([0.6, 0.7, 0.8], [0.9] * 3), "best-of-16": ([0.55] * 3, [0.6] * 3)}
+    rows = []
+    for curve, (y0, y1) in values.items():
+        seeds = sft_seeds if curve == st.SFT else SEEDS
+        for panel in (g, lab):
+            rows += [(panel, curve, 0, 1e5, y0, seeds), (panel, curve, 1, 3e5, y1, seeds)]
+    _write(tmp_path / st.GOLD_CSV, rows)
+    _write(tmp_path / st.LC_CSV, [(lc, st.HF, 0, 1e5, [0.6, 0.7, 0.8], SEEDS),
+                                  (lc, st.HF, 1, 3e5, [0.9] * 3, SEEDS)])
+
+
+def test_fig1_verdicts_by_hand(tmp_path):
+    _fig1(tmp_path)
+    paths = st.fig1_verdicts(str(tmp_path))
+    assert [os.path.basename(p) for p in paths] == ["verdicts.md", "verdicts.json"]
+    tests = json.load(open(paths[1]))["tests"]
+    by = {(r["claim"].split(" (vs")[0], r["size"]): r for r in tests}
+    # 0.6, 0.7, 0.8 against 0.5 (and HF - SFT = 0.1, 0.2, 0.3 against 0): mean 0.2 over
+    # se 0.1 / sqrt(3), t = 2 sqrt(3) on 2 dof: p = 1 - t / sqrt(2 + t^2) = 1 - sqrt(12/14).
+    p3 = 1 - math.sqrt(12 / 14)
+    for claim in ("HF preferred to the reference (> 0.5)", "HF above SFT",
+                  "HF length-controlled > 0.5"):
+        r = by[(claim, "0.10M")]
+        assert r["t"] == pytest.approx(2 * math.sqrt(3)) and r["p"] == pytest.approx(p3)
+        assert r["effect"] == pytest.approx(0.2) and r["n"] == 3
+    # Pretrained vs the next lowest (SFT, 0.5): 0.5, 0.4, 0.3, t = 0.4 / (0.1 / sqrt 3).
+    r = by[("pretrained-only lowest", "0.10M")]
+    assert "vs SFT" in r["claim"]
+    t = 4 * math.sqrt(3)
+    assert r["t"] == pytest.approx(t) and r["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    # Size 1 has no spread: every claim there is certain (p = 0 up to float rounding).
+    assert all(r["p"] < 1e-9 for r in tests if r["size"] == "0.30M")
+    # HF 0.6/0.7/0.8 -> 0.9: Welch with one side constant is t = 0.2 / (0.1 / sqrt 3) on 2 dof.
+    rise = by[("HF rises with size", "0.10M -> 0.30M")]
+    assert rise["effect"] == pytest.approx(0.2) and rise["p"] == pytest.approx(p3)
+    # Holm over the 9 rows: four 0s, then 0.0202 x 5, then 0.0742 x 4 (monotone).
+    assert len(tests) == 9
+    p_pre = 1 - t / math.sqrt(2 + t * t)
+    assert r["p_holm"] == pytest.approx(5 * p_pre)
+    assert rise["p_holm"] == pytest.approx(4 * p3)
+    assert {r["verdict"] for r in tests if r["size"] == "0.30M"} == {"holds"}
+    assert {r["verdict"] for r in tests if r["size"] != "0.30M"} == {"not shown"}
+    md = open(paths[0]).read()
+    assert "| HF above SFT | 0.30M | +0.400 [+0.400, +0.400] | 3 | paired t |" in md
+    assert f"| {st.LABELLER_PANEL} | {st.HF} | 0.30M | 0.900 [0.900, 0.900] | 3 |" in md
+
+
+def test_fig1_verdict_signs():
+    assert st.verdict(0.1, 0.01) == "holds"
+    assert st.verdict(-0.1, 0.01) == "reversed"
+    assert st.verdict(0.1, 0.2) == "not shown"
+    assert st.verdict(-0.1, 0.2) == "not shown (opposite sign)"
+
+
+def test_fig1_verdicts_refuse_misaligned_or_missing(tmp_path):
+    _fig1(tmp_path, sft_seeds="0;2;1")
+    with pytest.raises(ValueError, match="HF vs SFT at 0.10M: seeds differ"):
+        st.fig1_verdicts(str(tmp_path))
+    os.remove(tmp_path / st.LC_CSV)
+    with pytest.raises(ValueError, match="fig1_length_controlled.csv: missing"):
+        st.fig1_verdicts(str(tmp_path))
+
+
+def test_copying_verdicts_by_hand(tmp_path):
+    nov, lcs = st.NOVELTY_PANEL, st.LCS_PANEL
+    # x: 0 pretrained, 1 SFT, 2 HF, 3 best-of-N, 4 reference.
+    values = {st.ACCURACY: {nov: [[1.0] * 3, [0.9] * 3, [0.2, 0.3, 0.4], [1.0] * 3, [0.7] * 3],
+                            lcs: [[0.3] * 3, [0.4] * 3, [0.8, 0.8, 0.9], [0.4] * 3, [0.6] * 3]},
+              st.FULL: {nov: [[1.0] * 3, [0.9] * 3, [0.95, 0.95, 1.0], [1.0] * 3, [0.7] * 3],
+                        lcs: [[0.3] * 3, [0.4] * 3, [0.35, 0.3, 0.25], [0.4] * 3, [0.6] * 3]}}
+    _write(tmp_path / st.COPYING_CSV, [
+        (panel, curve, x, x, ys, SEEDS) for curve, panels in values.items()
+        for panel, per_x in panels.items() for x, ys in enumerate(per_x)])
+    paths = st.copying_verdicts(str(tmp_path))
+    out = json.load(open(paths[1]))
+    by = {r["claim"]: r for r in out["tests"]}
+    # SFT - HF = 0.7, 0.6, 0.5: mean 0.6 over se 0.1 / sqrt(3), t = 6 sqrt(3) on 2 dof.
+    r = by["accuracy only: HF novelty below SFT's"]
+    t = 6 * math.sqrt(3)
+    assert r["t"] == pytest.approx(t) and r["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t))
+    assert r["ratio"] == pytest.approx(0.3 / 0.9) and r["effect"] == pytest.approx(0.6)
+    r = by["accuracy only: HF novelty below reference's"]
+    t = 4 * math.sqrt(3)
+    assert r["t"] == pytest.approx(t) and r["ratio"] == pytest.approx(0.3 / 0.7)
+    # Under full labels HF copies less than SFT: the claim's effect is negative.
+    assert by["full judge: HF novelty below SFT's"]["effect"] == pytest.approx(-0.0667, abs=1e-4)
+    assert by["full judge: HF novelty below SFT's"]["verdict"].startswith(("not shown", "rev"))
+    # Holm over the family of 7, and the copier flag from its rule.
+    assert len(out["tests"]) == 7
+    assert [r["p_holm"] for r in out["tests"]] == pytest.approx(
+        stats.holm([r["p"] for r in out["tests"]]))
+    below = [by["accuracy only: HF novelty below SFT's"],
+             by["accuracy only: HF novelty below reference's"]]
+    assert out["smart_copier"] == all(r["verdict"] == "holds" and r["ratio"] < 0.5
+                                      for r in below)
+    md = open(paths[0]).read()
+    assert "| sentence novelty | labels: accuracy only | HF | 0.300 [0.200, 0.400] | 3 |" in md
+    assert f"**{'yes' if out['smart_copier'] else 'no'}**" in md
