@@ -103,6 +103,13 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
         pngs = [f for f in os.listdir(tmp_path / sweep) if f.endswith(".png")]
         csvs = [f for f in os.listdir(tmp_path / sweep) if f.endswith(".csv")]
         assert pngs and len(csvs) == len(pngs), (sweep, sorted(os.listdir(tmp_path / sweep)))
+    # world_fig1's tests over seeds: every claim at both sizes, Holm-adjusted.
+    with open(tmp_path / "world_fig1" / "verdicts.json") as f:
+        tests = json.load(f)["tests"]
+    assert len(tests) == 2 * 4 + 1 and all(t["n"] == 2 and 0 <= t["p_holm"] <= 1 for t in tests)
+    with open(tmp_path / "world_copying" / "verdicts.json") as f:
+        copying = json.load(f)
+    assert len(copying["tests"]) == 7 and isinstance(copying["smart_copier"], bool)
     run = tmp_path / "runs" / "wtldr-w16-s0"
     with open(run / "eval.json") as f:
         block = json.load(f)["summarization"]

@@ -127,3 +127,26 @@ def test_copying_verdicts_by_hand(tmp_path):
     md = open(paths[0]).read()
     assert "| sentence novelty | labels: accuracy only | HF | 0.300 [0.200, 0.400] | 3 |" in md
     assert f"**{'yes' if out['smart_copier'] else 'no'}**" in md
+
+
+def test_a_seed_without_a_value_leaves_its_claim_untested(tmp_path):
+    nov, lcs = st.NOVELTY_PANEL, st.LCS_PANEL
+    per_x = [[1.0] * 3, [0.9] * 3, [0.5, 0.6, 0.7], [1.0] * 3, [0.7] * 3]
+    lcs_x = [[0.3] * 3, [0.4] * 3, [0.5, float("nan"), 0.5], [0.4] * 3, [0.6] * 3]
+    _write(tmp_path / st.COPYING_CSV, [
+        (panel, curve, x, x, ys, SEEDS) for curve in (st.ACCURACY, st.FULL)
+        for panel, rows in ((nov, per_x), (lcs, lcs_x)) for x, ys in enumerate(rows)])
+    out = json.load(open(st.copying_verdicts(str(tmp_path))[1]))
+    by = {r["claim"]: r for r in out["tests"]}
+    r = by["accuracy only: HF bigram LCS above SFT's"]
+    assert math.isnan(r["p"]) and r["n"] == 2
+    assert r["verdict"] == "not testable (a seed has no value)"
+    # Both labellers' LCS rows hold the missing seed; the other five are tested, and
+    # Holm counts only them.
+    tested = [r for r in out["tests"] if not math.isnan(r["p"])]
+    assert len(tested) == 5
+    assert [r["p_holm"] for r in tested] == pytest.approx(stats.holm([r["p"] for r in tested]))
+    # The seed without a value is left out of the mean, and n says so.
+    (m,) = [m for m in out["means"] if m["panel"] == lcs and m["policy"] == st.ACCURACY
+            and m["params"] == "HF"]
+    assert m["mean"] == pytest.approx(0.5) and m["n"] == 2

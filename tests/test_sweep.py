@@ -172,6 +172,9 @@ def test_outputs_record_their_provenance_and_recompute_with_the_current_code(swe
         assert "ppo log: ppo/episodes vs objective/gold_score, each logged row (window 1)" in (
             record["smoothing"]["curves"])
     assert side["runs"]["gold-s1"]["seed"] == 1 and side["runs"]["gold-s1"]["ppo.batch_size"] == 16
+    # Each run records the commit it trained at (the tree may be dirty under test).
+    assert summary["run_commits"] in ([head], [head + "+dirty"])
+    assert all(r["commits"] == summary["run_commits"] for r in summary["runs"].values())
     # The published CSV is what the current aggregation code makes of the runs.
     sweep = sweep_run_lib.load_sweep(f"{spec}:runlocal")
     again = tmp_path / "again"

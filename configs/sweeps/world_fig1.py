@@ -24,8 +24,11 @@ from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seed
 def policy_curves(s, y):
     bon = "best_of_16" if not s.runlocal else "best_of_2"
     out = []
-    for label, policy in (("pretrained only", "pretrained"), ("SFT", "sft"),
-                          ("HF (PPO)", "hf"), (bon.replace("_", "-"), bon)):
+    policies = [("pretrained only", "pretrained"), ("SFT", "sft"), ("HF (PPO)", "hf"),
+                (bon.replace("_", "-"), bon)]
+    if y == "words":  # the references have a length, not a preference against themselves
+        policies.append(("reference", "reference"))
+    for label, policy in policies:
         out.append(Curve(label, tuple(
             Points(seeds_of(world_scale.tldr_name(w), s.seeds), summarization_point(policy, y))
             for w in s.widths)))
@@ -36,17 +39,24 @@ def get_sweep(arg=None):
     s = world_scale.scale(arg)
     runs = [r for w in s.widths for r in world_scale.tldr_runs(s, w)]
     x = "parameters"
+    half = (0.5, "as good as the references (0.5)")
+    caption = ("Fraction preferred: share of 256 held-out stories whose greedy (T = 0) "
+               "summary the judge prefers to the story's reference. One pretrained and one "
+               "SFT model per size; seeds change labels, RM, PPO and the evaluation's stories. "
+               "Tests over seeds: verdicts.md.")
     fig1 = Figure("fig1_preference_vs_size",
                   "Stiennon Fig. 1 in miniature: fraction preferred to the reference (T = 0)",
                   (Panel("by the noise-free gold judge", x, "fraction preferred to reference",
-                         policy_curves(s, "gold_pref"), xscale="log"),
+                         policy_curves(s, "gold_pref"), xscale="log", hline=half),
                    Panel("by a noisy held-out labeller", x, "fraction preferred to reference",
-                         policy_curves(s, "labeller_pref"), xscale="log")))
+                         policy_curves(s, "labeller_pref"), xscale="log", hline=half)),
+                  caption=caption)
     fig_lc = Figure("fig1_length_controlled",
                     "Length-controlled preference (logistic fit read at the reference's length)",
                     (Panel("length-controlled, gold judge", x, "fraction preferred to reference",
-                           policy_curves(s, "length_controlled_pref"), xscale="log"),
+                           policy_curves(s, "length_controlled_pref"), xscale="log",
+                           hline=half),
                      Panel("summary length", x, "words", policy_curves(s, "words"),
-                           xscale="log")))
+                           xscale="log")), caption=caption)
     return Sweep("world_fig1", tuple(runs), (fig1, fig_lc), runlocal=s.runlocal,
                  tables=(summary_table.fig1_verdicts,))

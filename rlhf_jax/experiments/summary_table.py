@@ -74,11 +74,29 @@ def _paired(a: dict, b: dict, what: str) -> np.ndarray:
     return a["y"] - b["y"]
 
 
-def _test(claim: str, size: str, effect: np.ndarray, *, t_p: tuple[float, float],
-          what: str) -> dict:
+def _test(claim: str, size: str, effect: np.ndarray, *, t_p, what: str) -> dict:
+    """One claim's row. `t_p`: a function giving (t, p) of `effect`'s test; a seed
+    with no value (NaN, e.g. no summary sentence to measure) leaves it untested."""
+    if not np.all(np.isfinite(effect)):
+        return {"claim": claim, "size": size, "effect": float("nan"),
+                "effect_ci95": [float("nan")] * 2, "n": int(np.isfinite(effect).sum()),
+                "t": float("nan"), "p": float("nan"), "test": what}
     ci = stats.bootstrap_ci(effect)
+    t, p = t_p()
     return {"claim": claim, "size": size, "effect": ci.mean, "effect_ci95": [ci.lo, ci.hi],
-            "n": ci.n, "t": t_p[0], "p": t_p[1], "test": what}
+            "n": ci.n, "t": t, "p": p, "test": what}
+
+
+def _welch_row(claim: str, size: str, b: np.ndarray, a: np.ndarray) -> dict:
+    """The claim mean(b) > mean(a) over independent seeds, by Welch's t. The
+    effect's interval folds in both sides' bootstrap intervals (not paired)."""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return _test(claim, size, np.asarray([np.nan]), t_p=None, what="Welch t")
+    ca, cb = stats.bootstrap_ci(a), stats.bootstrap_ci(b)
+    t, p = stats.welch(b, a)
+    return {"claim": claim, "size": size, "effect": cb.mean - ca.mean,
+            "effect_ci95": [cb.lo - ca.hi, cb.hi - ca.lo], "n": min(ca.n, cb.n),
+            "t": t, "p": p, "test": "Welch t"}
 
 
 def fig1_tests(gold: dict[str, list[dict]], lc: dict[str, list[dict]]) -> list[dict]:
@@ -92,29 +110,23 @@ def fig1_tests(gold: dict[str, list[dict]], lc: dict[str, list[dict]]) -> list[d
         size = f"{gold[HF][k]['params'] / 1e6:.2f}M"
         hf, sft, pre = gold[HF][k], gold[SFT][k], gold[PRETRAINED][k]
         rows.append(_test("HF preferred to the reference (> 0.5)", size, hf["y"] - 0.5,
-                          t_p=stats.one_sample_t(hf["y"], 0.5), what="t vs 0.5"))
+                          t_p=lambda: stats.one_sample_t(hf["y"], 0.5), what="t vs 0.5"))
         d = _paired(hf, sft, f"HF vs SFT at {size}")
-        rows.append(_test("HF above SFT", size, d, t_p=stats.one_sample_t(d, 0.0),
+        rows.append(_test("HF above SFT", size, d, t_p=lambda: stats.one_sample_t(d, 0.0),
                           what="paired t"))
         others = [c for c in gold if c != PRETRAINED]
         nearest = min(others, key=lambda c: gold[c][k]["y"].mean())
         d = _paired(gold[nearest][k], pre, f"{nearest} vs pretrained at {size}")
         rows.append(_test(f"pretrained-only lowest (vs {nearest}, the next lowest)", size, d,
-                          t_p=stats.one_sample_t(d, 0.0), what="paired t"))
+                          t_p=lambda: stats.one_sample_t(d, 0.0), what="paired t"))
         if HF in lc:
             y = lc[HF][k]["y"]
             rows.append(_test("HF length-controlled > 0.5", size, y - 0.5,
-                              t_p=stats.one_sample_t(y, 0.5), what="t vs 0.5"))
+                              t_p=lambda: stats.one_sample_t(y, 0.5), what="t vs 0.5"))
     for k in range(sizes - 1):
         a, b = gold[HF][k], gold[HF][k + 1]
         size = f"{a['params'] / 1e6:.2f}M -> {b['params'] / 1e6:.2f}M"
-        # The effect's interval: the difference of the two bootstrap means is not
-        # paired, so report the mean difference with each side's interval folded in.
-        ca, cb = stats.bootstrap_ci(a["y"]), stats.bootstrap_ci(b["y"])
-        t, p = stats.welch(b["y"], a["y"])
-        rows.append({"claim": "HF rises with size", "size": size,
-                     "effect": cb.mean - ca.mean, "effect_ci95": [cb.lo - ca.hi, cb.hi - ca.lo],
-                     "n": min(ca.n, cb.n), "t": t, "p": p, "test": "Welch t"})
+        rows.append(_welch_row("HF rises with size", size, b["y"], a["y"]))
     for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
         r["p_holm"] = adj
         r["verdict"] = verdict(r["effect"], adj)
@@ -122,6 +134,8 @@ def fig1_tests(gold: dict[str, list[dict]], lc: dict[str, list[dict]]) -> list[d
 
 
 def verdict(effect: float, p_holm: float, alpha: float = ALPHA) -> str:
+    if not np.isfinite(p_holm):
+        return "not testable (a seed has no value)"
     if p_holm < alpha:
         return "holds" if effect > 0 else "reversed"
     return "not shown" if effect > 0 else "not shown (opposite sign)"
@@ -133,7 +147,8 @@ def means_table(panels: dict[str, dict[str, list[dict]]]) -> list[dict]:
     for panel, curves in panels.items():
         for curve, pts in curves.items():
             for p in pts:
-                ci = stats.bootstrap_ci(p["y"])
+                y = p["y"][np.isfinite(p["y"])]  # a seed without a value does not count
+                ci = stats.bootstrap_ci(y) if len(y) else stats.Interval(*[float("nan")] * 3, 0)
                 out.append({"panel": panel, "policy": curve, "params": p["params"],
                             "mean": ci.mean, "ci95": [ci.lo, ci.hi], "n": ci.n})
     return out
@@ -214,18 +229,14 @@ def copying_tests(novelty: dict[str, list[dict]], lcs: dict[str, list[dict]]) ->
         for other in ("SFT", "reference"):
             d = _paired(nov["HF"], nov[other], f"{labels}: HF vs {other}")
             rows.append(_test(f"{who}: HF novelty below {other}'s", "", -d,
-                              t_p=stats.one_sample_t(-d, 0.0), what="paired t"))
+                              t_p=lambda: stats.one_sample_t(-d, 0.0), what="paired t"))
             rows[-1]["ratio"] = float(nov["HF"]["y"].mean() / nov[other]["y"].mean())
         d = _paired(lc["HF"], lc["SFT"], f"{labels}: HF vs SFT LCS")
         rows.append(_test(f"{who}: HF bigram LCS above SFT's", "", d,
-                          t_p=stats.one_sample_t(d, 0.0), what="paired t"))
+                          t_p=lambda: stats.one_sample_t(d, 0.0), what="paired t"))
     a, f = _by_position(novelty[ACCURACY])["HF"], _by_position(novelty[FULL])["HF"]
-    ca, cf = stats.bootstrap_ci(a["y"]), stats.bootstrap_ci(f["y"])
-    t, p = stats.welch(f["y"], a["y"])
-    rows.append({"claim": "HF novelty lower under accuracy-only labels than under full",
-                 "size": "", "effect": cf.mean - ca.mean,
-                 "effect_ci95": [cf.lo - ca.hi, cf.hi - ca.lo], "n": min(ca.n, cf.n),
-                 "t": t, "p": p, "test": "Welch t"})
+    rows.append(_welch_row("HF novelty lower under accuracy-only labels than under full", "",
+                           f["y"], a["y"]))
     for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
         r["p_holm"] = adj
         r["verdict"] = verdict(r["effect"], adj)

@@ -131,6 +131,8 @@ class Panel:
     fit_base: str = "initial policy"  # the curve whose mean y is the fits' zero gain
     # Named x positions ((x, label), ...) for categories on the x axis.
     xticks: tuple[tuple[float, str], ...] = ()
+    # A labelled horizontal line ((y, label)), e.g. 0.5: as good as the references.
+    hline: tuple[float, str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

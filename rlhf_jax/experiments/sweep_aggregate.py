@@ -229,6 +229,8 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
             fit = _draw_fit(ax, curve, data, base, color)
             if fit:
                 ax.plot([], [], "--", color=color, label=fit)
+        if panel.hline is not None:
+            ax.axhline(panel.hline[0], color="0.4", ls=":", lw=1, label=panel.hline[1])
         ax.set_title(panel.title, fontsize="medium")
         ax.set_xlabel(panel.xlabel + (" (sqrt scale)" if panel.xscale == "sqrt" else ""))
         ax.set_ylabel(panel.ylabel)
@@ -242,14 +244,15 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
                         max(x for x, _ in panel.xticks) + 0.5)
         elif panel.xscale == "log":  # the grid's own values as plain tick labels
             ticks = sorted(xs_seen)
-            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.set_xticks(ticks, [f"{t / 1e6:.2g}M" if t >= 1e4 else f"{t:g}" for t in ticks])
             ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small",
                   borderaxespad=0.0)
     smoothing = "; ".join(sorted(s for s in sources if s))
     caption = (f"Mean over {'/'.join(str(n) for n in sorted(seeds))} seeds (n per curve in the "
-               f"legend); band or bars: min-max across seeds. Points: {smoothing}.")
+               f"legend); band or bars: min-max across seeds."
+               + (f" Points: {smoothing}." if smoothing else ""))
     if fig.caption:
         caption = fig.caption + " " + caption
     mfig.suptitle(fig.title, fontsize="medium")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 from rlhf_jax import config_check, config_lib, members as members_lib, pipeline
 from rlhf_jax.experiments.sweep import (LOCK_FILE, LOCK_POLL_S, Ref, REPO, Run, RUN_RECORD,
                                         RUNS_DIR, Sweep)
-from rlhf_jax.experiments.sweep_aggregate import aggregate, provenance
+from rlhf_jax.experiments.sweep_aggregate import aggregate, git_commit, provenance
 from rlhf_jax.infra import compile_cache
 from rlhf_jax.infra.files import write_json_atomic
 
@@ -207,6 +207,28 @@ def _copy_inputs(run: Run, runs_dir: str, run_dir: str) -> None:
         os.replace(tmp, target)
 
 
+START_RECORD = "starts.jsonl"
+
+
+def _record_start(run_dir: str) -> None:
+    """Appends the commit (and whether the tree was dirty) a run (re)starts at."""
+    rec = {**git_commit(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(os.path.join(run_dir, START_RECORD), "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def run_commits(run_dir: str) -> list[str]:
+    """The commits a run started or resumed at (`+dirty` when the tree had
+    uncommitted changes); ["unknown"] for a run trained before they were recorded."""
+    path = os.path.join(run_dir, START_RECORD)
+    if not os.path.exists(path):
+        return ["unknown"]
+    with open(path) as f:
+        recs = [json.loads(line) for line in f if line.strip()]
+    return sorted({f"{r['commit']}{'+dirty' if r.get('dirty') else ''}" for r in recs}) or [
+        "unknown"]
+
+
 def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
               dry_run: bool = False, members: bool = True,
               log: Callable[[str], None] = print) -> dict | None:
@@ -268,6 +290,7 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
                     r_dir = os.path.join(runs_dir, r.name)
                     with open(os.path.join(r_dir, RUN_RECORD), "w") as f:
                         json.dump(_record(r), f, indent=2)
+                    _record_start(r_dir)
                     _copy_inputs(r, runs_dir, r_dir)
                 ts = time.time()
                 if len(group) > 1:
@@ -305,6 +328,8 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
             time.sleep(LOCK_POLL_S)
             continue
         pending = [(r, c) for r, c in pending if r.name not in summary_runs]
+    for name, r in summary_runs.items():
+        r["commits"] = run_commits(os.path.join(runs_dir, name))
     out_dir = os.path.join(workdir, sweep.name)
     command = " ".join(shlex.quote(a) for a in [os.path.basename(sys.executable)] + sys.argv)
     outputs = aggregate(sweep, workdir, command)
@@ -312,6 +337,8 @@ def run_sweep(sweep: Sweep, workdir: str, *, results_dir: str | None = None,
     summary = {"sweep": sweep.name, "runlocal": sweep.runlocal,
                **{k: prov[k] for k in ("commit", "dirty", "command", "seeds", "smoothing",
                                        "aggregation_code")},
+               # The code each run trained at (a resumed run may list several).
+               "run_commits": sorted({c for r in summary_runs.values() for c in r["commits"]}),
                "wall_seconds_this_launch": round(time.time() - t0, 1),
                "run_seconds_total": round(sum(r["seconds"] or 0 for r in summary_runs.values()), 1),
                "runs": {name: {**r, "overrides": prov["runs"].get(name, {})}
