@@ -39,14 +39,21 @@ def get_sweep(arg=None):
     s = world_scale.scale(arg)
     main = s.widths[s.main]
     runs = world_scale.tldr_runs(s, main) + world_scale.tldr_runs(s, main, "accuracy")
-    x = "policy (0 pretrained, 1 SFT, 2 HF, 3 best-of-N, 4 reference)"
+    x = "policy"
+    bon = "best-of-16" if not s.runlocal else "best-of-2"
+    ticks = tuple(enumerate(("pretrained", "SFT", "HF", bon, "reference")))
+    caption = ("Held-out stories, T = 0. Sentence novelty: share of a summary's sentences "
+               "not in the story; bigram LCS: longest common subsequence of the summary's "
+               "and the story's word bigrams over the summary's bigrams. Pretrained, SFT and "
+               "the references are the same under both labellers, so their points coincide.")
     fig = Figure("copying", "Copying under two labellers (Ziegler's smart copiers)",
                  (Panel("sentence novelty", x, "share of sentences not in the story",
-                        curves(s, "novelty")),
+                        curves(s, "novelty"), xticks=ticks),
                   Panel("bigram LCS with the story", x, "LCS / summary bigrams",
-                        curves(s, "bigram_lcs")),
-                  Panel("length", x, "words", curves(s, "words")),
+                        curves(s, "bigram_lcs"), xticks=ticks),
+                  Panel("length", x, "words", curves(s, "words"), xticks=ticks),
                   Panel("preferred to the reference (gold)", x, "fraction",
-                        curves(s, "gold_pref"))))
+                        curves(s, "gold_pref"), xticks=ticks[:4],
+                        hline=(0.5, "as good as the references (0.5)"))), caption=caption)
     return Sweep("world_copying", tuple(runs), (fig,), runlocal=s.runlocal,
                  tables=(summary_table.copying_verdicts,))
