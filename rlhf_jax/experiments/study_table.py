@@ -73,7 +73,8 @@ class Point:
     gold_se: tuple[float, ...] | None = None  # per seed: the eval's standard error over queries
 
 
-def _floats(cell: str | None) -> tuple[float, ...]:
+def read_floats(cell: str | None) -> tuple[float, ...]:
+    """The values of a sweep CSV's `;`-joined per-seed cell (empty: none)."""
     return tuple(float(v) for v in (cell or "").split(";") if v != "")
 
 
@@ -87,7 +88,7 @@ def read_points(path: str, panel: str = GOLD_PANEL) -> list[Point]:
         rows = list(csv.DictReader(f))
     if not rows or "y_seeds" not in rows[0]:
         raise ValueError(f"{path}: not a sweep CSV (expected a y_seeds column)")
-    judge = {(r["curve"], r["point"]): _floats(r["y_seeds"]) for r in rows
+    judge = {(r["curve"], r["point"]): read_floats(r["y_seeds"]) for r in rows
              if r["panel"] == JUDGE_PANEL}
     gold = [r for r in rows if r["panel"] == panel]
     stems = [(r["curve"], r.get("setting") or _setting(r["runs"])) for r in gold]
@@ -95,9 +96,9 @@ def read_points(path: str, panel: str = GOLD_PANEL) -> list[Point]:
     for r, (_, stem) in zip(gold, stems):
         # Points of one curve with one setting (snapshots of one run): numbered.
         name = stem if stems.count((r["curve"], stem)) == 1 else f"{stem} #{r['point']}"
-        out.append(Point(r["curve"], name, float(r["x_mean"]), _floats(r["y_seeds"]),
-                         judge.get((r["curve"], r["point"])), _floats(r["x_seeds"]),
-                         _floats(r.get("y_se_seeds")) or None))
+        out.append(Point(r["curve"], name, float(r["x_mean"]), read_floats(r["y_seeds"]),
+                         judge.get((r["curve"], r["point"])), read_floats(r["x_seeds"]),
+                         read_floats(r.get("y_se_seeds")) or None))
     if not out:
         raise ValueError(f"{path}: no rows of panel {panel!r}; is it the study's CSV?")
     return out

@@ -38,7 +38,7 @@ import os
 
 import numpy as np
 
-from rlhf_jax.experiments import stats
+from rlhf_jax.experiments import stats, study_table
 
 ALPHA = 0.05
 GOLD_CSV = "fig1_preference_vs_size.csv"
@@ -47,10 +47,6 @@ GOLD_PANEL = "by the noise-free gold judge"
 LABELLER_PANEL = "by a noisy held-out labeller"
 LC_PANEL = "length-controlled, gold judge"
 PRETRAINED, SFT, HF = "pretrained only", "SFT", "HF (PPO)"
-
-
-def _floats(cell: str) -> np.ndarray:
-    return np.asarray([float(v) for v in (cell or "").split(";") if v != ""], np.float64)
 
 
 def read_panel(path: str, panel: str) -> dict[str, list[dict]]:
@@ -63,7 +59,7 @@ def read_panel(path: str, panel: str) -> dict[str, list[dict]]:
     for r in rows:
         out.setdefault(r["curve"], []).append(
             {"params": float(r["x_mean"]), "seeds": r["seeds"].split(";"),
-             "y": _floats(r["y_seeds"])})
+             "y": np.asarray(study_table.read_floats(r["y_seeds"]), np.float64)})
     return out
 
 
