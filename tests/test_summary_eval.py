@@ -110,6 +110,11 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
     with open(tmp_path / "world_copying" / "verdicts.json") as f:
         copying = json.load(f)
     assert len(copying["tests"]) == 7 and isinstance(copying["smart_copier"], bool)
+    # world_overopt's ladder SFT, beta 0.5, 0.2, 0: three claims and three RM steps.
+    with open(tmp_path / "world_overopt" / "verdicts.json") as f:
+        overopt = json.load(f)
+    assert [m["setting"] for m in overopt["means"]][0] == "SFT" and len(overopt["means"]) == 4
+    assert len(overopt["tests"]) == 6 and isinstance(overopt["overoptimisation_shown"], bool)
     run = tmp_path / "runs" / "wtldr-w16-s0"
     with open(run / "eval.json") as f:
         block = json.load(f)["summarization"]

@@ -150,3 +150,66 @@ def test_a_seed_without_a_value_leaves_its_claim_untested(tmp_path):
     (m,) = [m for m in out["means"] if m["panel"] == lcs and m["policy"] == st.ACCURACY
             and m["params"] == "HF"]
     assert m["mean"] == pytest.approx(0.5) and m["n"] == 2
+
+
+def _overopt(tmp_path, gold, rm, kl):
+    fields = ["figure", "panel", "curve", "point", "setting", "seeds", "x_seeds", "y_seeds"]
+    with open(tmp_path / st.OVEROPT_CSV, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for panel, curve, values in ((st.OVEROPT_GOLD_PANEL, st.OVEROPT_GOLD, gold),
+                                     (st.OVEROPT_RM_PANEL, st.OVEROPT_RM, rm)):
+            for k, (setting, ys) in enumerate(values.items()):
+                w.writerow({"figure": "f", "panel": panel, "curve": curve, "point": k,
+                            "setting": setting, "seeds": SEEDS,
+                            "x_seeds": ";".join(str(x) for x in kl[setting]),
+                            "y_seeds": ";".join(str(y) for y in ys)})
+
+
+def test_overopt_verdicts_by_hand(tmp_path):
+    # The CSV lists beta=0.05 before beta=0.5; the ladder is ordered by KL.
+    kl = {"SFT": [0.0] * 3, "beta=0.05": [4.0, 5.0, 6.0], "beta=0.5": [0.5, 0.6, 0.7]}
+    gold = {"SFT": [0.5] * 3, "beta=0.05": [0.3, 0.5, 0.4], "beta=0.5": [0.6, 0.7, 0.8]}
+    rm = {"SFT": [0.0] * 3, "beta=0.05": [2.0, 2.3, 2.3], "beta=0.5": [1.0, 1.1, 1.2]}
+    _overopt(tmp_path, gold, rm, kl)
+    paths = st.overopt_verdicts(str(tmp_path), main="beta=0.5")
+    out = json.load(open(paths[1]))
+    rows = out["tests"]
+    assert [r["claim"] for r in rows] == [
+        "gold: beta=0.5 above SFT", "gold falls from beta=0.5 to beta=0.05",
+        "RM score rises from beta=0.5 to beta=0.05", "RM score rises from SFT to beta=0.5",
+        "RM score rises from beta=0.5 to beta=0.05"]
+
+    def p2(t):  # two-sided p of Student's t on 2 dof
+        return 1 - t / math.sqrt(2 + t * t)
+
+    # Differences 0.1/0.2/0.3 (t = 2 sqrt 3), 0.3/0.2/0.4 (t = 3 sqrt 3), 1.0/1.2/1.1
+    # and 1.0/1.1/1.2 (t = 11 sqrt 3): each has sd 0.1.
+    ts = [2 * math.sqrt(3), 3 * math.sqrt(3), 11 * math.sqrt(3), 11 * math.sqrt(3),
+          11 * math.sqrt(3)]
+    assert [r["t"] for r in rows] == pytest.approx(ts)
+    assert [r["p"] for r in rows] == pytest.approx([p2(t) for t in ts])
+    assert [r["effect"] for r in rows] == pytest.approx([0.2, 0.3, 1.1, 1.1, 1.1])
+    # Holm over 5: 0.00274 x 5, then 0.0351 x 2 = 0.0702, 0.0742 x 1.
+    holm = [r["p_holm"] for r in rows]
+    assert holm == pytest.approx([p2(ts[0]), 2 * p2(ts[1]), 5 * p2(ts[2]), 5 * p2(ts[2]),
+                                  5 * p2(ts[2])])
+    assert [r["verdict"] for r in rows] == ["not shown"] * 2 + ["holds"] * 3
+    assert out["overoptimisation_shown"] is False
+    assert out["peaks"] == {"0": "beta=0.5", "1": "beta=0.5", "2": "beta=0.5"}
+    assert [m["setting"] for m in out["means"]] == ["SFT", "beta=0.5", "beta=0.05"]
+    md = open(paths[0]).read()
+    assert "| beta=0.05 | 5.000 [4.000, 6.000] | 0.400 [0.300, 0.500] |" in md
+    assert "**not shown**." in md
+
+
+def test_overopt_verdicts_shown_and_refused(tmp_path):
+    kl = {"SFT": [0.0] * 3, "beta=0.5": [0.5] * 3, "beta=0.01": [9.0] * 3}
+    gold = {"SFT": [0.5] * 3, "beta=0.5": [0.70, 0.71, 0.72], "beta=0.01": [0.1, 0.12, 0.11]}
+    rm = {"SFT": [0.0] * 3, "beta=0.5": [1.0, 1.01, 1.02], "beta=0.01": [3.0, 3.0, 3.01]}
+    _overopt(tmp_path, gold, rm, kl)
+    out = json.load(open(st.overopt_verdicts(str(tmp_path), main="beta=0.5")[1]))
+    assert out["overoptimisation_shown"] is True
+    assert all(r["verdict"] == "holds" for r in out["tests"])
+    with pytest.raises(ValueError, match="no setting 'beta=0.2'"):
+        st.overopt_verdicts(str(tmp_path), main="beta=0.2")

@@ -62,7 +62,7 @@ class Scale:
 FULL = Scale(runlocal=False, seeds=(0, 1, 2, 3, 4), widths=((32, 2, 2), (64, 2, 2), (128, 2, 4)),
              main=2, num_docs=40000, task_docs=8192, sft_train=8192, labels=4096,
              ppo_updates=150, ppo_batch=64, eval_queries=256,
-             kl_coefs=(0.01, 0.05, 0.2, 1.0))
+             kl_coefs=(0.01, 0.05, 0.2))
 
 # CI scale: the same run graph with 1-layer models of widths 8 and 16, two seeds.
 RUNLOCAL = Scale(runlocal=True, seeds=(0, 1), widths=((8, 1, 2), (16, 1, 2)), main=1,

@@ -2,6 +2,7 @@
 
     python -m rlhf_jax.experiments.summary_table results/world_fig1
     python -m rlhf_jax.experiments.summary_table results/world_copying
+    python -m rlhf_jax.experiments.summary_table results/world_overopt
 
 Reads the CSVs `configs/sweeps/world_fig1.py` writes (one point per model
 size, the per-seed values in `y_seeds`) and tests each claim of the paper's
@@ -21,6 +22,10 @@ And for `configs/sweeps/world_copying.py` (`copying_verdicts`): under each
 labeller, HF's sentence novelty against SFT's and the references' (paired t,
 with the ratio of means) and HF's bigram LCS with the story against SFT's;
 HF's novelty under the two labellers (Welch).
+
+And for `configs/sweeps/world_overopt.py` (`overopt_verdicts`): Stiennon's
+Fig. 5, the gold preference against the reference and the RM score along a
+ladder of fixed KL coefficients from the same SFT model and RM per seed.
 
 All two-sided, Holm-corrected over each sweep's family. A claim "holds" when the
 effect has the claimed sign and its adjusted p is below `ALPHA`; otherwise
@@ -278,14 +283,124 @@ def copying_verdicts(out_dir: str) -> list[str]:
     return [md, js]
 
 
+# --------------------------------------------------------------------------
+# world_overopt: does the gold preference peak and fall while the RM rises?
+
+OVEROPT_CSV = "overoptimization_summaries.csv"
+OVEROPT_GOLD_PANEL = "held-out: preferred to the reference (gold)"
+OVEROPT_RM_PANEL = "held-out: RM score (each seed its own RM)"
+OVEROPT_GOLD, OVEROPT_RM = "gold judge", "RM score"
+SFT_SETTING = "SFT"
+
+
+def read_settings(path: str, panel: str, curve: str) -> dict[str, dict]:
+    """{setting: {"seeds", "x", "y"}} of one curve, in the CSV's order (x: per seed)."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("panel") == panel and r["curve"] == curve]
+    if not rows:
+        raise ValueError(f"{path}: no rows of panel {panel!r}, curve {curve!r}; is it "
+                         f"world_overopt's CSV?")
+    return {r["setting"]: {"seeds": r["seeds"].split(";"),
+                           "x": np.asarray(study_table.read_floats(r["x_seeds"]), np.float64),
+                           "y": np.asarray(study_table.read_floats(r["y_seeds"]), np.float64)}
+            for r in rows}
+
+
+def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str) -> list[dict]:
+    """Stiennon's Fig. 5 as paired tests over seeds (one seed's runs share its RM and
+    are evaluated on the same stories), Holm-adjusted: the config's own coefficient
+    `main` is above SFT by the gold judge; from `main` to the highest-KL setting the
+    gold preference falls while the RM score rises; and the RM score rises at every
+    step of the ladder in KL order. `main` is fixed before the data, not picked as
+    the peak, so the tests are not optimistic."""
+    for name in (SFT_SETTING, main):
+        if name not in gold or name not in rm:
+            raise ValueError(f"world_overopt CSV: no setting {name!r} (settings: {sorted(gold)})")
+    order = sorted(gold, key=lambda k: (k != SFT_SETTING, float(np.nanmean(gold[k]["x"]))))
+    far = order[-1]
+    rows = []
+
+    def paired(claim, a, b, of):
+        d = _paired(of[a], of[b], claim)
+        rows.append(_test(claim, "", d, t_p=lambda: stats.one_sample_t(d, 0.0),
+                          what="paired t"))
+
+    paired(f"gold: {main} above SFT", main, SFT_SETTING, gold)
+    paired(f"gold falls from {main} to {far}", main, far, gold)
+    paired(f"RM score rises from {main} to {far}", far, main, rm)
+    for a, b in zip(order, order[1:]):
+        paired(f"RM score rises from {a} to {b}", b, a, rm)
+    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
+        r["p_holm"] = adj
+        r["verdict"] = verdict(r["effect"], adj)
+    return rows
+
+
+def overopt_verdicts(out_dir: str, main: str = "beta=0.5") -> list[str]:
+    """world_overopt's tests (`overopt_tests`) into verdicts.md / verdicts.json, with
+    each setting's KL, gold preference and RM score (seed mean [95% CI]) and the
+    setting where each seed's gold preference peaks. Over-optimisation is shown when
+    the first three claims hold: HF at `main` beats SFT, and beyond it the gold
+    preference falls while the RM score rises."""
+    path = os.path.join(out_dir, OVEROPT_CSV)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; run the world_overopt sweep's aggregation first")
+    gold = read_settings(path, OVEROPT_GOLD_PANEL, OVEROPT_GOLD)
+    rm = read_settings(path, OVEROPT_RM_PANEL, OVEROPT_RM)
+    tests = overopt_tests(gold, rm, main)
+    shown = all(r["verdict"] == "holds" for r in tests[:3])
+    order = sorted(gold, key=lambda k: (k != SFT_SETTING, float(np.nanmean(gold[k]["x"]))))
+    seeds = gold[order[0]]["seeds"]
+    ys = np.stack([gold[k]["y"] for k in order])  # (settings, seeds)
+    peaks = {s: order[int(np.nanargmax(ys[:, i]))] for i, s in enumerate(seeds)}
+
+    def ci(v):
+        c = stats.bootstrap_ci(v[np.isfinite(v)])
+        return {"mean": c.mean, "ci95": [c.lo, c.hi], "n": c.n}
+
+    means = [{"setting": k, "kl": ci(gold[k]["x"]), "gold_pref": ci(gold[k]["y"]),
+              "rm_score": ci(rm[k]["y"])} for k in order]
+    lines = ["# Over-optimisation on summaries: tests over seeds", "",
+             "Held-out stories, T = 0: seed mean [95% bootstrap interval over seeds].", "",
+             "| setting | KL [nats] | preferred to the reference (gold) | RM score | n |",
+             "|---|---|---|---|---|"]
+    for m in means:
+        cells = [f"{m[k]['mean']:.3f} [{m[k]['ci95'][0]:.3f}, {m[k]['ci95'][1]:.3f}]"
+                 for k in ("kl", "gold_pref", "rm_score")]
+        lines.append(f"| {m['setting']} | " + " | ".join(cells) + f" | {m['gold_pref']['n']} |")
+    lines += ["", "Peak of the gold preference, per seed: " +
+              ", ".join(f"seed {s}: {k}" for s, k in peaks.items()) + ".", "",
+              f"Two-sided paired tests over seeds, Holm-adjusted over {len(tests)} rows.", "",
+              "| claim | effect [95% CI] | n | test | t | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in tests:
+        lines.append(f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
+                     f"{_f(r['effect_ci95'][1])}] | {r['n']} | {r['test']} | {r['t']:.2f} | "
+                     f"{r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
+    lines += ["", f"Over-optimisation (HF at {main} above SFT; from there to {order[-1]} the "
+              f"gold preference falls while the RM score rises): "
+              f"**{'shown' if shown else 'not shown'}**."]
+    md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
+    with open(md, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(js, "w") as f:
+        json.dump({"alpha": ALPHA, "correction": "holm", "overoptimisation_shown": shown,
+                   "main": main, "peaks": peaks, "means": means, "tests": tests}, f, indent=1)
+    return [md, js]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dir", help="world_fig1's or world_copying's output folder "
+    parser.add_argument("dir", help="world_fig1's, world_copying's or world_overopt's folder "
                                     "(results/world_fig1)")
     args = parser.parse_args(argv)
     try:
-        paths = (copying_verdicts(args.dir) if os.path.isfile(os.path.join(args.dir, COPYING_CSV))
-                 else fig1_verdicts(args.dir))
+        if os.path.isfile(os.path.join(args.dir, COPYING_CSV)):
+            paths = copying_verdicts(args.dir)
+        elif os.path.isfile(os.path.join(args.dir, OVEROPT_CSV)):
+            paths = overopt_verdicts(args.dir)
+        else:
+            paths = fig1_verdicts(args.dir)
     except ValueError as e:
         parser.error(str(e))
     with open(paths[0]) as f:
