@@ -59,6 +59,8 @@ class Scale:
 # Three sizes (0.06M, 0.18M, 0.55M parameters), five seeds; the copying and KL
 # sweeps at the largest, where the models copy the story's event. world_fig1
 # from an empty workdir: 96.6 min on the 2-core CPU, idle (docs/summarization.md).
+# KL ladder: about 4x apart below the config's own 0.5 (its main run); SFT is
+# the KL-0 end, so no coefficient above 0.5 is run.
 FULL = Scale(runlocal=False, seeds=(0, 1, 2, 3, 4), widths=((32, 2, 2), (64, 2, 2), (128, 2, 4)),
              main=2, num_docs=40000, task_docs=8192, sft_train=8192, labels=4096,
              ppo_updates=150, ppo_batch=64, eval_queries=256,
