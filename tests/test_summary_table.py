@@ -190,6 +190,7 @@ def test_overopt_verdicts_by_hand(tmp_path):
     assert [r["t"] for r in rows] == pytest.approx(ts)
     assert [r["p"] for r in rows] == pytest.approx([p2(t) for t in ts])
     assert [r["effect"] for r in rows] == pytest.approx([0.2, 0.3, 1.1, 1.1, 1.1])
+    assert [r["seeds_agreeing"] for r in rows] == [3] * 5
     # Holm over 5: 0.00274 x 5, then 0.0351 x 2 = 0.0702, 0.0742 x 1.
     holm = [r["p_holm"] for r in rows]
     assert holm == pytest.approx([p2(ts[0]), 2 * p2(ts[1]), 5 * p2(ts[2]), 5 * p2(ts[2]),
@@ -201,6 +202,7 @@ def test_overopt_verdicts_by_hand(tmp_path):
     md = open(paths[0]).read()
     assert "| beta=0.05 | 5.000 [4.000, 6.000] | 0.400 [0.300, 0.500] |" in md
     assert "**not shown**." in md
+    assert "| RM score rises from SFT to beta=0.5 | +1.100 [" in md and "| 3/3 | 3 |" in md
 
 
 def test_overopt_verdicts_shown_and_refused(tmp_path):

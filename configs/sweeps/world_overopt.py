@@ -8,8 +8,8 @@ PPO at the main width from the same SFT model and reward model per seed
 0.05, 0.01, and the config's own 0.5, which is its main run); SFT is the
 ladder's KL-0 end. At the final held-out evaluation: the gold judge's
 preference against the reference and the RM score of the HF policy against
-KL(policy || SFT), on a sqrt(KL) axis; along training, RM and gold score
-against KL. Paper: the RM score keeps rising with KL while the true
+KL(policy || SFT), on a sqrt(KL) axis, one line per seed; along training,
+RM and gold score against KL. Paper: the RM score keeps rising with KL while the true
 preference peaks and falls. `verdicts.md` tests it over the seeds
 (`rlhf_jax.experiments.summary_table.overopt_tests`).
 """
@@ -61,17 +61,16 @@ def get_sweep(arg=None):
                      for c, name, _ in coefs)
 
     x = "KL(HF || SFT) [nats]"
-    caption = ("Held-out stories, T = 0. Preferred to the reference: the share of HF "
-               "summaries the noise-free gold judge (coverage, faithfulness, grammar, "
-               "brevity) scores above the story's reference; length-controlled: the logistic "
-               "fit read at the reference's length. RM score: the seed's own reward model, "
-               "biased so the references score 0 (scales differ by seed, so one line per "
-               f"seed). Training panels: means of blocks of {WINDOW} updates.")
+    caption = ("Held-out stories, T = 0. Each seed is drawn alone: at small beta the seeds "
+               "reach very different KL. Preferred to the reference: the share of HF summaries the "
+               "noise-free gold judge (coverage, faithfulness, grammar, brevity) scores above "
+               "the story's reference. RM score: the seed's own reward model, biased so the "
+               "references score 0. Gold score: that judge's score of a sample. Training "
+               f"panels: means of blocks of {WINDOW} updates.")
     fig = Figure("overoptimization_summaries",
                  "Over-optimisation on summaries: fixed KL coefficients, one RM per seed",
                  (Panel(summary_table.OVEROPT_GOLD_PANEL, x, "fraction",
-                        (final(summary_table.OVEROPT_GOLD, "gold_pref"),
-                         final("length-controlled", "length_controlled_pref")),
+                        (final(summary_table.OVEROPT_GOLD, "gold_pref", per_seed=True),),
                         xscale="sqrt", hline=(0.5, "as good as the references (0.5)")),
                   Panel(summary_table.OVEROPT_RM_PANEL, x, "RM score (references 0)",
                         (final(summary_table.OVEROPT_RM, "rm_score", per_seed=True),),
@@ -79,7 +78,7 @@ def get_sweep(arg=None):
                   Panel("training: RM score (each seed its own RM)", "KL [nats]", "RM score",
                         along("objective/score", per_seed=True), xscale="sqrt"),
                   Panel("training: gold score", "KL [nats]", "gold score",
-                        along("objective/gold_score"), xscale="sqrt")),
+                        along("objective/gold_score", per_seed=True), xscale="sqrt")),
                  caption=caption)
     verdicts = functools.partial(summary_table.overopt_verdicts,
                                  main=f"beta={world_tldr.get_config().kl.coef:g}")

@@ -324,6 +324,7 @@ def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str) -> list
         d = _paired(of[a], of[b], claim)
         rows.append(_test(claim, "", d, t_p=lambda: stats.one_sample_t(d, 0.0),
                           what="paired t"))
+        rows[-1]["seeds_agreeing"] = int(np.sum(d > 0))  # seeds with the claimed sign
 
     paired(f"gold: {main} above SFT", main, SFT_SETTING, gold)
     paired(f"gold falls from {main} to {far}", main, far, gold)
@@ -371,12 +372,13 @@ def overopt_verdicts(out_dir: str, main: str = "beta=0.5") -> list[str]:
     lines += ["", "Peak of the gold preference, per seed: " +
               ", ".join(f"seed {s}: {k}" for s, k in peaks.items()) + ".", "",
               f"Two-sided paired tests over seeds, Holm-adjusted over {len(tests)} rows.", "",
-              "| claim | effect [95% CI] | n | test | t | p | Holm p | verdict |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| claim | effect [95% CI] | seeds with its sign | n | test | t | p | Holm p | "
+              "verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in tests:
         lines.append(f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
-                     f"{_f(r['effect_ci95'][1])}] | {r['n']} | {r['test']} | {r['t']:.2f} | "
-                     f"{r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
+                     f"{_f(r['effect_ci95'][1])}] | {r['seeds_agreeing']}/{r['n']} | {r['n']} | "
+                     f"{r['test']} | {r['t']:.2f} | {r['p']:.3g} | {r['p_holm']:.3g} | "
+                     f"**{r['verdict']}** |")
     lines += ["", f"Over-optimisation (HF at {main} above SFT; from there to {order[-1]} the "
               f"gold preference falls while the RM score rises): "
               f"**{'shown' if shown else 'not shown'}**."]

@@ -250,9 +250,13 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="x-small",
                   borderaxespad=0.0)
     smoothing = "; ".join(sorted(s for s in sources if s))
-    caption = (f"Mean over {'/'.join(str(n) for n in sorted(seeds))} seeds (n per curve in the "
-               f"legend); band or bars: min-max across seeds."
-               + (f" Points: {smoothing}." if smoothing else ""))
+    n_seeds = '/'.join(str(n) for n in sorted(seeds))
+    if all(c.per_seed for panel in fig.panels for c in panel.curves):
+        caption = f"One line per seed ({n_seeds} seeds)."
+    else:
+        caption = (f"Mean over {n_seeds} seeds (n per curve in the legend); band or bars: "
+                   f"min-max across seeds.")
+    caption += f" Points: {smoothing}." if smoothing else ""
     if fig.caption:
         caption = fig.caption + " " + caption
     mfig.suptitle(fig.title, fontsize="medium")

@@ -339,4 +339,5 @@ def summarization_point(policy: str, y: str, x="params"):
             xv = float(x)
         return np.asarray([xv]), np.asarray([summarization_value(workdir, policy, y)])
 
+    fn.source = f"eval.json: summarization {policy} {y} vs {x if isinstance(x, str) else x!r}"
     return fn
