@@ -191,13 +191,7 @@ def fig1_verdicts(out_dir: str) -> list[str]:
     tests = fig1_tests(gold, lc)
     means = means_table({GOLD_PANEL: gold, LABELLER_PANEL: read_panel(gold_path, LABELLER_PANEL),
                          LC_PANEL: lc})
-    md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
-    with open(md, "w") as f:
-        f.write(markdown(means, tests))
-    with open(js, "w") as f:
-        json.dump({"alpha": ALPHA, "correction": "holm", "means": means, "tests": tests}, f,
-                  indent=1)
-    return [md, js]
+    return _write_verdicts(out_dir, markdown(means, tests), {"means": means, "tests": tests})
 
 
 # --------------------------------------------------------------------------
@@ -267,19 +261,28 @@ def copying_verdicts(out_dir: str) -> list[str]:
               "| claim | effect [95% CI] | ratio HF / other | n | test | t | p | Holm p | verdict |",
               "|---|---|---|---|---|---|---|---|---|"]
     for r in tests:
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
-        lines.append(f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
-                     f"{_f(r['effect_ci95'][1])}] | {ratio} | {r['n']} | {r['test']} | "
-                     f"{r['t']:.2f} | {r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
+        lines.append(_claim_row(r, f"{r['ratio']:.2f}" if "ratio" in r else "-"))
     lines += ["", f"Smart copier under accuracy-only labels (HF novelty under "
               f"{COPIER_RATIO:g}x SFT's and the references', significantly): "
               f"**{'yes' if copier else 'no'}**."]
+    return _write_verdicts(out_dir, "\n".join(lines) + "\n",
+                           {"smart_copier": copier, "means": means, "tests": tests})
+
+
+def _claim_row(r: dict, extra: str) -> str:
+    """A claim's markdown row; `extra`: the cell between the effect and n."""
+    return (f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
+            f"{_f(r['effect_ci95'][1])}] | {extra} | {r['n']} | {r['test']} | {r['t']:.2f} | "
+            f"{r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
+
+
+def _write_verdicts(out_dir: str, text: str, payload: dict) -> list[str]:
+    """verdicts.md (`text`) and verdicts.json (alpha, correction, `payload`)."""
     md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
     with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write(text)
     with open(js, "w") as f:
-        json.dump({"alpha": ALPHA, "correction": "holm", "smart_copier": copier,
-                   "means": means, "tests": tests}, f, indent=1)
+        json.dump({"alpha": ALPHA, "correction": "holm", **payload}, f, indent=1)
     return [md, js]
 
 
@@ -375,20 +378,13 @@ def overopt_verdicts(out_dir: str, main: str = "beta=0.5") -> list[str]:
               "| claim | effect [95% CI] | seeds with its sign | n | test | t | p | Holm p | "
               "verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in tests:
-        lines.append(f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
-                     f"{_f(r['effect_ci95'][1])}] | {r['seeds_agreeing']}/{r['n']} | {r['n']} | "
-                     f"{r['test']} | {r['t']:.2f} | {r['p']:.3g} | {r['p_holm']:.3g} | "
-                     f"**{r['verdict']}** |")
+        lines.append(_claim_row(r, f"{r['seeds_agreeing']}/{r['n']}"))
     lines += ["", f"Over-optimisation (HF at {main} above SFT; from there to {order[-1]} the "
               f"gold preference falls while the RM score rises): "
               f"**{'shown' if shown else 'not shown'}**."]
-    md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
-    with open(md, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(js, "w") as f:
-        json.dump({"alpha": ALPHA, "correction": "holm", "overoptimisation_shown": shown,
-                   "main": main, "peaks": peaks, "means": means, "tests": tests}, f, indent=1)
-    return [md, js]
+    return _write_verdicts(out_dir, "\n".join(lines) + "\n",
+                           {"overoptimisation_shown": shown, "main": main, "peaks": peaks,
+                            "means": means, "tests": tests})
 
 
 def main(argv=None) -> None:
