@@ -142,17 +142,17 @@ def verdict(effect: float, p_holm: float, alpha: float = ALPHA) -> str:
     return "not shown" if effect > 0 else "not shown (opposite sign)"
 
 
+def seed_interval(v: np.ndarray) -> dict:
+    """{"mean", "ci95", "n"} over the seeds with a value (a NaN seed does not count)."""
+    y = v[np.isfinite(v)]
+    ci = stats.bootstrap_ci(y) if len(y) else stats.Interval(*[float("nan")] * 3, 0)
+    return {"mean": ci.mean, "ci95": [ci.lo, ci.hi], "n": ci.n}
+
+
 def means_table(panels: dict[str, dict[str, list[dict]]]) -> list[dict]:
     """Per panel, curve and size: the seed mean, its 95% bootstrap interval and n."""
-    out = []
-    for panel, curves in panels.items():
-        for curve, pts in curves.items():
-            for p in pts:
-                y = p["y"][np.isfinite(p["y"])]  # a seed without a value does not count
-                ci = stats.bootstrap_ci(y) if len(y) else stats.Interval(*[float("nan")] * 3, 0)
-                out.append({"panel": panel, "policy": curve, "params": p["params"],
-                            "mean": ci.mean, "ci95": [ci.lo, ci.hi], "n": ci.n})
-    return out
+    return [{"panel": panel, "policy": curve, "params": p["params"], **seed_interval(p["y"])}
+            for panel, curves in panels.items() for curve, pts in curves.items() for p in pts]
 
 
 def _f(v: float) -> str:
@@ -309,6 +309,11 @@ def read_settings(path: str, panel: str, curve: str) -> dict[str, dict]:
             for r in rows}
 
 
+def ladder(gold: dict[str, dict]) -> list[str]:
+    """The settings in KL order: SFT first, then by the seeds' mean KL."""
+    return sorted(gold, key=lambda k: (k != SFT_SETTING, float(np.nanmean(gold[k]["x"]))))
+
+
 def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str) -> list[dict]:
     """Stiennon's Fig. 5 as paired tests over seeds (one seed's runs share its RM and
     are evaluated on the same stories), Holm-adjusted: the config's own coefficient
@@ -319,7 +324,7 @@ def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str) -> list
     for name in (SFT_SETTING, main):
         if name not in gold or name not in rm:
             raise ValueError(f"world_overopt CSV: no setting {name!r} (settings: {sorted(gold)})")
-    order = sorted(gold, key=lambda k: (k != SFT_SETTING, float(np.nanmean(gold[k]["x"]))))
+    order = ladder(gold)
     far = order[-1]
     rows = []
 
@@ -353,17 +358,13 @@ def overopt_verdicts(out_dir: str, main: str = "beta=0.5") -> list[str]:
     rm = read_settings(path, OVEROPT_RM_PANEL, OVEROPT_RM)
     tests = overopt_tests(gold, rm, main)
     shown = all(r["verdict"] == "holds" for r in tests[:3])
-    order = sorted(gold, key=lambda k: (k != SFT_SETTING, float(np.nanmean(gold[k]["x"]))))
+    order = ladder(gold)
     seeds = gold[order[0]]["seeds"]
     ys = np.stack([gold[k]["y"] for k in order])  # (settings, seeds)
     peaks = {s: order[int(np.nanargmax(ys[:, i]))] for i, s in enumerate(seeds)}
-
-    def ci(v):
-        c = stats.bootstrap_ci(v[np.isfinite(v)])
-        return {"mean": c.mean, "ci95": [c.lo, c.hi], "n": c.n}
-
-    means = [{"setting": k, "kl": ci(gold[k]["x"]), "gold_pref": ci(gold[k]["y"]),
-              "rm_score": ci(rm[k]["y"])} for k in order]
+    means = [{"setting": k, "kl": seed_interval(gold[k]["x"]),
+              "gold_pref": seed_interval(gold[k]["y"]), "rm_score": seed_interval(rm[k]["y"])}
+             for k in order]
     lines = ["# Over-optimisation on summaries: tests over seeds", "",
              "Held-out stories, T = 0: seed mean [95% bootstrap interval over seeds].", "",
              "| setting | KL [nats] | preferred to the reference (gold) | RM score | n |",
