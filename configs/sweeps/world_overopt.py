@@ -3,8 +3,10 @@
     python launch.py --sweep=configs/sweeps/world_overopt.py --workdir=runs/sweeps
     python launch.py --sweep=configs/sweeps/world_overopt.py:runlocal --workdir=/tmp/sweep_local
 
-PPO at the main width from the same SFT model and reward model per seed
-(five seeds) with fixed KL coefficients (`world_scale.FULL.kl_coefs`: 0.2,
+PPO at the KL ladder's width (`world_scale.FULL.kl_main`: 0.18M parameters,
+the middle size, so that the sweep fits 90 minutes from an empty workdir on
+2 CPU cores) from the same SFT model and reward model per seed (five seeds)
+with fixed KL coefficients (`world_scale.FULL.kl_coefs`: 0.2,
 0.05, 0.01, and the config's own 0.5, which is its main run); SFT is the
 ladder's KL-0 end. At the final held-out evaluation: the gold judge's
 preference against the reference and the RM score of the HF policy against
@@ -31,10 +33,11 @@ def coef_runs(s):
     out = []
     for c in sorted(set(s.kl_coefs) | {default}):
         if c == default:
-            out.append((c, world_scale.tldr_name(s.widths[s.main]),
-                        world_scale.tldr_runs(s, s.widths[s.main])))
+            out.append((c, world_scale.tldr_name(s.widths[s.kl_main]),
+                        world_scale.tldr_runs(s, s.widths[s.kl_main])))
         else:
-            out.append((c, world_scale.kl_name(c), world_scale.kl_runs(s, c)))
+            out.append((c, world_scale.kl_name(c, s.widths[s.kl_main]),
+                        world_scale.kl_runs(s, c)))
     return out
 
 
@@ -42,7 +45,7 @@ def get_sweep(arg=None):
     s = world_scale.scale(arg)
     coefs = coef_runs(s)
     runs = [r for _, _, rs in coefs for r in rs]
-    main = world_scale.tldr_name(s.widths[s.main])
+    main = world_scale.tldr_name(s.widths[s.kl_main])
     kl = ("eval", "ppo", "kl")
 
     def final(label, y, per_seed=False):
