@@ -81,6 +81,7 @@ def test_fig1_verdict_signs():
     assert st.verdict(-0.1, 0.01) == "reversed"
     assert st.verdict(0.1, 0.2) == "not shown"
     assert st.verdict(-0.1, 0.2) == "not shown (opposite sign)"
+    assert st.verdict(0.0, 1.0) == "not shown (no difference)"
 
 
 def test_fig1_verdicts_refuse_misaligned_or_missing(tmp_path):

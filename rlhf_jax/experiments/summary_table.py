@@ -139,6 +139,8 @@ def verdict(effect: float, p_holm: float, alpha: float = ALPHA) -> str:
         return "not testable (a seed has no value)"
     if p_holm < alpha:
         return "holds" if effect > 0 else "reversed"
+    if effect == 0:
+        return "not shown (no difference)"
     return "not shown" if effect > 0 else "not shown (opposite sign)"
 
 
