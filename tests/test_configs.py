@@ -58,7 +58,7 @@ FULL_SIZES = {
     "stiennon_tldr_6b7_pod": {"reward_steps": 1450, "ppo_updates": 3907,
                               "sft_steps": 911, "devices": 32},
     # The summarisation world: 2 passes over 4,096 labels, 4 over 8,192 references, in 32s.
-    "world_tldr": {"reward_steps": 4096 // 32 * 2, "ppo_updates": 150, "sft_steps": 8192 // 32 * 12},
+    "world_tldr": {"reward_steps": 4096 // 32 * 2, "ppo_updates": 100, "sft_steps": 8192 // 32 * 12},
 }
 RUNLOCAL_SIZES = {
     "mock_sentiment": {"reward_steps": 128 // 16, "ppo_updates": 192 // 32},
