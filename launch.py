@@ -10,11 +10,9 @@ sweep's members (each resumable the same way) and aggregates its figures
 """
 
 import datetime
-import errno
 import json
 import logging as std_logging
 import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -69,25 +67,6 @@ flags.DEFINE_bool("allow_config_change", False, "Resume a workdir although its s
 flags.DEFINE_string("sweep", None, "Sweep file[:runlocal] (configs/sweeps/NAME.py): run its "
                     "members under --workdir/runs, aggregate into --workdir/NAME and "
                     "results/NAME; --config is not used (see rlhf_jax/experiments/sweep.py).")
-
-
-_DISK_FULL = re.compile(r"No space left on device|Read-only file system|Disk quota exceeded|"
-                        r"File too large")
-
-
-def _disk_error(e: BaseException) -> str | None:
-    """`<reason> writing <path>` for a write the disk refused; None for other errors.
-
-    Orbax (tensorstore) reports these as ValueError("RESOURCE_EXHAUSTED: Failed
-    writing: "PATH": ... No space left on device ...")."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT,
-                                              errno.EFBIG):
-        return f"{e.strerror} writing {e.filename}" if e.filename else e.strerror
-    reason = _DISK_FULL.search(str(e))
-    if reason is None or "os_error_code" not in str(e):  # tensorstore's, not our own checks
-        return None
-    path = re.search(r'(?:writing|file)[: ]+"([^"]+)"', str(e))
-    return f"{reason.group(0)} writing {path.group(1)}" if path else reason.group(0)
 
 
 class _NoLibraryTracebacks(std_logging.Filter):
@@ -148,10 +127,12 @@ def main(argv):
     except pipeline.Preempted as e:
         print(f"preempted during {e}; state saved. Relaunch the same command to resume.")
         sys.exit(143)
-    except (ValueError, OSError) as e:
+    except Exception as e:  # pylint: disable=broad-except
         if flags.FLAGS.traceback:
             raise
-        disk = _disk_error(e)
+        from rlhf_jax.infra.files import disk_error
+
+        disk = disk_error(e)
         if disk:
             # The disk mid-run (full, read-only): what finished is kept (atomic writes,
             # Orbax's tmp-then-rename checkpoints), so the same command resumes.

@@ -8,9 +8,11 @@ a kill at any moment leaves either the old file or the complete new one.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -49,3 +51,43 @@ def savez_atomic(path, **arrays) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     _write_atomic(path, buf.getvalue())
+
+
+_DISK_FULL = re.compile(r"No space left on device|Read-only file system|Disk quota exceeded|"
+                        r"File too large")
+
+
+def disk_error(e: BaseException) -> str | None:
+    """`<reason> writing <path>` for a write the disk refused (full, read-only, over
+    quota or over a file-size limit); None for other errors.
+
+    Looks through the exception's causes and contexts (and an ExceptionGroup's
+    members), except behind a ValueError (a check that names the problem itself,
+    such as a read-only workdir found up front): a background save that failed on
+    a full disk may surface in the main thread as another exception raised while
+    handling it. Orbax (tensorstore)
+    reports these as ValueError("RESOURCE_EXHAUSTED: Failed writing: "PATH": ...
+    No space left on device ...")."""
+    seen, pending = set(), [e]
+    while pending:
+        x = pending.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        reason = _own_disk_error(x)
+        if reason:
+            return reason
+        if not isinstance(x, ValueError):  # ours: a check's own message, which says more
+            pending += [x.__cause__, x.__context__, *getattr(x, "exceptions", ())]
+    return None
+
+
+def _own_disk_error(e: BaseException) -> str | None:
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT,
+                                              errno.EFBIG):
+        return f"{e.strerror} writing {e.filename}" if e.filename else e.strerror
+    reason = _DISK_FULL.search(str(e))
+    if reason is None or "os_error_code" not in str(e):  # tensorstore's, not our own checks
+        return None
+    path = re.search(r'(?:writing|file)[: ]+"([^"]+)"', str(e))
+    return f"{reason.group(0)} writing {path.group(1)}" if path else reason.group(0)
