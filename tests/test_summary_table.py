@@ -216,3 +216,33 @@ def test_overopt_verdicts_shown_and_refused(tmp_path):
     assert all(r["verdict"] == "holds" for r in out["tests"])
     with pytest.raises(ValueError, match="no setting 'beta=0.2'"):
         st.overopt_verdicts(str(tmp_path), main="beta=0.2")
+
+
+def test_mock_overopt_reads_the_initial_policy_from_its_own_panel(tmp_path):
+    # configs/sweeps/overoptimization.py: the base is the initial policy (gold only,
+    # from the held-out trajectory panel); the ladder's settings carry both scores.
+    lay = st.MOCK_OVEROPT
+    fields = ["figure", "panel", "curve", "point", "setting", "seeds", "x_seeds", "y_seeds"]
+    rows = [(lay.base_panel, lay.base_curve, "", [0.0] * 3, [0.0, 0.01, -0.01]),
+            (lay.gold_panel, lay.gold_curve, "beta=0", [50.0] * 3, [-1.0, -1.1, -0.9]),
+            (lay.gold_panel, lay.gold_curve, "beta=0.15", [2.0] * 3, [0.5, 0.6, 0.55]),
+            (lay.rm_panel, lay.rm_curve, "beta=0", [50.0] * 3, [3.0, 3.1, 3.2]),
+            (lay.rm_panel, lay.rm_curve, "beta=0.15", [2.0] * 3, [2.0, 2.0, 2.1])]
+    with open(tmp_path / lay.csv, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for k, (panel, curve, setting, xs, ys) in enumerate(rows):
+            w.writerow({"figure": "f", "panel": panel, "curve": curve, "point": k,
+                        "setting": setting, "seeds": SEEDS,
+                        "x_seeds": ";".join(map(str, xs)), "y_seeds": ";".join(map(str, ys))})
+    md, js = st.overopt_verdicts(str(tmp_path), layout=lay)
+    out = json.load(open(js))
+    assert [r["claim"] for r in out["tests"]] == [
+        "gold: beta=0.15 above initial policy", "gold falls from beta=0.15 to beta=0",
+        "RM score rises from beta=0.15 to beta=0", "RM score rises from beta=0.15 to beta=0"]
+    # Paired differences 0.5/0.59/0.56 against the initial policy's seeds.
+    assert out["tests"][0]["effect"] == pytest.approx((0.5 + 0.59 + 0.56) / 3)
+    assert [m["setting"] for m in out["means"]] == ["initial policy", "beta=0.15", "beta=0"]
+    assert out["means"][0]["rm_score"]["n"] == 0
+    assert "| initial policy | 0.000 [0.000, 0.000] | 0.000 [" in open(md).read()
+    assert "| gold score | RM score |" in open(md).read()

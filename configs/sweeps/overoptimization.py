@@ -8,13 +8,17 @@ coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 5
 seeds each. RM score (each seed's own RM, so each seed's own line) and gold
 score against KL(policy || initial), along training (means of blocks of 5
 updates) and at the held-out evaluation of the policy every 25 updates
-(`eval.ppo_snapshots`), on a sqrt(KL) axis: KL spans 0-60 nats. Paper: the RM score
+(`eval.ppo_snapshots`), on a sqrt(KL) axis: KL spans 0-150 nats. Paper: the RM score
 keeps rising with KL while the true preference peaks and then falls. For
 coefficient 0 the run's highest-RM-score samples, with their gold score,
 go to `results/overoptimization/reward_hacking_kl0.txt`.
 """
 
+import dataclasses
+import functools
+
 from configs.sweeps import mock_scale
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, TopSamples, eval_point,
                                         eval_trajectory, metric, seeds_of)
 
@@ -80,4 +84,10 @@ def get_sweep(arg=None):
                                    "model score (all seeds, all logged updates), with their "
                                    "gold score")
                   for name in zero)
-    return Sweep("overoptimization", tuple(runs), (fig,), texts, runlocal=s.runlocal)
+    # Tests over seeds (verdicts.md): the mildest coefficient (fixed by the design, not
+    # picked as the peak) above the initial policy, then gold falling and the RM
+    # score rising from it to beta = 0.
+    layout = dataclasses.replace(summary_table.MOCK_OVEROPT, main=f"beta={max(s.kl_coefs):g}")
+    verdicts = functools.partial(summary_table.overopt_verdicts, layout=layout)
+    return Sweep("overoptimization", tuple(runs), (fig,), texts, runlocal=s.runlocal,
+                 tables=(verdicts,))

@@ -3,6 +3,7 @@
     python -m rlhf_jax.experiments.summary_table results/world_fig1
     python -m rlhf_jax.experiments.summary_table results/world_copying
     python -m rlhf_jax.experiments.summary_table results/world_overopt
+    python -m rlhf_jax.experiments.summary_table results/overoptimization
 
 Reads the CSVs `configs/sweeps/world_fig1.py` writes (one point per model
 size, the per-seed values in `y_seeds`) and tests each claim of the paper's
@@ -25,7 +26,9 @@ HF's novelty under the two labellers (Welch).
 
 And for `configs/sweeps/world_overopt.py` (`overopt_verdicts`): Stiennon's
 Fig. 5, the gold preference against the reference and the RM score along a
-ladder of fixed KL coefficients from the same SFT model and RM per seed.
+ladder of fixed KL coefficients from the same SFT model and RM per seed; the
+same tests for `configs/sweeps/overoptimization.py` (mock sentiment: the gold
+score, from the initial policy, `MOCK_OVEROPT`).
 
 All two-sided, Holm-corrected over each sweep's family. A claim "holds" when the
 effect has the claimed sign and its adjusted p is below `ALPHA`; otherwise
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import os
 
@@ -298,6 +302,40 @@ OVEROPT_GOLD, OVEROPT_RM = "gold judge", "RM score"
 SFT_SETTING = "SFT"
 
 
+@dataclasses.dataclass(frozen=True)
+class OveroptLayout:
+    """Where a ladder sweep's CSV keeps the numbers the over-optimisation tests read.
+
+    `base`: the policy every rung starts from (its gold from `base_panel`'s
+    `base_curve`, the first point); `main`: the rung fixed before the data (the
+    config's own coefficient) that must beat the base."""
+
+    csv: str
+    gold_panel: str
+    gold_curve: str
+    rm_panel: str
+    rm_curve: str
+    base: str
+    main: str
+    gold_name: str
+    title: str
+    base_panel: str | None = None  # None: the base is a setting of the gold curve
+    base_curve: str | None = None
+
+
+WORLD_OVEROPT = OveroptLayout(
+    OVEROPT_CSV, OVEROPT_GOLD_PANEL, OVEROPT_GOLD, OVEROPT_RM_PANEL, OVEROPT_RM, SFT_SETTING,
+    "beta=0.5", "preferred to the reference (gold)",
+    "Over-optimisation on summaries: tests over seeds")
+# configs/sweeps/overoptimization.py: fixed coefficients from the initial policy; the
+# offline default starts its adaptive controller at 0.15.
+MOCK_OVEROPT = OveroptLayout(
+    "overoptimization.csv", "held-out eval after training, one point per beta", "gold score",
+    "held-out eval after training, one point per beta", "RM score", "initial policy",
+    "beta=0.15", "gold score", "Over-optimisation on mock sentiment: tests over seeds",
+    base_panel="held-out gold vs KL along training, Gao RL fit", base_curve="initial policy")
+
+
 def read_settings(path: str, panel: str, curve: str) -> dict[str, dict]:
     """{setting: {"seeds", "x", "y"}} of one curve, in the CSV's order (x: per seed)."""
     with open(path, newline="") as f:
@@ -311,22 +349,27 @@ def read_settings(path: str, panel: str, curve: str) -> dict[str, dict]:
             for r in rows}
 
 
-def ladder(gold: dict[str, dict]) -> list[str]:
-    """The settings in KL order: SFT first, then by the seeds' mean KL."""
-    return sorted(gold, key=lambda k: (k != SFT_SETTING, float(np.nanmean(gold[k]["x"]))))
+def ladder(gold: dict[str, dict], base: str = SFT_SETTING) -> list[str]:
+    """The settings in KL order: the base first, then by the seeds' mean KL."""
+    return sorted(gold, key=lambda k: (k != base, float(np.nanmean(gold[k]["x"]))))
 
 
-def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str) -> list[dict]:
+def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str,
+                  base: str = SFT_SETTING) -> list[dict]:
     """Stiennon's Fig. 5 as paired tests over seeds (one seed's runs share its RM and
-    are evaluated on the same stories), Holm-adjusted: the config's own coefficient
-    `main` is above SFT by the gold judge; from `main` to the highest-KL setting the
-    gold preference falls while the RM score rises; and the RM score rises at every
-    step of the ladder in KL order. `main` is fixed before the data, not picked as
-    the peak, so the tests are not optimistic."""
-    for name in (SFT_SETTING, main):
-        if name not in gold or name not in rm:
-            raise ValueError(f"world_overopt CSV: no setting {name!r} (settings: {sorted(gold)})")
-    order = ladder(gold)
+    are evaluated on the same queries), Holm-adjusted: the config's own coefficient
+    `main` is above the base policy by the gold judge; from `main` to the highest-KL
+    setting the gold falls while the RM score rises; and the RM score rises at every
+    step of the ladder in KL order (from the base too where its RM score is known).
+    `main` is fixed before the data, not picked as the peak, so the tests are not
+    optimistic."""
+    for name in (base, main):
+        if name not in gold:
+            raise ValueError(f"over-optimisation CSV: no setting {name!r} (settings: "
+                             f"{sorted(gold)})")
+    if main not in rm:
+        raise ValueError(f"over-optimisation CSV: no RM score for {main!r}")
+    order = ladder(gold, base)
     far = order[-1]
     rows = []
 
@@ -336,70 +379,80 @@ def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str) -> list
                           what="paired t"))
         rows[-1]["seeds_agreeing"] = int(np.sum(d > 0))  # seeds with the claimed sign
 
-    paired(f"gold: {main} above SFT", main, SFT_SETTING, gold)
+    paired(f"gold: {main} above {base}", main, base, gold)
     paired(f"gold falls from {main} to {far}", main, far, gold)
     paired(f"RM score rises from {main} to {far}", far, main, rm)
     for a, b in zip(order, order[1:]):
-        paired(f"RM score rises from {a} to {b}", b, a, rm)
+        if a in rm:
+            paired(f"RM score rises from {a} to {b}", b, a, rm)
     for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
         r["p_holm"] = adj
         r["verdict"] = verdict(r["effect"], adj)
     return rows
 
 
-def overopt_verdicts(out_dir: str, main: str = "beta=0.5") -> list[str]:
-    """world_overopt's tests (`overopt_tests`) into verdicts.md / verdicts.json, with
-    each setting's KL, gold preference and RM score (seed mean [95% CI]) and the
-    setting where each seed's gold preference peaks. Over-optimisation is shown when
-    the first three claims hold: HF at `main` beats SFT, and beyond it the gold
-    preference falls while the RM score rises."""
-    path = os.path.join(out_dir, OVEROPT_CSV)
+def overopt_verdicts(out_dir: str, main: str | None = None,
+                     layout: OveroptLayout = WORLD_OVEROPT) -> list[str]:
+    """A ladder sweep's tests (`overopt_tests`) into verdicts.md / verdicts.json, with
+    each setting's KL, gold and RM score (seed mean [95% CI]) and the setting where
+    each seed's gold peaks. Over-optimisation is shown when the first three claims
+    hold: the policy at `main` (default: the layout's) beats the base, and beyond it
+    the gold falls while the RM score rises."""
+    main = main or layout.main
+    path = os.path.join(out_dir, layout.csv)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing; run the world_overopt sweep's aggregation first")
-    gold = read_settings(path, OVEROPT_GOLD_PANEL, OVEROPT_GOLD)
-    rm = read_settings(path, OVEROPT_RM_PANEL, OVEROPT_RM)
-    tests = overopt_tests(gold, rm, main)
+        raise ValueError(f"{path}: missing; run the sweep's aggregation first")
+    gold = read_settings(path, layout.gold_panel, layout.gold_curve)
+    rm = read_settings(path, layout.rm_panel, layout.rm_curve)
+    if layout.base_panel is not None:
+        gold = {layout.base: next(iter(read_settings(path, layout.base_panel,
+                                                     layout.base_curve).values())), **gold}
+    tests = overopt_tests(gold, rm, main, layout.base)
     shown = all(r["verdict"] == "holds" for r in tests[:3])
-    order = ladder(gold)
+    order = ladder(gold, layout.base)
     seeds = gold[order[0]]["seeds"]
     ys = np.stack([gold[k]["y"] for k in order])  # (settings, seeds)
     peaks = {s: order[int(np.nanargmax(ys[:, i]))] for i, s in enumerate(seeds)}
+    nan = {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
     means = [{"setting": k, "kl": seed_interval(gold[k]["x"]),
-              "gold_pref": seed_interval(gold[k]["y"]), "rm_score": seed_interval(rm[k]["y"])}
+              "gold_pref": seed_interval(gold[k]["y"]),
+              "rm_score": seed_interval(rm[k]["y"]) if k in rm else nan}
              for k in order]
-    lines = ["# Over-optimisation on summaries: tests over seeds", "",
-             "Held-out stories, T = 0: seed mean [95% bootstrap interval over seeds].", "",
-             "| setting | KL [nats] | preferred to the reference (gold) | RM score | n |",
+    lines = [f"# {layout.title}", "",
+             "Held-out evaluation: seed mean [95% bootstrap interval over seeds].", "",
+             f"| setting | KL [nats] | {layout.gold_name} | RM score | n |",
              "|---|---|---|---|---|"]
     for m in means:
         cells = [f"{m[k]['mean']:.3f} [{m[k]['ci95'][0]:.3f}, {m[k]['ci95'][1]:.3f}]"
-                 for k in ("kl", "gold_pref", "rm_score")]
+                 if m[k]["n"] else "-" for k in ("kl", "gold_pref", "rm_score")]
         lines.append(f"| {m['setting']} | " + " | ".join(cells) + f" | {m['gold_pref']['n']} |")
-    lines += ["", "Peak of the gold preference, per seed: " +
+    lines += ["", "Peak of the gold, per seed: " +
               ", ".join(f"seed {s}: {k}" for s, k in peaks.items()) + ".", "",
               f"Two-sided paired tests over seeds, Holm-adjusted over {len(tests)} rows.", "",
               "| claim | effect [95% CI] | seeds with its sign | n | test | t | p | Holm p | "
               "verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in tests:
         lines.append(_claim_row(r, f"{r['seeds_agreeing']}/{r['n']}"))
-    lines += ["", f"Over-optimisation (HF at {main} above SFT; from there to {order[-1]} the "
-              f"gold preference falls while the RM score rises): "
+    lines += ["", f"Over-optimisation ({main} above {layout.base}; from there to {order[-1]} "
+              f"the gold falls while the RM score rises): "
               f"**{'shown' if shown else 'not shown'}**."]
     return _write_verdicts(out_dir, "\n".join(lines) + "\n",
-                           {"overoptimisation_shown": shown, "main": main, "peaks": peaks,
-                            "means": means, "tests": tests})
+                           {"overoptimisation_shown": shown, "main": main, "base": layout.base,
+                            "peaks": peaks, "means": means, "tests": tests})
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dir", help="world_fig1's, world_copying's or world_overopt's folder "
-                                    "(results/world_fig1)")
+    parser.add_argument("dir", help="world_fig1's, world_copying's, world_overopt's or "
+                                    "overoptimization's folder (results/world_fig1)")
     args = parser.parse_args(argv)
     try:
         if os.path.isfile(os.path.join(args.dir, COPYING_CSV)):
             paths = copying_verdicts(args.dir)
         elif os.path.isfile(os.path.join(args.dir, OVEROPT_CSV)):
             paths = overopt_verdicts(args.dir)
+        elif os.path.isfile(os.path.join(args.dir, MOCK_OVEROPT.csv)):
+            paths = overopt_verdicts(args.dir, layout=MOCK_OVEROPT)
         else:
             paths = fig1_verdicts(args.dir)
     except ValueError as e:
