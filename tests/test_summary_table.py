@@ -246,3 +246,32 @@ def test_mock_overopt_reads_the_initial_policy_from_its_own_panel(tmp_path):
     assert out["means"][0]["rm_score"]["n"] == 0
     assert "| initial policy | 0.000 [0.000, 0.000] | 0.000 [" in open(md).read()
     assert "| gold score | RM score |" in open(md).read()
+
+
+def test_rm_scaling_slopes_and_width_tests_by_hand(tmp_path):
+    fields = ["figure", "panel", "curve", "point", "x_mean", "seeds", "y_seeds"]
+    acc = {"width 32": {512: [0.4, 0.5, 0.6], 1024: [0.6, 0.6, 0.9]},
+           "width 64": {512: [0.5, 0.5, 0.6], 1024: [0.7, 0.8, 0.7]}}
+    with open(tmp_path / st.RM_SCALING_CSV, "w", newline="") as f:
+        w = csv.DictWriter(f, fields)
+        w.writeheader()
+        for curve, pts in acc.items():
+            for k, (n, ys) in enumerate(pts.items()):
+                w.writerow({"figure": "f", "panel": st.RM_SCALING_PANEL, "curve": curve,
+                            "point": k, "x_mean": n, "seeds": SEEDS,
+                            "y_seeds": ";".join(map(str, ys))})
+    md, js = st.rm_scaling_verdicts(str(tmp_path))
+    rows = json.load(open(js))["tests"]
+    assert [(r["claim"], r["size"]) for r in rows] == [
+        ("width 32: accuracy rises per doubling of labels", ""),
+        ("width 64: accuracy rises per doubling of labels", ""),
+        ("width 64 above width 32", "512 labels"), ("width 64 above width 32", "1024 labels")]
+    # Two counts one doubling apart: each seed's slope is its difference.
+    assert rows[0]["effect"] == pytest.approx((0.2 + 0.1 + 0.3) / 3)
+    assert rows[1]["effect"] == pytest.approx(0.2)
+    # slopes 0.2, 0.3, 0.1: mean 0.2, sd 0.1, t = 0.2 / (0.1 / sqrt 3)
+    assert rows[1]["t"] == pytest.approx(2 * math.sqrt(3))
+    assert rows[2]["effect"] == pytest.approx(1.6 / 3 - 0.5)
+    assert rows[3]["effect"] == pytest.approx(2.2 / 3 - 0.7)
+    assert rows[0]["r2_of_mean"] == pytest.approx(1.0)
+    assert "| width 32 | 0.500 [" in open(md).read()

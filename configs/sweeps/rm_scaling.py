@@ -12,6 +12,7 @@ labels (chance 0.25). Paper: accuracy grows with both data and model size
 """
 
 from configs.sweeps import mock_scale
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, last_metric, seeds_of
 
 ACC = "reward/val_accuracy"
@@ -37,4 +38,6 @@ def get_sweep(arg=None):
                         xscale="log"),
                   Panel("accuracy vs width", "model width (n_embd)", "held-out accuracy", by_w,
                         xscale="log")))
-    return Sweep("rm_scaling", tuple(runs), (fig,), runlocal=s.runlocal)
+    # Tests over seeds (verdicts.md): accuracy per doubling of labels, width against width.
+    return Sweep("rm_scaling", tuple(runs), (fig,), runlocal=s.runlocal,
+                 tables=(summary_table.rm_scaling_verdicts,))

@@ -4,6 +4,7 @@
     python -m rlhf_jax.experiments.summary_table results/world_copying
     python -m rlhf_jax.experiments.summary_table results/world_overopt
     python -m rlhf_jax.experiments.summary_table results/overoptimization
+    python -m rlhf_jax.experiments.summary_table results/rm_scaling
 
 Reads the CSVs `configs/sweeps/world_fig1.py` writes (one point per model
 size, the per-seed values in `y_seeds`) and tests each claim of the paper's
@@ -28,7 +29,10 @@ And for `configs/sweeps/world_overopt.py` (`overopt_verdicts`): Stiennon's
 Fig. 5, the gold preference against the reference and the RM score along a
 ladder of fixed KL coefficients from the same SFT model and RM per seed; the
 same tests for `configs/sweeps/overoptimization.py` (mock sentiment: the gold
-score, from the initial policy, `MOCK_OVEROPT`).
+score, from the initial policy, `MOCK_OVEROPT`). And for
+`configs/sweeps/rm_scaling.py` (`rm_scaling_verdicts`): Stiennon's Fig. 6,
+RM accuracy per doubling of labels at each width, and each width against the
+next smaller one at each label count.
 
 All two-sided, Holm-corrected over each sweep's family. A claim "holds" when the
 effect has the claimed sign and its adjusted p is below `ALPHA`; otherwise
@@ -441,6 +445,92 @@ def overopt_verdicts(out_dir: str, main: str | None = None,
                             "peaks": peaks, "means": means, "tests": tests})
 
 
+# --------------------------------------------------------------------------
+# rm_scaling: RM accuracy linear in log(labels), larger models above smaller?
+
+RM_SCALING_CSV = "rm_scaling.csv"
+RM_SCALING_PANEL = "accuracy vs labels"
+
+
+def read_points_by_curve(path: str, panel: str) -> dict[str, list[dict]]:
+    """{curve: [{"x", "seeds", "y"}]} of one panel, points in the CSV's order."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("panel") == panel]
+    if not rows:
+        raise ValueError(f"{path}: no rows of panel {panel!r}")
+    out: dict[str, list[dict]] = {}
+    for r in rows:
+        out.setdefault(r["curve"], []).append(
+            {"x": float(r["x_mean"]), "seeds": r["seeds"].split(";"),
+             "y": np.asarray(study_table.read_floats(r["y_seeds"]), np.float64)})
+    return out
+
+
+def rm_scaling_tests(curves: dict[str, list[dict]]) -> list[dict]:
+    """Stiennon's Fig. 6 over seeds, Holm-adjusted: for each width, the accuracy
+    gained per doubling of labels (each seed's least-squares slope on log2 labels;
+    Student's t against 0); at each label count, each width above the next
+    smaller one (Welch's t: the widths are different pretrained models)."""
+    def width(c):
+        return float(c.split()[-1])
+
+    names = sorted(curves, key=width)
+    rows = []
+    for c in names:
+        pts = curves[c]
+        x = np.log2([p["x"] for p in pts])
+        ys = np.stack([p["y"] for p in pts])  # (counts, seeds)
+        slopes = np.polyfit(x, ys, 1)[0]
+        rows.append(_test(f"{c}: accuracy rises per doubling of labels", "", slopes,
+                          t_p=lambda s=slopes: stats.one_sample_t(s, 0.0),
+                          what="one-sample t of slopes"))
+        mean = ys.mean(axis=1)
+        fit = np.polyval(np.polyfit(x, mean, 1), x)
+        rows[-1]["r2_of_mean"] = float(1 - np.sum((mean - fit) ** 2)
+                                       / np.sum((mean - mean.mean()) ** 2))
+    for small, large in zip(names, names[1:]):
+        for ps, pl in zip(curves[small], curves[large]):
+            rows.append(_welch_row(f"{large} above {small}", f"{ps['x']:g} labels",
+                                   pl["y"], ps["y"]))
+    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
+        r["p_holm"] = adj
+        r["verdict"] = verdict(r["effect"], adj)
+    return rows
+
+
+def rm_scaling_verdicts(out_dir: str) -> list[str]:
+    """`rm_scaling_tests` into verdicts.md / verdicts.json, with each width's
+    accuracy per label count (seed mean [95% CI])."""
+    path = os.path.join(out_dir, RM_SCALING_CSV)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; run the rm_scaling sweep's aggregation first")
+    curves = read_points_by_curve(path, RM_SCALING_PANEL)
+    tests = rm_scaling_tests(curves)
+    counts = [p["x"] for p in next(iter(curves.values()))]
+    lines = ["# RM accuracy against labels and width: tests over seeds", "",
+             "Held-out 4-way accuracy (chance 0.25): seed mean [95% bootstrap interval].", "",
+             "| curve | " + " | ".join(f"{n:g} labels" for n in counts) + " | n |",
+             "|---|" + "---|" * (len(counts) + 1)]
+    means = {}
+    for c, pts in curves.items():
+        cells = [seed_interval(p["y"]) for p in pts]
+        means[c] = cells
+        lines.append(f"| {c} | " + " | ".join(
+            f"{m['mean']:.3f} [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]" for m in cells)
+            + f" | {cells[0]['n']} |")
+    lines += ["", f"Two-sided tests, Holm-adjusted over {len(tests)} rows.", "",
+              "| claim | at | effect [95% CI] | n | test | t | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in tests:
+        extra = r["size"] or (f"R^2 of the mean {r['r2_of_mean']:.2f}" if "r2_of_mean" in r
+                              else "")
+        lines.append(_claim_row(r, extra).replace(f" | {extra} | {r['n']} |",
+                                                  f" | {r['n']} |", 1)
+                     .replace(f"| {r['claim']} |", f"| {r['claim']} | {extra} |", 1))
+    return _write_verdicts(out_dir, "\n".join(lines) + "\n",
+                           {"means": means, "tests": tests})
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dir", help="world_fig1's, world_copying's, world_overopt's or "
@@ -453,6 +543,8 @@ def main(argv=None) -> None:
             paths = overopt_verdicts(args.dir)
         elif os.path.isfile(os.path.join(args.dir, MOCK_OVEROPT.csv)):
             paths = overopt_verdicts(args.dir, layout=MOCK_OVEROPT)
+        elif os.path.isfile(os.path.join(args.dir, RM_SCALING_CSV)):
+            paths = rm_scaling_verdicts(args.dir)
         else:
             paths = fig1_verdicts(args.dir)
     except ValueError as e:
