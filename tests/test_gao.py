@@ -1,6 +1,7 @@
 """Gao et al. 2022 fits: exact recovery on the forms, R^2, the CSV reader, errors."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -57,7 +58,10 @@ def test_fits_from_csv(tmp_path, capsys):
     assert fits["best-of-N (RM-ranked)"]["a"] == pytest.approx(0.9, abs=1e-6)
     assert fits["PPO, fixed beta"]["b"] == pytest.approx(0.1, abs=1e-6)
     assert fits["PPO, fixed beta"]["initial_gold"] == pytest.approx(base)
-    assert (tmp_path / "gao_fits.json").exists()
+    written = json.load(open(tmp_path / "gao_fits.json"))
+    assert set(written) == set(fits) | {"provenance"}
+    assert written["provenance"]["command"].startswith("python -m rlhf_jax.experiments.gao ")
+    assert "commit" in written["provenance"]
     assert "R^2=1.000" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         gao.main([str(tmp_path / "missing.csv")])
