@@ -62,16 +62,18 @@ LC_PANEL = "length-controlled, gold judge"
 PRETRAINED, SFT, HF = "pretrained only", "SFT", "HF (PPO)"
 
 
-def read_panel(path: str, panel: str) -> dict[str, list[dict]]:
-    """{curve: [{"params", "seeds", "y"} per size, in the CSV's order]} of one panel."""
+def read_panel(path: str, panel: str, x: str = "params",
+               sweep: str = "world_fig1") -> dict[str, list[dict]]:
+    """{curve: [{x, "seeds", "y"} per point, in the CSV's order]} of one panel (`x`:
+    the name given to the point's x_mean, the model size for world_fig1)."""
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("panel") == panel]
     if not rows:
-        raise ValueError(f"{path}: no rows of panel {panel!r}; is it world_fig1's CSV?")
+        raise ValueError(f"{path}: no rows of panel {panel!r}; is it {sweep}'s CSV?")
     out: dict[str, list[dict]] = {}
     for r in rows:
         out.setdefault(r["curve"], []).append(
-            {"params": float(r["x_mean"]), "seeds": r["seeds"].split(";"),
+            {x: float(r["x_mean"]), "seeds": r["seeds"].split(";"),
              "y": np.asarray(study_table.read_floats(r["y_seeds"]), np.float64)})
     return out
 
@@ -136,6 +138,11 @@ def fig1_tests(gold: dict[str, list[dict]], lc: dict[str, list[dict]]) -> list[d
         a, b = gold[HF][k], gold[HF][k + 1]
         size = f"{a['params'] / 1e6:.2f}M -> {b['params'] / 1e6:.2f}M"
         rows.append(_welch_row("HF rises with size", size, b["y"], a["y"]))
+    return _holm_verdicts(rows)
+
+
+def _holm_verdicts(rows: list[dict]) -> list[dict]:
+    """Adds each row's Holm-adjusted p (over `rows`, one family) and its verdict."""
     for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
         r["p_holm"] = adj
         r["verdict"] = verdict(r["effect"], adj)
@@ -242,10 +249,7 @@ def copying_tests(novelty: dict[str, list[dict]], lcs: dict[str, list[dict]]) ->
     a, f = _by_position(novelty[ACCURACY])["HF"], _by_position(novelty[FULL])["HF"]
     rows.append(_welch_row("HF novelty lower under accuracy-only labels than under full", "",
                            f["y"], a["y"]))
-    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
-        r["p_holm"] = adj
-        r["verdict"] = verdict(r["effect"], adj)
-    return rows
+    return _holm_verdicts(rows)
 
 
 def copying_verdicts(out_dir: str) -> list[str]:
@@ -397,10 +401,7 @@ def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str,
     for a, b in zip(order, order[1:]):
         if a in rm:
             paired(f"RM score rises from {a} to {b}", b, a, rm)
-    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
-        r["p_holm"] = adj
-        r["verdict"] = verdict(r["effect"], adj)
-    return rows
+    return _holm_verdicts(rows)
 
 
 def overopt_verdicts(out_dir: str, main: str | None = None,
@@ -460,20 +461,6 @@ RM_SCALING_CSV = "rm_scaling.csv"
 RM_SCALING_PANEL = "accuracy vs labels"
 
 
-def read_points_by_curve(path: str, panel: str) -> dict[str, list[dict]]:
-    """{curve: [{"x", "seeds", "y"}]} of one panel, points in the CSV's order."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("panel") == panel]
-    if not rows:
-        raise ValueError(f"{path}: no rows of panel {panel!r}")
-    out: dict[str, list[dict]] = {}
-    for r in rows:
-        out.setdefault(r["curve"], []).append(
-            {"x": float(r["x_mean"]), "seeds": r["seeds"].split(";"),
-             "y": np.asarray(study_table.read_floats(r["y_seeds"]), np.float64)})
-    return out
-
-
 def rm_scaling_tests(curves: dict[str, list[dict]]) -> list[dict]:
     """Stiennon's Fig. 6 over seeds, Holm-adjusted: for each width, the accuracy
     gained per doubling of labels (each seed's least-squares slope on log2 labels;
@@ -500,10 +487,7 @@ def rm_scaling_tests(curves: dict[str, list[dict]]) -> list[dict]:
         for ps, pl in zip(curves[small], curves[large]):
             rows.append(_welch_row(f"{large} above {small}", f"{ps['x']:g} labels",
                                    pl["y"], ps["y"]))
-    for r, adj in zip(rows, stats.holm([r["p"] for r in rows])):
-        r["p_holm"] = adj
-        r["verdict"] = verdict(r["effect"], adj)
-    return rows
+    return _holm_verdicts(rows)
 
 
 def rm_scaling_verdicts(out_dir: str) -> list[str]:
@@ -512,7 +496,7 @@ def rm_scaling_verdicts(out_dir: str) -> list[str]:
     path = os.path.join(out_dir, RM_SCALING_CSV)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: missing; run the rm_scaling sweep's aggregation first")
-    curves = read_points_by_curve(path, RM_SCALING_PANEL)
+    curves = read_panel(path, RM_SCALING_PANEL, x="x", sweep="rm_scaling")
     tests = rm_scaling_tests(curves)
     counts = [p["x"] for p in next(iter(curves.values()))]
     lines = ["# RM accuracy against labels and width: tests over seeds", "",
