@@ -25,6 +25,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from rlhf_jax.experiments.sweep import git_commit
+
 FORMS = ("bon", "rl")
 
 
@@ -109,11 +111,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(f"{name}: {f['form']} a={f['a']:.4f} b={f['b']:.4f} R^2={f['r2']:.3f} "
               f"({f['num_points']} points)")
     out = os.path.join(os.path.dirname(os.path.abspath(args.csv)), "gao_fits.json")
-    from rlhf_jax.experiments import sweep_aggregate
-
     # The fits by curve, and (under "provenance") the code's commit and the command;
     # the CSV's own summary.json names the commit that produced the runs.
-    record = {**fits, "provenance": {**sweep_aggregate.git_commit(),
+    record = {**fits, "provenance": {**git_commit(),
                                      "command": "python -m rlhf_jax.experiments.gao "
                                                 f"{args.csv} --panel {args.panel!r}"}}
     with open(out, "w") as f:

@@ -52,6 +52,7 @@ import os
 import numpy as np
 
 from rlhf_jax.experiments import stats, study_table
+from rlhf_jax.experiments.sweep import git_commit
 
 ALPHA = 0.05
 GOLD_CSV = "fig1_preference_vs_size.csv"
@@ -295,13 +296,11 @@ def _write_verdicts(out_dir: str, text: str, payload: dict) -> list[str]:
     md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
     with open(md, "w") as f:
         f.write(text)
-    from rlhf_jax.experiments import sweep_aggregate  # git only; no cycle at import
-
     with open(js, "w") as f:
         # The commit of the code that ran the tests (the CSV's own summary.json
         # names the commit that trained and aggregated the runs).
         json.dump({"alpha": ALPHA, "correction": "holm",
-                   "tested_at": {**sweep_aggregate.git_commit(),
+                   "tested_at": {**git_commit(),
                                  "command": f"python -m rlhf_jax.experiments.summary_table "
                                             f"{out_dir}"},
                    **payload}, f, indent=1)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -297,3 +298,14 @@ def eval_trajectory(x: str, y: str, prefix: str = "ppo") -> Extractor:
     fn.smoothing = "held-out evaluation of saved policies, no smoothing"
     fn.window = 1
     return fn
+
+
+def git_commit() -> dict:
+    """{"commit": HEAD or None, "dirty": uncommitted changes outside results/}."""
+    def git(*args):
+        out = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}

@@ -10,13 +10,12 @@ import hashlib
 import json
 import math
 import os
-import subprocess
 import textwrap
 
 import numpy as np
 
 from rlhf_jax.experiments import gao
-from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, RUNS_DIR, Curve, Figure, Panel, Points,
+from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, git_commit, RUNS_DIR, Curve, Figure, Panel, Points,
                                         Sweep, TopSamples)
 
 # The code that turns runs into CSVs and tables: its hash is in every provenance record.
@@ -320,17 +319,6 @@ def aggregation_code_hash() -> str:
         with open(os.path.join(here, name), "rb") as f:
             h.update(name.encode() + b"\0" + f.read())
     return h.hexdigest()[:16]
-
-
-def git_commit() -> dict:
-    """{"commit": HEAD or None, "dirty": uncommitted changes outside results/}."""
-    def git(*args):
-        out = subprocess.run(["git", "-C", REPO, *args], capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results")
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
 def provenance(sweep: Sweep, workdir: str, command: str | None) -> dict:
