@@ -430,3 +430,20 @@ def test_a_run_alone_equals_the_same_run_inside_a_larger_group(swept, tmp_path):
     assert set(evals[0]) == set(evals[1]) == {"initial", "ppo", "ppo@1"}
     for policy, values in evals[1].items():
         assert evals[0][policy] == pytest.approx(values, rel=1e-4, abs=1e-5), (name, policy)
+
+
+def test_setting_labels_merge_on_one_curve_and_move_apart_across_curves():
+    from matplotlib.figure import Figure as MplFigure
+
+    assert sweep_aggregate_lib._join_settings(["beta=0.5", "beta=0.2"]) == "beta=0.5, 0.2"
+    assert sweep_aggregate_lib._join_settings(["N=4", "beta=1"]) == "N=4 / beta=1"
+    ax = MplFigure(figsize=(4, 3)).add_subplot()
+    ax.plot([0, 10], [0, 10])
+    notes = [(5.0, 5.0, "beta=0.5", "C0"), (5.001, 5.0, "beta=0.2", "C0"),  # one point
+             (5.0, 5.0, "beta=1", "C1"), (9.0, 1.0, "beta=3", "C1")]
+    sweep_aggregate_lib._place_settings(ax, notes, dpi=100)
+    texts = {t.get_text(): t for t in ax.texts}
+    assert set(texts) == {"beta=0.5, 0.2", "beta=1", "beta=3"}
+    # The other curve's label at the same point is moved off the first one.
+    assert texts["beta=0.5, 0.2"].xyann != texts["beta=1"].xyann
+    assert texts["beta=3"].xyann == (4, 4)

@@ -167,6 +167,47 @@ def _draw_fit(ax, curve: Curve, data: CurveData, base: float | None, color: str)
             f"b={f.b:.2f}, R^2={f.r2:.2f}")
 
 
+def _join_settings(texts: list[str]) -> str:
+    """["beta=0.5", "beta=0.2"] -> "beta=0.5, 0.2"; other mixes joined with " / "."""
+    names = {t.split("=", 1)[0] for t in texts}
+    if len(names) == 1 and all("=" in t for t in texts):
+        return f"{names.pop()}=" + ", ".join(t.split("=", 1)[1] for t in texts)
+    return " / ".join(texts)
+
+
+def _place_settings(ax, notes, dpi: float) -> None:
+    """Labels each point with its setting without covering another label: one
+    curve's points that land within 10 px share one label ("beta=0.5, 0.2"), and a
+    label that would overlap one already placed moves below or above its point.
+    `notes`: (x, y, setting, color) in data coordinates; the axes' limits and
+    layout must be final (called after tight_layout)."""
+    ax.get_xlim(), ax.get_ylim()  # settle the autoscaled limits
+    merged: list[list] = []  # [x, y, texts, color, display xy]
+    for x, y, text, color in notes:
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        at = ax.transData.transform((x, y))
+        near = next((m for m in merged if m[3] == color and np.hypot(*(m[4] - at)) < 10),
+                    None)
+        if near is not None:
+            near[2].append(text)
+        else:
+            merged.append([x, y, [text], color, at])
+    px = dpi / 72.0  # points to pixels
+    placed: list[tuple[float, float, float, float]] = []
+    for x, y, texts, color, at in merged:
+        text = _join_settings(texts)
+        w, h = 3.9 * len(text) * px, 8.0 * px  # x-small text, roughly
+        for dy in (4, -12, 14, -22, 24, -32, 34):
+            box = (at[0] + 4 * px, at[1] + dy * px, w, h)
+            if not any(box[0] < b[0] + b[2] and b[0] < box[0] + box[2] and
+                       box[1] < b[1] + b[3] and b[1] < box[1] + box[3] for b in placed):
+                break
+        placed.append(box)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, dy),
+                    fontsize="x-small", color=color)
+
+
 def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
     """Writes `<name>.png` and `<name>.csv` into `out_dir`; returns both paths."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -179,6 +220,7 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
     names = {r for panel in fig.panels for c in panel.curves for pts in c.points for r in pts.runs}
     overrides = {r: run_overrides(runs_dir, r) for r in names}
     rows, sources, seeds = [], set(), set()
+    notes = []  # (ax, x, y, setting, color): placed once the layout is final
     for i, panel in enumerate(fig.panels):
         ax = mfig.add_subplot(nrows, cols, i + 1)
         datas = [curve_data(curve, runs_dir) for curve in panel.curves]
@@ -220,11 +262,8 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
             else:
                 ax.errorbar(x, y, yerr=np.stack([y - lo, hi - y]), fmt="o", color=color,
                             capsize=3, label=label)
-            for p, setting in enumerate(data.settings_X):
-                if setting:
-                    ax.annotate(setting, (data.x_XxZ[p].mean(), data.y_XxZ[p].mean()),
-                                textcoords="offset points", xytext=(4, 4), fontsize="x-small",
-                                color=color)
+            notes.extend((ax, float(data.x_XxZ[p].mean()), float(data.y_XxZ[p].mean()),
+                          setting, color) for p, setting in enumerate(data.settings_X) if setting)
             fit = _draw_fit(ax, curve, data, base, color)
             if fit:
                 ax.plot([], [], "--", color=color, label=fit)
@@ -263,6 +302,8 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
     FigureCanvasAgg(mfig)
     # Room for the title above and the caption below the panels.
     mfig.tight_layout(rect=(0, 0.12 / nrows, 1, 1 - 0.05 / nrows))
+    for ax in {id(n[0]): n[0] for n in notes}.values():
+        _place_settings(ax, [n[1:] for n in notes if n[0] is ax], dpi=100)
     png = os.path.join(out_dir, f"{fig.name}.png")
     mfig.savefig(png, dpi=100)
     path = os.path.join(out_dir, f"{fig.name}.csv")
