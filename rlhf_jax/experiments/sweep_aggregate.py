@@ -15,8 +15,8 @@ import textwrap
 import numpy as np
 
 from rlhf_jax.experiments import gao
-from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, git_commit, RUNS_DIR, Curve, Figure, Panel, Points,
-                                        Sweep, TopSamples)
+from rlhf_jax.experiments.sweep import (REPO, RUN_RECORD, RUNS_DIR, Curve, Figure, Panel, Points,
+                                        Sweep, TopSamples, git_commit)
 
 # The code that turns runs into CSVs and tables: its hash is in every provenance record.
 AGGREGATION_CODE = ("sweep.py", "sweep_aggregate.py", "gao.py", "stats.py", "frontier.py",

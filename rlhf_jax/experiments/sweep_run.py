@@ -17,7 +17,8 @@ from typing import Any, Callable
 from rlhf_jax import config_check, config_lib, members as members_lib, pipeline
 from rlhf_jax.experiments.sweep import (LOCK_FILE, LOCK_POLL_S, Ref, REPO, Run, RUN_RECORD,
                                         RUNS_DIR, Sweep)
-from rlhf_jax.experiments.sweep_aggregate import aggregate, git_commit, provenance
+from rlhf_jax.experiments.sweep import git_commit
+from rlhf_jax.experiments.sweep_aggregate import aggregate, provenance
 from rlhf_jax.infra import compile_cache
 from rlhf_jax.infra.files import write_json_atomic
 
