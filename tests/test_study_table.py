@@ -132,3 +132,34 @@ def test_cli_names_a_missing_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         study_table.main([str(tmp_path / "none.csv")])
     assert "none.csv: no such file" in capsys.readouterr().err
+
+
+def test_keep_seeds_cuts_every_per_seed_cell_and_refuses_a_missing_seed():
+    row = {"curve": "c", "point": "0", "seeds": "0;1;2;3", "runs": "r-s0;r-s1;r-s2;r-s3",
+           "x_seeds": "1;2;3;4", "y_seeds": "0.1;0.2;0.3;0.5", "y_se_seeds": "",
+           "x_mean": "2.5", "y_mean": "0.275", "num_seeds": "4"}
+    out = study_table.keep_seeds(row, (3, 1))
+    assert (out["seeds"], out["runs"]) == ("1;3", "r-s1;r-s3")
+    assert (out["x_seeds"], out["y_seeds"], out["num_seeds"]) == ("2;4", "0.2;0.5", "2")
+    assert float(out["x_mean"]) == 3.0 and float(out["y_mean"]) == pytest.approx(0.35)
+    assert float(out["y_std"]) == pytest.approx(0.15) and out["y_se_seeds"] == ""
+    assert study_table.keep_seeds(row, None) is row
+    with pytest.raises(ValueError, match=r"point 'c' #0: no seed \[7\]"):
+        study_table.keep_seeds(row, (1, 7))
+
+
+def test_read_points_of_some_seeds(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("figure,panel,curve,point,x_mean,seeds,x_seeds,y_seeds,runs\n"
+                    f'f,{G},PPO,0,3,0;1;2,2;3;4,0.8;0.9;1.0,p-s0;p-s1;p-s2\n'
+                    f'f,{J},PPO,0,3,0;1;2,2;3;4,0.75;0.8;0.85,p-s0;p-s1;p-s2\n')
+    (ppo,) = study_table.read_points(str(path), seeds=(0, 2))
+    assert ppo.gold == (0.8, 1.0) and ppo.judge == (0.75, 0.85)
+    assert ppo.kl_seeds == (2.0, 4.0) and ppo.kl == 3.0
+    with pytest.raises(ValueError, match=r"no seed \[5\]"):
+        study_table.read_points(str(path), seeds=(0, 5))
+
+
+def test_a_csv_without_seeds_cannot_be_cut(csv_path):
+    with pytest.raises(ValueError, match="no 'seeds' column"):
+        study_table.read_points(csv_path, seeds=(0,))

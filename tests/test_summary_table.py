@@ -275,3 +275,42 @@ def test_rm_scaling_slopes_and_width_tests_by_hand(tmp_path):
     assert rows[3]["effect"] == pytest.approx(2.2 / 3 - 0.7)
     assert rows[0]["r2_of_mean"] == pytest.approx(1.0)
     assert "| width 32 | 0.500 [" in open(md).read()
+
+
+def test_overopt_replication_tests_only_its_seeds(tmp_path):
+    kl = {"SFT": [0.0] * 3, "beta=0.5": [0.5] * 3, "beta=0.01": [9.0] * 3}
+    gold = {"SFT": [0.5] * 3, "beta=0.5": [0.9, 0.70, 0.72], "beta=0.01": [0.1, 0.12, 0.11]}
+    rm = {"SFT": [0.0] * 3, "beta=0.5": [1.0, 1.01, 1.02], "beta=0.01": [3.0, 3.0, 3.01]}
+    _overopt(tmp_path, gold, rm, kl)
+    md, js = st.overopt_verdicts(str(tmp_path), main="beta=0.5", seeds=(1, 2),
+                                 name="verdicts_replication")
+    assert os.path.basename(js) == "verdicts_replication.json"
+    assert not os.path.exists(tmp_path / "verdicts.json")
+    out = json.load(open(js))
+    # Seeds 1 and 2 only: gold 0.70, 0.72 against SFT's 0.5.
+    assert out["seeds"] == [1, 2] and out["tests"][0]["n"] == 2
+    assert out["tests"][0]["effect"] == pytest.approx(0.21)
+    assert out["peaks"] == {"1": "beta=0.5", "2": "beta=0.5"}
+    assert "(seeds 1, 2 only)" in open(md).read().splitlines()[0]
+
+
+def test_frontier_verdicts_by_hand(tmp_path):
+    g = "held-out gold vs KL"
+    rows = [("initial policy", "0", "0;0;0", "0;0;0"), ("gold reward", "0", "1;1;1", "0.4;0.5;0.6"),
+            ("RM", "0", "1;1;1", "0.1;0.2;0.3")]
+    (tmp_path / "f.csv").write_text(
+        "figure,panel,curve,point,x_mean,seeds,x_seeds,y_seeds,runs\n" + "".join(
+            f"f,{g},{c},{p},1,0;1;2,{x},{y},r-s0;r-s1;r-s2\n" for c, p, x, y in rows))
+    md, js = st.frontier_verdicts(str(tmp_path), "f.csv", g, "gold reward", (1.0,))
+    (r,) = json.load(open(js))["rows"]
+    # At KL 1: RM (0.1, 0.2, 0.3) against gold (0.4, 0.5, 0.6): Welch, one row.
+    assert r["diff"] == pytest.approx(-0.3) and r["with"] == pytest.approx([0.1, 0.2, 0.3])
+    assert r["p"] == pytest.approx(stats.p_value([0.1, 0.2, 0.3], [0.4, 0.5, 0.6], "welch"))
+    assert r["p_holm"] == pytest.approx(r["p"])
+    text = open(md).read()
+    assert "| RM vs gold reward | 1 | 0.200 [" in text and "| lower |" in text
+    tested = json.load(open(js))["tested_at"]["command"]
+    assert tested.endswith("--against 'gold reward' --budgets 1")
+    _, js2 = st.frontier_verdicts(str(tmp_path), "f.csv", g, "gold reward", (1.0,), seeds=(1, 2),
+                                  name="verdicts_replication")
+    assert json.load(open(js2))["rows"][0]["with"] == pytest.approx([0.2, 0.3])

@@ -4,8 +4,8 @@
     python launch.py --sweep=configs/sweeps/overoptimization.py:runlocal --workdir=/tmp/sweep_local
 
 PPO against the reward model of the largest label count with a fixed KL
-coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 5
-seeds each. RM score (each seed's own RM, so each seed's own line) and gold
+coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 10
+seeds each (`mock_scale.ten_seeds`). RM score (each seed's own RM, so each seed's own line) and gold
 score against KL(policy || initial), along training (means of blocks of 5
 updates) and at the held-out evaluation of the policy every 25 updates
 (`eval.ppo_snapshots`), on a sqrt(KL) axis: KL spans 0-150 nats. Paper: the RM score
@@ -41,7 +41,7 @@ def final_curve(s, label, coefs, y):
 
 
 def get_sweep(arg=None):
-    s = mock_scale.scale(arg)
+    s = mock_scale.ten_seeds(mock_scale.scale(arg))
     coefs = coef_runs(s)
     runs = [r for _, _, rs in coefs for r in rs]
     window = 1 if s.runlocal else 5
@@ -89,5 +89,9 @@ def get_sweep(arg=None):
     # score rising from it to beta = 0.
     layout = dataclasses.replace(summary_table.MOCK_OVEROPT, main=f"beta={max(s.kl_coefs):g}")
     verdicts = functools.partial(summary_table.overopt_verdicts, layout=layout)
+    # The same tests on seeds 5-9 alone (verdicts_replication.md): a replication.
+    tables = (verdicts,) + (() if s.runlocal else (
+        functools.partial(verdicts, seeds=mock_scale.REPLICATION_SEEDS,
+                          name="verdicts_replication"),))
     return Sweep("overoptimization", tuple(runs), (fig,), texts, runlocal=s.runlocal,
-                 tables=(verdicts,))
+                 tables=tables)

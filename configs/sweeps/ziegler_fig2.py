@@ -6,27 +6,35 @@
 PPO (adaptive KL, the offline default's controller) from the shared base
 model, optimising either the world gold directly (`reward=gold`) or a reward model
 trained on the first N mock best-of-4 labels of the shared pool, N in
-`mock_scale.FULL.label_counts`; 5 seeds each. The gold reward is normalised
+`mock_scale.FULL.label_counts`; 10 seeds each (`mock_scale.ten_seeds`). The gold reward is normalised
 as the reward models are (`ppo.gold_normalize`: gain and bias that give it
 mean 0, std 1 on the initial policy's samples), so the KL penalty weighs the
 same against every reward. Panels: gold score against episodes (the paper's
 axis; training batches, means of blocks of 5 updates), against KL during
 training, and the held-out gold of each run's policy every 25 updates
 against its KL (sqrt axis), the frontier on which gold and RMs compare at
-equal KL:
+equal KL. The aggregation tests every RM curve against the gold reward at
+`BUDGETS` (`verdicts.md`, 10 seeds) and again on seeds 5-9 alone
+(`verdicts_replication.md`), as
 
     python -m rlhf_jax.experiments.study_table results/ziegler_fig2/ziegler_fig2.csv \
-        --panel "held-out gold vs KL along training" --against "gold reward"
+        --panel "held-out gold vs KL along training" --against "gold reward" --budgets 0.5,1,1.5
 
 Paper: on mock sentiment, RMs from 2.5k-20k labels approach direct
 optimisation of the gold reward, more labels closer. Outputs: `results/ziegler_fig2/`.
 """
 
+import functools
+
 from configs.sweeps import mock_scale
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point,
                                         eval_trajectory, metric, seeds_of)
 
 FRONTIER_PANEL = "held-out gold vs KL along training"
+# Budgets (nats) every gold-reward seed reaches: it stops near 2 under the
+# adaptive controller's 3-nat target.
+BUDGETS = (0.5, 1.0, 1.5)
 
 
 def settings(s):
@@ -39,7 +47,7 @@ def settings(s):
 
 
 def get_sweep(arg=None):
-    s = mock_scale.scale(arg)
+    s = mock_scale.ten_seeds(mock_scale.scale(arg))
     sets = settings(s)
     runs = [r for _, _, rs in sets for r in rs]
     window = 1 if s.runlocal else 5
@@ -68,4 +76,10 @@ def get_sweep(arg=None):
                  "to mean 0, std 1 on the initial policy's samples, as the RMs are. Held-out "
                  f"panel: each run's policy every {s.snapshot_every} updates and at the end; "
                  "dashed: Gao et al.'s RL form fitted to every seed's points.")
-    return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal)
+    tests = functools.partial(summary_table.frontier_verdicts, csv_name="ziegler_fig2.csv",
+                              panel=FRONTIER_PANEL, against="gold reward", budgets=BUDGETS,
+                              title="Ziegler Fig. 2: each RM against the gold reward at equal KL")
+    tables = (tests,) + (() if s.runlocal else (
+        functools.partial(tests, seeds=mock_scale.REPLICATION_SEEDS,
+                          name="verdicts_replication"),))
+    return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal, tables=tables)

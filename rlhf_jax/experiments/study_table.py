@@ -78,16 +78,52 @@ def read_floats(cell: str | None) -> tuple[float, ...]:
     return tuple(float(v) for v in (cell or "").split(";") if v != "")
 
 
+PER_SEED = ("seeds", "runs", "x_seeds", "y_seeds", "y_se_seeds")  # `;`-joined, one per seed
+
+
+def keep_seeds(row: dict, seeds) -> dict:
+    """A sweep CSV row with its per-seed cells cut to `seeds` (None: all), in the
+    row's order. ValueError when the row lacks one of them: a replication reads
+    exactly the seeds it names."""
+    if seeds is None:
+        return row
+    if not row.get("seeds"):
+        raise ValueError(f"point {row.get('curve')!r} #{row.get('point')}: no 'seeds' column "
+                         f"to choose seeds from")
+    have = [int(v) for v in row["seeds"].split(";")]
+    missing = sorted(set(seeds) - set(have))
+    if missing:
+        raise ValueError(f"point {row['curve']!r} #{row['point']}: no seed {missing} "
+                         f"(seeds: {have})")
+    idx = [i for i, v in enumerate(have) if v in set(seeds)]
+    out = dict(row)
+    for col in PER_SEED:
+        if row.get(col):
+            vals = row[col].split(";")
+            out[col] = ";".join(vals[i] for i in idx)
+    out["num_seeds"] = str(len(idx))
+    for axis in ("x", "y"):  # the row's summary columns, of the kept seeds
+        v = np.asarray(read_floats(out.get(f"{axis}_seeds")), np.float64)
+        if v.size:
+            out.update({f"{axis}_mean": repr(float(v.mean())), f"{axis}_min": repr(float(v.min())),
+                        f"{axis}_max": repr(float(v.max()))})
+            if axis == "y":
+                out["y_std"] = repr(float(v.std()))
+    return out
+
+
 def _setting(runs: str) -> str:
     return re.sub(r"-s\d+$", "", runs.split(";")[0])
 
 
-def read_points(path: str, panel: str = GOLD_PANEL) -> list[Point]:
-    """Every point of the gold panel, with the judge panel's value at the same point."""
+def read_points(path: str, panel: str = GOLD_PANEL, seeds=None) -> list[Point]:
+    """Every point of the gold panel, with the judge panel's value at the same point
+    (`seeds`: only these seeds' values, e.g. a replication's; None: all)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "y_seeds" not in rows[0]:
         raise ValueError(f"{path}: not a sweep CSV (expected a y_seeds column)")
+    rows = [keep_seeds(r, seeds) for r in rows]
     judge = {(r["curve"], r["point"]): read_floats(r["y_seeds"]) for r in rows
              if r["panel"] == JUDGE_PANEL}
     gold = [r for r in rows if r["panel"] == panel]
@@ -233,12 +269,15 @@ def main(argv=None) -> None:
                              "with this (default: the study's PARTS)")
     parser.add_argument("--budgets", default=",".join(f"{b:g}" for b in frontier.BUDGETS),
                         help="KL budgets in nats, comma-separated")
+    parser.add_argument("--seeds", default=None,
+                        help="only these seeds, comma-separated (e.g. a replication's)")
     args = parser.parse_args(argv)
     if not os.path.isfile(args.csv):
         parser.error(f"{args.csv}: no such file")
     try:
         budgets = tuple(float(b) for b in args.budgets.split(","))
-        points = read_points(args.csv, args.panel)
+        seeds = None if args.seeds is None else [int(v) for v in args.seeds.split(",")]
+        points = read_points(args.csv, args.panel, seeds)
         parts = PARTS if args.against is None else against(points, args.against)
     except ValueError as e:
         parser.error(str(e))

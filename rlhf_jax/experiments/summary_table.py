@@ -291,9 +291,10 @@ def _claim_row(r: dict, extra: str) -> str:
             f"{r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
 
 
-def _write_verdicts(out_dir: str, text: str, payload: dict) -> list[str]:
-    """verdicts.md (`text`) and verdicts.json (alpha, correction, `payload`)."""
-    md, js = os.path.join(out_dir, "verdicts.md"), os.path.join(out_dir, "verdicts.json")
+def _write_verdicts(out_dir: str, text: str, payload: dict, name: str = "verdicts",
+                    command: str | None = None) -> list[str]:
+    """NAME.md (`text`) and NAME.json (alpha, correction, `payload`)."""
+    md, js = os.path.join(out_dir, f"{name}.md"), os.path.join(out_dir, f"{name}.json")
     with open(md, "w") as f:
         f.write(text)
     with open(js, "w") as f:
@@ -301,8 +302,8 @@ def _write_verdicts(out_dir: str, text: str, payload: dict) -> list[str]:
         # names the commit that trained and aggregated the runs).
         json.dump({"alpha": ALPHA, "correction": "holm",
                    "tested_at": {**git_commit(),
-                                 "command": f"python -m rlhf_jax.experiments.summary_table "
-                                            f"{out_dir}"},
+                                 "command": command or f"python -m rlhf_jax.experiments."
+                                                       f"summary_table {out_dir}"},
                    **payload}, f, indent=1)
     return [md, js]
 
@@ -351,10 +352,12 @@ MOCK_OVEROPT = OveroptLayout(
     base_panel="held-out gold vs KL along training, Gao RL fit", base_curve="initial policy")
 
 
-def read_settings(path: str, panel: str, curve: str) -> dict[str, dict]:
-    """{setting: {"seeds", "x", "y"}} of one curve, in the CSV's order (x: per seed)."""
+def read_settings(path: str, panel: str, curve: str, seeds=None) -> dict[str, dict]:
+    """{setting: {"seeds", "x", "y"}} of one curve, in the CSV's order (x: per seed;
+    `seeds`: only these seeds' values, None: all)."""
     with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("panel") == panel and r["curve"] == curve]
+        rows = [study_table.keep_seeds(r, seeds) for r in csv.DictReader(f)
+                if r.get("panel") == panel and r["curve"] == curve]
     if not rows:
         raise ValueError(f"{path}: no rows of panel {panel!r}, curve {curve!r}; is it "
                          f"world_overopt's CSV?")
@@ -404,33 +407,36 @@ def overopt_tests(gold: dict[str, dict], rm: dict[str, dict], main: str,
 
 
 def overopt_verdicts(out_dir: str, main: str | None = None,
-                     layout: OveroptLayout = WORLD_OVEROPT) -> list[str]:
+                     layout: OveroptLayout = WORLD_OVEROPT, seeds=None,
+                     name: str = "verdicts") -> list[str]:
     """A ladder sweep's tests (`overopt_tests`) into verdicts.md / verdicts.json, with
     each setting's KL, gold and RM score (seed mean [95% CI]) and the setting where
     each seed's gold peaks. Over-optimisation is shown when the first three claims
     hold: the policy at `main` (default: the layout's) beats the base, and beyond it
-    the gold falls while the RM score rises."""
+    the gold falls while the RM score rises. `seeds`: only these seeds (a
+    replication on seeds that were not in an earlier test), written to NAME.md."""
     main = main or layout.main
     path = os.path.join(out_dir, layout.csv)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: missing; run the sweep's aggregation first")
-    gold = read_settings(path, layout.gold_panel, layout.gold_curve)
-    rm = read_settings(path, layout.rm_panel, layout.rm_curve)
+    gold = read_settings(path, layout.gold_panel, layout.gold_curve, seeds)
+    rm = read_settings(path, layout.rm_panel, layout.rm_curve, seeds)
     if layout.base_panel is not None:
         gold = {layout.base: next(iter(read_settings(path, layout.base_panel,
-                                                     layout.base_curve).values())), **gold}
+                                                     layout.base_curve, seeds).values())),
+                **gold}
     tests = overopt_tests(gold, rm, main, layout.base)
     shown = all(r["verdict"] == "holds" for r in tests[:3])
     order = ladder(gold, layout.base)
-    seeds = gold[order[0]]["seeds"]
+    names = gold[order[0]]["seeds"]
     ys = np.stack([gold[k]["y"] for k in order])  # (settings, seeds)
-    peaks = {s: order[int(np.nanargmax(ys[:, i]))] for i, s in enumerate(seeds)}
+    peaks = {s: order[int(np.nanargmax(ys[:, i]))] for i, s in enumerate(names)}
     nan = {"mean": float("nan"), "ci95": [float("nan")] * 2, "n": 0}
     means = [{"setting": k, "kl": seed_interval(gold[k]["x"]),
               "gold_pref": seed_interval(gold[k]["y"]),
               "rm_score": seed_interval(rm[k]["y"]) if k in rm else nan}
              for k in order]
-    lines = [f"# {layout.title}", "",
+    lines = [f"# {layout.title}" + _seeds_note(seeds), "",
              "Held-out evaluation: seed mean [95% bootstrap interval over seeds].", "",
              f"| setting | KL [nats] | {layout.gold_name} | RM score | n |",
              "|---|---|---|---|---|"]
@@ -450,7 +456,46 @@ def overopt_verdicts(out_dir: str, main: str | None = None,
               f"**{'shown' if shown else 'not shown'}**."]
     return _write_verdicts(out_dir, "\n".join(lines) + "\n",
                            {"overoptimisation_shown": shown, "main": main, "base": layout.base,
-                            "peaks": peaks, "means": means, "tests": tests})
+                            "seeds": seeds and list(seeds), "peaks": peaks, "means": means,
+                            "tests": tests}, name)
+
+
+def _seeds_note(seeds) -> str:
+    return "" if seeds is None else f" (seeds {', '.join(map(str, seeds))} only)"
+
+
+def frontier_verdicts(out_dir: str, csv_name: str, panel: str, against: str,
+                      budgets, seeds=None, name: str = "verdicts",
+                      title: str = "Equal-KL comparisons") -> list[str]:
+    """A sweep's curves against one of them at fixed KL budgets (`study_table`: each
+    seed's held-out frontier read at the budget; Welch's t, Holm over every row),
+    into NAME.md / NAME.json. `seeds`: only these seeds."""
+    path = os.path.join(out_dir, csv_name)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; run the sweep's aggregation first")
+    points = study_table.read_points(path, panel, seeds)
+    parts = study_table.against(points, against)
+    rows = study_table.parts_rows(points, parts, budgets)
+    flag = "" if seeds is None else f" --seeds {','.join(map(str, seeds))}"
+    command = (f"python -m rlhf_jax.experiments.study_table {path} --panel {panel!r} "
+               f"--against {against!r} --budgets {','.join(f'{b:g}' for b in budgets)}{flag}")
+    text = "\n".join([
+        f"# {title}" + _seeds_note(seeds), "",
+        f"Panel {panel!r}: each seed's frontier (linear in sqrt(KL), anchored at the "
+        f"initial policy) read at each budget; mean [95% bootstrap interval over seeds] "
+        f"(n). Two-sided Welch's t, Holm-adjusted over the "
+        f"{sum(np.isfinite(r.get('p', np.nan)) for r in rows)} tested rows.", "",
+        study_table.parts_table(points, parts, budgets), "",
+        "Every point:", "", study_table.methods_table(points), ""])
+
+    def plain(r):
+        return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+
+    return _write_verdicts(out_dir, text, {"panel": panel, "against": against,
+                                           "budgets": list(budgets),
+                                           "seeds": seeds and list(seeds),
+                                           "rows": [plain(r) for r in rows]},
+                           name, command)
 
 
 # --------------------------------------------------------------------------
