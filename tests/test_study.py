@@ -67,6 +67,11 @@ def test_the_study_tables_find_every_part(study):
     for what, _, _ in study_table.PARTS:
         assert f"| {what} |" in table
     assert "| higher |" not in table and "| lower |" not in table, table
+    # The aggregation wrote the same table, with the command that reprints it.
+    with open(os.path.join(study[0], "study", "verdicts.md")) as f:
+        assert table in f.read()
+    with open(os.path.join(study[0], "study", "verdicts.json")) as f:
+        assert "study_table" in json.load(f)["tested_at"]["command"]
 
 
 def test_runs_record_what_each_method_trained_on(study):

@@ -301,7 +301,8 @@ def test_frontier_verdicts_by_hand(tmp_path):
     (tmp_path / "f.csv").write_text(
         "figure,panel,curve,point,x_mean,seeds,x_seeds,y_seeds,runs\n" + "".join(
             f"f,{g},{c},{p},1,0;1;2,{x},{y},r-s0;r-s1;r-s2\n" for c, p, x, y in rows))
-    md, js = st.frontier_verdicts(str(tmp_path), "f.csv", g, "gold reward", (1.0,))
+    layout = st.FrontierTests("f.csv", g, "gold reward", (1.0,), "t")
+    md, js = st.frontier_verdicts(str(tmp_path), layout)
     (r,) = json.load(open(js))["rows"]
     # At KL 1: RM (0.1, 0.2, 0.3) against gold (0.4, 0.5, 0.6): Welch, one row.
     assert r["diff"] == pytest.approx(-0.3) and r["with"] == pytest.approx([0.1, 0.2, 0.3])
@@ -310,7 +311,6 @@ def test_frontier_verdicts_by_hand(tmp_path):
     text = open(md).read()
     assert "| RM vs gold reward | 1 | 0.200 [" in text and "| lower |" in text
     tested = json.load(open(js))["tested_at"]["command"]
-    assert tested.endswith("--against 'gold reward' --budgets 1")
-    _, js2 = st.frontier_verdicts(str(tmp_path), "f.csv", g, "gold reward", (1.0,), seeds=(1, 2),
-                                  name="verdicts_replication")
+    assert tested.endswith("f.csv --panel 'held-out gold vs KL' --against 'gold reward' --budgets 1")
+    _, js2 = st.frontier_verdicts(str(tmp_path), layout, seeds=(1, 2), name="verdicts_replication")
     assert json.load(open(js2))["rows"][0]["with"] == pytest.approx([0.2, 0.3])

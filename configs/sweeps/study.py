@@ -26,7 +26,8 @@ their policy every 25 updates (`eval.ppo_snapshots`); DPO runs a beta ladder
 (`Study.dpo_betas`), likelihood/unlikelihood an alpha ladder
 (`Study.ul_alphas`), expert iteration at `Study.bon_sft_n`; so each method
 traces its own gold-vs-KL frontier, and `rlhf_jax.experiments.study_table`
-compares methods at fixed KL budgets on those frontiers. Every run's eval adds a held-out mock labeller (`eval.judge`: its
+compares methods at fixed KL budgets on those frontiers (the aggregation
+writes the tests to `verdicts.md`). Every run's eval adds a held-out mock labeller (`eval.judge`: its
 own noise draw and seed, and a penalty per bad word the training labeller
 does not weigh) that compares each policy's responses to the initial
 policy's, since the papers' policies were judged by the labellers who
@@ -38,8 +39,10 @@ Figure: `results/study/study.{png,csv}` (CSV: the sweep CSV format).
 """
 
 import dataclasses
+import functools
 
 from configs.sweeps import mock_scale
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Ref, Sweep, eval_point,
                                         eval_trajectory, grid, last_metric, seeds_of)
 
@@ -219,4 +222,6 @@ def get_sweep(arg=None):
                  "preference for the policy's response over the initial policy's. PPO-family "
                  f"points: the policy every {s.snapshot_every} updates and at the end, at each "
                  "beta.")
-    return Sweep("study", tuple(runs), (fig,), runlocal=s.runlocal)
+    # Each part against a method without it at KL 0.5-10 (verdicts.md).
+    tests = functools.partial(summary_table.frontier_verdicts, layout=summary_table.STUDY)
+    return Sweep("study", tuple(runs), (fig,), runlocal=s.runlocal, tables=(tests,))

@@ -14,7 +14,7 @@ axis; training batches, means of blocks of 5 updates), against KL during
 training, and the held-out gold of each run's policy every 25 updates
 against its KL (sqrt axis), the frontier on which gold and RMs compare at
 equal KL. The aggregation tests every RM curve against the gold reward at
-`BUDGETS` (`verdicts.md`, 10 seeds) and again on seeds 5-9 alone
+0.5, 1 and 1.5 nats (`summary_table.ZIEGLER_FIG2`; `verdicts.md`, 10 seeds) and again on seeds 5-9 alone
 (`verdicts_replication.md`), as
 
     python -m rlhf_jax.experiments.study_table results/ziegler_fig2/ziegler_fig2.csv \
@@ -31,10 +31,7 @@ from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Sweep, eval_point,
                                         eval_trajectory, metric, seeds_of)
 
-FRONTIER_PANEL = "held-out gold vs KL along training"
-# Budgets (nats) every gold-reward seed reaches: it stops near 2 under the
-# adaptive controller's 3-nat target.
-BUDGETS = (0.5, 1.0, 1.5)
+FRONTIER_PANEL = summary_table.ZIEGLER_FIG2.panel
 
 
 def settings(s):
@@ -76,9 +73,7 @@ def get_sweep(arg=None):
                  "to mean 0, std 1 on the initial policy's samples, as the RMs are. Held-out "
                  f"panel: each run's policy every {s.snapshot_every} updates and at the end; "
                  "dashed: Gao et al.'s RL form fitted to every seed's points.")
-    tests = functools.partial(summary_table.frontier_verdicts, csv_name="ziegler_fig2.csv",
-                              panel=FRONTIER_PANEL, against="gold reward", budgets=BUDGETS,
-                              title="Ziegler Fig. 2: each RM against the gold reward at equal KL")
+    tests = functools.partial(summary_table.frontier_verdicts, layout=summary_table.ZIEGLER_FIG2)
     tables = (tests,) + (() if s.runlocal else (
         functools.partial(tests, seeds=mock_scale.REPLICATION_SEEDS,
                           name="verdicts_replication"),))

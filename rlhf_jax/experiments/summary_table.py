@@ -5,6 +5,8 @@
     python -m rlhf_jax.experiments.summary_table results/world_overopt
     python -m rlhf_jax.experiments.summary_table results/overoptimization
     python -m rlhf_jax.experiments.summary_table results/rm_scaling
+    python -m rlhf_jax.experiments.summary_table results/ziegler_fig2
+    python -m rlhf_jax.experiments.summary_table results/study
 
 Reads the CSVs `configs/sweeps/world_fig1.py` writes (one point per model
 size, the per-seed values in `y_seeds`) and tests each claim of the paper's
@@ -32,7 +34,9 @@ same tests for `configs/sweeps/overoptimization.py` (mock sentiment: the gold
 score, from the initial policy, `MOCK_OVEROPT`). And for
 `configs/sweeps/rm_scaling.py` (`rm_scaling_verdicts`): Stiennon's Fig. 6,
 RM accuracy per doubling of labels at each width, and each width against the
-next smaller one at each label count.
+next smaller one at each label count. And for `configs/sweeps/ziegler_fig2.py`
+and `configs/sweeps/study.py` (`frontier_verdicts`): methods at equal KL, each
+seed's held-out gold-vs-KL frontier read at fixed budgets (`study_table`).
 
 All two-sided, Holm-corrected over each sweep's family. A claim "holds" when the
 effect has the claimed sign and its adjusted p is below `ALPHA`; otherwise
@@ -51,7 +55,7 @@ import os
 
 import numpy as np
 
-from rlhf_jax.experiments import stats, study_table
+from rlhf_jax.experiments import frontier, stats, study_table
 from rlhf_jax.experiments.sweep import git_commit
 
 ALPHA = 0.05
@@ -464,38 +468,63 @@ def _seeds_note(seeds) -> str:
     return "" if seeds is None else f" (seeds {', '.join(map(str, seeds))} only)"
 
 
-def frontier_verdicts(out_dir: str, csv_name: str, panel: str, against: str,
-                      budgets, seeds=None, name: str = "verdicts",
-                      title: str = "Equal-KL comparisons") -> list[str]:
-    """A sweep's curves against one of them at fixed KL budgets (`study_table`: each
-    seed's held-out frontier read at the budget; Welch's t, Holm over every row),
-    into NAME.md / NAME.json. `seeds`: only these seeds."""
-    path = os.path.join(out_dir, csv_name)
+@dataclasses.dataclass(frozen=True)
+class FrontierTests:
+    """Curves compared at fixed KL budgets on their held-out frontiers: every curve
+    against the one whose label starts with `against`, or (None) the study's
+    `study_table.PARTS`."""
+
+    csv: str
+    panel: str
+    against: str | None
+    budgets: tuple[float, ...]
+    title: str
+
+
+ZIEGLER_FIG2 = FrontierTests(
+    "ziegler_fig2.csv", "held-out gold vs KL along training", "gold reward",
+    # Budgets every gold-reward seed reaches: it stops near 2 nats under the
+    # adaptive controller's 3-nat target.
+    (0.5, 1.0, 1.5), "Ziegler Fig. 2: each RM against the gold reward at equal KL")
+STUDY = FrontierTests("study.csv", study_table.GOLD_PANEL, None, frontier.BUDGETS,
+                      "Which parts were necessary: each part against a method without it, "
+                      "at equal KL")
+
+
+def frontier_verdicts(out_dir: str, layout: FrontierTests, seeds=None,
+                      name: str = "verdicts") -> list[str]:
+    """`layout`'s comparisons (`study_table`: each seed's held-out frontier read at
+    each budget; Welch's t, Holm over every tested row) into NAME.md / NAME.json,
+    with every point's mean, interval and seeds. `seeds`: only these seeds."""
+    path = os.path.join(out_dir, layout.csv)
     if not os.path.isfile(path):
         raise ValueError(f"{path}: missing; run the sweep's aggregation first")
-    points = study_table.read_points(path, panel, seeds)
-    parts = study_table.against(points, against)
-    rows = study_table.parts_rows(points, parts, budgets)
-    flag = "" if seeds is None else f" --seeds {','.join(map(str, seeds))}"
-    command = (f"python -m rlhf_jax.experiments.study_table {path} --panel {panel!r} "
-               f"--against {against!r} --budgets {','.join(f'{b:g}' for b in budgets)}{flag}")
+    points = study_table.read_points(path, layout.panel, seeds)
+    parts = (study_table.PARTS if layout.against is None
+             else study_table.against(points, layout.against))
+    rows = study_table.parts_rows(points, parts, layout.budgets)
+    flags = "" if layout.panel == study_table.GOLD_PANEL else f" --panel {layout.panel!r}"
+    flags += "" if layout.against is None else f" --against {layout.against!r}"
+    flags += f" --budgets {','.join(f'{b:g}' for b in layout.budgets)}"
+    flags += "" if seeds is None else f" --seeds {','.join(map(str, seeds))}"
+    tested = sum(np.isfinite(r.get("p", np.nan)) for r in rows)
     text = "\n".join([
-        f"# {title}" + _seeds_note(seeds), "",
-        f"Panel {panel!r}: each seed's frontier (linear in sqrt(KL), anchored at the "
-        f"initial policy) read at each budget; mean [95% bootstrap interval over seeds] "
-        f"(n). Two-sided Welch's t, Holm-adjusted over the "
-        f"{sum(np.isfinite(r.get('p', np.nan)) for r in rows)} tested rows.", "",
-        study_table.parts_table(points, parts, budgets), "",
+        f"# {layout.title}" + _seeds_note(seeds), "",
+        f"Panel {layout.panel!r}: each seed's frontier (linear in sqrt(KL), anchored at "
+        f"the initial policy) read at each budget; mean [95% bootstrap interval over seeds] "
+        f"(n). Two-sided Welch's t, Holm-adjusted over the {tested} tested rows; a side "
+        f"that did not reach a budget on every seed is not compared there.", "",
+        study_table.parts_table(points, parts, layout.budgets), "",
         "Every point:", "", study_table.methods_table(points), ""])
 
     def plain(r):
         return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
 
-    return _write_verdicts(out_dir, text, {"panel": panel, "against": against,
-                                           "budgets": list(budgets),
+    return _write_verdicts(out_dir, text, {"panel": layout.panel, "against": layout.against,
+                                           "budgets": list(layout.budgets),
                                            "seeds": seeds and list(seeds),
                                            "rows": [plain(r) for r in rows]},
-                           name, command)
+                           name, f"python -m rlhf_jax.experiments.study_table {path}{flags}")
 
 
 # --------------------------------------------------------------------------
@@ -581,6 +610,10 @@ def main(argv=None) -> None:
             paths = overopt_verdicts(args.dir, layout=MOCK_OVEROPT)
         elif os.path.isfile(os.path.join(args.dir, RM_SCALING_CSV)):
             paths = rm_scaling_verdicts(args.dir)
+        elif os.path.isfile(os.path.join(args.dir, ZIEGLER_FIG2.csv)):
+            paths = frontier_verdicts(args.dir, ZIEGLER_FIG2)
+        elif os.path.isfile(os.path.join(args.dir, STUDY.csv)):
+            paths = frontier_verdicts(args.dir, STUDY)
         else:
             paths = fig1_verdicts(args.dir)
     except ValueError as e:
