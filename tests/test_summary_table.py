@@ -314,3 +314,23 @@ def test_frontier_verdicts_by_hand(tmp_path):
     assert tested.endswith("f.csv --panel 'held-out gold vs KL' --against 'gold reward' --budgets 1")
     _, js2 = st.frontier_verdicts(str(tmp_path), layout, seeds=(1, 2), name="verdicts_replication")
     assert json.load(open(js2))["rows"][0]["with"] == pytest.approx([0.2, 0.3])
+
+
+def test_arch_verdicts_by_hand(tmp_path):
+    rows = [("RM acc", "gpt2", "0;0;0", "0.7;0.8;0.9"), ("RM acc", "llama", "1;1;1", "0.7;0.8;0.9"),
+            ("gold vs KL", "gpt2", "3;3;3", "0.5;0.6;0.7"),
+            ("gold vs KL", "llama", "2;3;4", "0.9;1.0;1.1")]
+    (tmp_path / st.ARCH_CSV).write_text(
+        "figure,panel,curve,point,x_seeds,y_seeds\n" + "".join(
+            f"a,{p},{c},0,{x},{y}\n" for p, c, x, y in rows))
+    md, js = st.arch_verdicts(str(tmp_path))
+    out = json.load(open(js))
+    same, gold = out["tests"]
+    # Equal seeds: t 0, p 1. Gold: +0.4 with sd 0.1 each side, Welch t = 0.4 / sqrt(2 * 0.01 / 3).
+    assert same["effect"] == pytest.approx(0.0) and same["p"] == pytest.approx(1.0)
+    assert gold["t"] == pytest.approx(0.4 / math.sqrt(0.02 / 3))
+    assert gold["p_holm"] == pytest.approx(2 * gold["p"])
+    assert (same["verdict"], gold["verdict"]) == ("no difference shown", "differs")
+    text = open(md).read()
+    assert "| gold vs KL | llama | 1.000 [" in text and "| 3.00 | 3 |" in text
+    assert "| RM acc | gpt2 | 0.800 [" in text and "| - | 3 |" in text

@@ -9,10 +9,12 @@ key/value head) is pretrained once (`apre-<A>`, seed 0, the same corpus and
 tokenizer), then each seed draws its own labels, trains its own reward model,
 runs PPO and the evaluation from that model (`arch-<A>-s<seed>`). Question:
 does the default's effect (RM accuracy, PPO's gold gain at its KL, best-of-N)
-carry over to today's architectures, within GPT-2's seed spread?
+carry over to today's architectures, within GPT-2's seed spread? The
+aggregation tests each architecture against GPT-2 (`verdicts.md`).
 """
 
 from configs.sweeps import mock_scale
+from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import (Curve, Figure, Panel, Points, Ref, Run, Sweep,
                                         eval_point, grid, last_metric, seeds_of)
 
@@ -71,4 +73,6 @@ def get_sweep(arg=None):
                "labels, reward model, PPO and evaluation.")
     return Sweep("architectures", tuple(runs),
                  (Figure("architectures", "The offline default on three architectures",
-                         panels, caption=caption),), runlocal=runlocal)
+                         panels, caption=caption),), runlocal=runlocal,
+                 # Each architecture against GPT-2 on every panel (verdicts.md).
+                 tables=(summary_table.arch_verdicts,))

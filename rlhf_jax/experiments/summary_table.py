@@ -7,6 +7,7 @@
     python -m rlhf_jax.experiments.summary_table results/rm_scaling
     python -m rlhf_jax.experiments.summary_table results/ziegler_fig2
     python -m rlhf_jax.experiments.summary_table results/study
+    python -m rlhf_jax.experiments.summary_table results/architectures
 
 Reads the CSVs `configs/sweeps/world_fig1.py` writes (one point per model
 size, the per-seed values in `y_seeds`) and tests each claim of the paper's
@@ -37,6 +38,8 @@ RM accuracy per doubling of labels at each width, and each width against the
 next smaller one at each label count. And for `configs/sweeps/ziegler_fig2.py`
 and `configs/sweeps/study.py` (`frontier_verdicts`): methods at equal KL, each
 seed's held-out gold-vs-KL frontier read at fixed budgets (`study_table`).
+And for `configs/sweeps/architectures.py` (`arch_verdicts`): each architecture
+against GPT-2 on every panel (Welch).
 
 All two-sided, Holm-corrected over each sweep's family. A claim "holds" when the
 effect has the claimed sign and its adjusted p is below `ALPHA`; otherwise
@@ -596,6 +599,64 @@ def rm_scaling_verdicts(out_dir: str) -> list[str]:
                            {"means": means, "tests": tests})
 
 
+# --------------------------------------------------------------------------
+# architectures: does the default's effect carry over from GPT-2?
+
+ARCH_CSV = "architectures.csv"
+ARCH_BASE = "gpt2"
+
+
+def arch_verdicts(out_dir: str, base: str = ARCH_BASE) -> list[str]:
+    """Every panel of the architectures sweep (RM accuracy, PPO's and best-of-N's
+    held-out gold), each architecture against `base` by Welch's t over seeds,
+    Holm over all of them; with each curve's KL, so that a gold difference is
+    read at the KL it came with. A difference is claimed only where the
+    adjusted p is below `ALPHA`."""
+    path = os.path.join(out_dir, ARCH_CSV)
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: missing; run the sweep's aggregation first")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    panels = list(dict.fromkeys(r["panel"] for r in rows))
+    means, tests = [], []
+    for panel in panels:
+        curves = {r["curve"]: r for r in rows if r["panel"] == panel}
+        if base not in curves:
+            raise ValueError(f"{path}: panel {panel!r} has no curve {base!r}")
+        ys = {c: np.asarray(study_table.read_floats(r["y_seeds"]), np.float64)
+              for c, r in curves.items()}
+        for c, r in curves.items():
+            kl = np.asarray(study_table.read_floats(r["x_seeds"]), np.float64)
+            means.append({"panel": panel, "arch": c, "y": seed_interval(ys[c]),
+                          "x": seed_interval(kl)})
+        tests += [_welch_row(f"{panel}: {c} - {base}", c, ys[c], ys[base])
+                  for c in curves if c != base]
+    for r, adj in zip(tests, stats.holm([r["p"] for r in tests])):
+        r["p_holm"] = adj
+        r["verdict"] = ("not testable" if not np.isfinite(adj) else
+                        "differs" if adj < ALPHA else "no difference shown")
+    lines = [f"# The default on {len(means) // max(len(panels), 1)} architectures: "
+             f"tests over seeds", "",
+             "Seed mean [95% bootstrap interval over seeds]; KL (nats) where the panel "
+             "plots against it.", "",
+             "| panel | architecture | value | KL | n |", "|---|---|---|---|---|"]
+    for m in means:
+        y, x = m["y"], m["x"]
+        kl = f"{x['mean']:.2f}" if "KL" in m["panel"] else "-"
+        lines.append(f"| {m['panel']} | {m['arch']} | {y['mean']:.3f} [{y['ci95'][0]:.3f}, "
+                     f"{y['ci95'][1]:.3f}] | {kl} | {y['n']} |")
+    lines += ["", f"Each architecture against {base}: two-sided Welch's t, Holm over "
+              f"{len(tests)} rows.", "",
+              "| comparison | effect [95% CI] | n | test | t | p | Holm p | verdict |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in tests:
+        lines.append(f"| {r['claim']} | {_f(r['effect'])} [{_f(r['effect_ci95'][0])}, "
+                     f"{_f(r['effect_ci95'][1])}] | {r['n']} | {r['test']} | {r['t']:.2f} | "
+                     f"{r['p']:.3g} | {r['p_holm']:.3g} | **{r['verdict']}** |")
+    return _write_verdicts(out_dir, "\n".join(lines) + "\n",
+                           {"base": base, "means": means, "tests": tests})
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("dir", help="world_fig1's, world_copying's, world_overopt's or "
@@ -610,6 +671,8 @@ def main(argv=None) -> None:
             paths = overopt_verdicts(args.dir, layout=MOCK_OVEROPT)
         elif os.path.isfile(os.path.join(args.dir, RM_SCALING_CSV)):
             paths = rm_scaling_verdicts(args.dir)
+        elif os.path.isfile(os.path.join(args.dir, ARCH_CSV)):
+            paths = arch_verdicts(args.dir)
         elif os.path.isfile(os.path.join(args.dir, ZIEGLER_FIG2.csv)):
             paths = frontier_verdicts(args.dir, ZIEGLER_FIG2)
         elif os.path.isfile(os.path.join(args.dir, STUDY.csv)):
