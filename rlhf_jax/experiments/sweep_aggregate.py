@@ -234,7 +234,9 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
             xs_seen.update(float(v) for v in x)
             xs_all.extend(float(v) for v in data.x_XxZ.ravel() if np.isfinite(v))
             lo, hi = data.y_XxZ.min(1), data.y_XxZ.max(1)
-            color = f"C{j % 10}"
+            # Ten colours: the eleventh curve on reuses the first's with square
+            # markers and dash-dot lines, so no two curves look alike.
+            color, mk, ls = f"C{j % 10}", "os^"[j // 10 % 3], ("-", "-.", ":")[j // 10 % 3]
             label = f"{data.label} (n={data.y_XxZ.shape[1]})"
             # Points from several settings join in x order; one run group's
             # points (a training trajectory) keep their logged order.
@@ -242,25 +244,25 @@ def draw_figure(fig: Figure, runs_dir: str, out_dir: str) -> list[str]:
                      else np.arange(len(x)))
             if curve.per_seed:
                 for z in range(data.y_XxZ.shape[1]):
-                    ax.plot(data.x_XxZ[order, z], data.y_XxZ[order, z], "-", color=color,
+                    ax.plot(data.x_XxZ[order, z], data.y_XxZ[order, z], ls, color=color,
                             lw=1, alpha=0.7, label=f"{data.label}, each seed" if z == 0 else None)
             elif curve.trajectories:
                 for g in np.unique(data.group_X):
                     i = np.flatnonzero(data.group_X == g)
-                    ax.plot(x[i], y[i], "-o", color=color, markersize=3, lw=1,
+                    ax.plot(x[i], y[i], ls, marker=mk, color=color, markersize=3, lw=1,
                             label=label if g == 0 else None)
                     ax.errorbar(x[i], y[i], yerr=np.stack([y[i] - lo[i], hi[i] - y[i]]),
                                 fmt="none", color=color, alpha=0.5, capsize=2)
             elif data.line:
                 x, y, lo, hi = x[order], y[order], lo[order], hi[order]
-                ax.plot(x, y, "-o", color=color, markersize=3, label=label)
+                ax.plot(x, y, ls, marker=mk, color=color, markersize=3, label=label)
                 if len(x) >= 3 and np.all(np.diff(x) >= 0):
                     ax.fill_between(x, lo, hi, color=color, alpha=0.2, linewidth=0)
                 else:  # few points, or x turns back (KL along training): bars, not a band
                     ax.errorbar(x, y, yerr=np.stack([y - lo, hi - y]), fmt="none",
                                 color=color, alpha=0.5, capsize=2)
             else:
-                ax.errorbar(x, y, yerr=np.stack([y - lo, hi - y]), fmt="o", color=color,
+                ax.errorbar(x, y, yerr=np.stack([y - lo, hi - y]), fmt=mk, color=color,
                             capsize=3, label=label)
             notes.extend((ax, float(data.x_XxZ[p].mean()), float(data.y_XxZ[p].mean()),
                           setting, color) for p, setting in enumerate(data.settings_X) if setting)
