@@ -27,6 +27,7 @@ offline labels), so the seed band measures training noise, not label noise.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from rlhf_jax.experiments.sweep import Ref, Run, grid
 
@@ -108,6 +109,15 @@ REPLICATION_SEEDS = (5, 6, 7, 8, 9)
 def ten_seeds(s: Scale) -> Scale:
     """The sweep scale with seeds 0-9 (the CI scale unchanged)."""
     return s if s.runlocal else dataclasses.replace(s, seeds=s.seeds + REPLICATION_SEEDS)
+
+
+def with_replication(s: Scale, tests) -> tuple:
+    """A sweep's `tables`: `tests(out_dir, seeds=None, name="verdicts")` over every
+    seed, and at the sweep scale again on `REPLICATION_SEEDS` alone
+    (verdicts_replication.md)."""
+    if s.runlocal:
+        return (tests,)
+    return (tests, functools.partial(tests, seeds=REPLICATION_SEEDS, name="verdicts_replication"))
 
 
 def _common(s: Scale) -> dict:

@@ -5,8 +5,9 @@
 
 PPO against the reward model of the largest label count with a fixed KL
 coefficient in `mock_scale.FULL.kl_coefs` (0 included: no KL penalty), 10
-seeds each (`mock_scale.ten_seeds`). RM score (each seed's own RM, so each seed's own line) and gold
-score against KL(policy || initial), along training (means of blocks of 5
+seeds each (`mock_scale.ten_seeds`; seeds 5-9 also tested alone). RM score
+(each seed's own RM, so each seed's own line) and gold score against
+KL(policy || initial), along training (means of blocks of 5
 updates) and at the held-out evaluation of the policy every 25 updates
 (`eval.ppo_snapshots`), on a sqrt(KL) axis: KL spans 0-150 nats. Paper: the RM score
 keeps rising with KL while the true preference peaks and then falls. For
@@ -89,9 +90,5 @@ def get_sweep(arg=None):
     # score rising from it to beta = 0.
     layout = dataclasses.replace(summary_table.MOCK_OVEROPT, main=f"beta={max(s.kl_coefs):g}")
     verdicts = functools.partial(summary_table.overopt_verdicts, layout=layout)
-    # The same tests on seeds 5-9 alone (verdicts_replication.md): a replication.
-    tables = (verdicts,) + (() if s.runlocal else (
-        functools.partial(verdicts, seeds=mock_scale.REPLICATION_SEEDS,
-                          name="verdicts_replication"),))
     return Sweep("overoptimization", tuple(runs), (fig,), texts, runlocal=s.runlocal,
-                 tables=tables)
+                 tables=mock_scale.with_replication(s, verdicts))

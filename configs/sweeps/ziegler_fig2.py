@@ -6,16 +6,16 @@
 PPO (adaptive KL, the offline default's controller) from the shared base
 model, optimising either the world gold directly (`reward=gold`) or a reward model
 trained on the first N mock best-of-4 labels of the shared pool, N in
-`mock_scale.FULL.label_counts`; 10 seeds each (`mock_scale.ten_seeds`). The gold reward is normalised
-as the reward models are (`ppo.gold_normalize`: gain and bias that give it
+`mock_scale.FULL.label_counts`; 10 seeds each (`mock_scale.ten_seeds`). The
+gold reward is normalised as the reward models are (`ppo.gold_normalize`: gain and bias that give it
 mean 0, std 1 on the initial policy's samples), so the KL penalty weighs the
 same against every reward. Panels: gold score against episodes (the paper's
 axis; training batches, means of blocks of 5 updates), against KL during
 training, and the held-out gold of each run's policy every 25 updates
 against its KL (sqrt axis), the frontier on which gold and RMs compare at
 equal KL. The aggregation tests every RM curve against the gold reward at
-0.5, 1 and 1.5 nats (`summary_table.ZIEGLER_FIG2`; `verdicts.md`, 10 seeds) and again on seeds 5-9 alone
-(`verdicts_replication.md`), as
+0.5, 1 and 1.5 nats (`summary_table.ZIEGLER_FIG2`; `verdicts.md`, 10 seeds)
+and again on seeds 5-9 alone (`verdicts_replication.md`), as
 
     python -m rlhf_jax.experiments.study_table results/ziegler_fig2/ziegler_fig2.csv \
         --panel "held-out gold vs KL along training" --against "gold reward" --budgets 0.5,1,1.5
@@ -74,7 +74,5 @@ def get_sweep(arg=None):
                  f"panel: each run's policy every {s.snapshot_every} updates and at the end; "
                  "dashed: Gao et al.'s RL form fitted to every seed's points.")
     tests = functools.partial(summary_table.frontier_verdicts, layout=summary_table.ZIEGLER_FIG2)
-    tables = (tests,) + (() if s.runlocal else (
-        functools.partial(tests, seeds=mock_scale.REPLICATION_SEEDS,
-                          name="verdicts_replication"),))
-    return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal, tables=tables)
+    return Sweep("ziegler_fig2", tuple(runs), (fig,), runlocal=s.runlocal,
+                 tables=mock_scale.with_replication(s, tests))

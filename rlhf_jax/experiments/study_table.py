@@ -95,7 +95,8 @@ def keep_seeds(row: dict, seeds) -> dict:
     if missing:
         raise ValueError(f"point {row['curve']!r} #{row['point']}: no seed {missing} "
                          f"(seeds: {have})")
-    idx = [i for i, v in enumerate(have) if v in set(seeds)]
+    keep = set(seeds)
+    idx = [i for i, v in enumerate(have) if v in keep]
     out = dict(row)
     for col in PER_SEED:
         if row.get(col):
