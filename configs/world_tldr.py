@@ -20,9 +20,10 @@ preference; copying (sentence novelty, bigram LCS); summary length.
 Switches (besides config_lib's): `size=s|m|l|xl` (widths 32, 64, 128, 256 at
 2 layers: 0.06M, 0.18M, 0.55M, 1.9M parameters with this vocabulary, about
 3x apart; default l, the smallest size at which the models copy the story's
-event); `judge=accuracy` labels with the accuracy-only judge (Ziegler's
-labellers: faithful and grammatical is enough), `judge=full` the default
-summary judge; `seed=N`.
+event); `judge=accuracy` labels with the accuracy-only judge (faithful and
+grammatical is enough), `judge=facts` with the facts judge (accurate first,
+then the more supported facts the better: Ziegler's labellers as described),
+`judge=full` the default summary judge; `seed=N`.
 
 Expected (eval.json's `summarization` block; the world_fig1 sweep's seed-0
 runs: this config's settings, logging aside): size l, preferred to the
@@ -39,7 +40,7 @@ from rlhf_jax import config_lib
 
 # (n_embd, n_layer, n_head) per size: widths double, parameters about triple.
 SIZES = {"s": (32, 2, 2), "m": (64, 2, 2), "l": (128, 2, 4), "xl": (256, 2, 4)}
-JUDGES = {"full": "summary", "accuracy": "summary_accuracy"}
+JUDGES = {"full": "summary", "accuracy": "summary_accuracy", "facts": "summary_facts"}
 # Boltzmann temperature of the mock labellers: agreement with the noise-free
 # gold's choice about 0.75 on pairs of TL;DR-like summaries (docs/summarization.md).
 LABEL_NOISE = 1.5
@@ -148,7 +149,7 @@ def _set_size(c, size: str) -> None:
 
 
 def _apply(c, arg):
-    """This config's own switches (size=, judge=accuracy|full), then config_lib's."""
+    """This config's own switches (size=, judge=full|accuracy|facts), then config_lib's."""
     rest = []
     for item in (a.strip() for a in (arg or "").split(",")):
         key, _, value = item.partition("=")

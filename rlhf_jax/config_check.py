@@ -184,7 +184,7 @@ def resolve(c, num_devices: int) -> dict:
               f"labels.type={c.labels.type!r}: DPO needs comparisons")
     _need(c.labels.gold in MOCK_GOLDS + ("none",),
           f"labels.gold={c.labels.gold!r}: expected one of {MOCK_GOLDS + ('none',)}")
-    _need((c.labels.gold in ("summary", "summary_accuracy"))
+    _need((c.labels.gold in SUMMARY_GOLDS)
           <= (c.task.query_dataset == "world_tldr"),
           f"labels.gold={c.labels.gold!r} judges summaries of world stories: it needs "
           "task.query_dataset='world_tldr'")
@@ -231,7 +231,8 @@ def check_files(c: ml_collections.ConfigDict) -> None:
 # Gold rewards that can say which words lower them (`spans.span_source`).
 SPAN_GOLDS = ("world", "vader")
 # Golds a mock labeller can answer from (labelling.labelers.GOLDS).
-MOCK_GOLDS = ("world", "vader", "summary", "summary_accuracy")
+SUMMARY_GOLDS = ("summary", "summary_accuracy", "summary_facts")
+MOCK_GOLDS = ("world", "vader") + SUMMARY_GOLDS
 
 
 def _resolve_methods(c, stages, num_devices: int, d: dict) -> None:

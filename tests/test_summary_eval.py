@@ -74,6 +74,7 @@ def test_lcs_and_bigram_lcs():
 
 def test_compare_on_hand_worked_metrics():
     ref = {"gold": np.array([2.0, 2.0, 2.0, 2.0]), "accuracy": np.zeros(4),
+           "facts": np.array([2.0, 3.0, 2.0, 5.0]),
            "words": np.array([10.0, 10.0, 10.0, 10.0]), "novelty": np.array([1, 0, 1, 1.0]),
            "lcs": np.array([0.5, 1, 0.5, 0.5])}
     a = dict(ref, gold=np.array([3.0, 1.0, 2.0, 4.0]), words=np.array([10.0, 20, 5, 10]),
@@ -84,6 +85,7 @@ def test_compare_on_hand_worked_metrics():
     assert out["a"]["novelty"] == pytest.approx(2 / 3)  # the summary without sentences is left out
     assert out["a"]["words"] == 11.25 and out["a"]["rm_score"] == 2.5
     assert out["reference"]["gold_score"] == 2.0 and out["reference"]["novelty"] == 0.75
+    assert out["a"]["facts_score"] == out["reference"]["facts_score"] == 3.0
     # Noise 0: the labeller agrees with the gold except on the tie (a coin).
     assert out["a"]["labeller_pref"] in (0.5, 0.75)
     assert 0 < out["a"]["length_controlled_pref"] < 1
@@ -171,6 +173,7 @@ def test_world_tldr_switches():
     assert (c.model.n_embd, c.model.n_layer, c.labels.gold, c.seed) == (32, 2,
                                                                         "summary_accuracy", 3)
     assert module.get_config().labels.gold == "summary"
+    assert module.get_config("judge=facts").labels.gold == "summary_facts"
     assert module.get_config("size=l").model.n_embd == 128
     with pytest.raises(ValueError, match="size=q"):
         module.get_config("size=q")

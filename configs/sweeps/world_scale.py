@@ -6,10 +6,10 @@ Runs (names shared by every world_* sweep, so each is trained once per --workdir
                    corpus (`configs/world_tldr.py`); the main width's run also
                    trains the tokenizer every other run reads.
   wsft-w<W>        that model fine-tuned on the references (SFT, seed 0).
-  wtldr-w<W>[-accuracy]-s<seed>
+  wtldr-w<W>[-accuracy|-facts]-s<seed>
                    configs/world_tldr.py from that SFT model: pairwise labels
                    on SFT samples and references (full summary judge, or the
-                   accuracy-only judge), a reward model at EOS biased so the
+                   accuracy-only or facts judge), a reward model at EOS biased so the
                    references score 0, PPO with a value network from the RM at
                    the config's fixed KL, and the summarisation evaluation.
   wkl<beta>-w<W>-s<seed>
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from configs import world_tldr
 from rlhf_jax.experiments.sweep import Ref, Run, grid
 
 CONFIG = "configs/world_tldr.py"
@@ -138,7 +139,7 @@ def tldr_name(width, judge: str = "full") -> str:
 def tldr_runs(s: Scale, width, judge: str = "full") -> list[Run]:
     """The whole Stiennon pipeline after pretraining, per seed."""
     ov = {**_from_pretrained(s, width), "stages": "sft,labels,reward,ppo,eval",
-          "labels.gold": {"full": "summary", "accuracy": "summary_accuracy"}[judge]}
+          "labels.gold": world_tldr.JUDGES[judge]}
     return (pretrain_runs(s, width) + [sft_run(s, width)]
             + grid(tldr_name(width, judge), s.config, s.seeds, ov, copies=_sft_copies(width)))
 

@@ -256,20 +256,22 @@ class VaderGold:
         return self(texts).reshape(n, k)
 
 
-GOLDS = ("world", "vader", "summary", "summary_accuracy")
+SUMMARY_GOLDS = {"summary": summary_judge.SummaryJudge,
+                 "summary_accuracy": summary_judge.AccuracyJudge,
+                 "summary_facts": summary_judge.FactsJudge}
+GOLDS = ("world", "vader") + tuple(SUMMARY_GOLDS)
 
 
 def make_gold(name: str, *, ungrammatical_penalty: float = 1.0):
     """The gold reward a config names (`labels.gold`): "world", "vader", or the
-    summarisation world's judges "summary" and "summary_accuracy"
-    (`summary_judge`, which reads the query too)."""
+    summarisation world's judges "summary", "summary_accuracy" and
+    "summary_facts" (`summary_judge`, which reads the query too)."""
     if name == "world":
         return WorldGold(ungrammatical_penalty)
     if name == "vader":
         return VaderGold()
-    if name in ("summary", "summary_accuracy"):
-        return (summary_judge.SummaryJudge() if name == "summary"
-                else summary_judge.AccuracyJudge())
+    if name in SUMMARY_GOLDS:
+        return SUMMARY_GOLDS[name]()
     raise ValueError(f"labels.gold={name!r}: expected one of {GOLDS}")
 
 

@@ -32,7 +32,20 @@ labellers, who checked accuracy: only the faithfulness and grammar terms
 count; any summary that is faithful and grammatical scores 0, however little
 it covers and however long it is.
 
-Both read the query (the story) and the response, so they implement
+`FactsJudge` (labels.gold=summary_facts) plays the same labellers as their
+authors described them ("the labellers preferred sentences copied wholesale
+from the input; we had only asked them to ensure accuracy"): accuracy comes
+first, and of two accurate summaries the one that tells more is better.
+Salience, length and copying are not judged:
+
+    + 1.0   each distinct claim the story supports (`claims`)
+    - 2.5   each claim that the story does not support
+    - 1.5   each broken or unfinished sentence (an empty summary counts as one)
+
+So the good summary above scores 2 (a feeling and an act), the story's event
+and outcome sentences copied score 5, and a fluent hallucination -0.5 or less.
+
+All three read the query (the story) and the response, so they implement
 `rewards(request)` on a `LabelRequest` with texts and `score_texts(stories,
 summaries)`; `reads_query` tells `stages.batched.gold_function` so.
 """
@@ -65,6 +78,7 @@ WEIGHTS = {
     "over_budget_per_word": 0.25,
 }
 WORD_BUDGET = 12
+FACT_WEIGHT = 1.0  # FactsJudge: each supported claim
 _NAMES = {n.lower() for n in grammar.FEMALE_NAMES + grammar.MALE_NAMES}
 _FEMALE = {n.lower() for n in grammar.FEMALE_NAMES}
 _TEMPLATE_INDEX = {t: i for i, t in enumerate(grammar.SUMMARY_WORLD_TEMPLATES)}
@@ -301,11 +315,16 @@ def accuracy_score(judged: Judged) -> float:
                  - WEIGHTS["ungrammatical"] * judged.ungrammatical)
 
 
+def facts_score(judged: Judged) -> float:
+    """The facts judge's score of a reading: supported claims, less faithfulness and grammar."""
+    return float(FACT_WEIGHT * (judged.claims - judged.unsupported) + accuracy_score(judged))
+
+
 class SummaryJudge:
     """The full gold judge (module docstring) as a `Gold`: higher is better."""
 
     reads_query = True
-    accuracy_only = False
+    reading = staticmethod(lambda judged: judged.score)
 
     def __init__(self):
         self._facts: dict[str, StoryFacts] = {}
@@ -322,8 +341,7 @@ class SummaryJudge:
         return judge(self.facts(story_or_query), summary)
 
     def score(self, story_or_query: str, summary: str) -> float:
-        j = self.judge(story_or_query, summary)
-        return accuracy_score(j) if self.accuracy_only else j.score
+        return self.reading(self.judge(story_or_query, summary))
 
     def score_texts(self, stories: Sequence[str], summaries_: Sequence[str]) -> np.ndarray:
         """float32 [N]: the score of summary i of story (or query) i."""
@@ -345,4 +363,10 @@ class SummaryJudge:
 class AccuracyJudge(SummaryJudge):
     """Ziegler's labellers: faithful and grammatical is enough (module docstring)."""
 
-    accuracy_only = True
+    reading = staticmethod(accuracy_score)
+
+
+class FactsJudge(SummaryJudge):
+    """Ziegler's labellers as described: accurate first, then the more facts the better."""
+
+    reading = staticmethod(facts_score)

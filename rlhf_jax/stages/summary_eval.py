@@ -20,7 +20,8 @@ Each summary is compared with the story's reference (its author's TL;DR):
   are not sentences of the story) and `bigram_lcs` (Stiennon App. G.5: the
   longest common subsequence of the summary's and the story's word bigrams,
   over the summary's bigram count);
-* `words`, `gold_score`, `accuracy_score` (the accuracy-only judge), and
+* `words`, `gold_score`, `accuracy_score` and `facts_score` (the
+  accuracy-only and facts judges' scores of the same reading), and
   `rm_score` (the trained reward model, references at 0 by its bias).
 
 `evaluate(ctx)` adds this as eval.json's `summarization` block and writes
@@ -143,14 +144,20 @@ def bigram_lcs(summary: str, story: str) -> float:
     return lcs_length(mine, _bigrams(story)) / len(mine)
 
 
-def summary_metrics(stories, summaries_, judge, accuracy_judge):
-    """Per-summary arrays: gold, accuracy score, words, novelty, bigram LCS."""
-    gold = np.asarray([judge.score(s, y) for s, y in zip(stories, summaries_)])
-    acc = np.asarray([accuracy_judge.score(s, y) for s, y in zip(stories, summaries_)])
+def summary_metrics(stories, summaries_, judge):
+    """Per-summary arrays: gold, accuracy and facts scores, words, novelty, bigram LCS.
+
+    `judge`: a `summary_judge.SummaryJudge`; the other two scores are its readings'.
+    """
+    read = [judge.judge(s, y) for s, y in zip(stories, summaries_)]
+    gold = np.asarray([j.score for j in read])
+    acc = np.asarray([summary_judge.accuracy_score(j) for j in read])
+    facts = np.asarray([summary_judge.facts_score(j) for j in read])
     words = np.asarray([summary_judge.count_words(y) for y in summaries_], np.float64)
     nov = np.asarray([sentence_novelty(y, s) for s, y in zip(stories, summaries_)])
     lcs = np.asarray([bigram_lcs(y, s) for s, y in zip(stories, summaries_)])
-    return {"gold": gold, "accuracy": acc, "words": words, "novelty": nov, "lcs": lcs}
+    return {"gold": gold, "accuracy": acc, "facts": facts, "words": words, "novelty": nov,
+            "lcs": lcs}
 
 
 def compare(per_policy: dict, reference: dict, *, noise: float, seed: int) -> dict:
@@ -177,6 +184,7 @@ def compare(per_policy: dict, reference: dict, *, noise: float, seed: int) -> di
             "labeller_pref": float(np.mean(noisy)),
             "gold_score": float(np.mean(m["gold"])),
             "accuracy_score": float(np.mean(m["accuracy"])),
+            "facts_score": float(np.mean(m["facts"])),
             "words": float(np.mean(m["words"])),
             "novelty": float(np.nanmean(m["novelty"])) if np.any(np.isfinite(m["novelty"]))
             else float("nan"),
@@ -192,6 +200,7 @@ def compare(per_policy: dict, reference: dict, *, noise: float, seed: int) -> di
         out[name]["length_controlled_pref"] = float(p)
     out["reference"] = {"gold_score": float(np.mean(reference["gold"])),
                         "accuracy_score": float(np.mean(reference["accuracy"])),
+                        "facts_score": float(np.mean(reference["facts"])),
                         "words": float(np.mean(reference["words"])),
                         "novelty": float(np.nanmean(reference["novelty"])),
                         "bigram_lcs": float(np.nanmean(reference["lcs"]))}
@@ -228,7 +237,7 @@ def evaluate(ctx: Context) -> dict:
     stories = [summaries.story_of_query(ctx.decode(row[mk > 0])) for row, mk in zip(q, m)]
     refs = [ctx.decode(row[mk > 0]) for row, mk in
             zip(qs.reference_NxR, qs.reference_mask_NxR)]
-    judge, acc_judge = summary_judge.SummaryJudge(), summary_judge.AccuracyJudge()
+    judge = summary_judge.SummaryJudge()
     rm = ctx.reward_model()
     rm_placed = None if rm is None else ctx.dp.replicate(rm[1])
 
@@ -244,7 +253,7 @@ def evaluate(ctx: Context) -> dict:
                                           e.batch_size, greedy=True)
         tokens, mask = batched.postprocess(ctx, raw)
         texts[name] = [ctx.decode(row[mk > 0]) for row, mk in zip(tokens, mask)]
-        per_policy[name] = summary_metrics(stories, texts[name], judge, acc_judge)
+        per_policy[name] = summary_metrics(stories, texts[name], judge)
         if rm is not None:
             per_policy[name]["rm"] = rm_scores(tokens, mask)
     if rm is not None and e.best_of_n and "sft" in ctx.stages:
@@ -257,9 +266,9 @@ def evaluate(ctx: Context) -> dict:
         mask = (best != t.pad_token).astype(np.int32)
         name = f"best_of_{n}"
         texts[name] = [ctx.decode(row[mk > 0]) for row, mk in zip(best, mask)]
-        per_policy[name] = summary_metrics(stories, texts[name], judge, acc_judge)
+        per_policy[name] = summary_metrics(stories, texts[name], judge)
         per_policy[name]["rm"] = rm_scores(best, mask)
-    reference = summary_metrics(stories, refs, judge, acc_judge)
+    reference = summary_metrics(stories, refs, judge)
     if rm is not None:
         reference["rm"] = rm_scores(qs.reference_NxR, qs.reference_mask_NxR)
     out = compare(per_policy, reference, noise=cfg.labels.mock_noise, seed=e.judge.seed)
