@@ -92,11 +92,11 @@ def test_compare_on_hand_worked_metrics():
 
 
 def test_world_sweeps_runlocal_end_to_end(tmp_path):
-    """The three summarisation sweeps at `:runlocal` in one workdir (their shared
+    """The four summarisation sweeps at `:runlocal` in one workdir (their shared
     runs trained once): every stage of configs/world_tldr.py:runlocal, the
     summarisation block, and each sweep's figures."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for sweep in ("world_fig1", "world_copying", "world_overopt"):
+    for sweep in ("world_fig1", "world_copying", "world_copying_facts", "world_overopt"):
         out = subprocess.run([sys.executable, "launch.py",
                               f"--sweep=configs/sweeps/{sweep}.py:runlocal",
                               f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
@@ -112,6 +112,10 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
     with open(tmp_path / "world_copying" / "verdicts.json") as f:
         copying = json.load(f)
     assert len(copying["tests"]) == 7 and isinstance(copying["smart_copier"], bool)
+    with open(tmp_path / "world_copying_facts" / "verdicts.json") as f:
+        facts = json.load(f)
+    assert [t["claim"] for t in facts["tests"]][0] == "facts judge: HF novelty below SFT's"
+    assert isinstance(facts["smart_copier"], bool)
     # world_overopt's ladder SFT, beta 0.5, 0.2, 0: three claims and three RM steps.
     with open(tmp_path / "world_overopt" / "verdicts.json") as f:
         overopt = json.load(f)
@@ -125,7 +129,7 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
         r = block[name]
         assert 0 <= r["gold_pref"] <= 1 and 0 <= r["labeller_pref"] <= 1
         assert 0 <= r["length_controlled_pref"] <= 1 and r["n"] == 16
-        assert "rm_score" in r
+        assert "rm_score" in r and "facts_score" in r
     # The references score about 0 under the bias-normalised RM (a 16-sample bias).
     assert abs(block["reference"]["rm_score"]) < 0.5
     with open(run / "samples.jsonl") as f:

@@ -21,24 +21,30 @@ from rlhf_jax.experiments import summary_table
 from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seeds_of
 
 POLICIES = ("pretrained", "sft", "hf", "best_of", "reference")
+# judge (world_tldr's switch) -> the curve's label (summary_table's names).
+LABELS = {"full": summary_table.FULL, "accuracy": summary_table.ACCURACY,
+          "facts": summary_table.FACTS}
 
 
-def curves(s, y):
+def curves(s, y, judges):
     bon = "best_of_16" if not s.runlocal else "best_of_2"
     main = s.widths[s.main]
     out = []
-    for judge, label in (("full", "labels: full judge"), ("accuracy", "labels: accuracy only")):
+    for judge in judges:
         runs = seeds_of(world_scale.tldr_name(main, judge), s.seeds)
         pts = [Points(runs, summarization_point(bon if p == "best_of" else p, y, x=i))
                for i, p in enumerate(POLICIES) if not (p == "reference" and y == "gold_pref")]
-        out.append(Curve(label, tuple(pts), line=False))
+        out.append(Curve(LABELS[judge], tuple(pts), line=False))
     return tuple(out)
 
 
-def get_sweep(arg=None):
+def copying_sweep(name, judges, arg=None):
+    """The copying sweep `name`: world_tldr at the main width, one group of seeds per
+    judge in `judges` (the full judge first), each with its own labels, RM and PPO."""
     s = world_scale.scale(arg)
     main = s.widths[s.main]
-    runs = world_scale.tldr_runs(s, main) + world_scale.tldr_runs(s, main, "accuracy")
+    runs = [r for judge in judges for r in world_scale.tldr_runs(s, main, judge)]
+    runs = list({r.name: r for r in runs}.values())  # pretraining and SFT once
     x = "policy"
     bon = "best-of-16" if not s.runlocal else "best-of-2"
     ticks = tuple(enumerate(("pretrained", "SFT", "HF", bon, "reference")))
@@ -48,12 +54,16 @@ def get_sweep(arg=None):
                "the references are the same under both labellers, so their points coincide.")
     fig = Figure("copying", "Copying under two labellers (Ziegler's smart copiers)",
                  (Panel("sentence novelty", x, "share of sentences not in the story",
-                        curves(s, "novelty"), xticks=ticks),
+                        curves(s, "novelty", judges), xticks=ticks),
                   Panel("bigram LCS with the story", x, "LCS / summary bigrams",
-                        curves(s, "bigram_lcs"), xticks=ticks),
-                  Panel("length", x, "words", curves(s, "words"), xticks=ticks),
+                        curves(s, "bigram_lcs", judges), xticks=ticks),
+                  Panel("length", x, "words", curves(s, "words", judges), xticks=ticks),
                   Panel("preferred to the reference (gold)", x, "fraction",
-                        curves(s, "gold_pref"), xticks=ticks[:4],
+                        curves(s, "gold_pref", judges), xticks=ticks[:4],
                         hline=(0.5, "as good as the references (0.5)"))), caption=caption)
-    return Sweep("world_copying", tuple(runs), (fig,), runlocal=s.runlocal,
+    return Sweep(name, tuple(runs), (fig,), runlocal=s.runlocal,
                  tables=(summary_table.copying_verdicts,))
+
+
+def get_sweep(arg=None):
+    return copying_sweep("world_copying", ("full", "accuracy"), arg)

@@ -2,6 +2,7 @@
 
     python -m rlhf_jax.experiments.summary_table results/world_fig1
     python -m rlhf_jax.experiments.summary_table results/world_copying
+    python -m rlhf_jax.experiments.summary_table results/world_copying_facts
     python -m rlhf_jax.experiments.summary_table results/world_overopt
     python -m rlhf_jax.experiments.summary_table results/overoptimization
     python -m rlhf_jax.experiments.summary_table results/rm_scaling
@@ -23,10 +24,10 @@ Fig. 1 at every size, over seeds:
   above 0.5: t against 0.5;
 - HF's preference rises with size: Welch's t between adjacent sizes.
 
-And for `configs/sweeps/world_copying.py` (`copying_verdicts`): under each
-labeller, HF's sentence novelty against SFT's and the references' (paired t,
-with the ratio of means) and HF's bigram LCS with the story against SFT's;
-HF's novelty under the two labellers (Welch).
+And for `configs/sweeps/world_copying.py` and `world_copying_facts.py`
+(`copying_verdicts`): under each labeller, HF's sentence novelty against
+SFT's and the references' (paired t, with the ratio of means) and HF's bigram
+LCS with the story against SFT's; HF's novelty under the two labellers (Welch).
 
 And for `configs/sweeps/world_overopt.py` (`overopt_verdicts`): Stiennon's
 Fig. 5, the gold preference against the reference and the RM score along a
@@ -220,12 +221,15 @@ def fig1_verdicts(out_dir: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# world_copying: does the RL policy copy under the accuracy-only labeller?
+# world_copying(_facts): does the RL policy copy under a labeller who checks
+# accuracy (the accuracy-only judge, or the facts judge) and not under the full one?
 
 COPYING_CSV = "copying.csv"
 NOVELTY_PANEL = "sentence novelty"
 LCS_PANEL = "bigram LCS with the story"
-FULL, ACCURACY = "labels: full judge", "labels: accuracy only"
+FULL, ACCURACY, FACTS = "labels: full judge", "labels: accuracy only", "labels: facts judge"
+# The labellers a copying sweep sets against the full judge, as its claims name them.
+COPIER_LABELLERS = {ACCURACY: "accuracy-only", FACTS: "facts-judge"}
 # The copying sweep's x positions (configs/sweeps/world_copying.py POLICIES).
 POSITIONS = {"pretrained": 0, "SFT": 1, "HF": 2, "best-of-N": 3, "reference": 4}
 COPIER_RATIO = 0.5  # "far below": under half SFT's novelty
@@ -236,14 +240,21 @@ def _by_position(curve: list[dict]) -> dict[str, dict]:
     return {names[int(round(p["params"]))]: p for p in curve}
 
 
+def copier_labels(novelty: dict[str, list[dict]]) -> str:
+    """The curve set against the full judge's in a copying CSV (`COPIER_LABELLERS`)."""
+    found = [c for c in COPIER_LABELLERS if c in novelty]
+    if FULL not in novelty or len(found) != 1:
+        raise ValueError(f"copying CSV: expected curve {FULL!r} and one of "
+                         f"{sorted(COPIER_LABELLERS)} (curves: {sorted(novelty)})")
+    return found[0]
+
+
 def copying_tests(novelty: dict[str, list[dict]], lcs: dict[str, list[dict]]) -> list[dict]:
     """Ziegler's smart copiers as tests over seeds (paired: one seed's policies are
     evaluated on the same stories); Holm-adjusted."""
-    for c in (FULL, ACCURACY):
-        if c not in novelty:
-            raise ValueError(f"world_copying CSV: no curve {c!r} (curves: {sorted(novelty)})")
+    copier = copier_labels(novelty)
     rows = []
-    for labels in (ACCURACY, FULL):
+    for labels in (copier, FULL):
         nov, lc = _by_position(novelty[labels]), _by_position(lcs[labels])
         who = labels.split(": ")[1]
         for other in ("SFT", "reference"):
@@ -254,22 +265,24 @@ def copying_tests(novelty: dict[str, list[dict]], lcs: dict[str, list[dict]]) ->
         d = _paired(lc["HF"], lc["SFT"], f"{labels}: HF vs SFT LCS")
         rows.append(_test(f"{who}: HF bigram LCS above SFT's", "", d,
                           t_p=lambda: stats.one_sample_t(d, 0.0), what="paired t"))
-    a, f = _by_position(novelty[ACCURACY])["HF"], _by_position(novelty[FULL])["HF"]
-    rows.append(_welch_row("HF novelty lower under accuracy-only labels than under full", "",
-                           f["y"], a["y"]))
+    a, f = _by_position(novelty[copier])["HF"], _by_position(novelty[FULL])["HF"]
+    rows.append(_welch_row(f"HF novelty lower under {COPIER_LABELLERS[copier]} labels than "
+                           "under full", "", f["y"], a["y"]))
     return _holm_verdicts(rows)
 
 
 def copying_verdicts(out_dir: str) -> list[str]:
-    """world_copying's tests (`copying_tests`) into verdicts.md / verdicts.json; the
+    """A copying sweep's tests (`copying_tests`) into verdicts.md / verdicts.json; the
     smart-copier verdict needs HF's novelty under half SFT's and the references'
-    (`COPIER_RATIO`) beside a significant drop."""
+    (`COPIER_RATIO`) beside a significant drop, under the copier labeller."""
     path = os.path.join(out_dir, COPYING_CSV)
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: missing; run the world_copying sweep's aggregation first")
+        raise ValueError(f"{path}: missing; run the copying sweep's aggregation first")
     novelty, lcs = read_panel(path, NOVELTY_PANEL), read_panel(path, LCS_PANEL)
     tests = copying_tests(novelty, lcs)
-    below = [r for r in tests if r["claim"].startswith("accuracy only: HF novelty below")]
+    labels = copier_labels(novelty)
+    below = [r for r in tests
+             if r["claim"].startswith(f"{labels.split(': ')[1]}: HF novelty below")]
     copier = all(r["verdict"] == "holds" and r["ratio"] < COPIER_RATIO for r in below)
     means = means_table({NOVELTY_PANEL: novelty, LCS_PANEL: lcs})
     for m in means:  # x is the policy's position, not a parameter count
@@ -284,7 +297,7 @@ def copying_verdicts(out_dir: str) -> list[str]:
               "|---|---|---|---|---|---|---|---|---|"]
     for r in tests:
         lines.append(_claim_row(r, f"{r['ratio']:.2f}" if "ratio" in r else "-"))
-    lines += ["", f"Smart copier under accuracy-only labels (HF novelty under "
+    lines += ["", f"Smart copier under {COPIER_LABELLERS[labels]} labels (HF novelty under "
               f"{COPIER_RATIO:g}x SFT's and the references', significantly): "
               f"**{'yes' if copier else 'no'}**."]
     return _write_verdicts(out_dir, "\n".join(lines) + "\n",
