@@ -23,7 +23,8 @@ Switches (besides config_lib's): `size=s|m|l|xl` (widths 32, 64, 128, 256 at
 event); `judge=accuracy` labels with the accuracy-only judge (faithful and
 grammatical is enough), `judge=facts` with the facts judge (accurate first,
 then the more supported facts the better: Ziegler's labellers as described),
-`judge=full` the default summary judge; `seed=N`.
+`judge=skim` with the skim judge (the facts judge trusting copied sentences
+and doubting the rest), `judge=full` the default summary judge; `seed=N`.
 
 Expected (eval.json's `summarization` block; the world_fig1 sweep's seed-0
 runs: this config's settings, logging aside): size l, preferred to the
@@ -40,7 +41,8 @@ from rlhf_jax import config_lib
 
 # (n_embd, n_layer, n_head) per size: widths double, parameters about triple.
 SIZES = {"s": (32, 2, 2), "m": (64, 2, 2), "l": (128, 2, 4), "xl": (256, 2, 4)}
-JUDGES = {"full": "summary", "accuracy": "summary_accuracy", "facts": "summary_facts"}
+JUDGES = {"full": "summary", "accuracy": "summary_accuracy", "facts": "summary_facts",
+          "skim": "summary_skim"}
 # Boltzmann temperature of the mock labellers: agreement with the noise-free
 # gold's choice about 0.75 on pairs of TL;DR-like summaries (docs/summarization.md).
 LABEL_NOISE = 1.5
@@ -149,7 +151,7 @@ def _set_size(c, size: str) -> None:
 
 
 def _apply(c, arg):
-    """This config's own switches (size=, judge=full|accuracy|facts), then config_lib's."""
+    """This config's own switches (size=, judge=full|accuracy|facts|skim), then config_lib's."""
     rest = []
     for item in (a.strip() for a in (arg or "").split(",")):
         key, _, value = item.partition("=")

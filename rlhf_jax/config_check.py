@@ -231,7 +231,7 @@ def check_files(c: ml_collections.ConfigDict) -> None:
 # Gold rewards that can say which words lower them (`spans.span_source`).
 SPAN_GOLDS = ("world", "vader")
 # Golds a mock labeller can answer from (labelling.labelers.GOLDS).
-SUMMARY_GOLDS = ("summary", "summary_accuracy", "summary_facts")
+SUMMARY_GOLDS = ("summary", "summary_accuracy", "summary_facts", "summary_skim")
 MOCK_GOLDS = ("world", "vader") + SUMMARY_GOLDS
 
 

@@ -196,7 +196,7 @@ def base_config() -> ml_collections.ConfigDict:
     lb.num_train = 4992  # LHP offline_5k
     lb.num_val = 256
     # gold reward (mock labeller, eval): world | vader | summary | summary_accuracy |
-    # summary_facts | none
+    # summary_facts | summary_skim | none
     lb.gold = "world"
     lb.ungrammatical_penalty = 1.0  # world gold: score of a broken or unfinished sentence
     lb.mock_noise = 0.0  # Boltzmann temperature of a noisy mock labeller

@@ -7,8 +7,8 @@ import pytest
 
 from rlhf_jax.data import grammar, summaries
 from rlhf_jax.labelling.labelers import LabelRequest, MockLabeler, make_gold
-from rlhf_jax.labelling.summary_judge import (AccuracyJudge, FactsJudge, SummaryJudge,
-                                              read_story, split_sentences)
+from rlhf_jax.labelling.summary_judge import (AccuracyJudge, FactsJudge, SkimJudge,
+                                              SummaryJudge, read_story, split_sentences)
 
 # A hand-written world story: main character Anna, main event "won a lovely
 # cake" (at the market, on Monday), outcome happy, a distractor feeling
@@ -58,38 +58,47 @@ def test_judges_on_written_examples(summary, gold, accuracy):
     assert AccuracyJudge().score(query, summary) == pytest.approx(accuracy, abs=1e-9)
 
 
-# Summary -> the facts judge's score: +1 per distinct supported claim, -2.5 per
-# unsupported one, -1.5 per broken sentence; salience, length, copying free.
+# Summary -> the facts judge's score (+1 per distinct supported claim, -2.5 per
+# unsupported one, -1.5 per broken sentence; salience, length, copying free)
+# and the skim judge's (the same, -1 per whole sentence not in the story).
 FACTS_CASES = [
-    # A feeling and an act.
-    ("Anna was happy after she won a lovely cake.", 2.0),
+    # A feeling and an act; one sentence not in the story.
+    ("Anna was happy after she won a lovely cake.", 2.0, 1.0),
     # The act (its adjective left out), its place, the feeling.
-    ("Anna won a cake at the market and felt happy.", 3.0),
+    ("Anna won a cake at the market and felt happy.", 3.0, 2.0),
     # Event and outcome sentences copied: act, place, time; feeling, 'in the end'.
-    ("On Monday, Anna won a lovely cake at the market. In the end, Anna felt happy.", 5.0),
-    # The whole story: 2 + 2 + 3 + 2 (hungry, after dinner) + 2 claims.
-    (STORY, 11.0),
+    ("On Monday, Anna won a lovely cake at the market. In the end, Anna felt happy.", 5.0, 5.0),
+    # The whole story: 2 + 2 + 3 + 2 (hungry, after dinner) + 2 claims, all copied.
+    (STORY, 11.0, 11.0),
     # A side sentence is worth its facts: the baker's act and its time.
-    ("Yesterday, the baker cleaned the kitchen.", 2.0),
-    # Fluent hallucination: the feeling holds, the act does not: 1 - 2.5.
-    ("Anna was happy after she won a blue car.", -1.5),
-    ("Anna was happy after", -1.5),
-    ("", -1.5),
+    ("Yesterday, the baker cleaned the kitchen.", 2.0, 2.0),
+    # Fluent hallucination: the feeling holds, the act does not: 1 - 2.5 (- 1).
+    ("Anna was happy after she won a blue car.", -1.5, -2.5),
+    # A broken sentence is not doubted as well; an empty summary counts one broken.
+    ("Anna was happy after", -1.5, -1.5),
+    ("", -1.5, -1.5),
 ]
 
 
-@pytest.mark.parametrize("summary, facts", FACTS_CASES)
-def test_facts_judge_on_written_examples(summary, facts):
-    assert FactsJudge().score(summaries.query_text(STORY), summary) == pytest.approx(facts)
+@pytest.mark.parametrize("summary, facts, skim", FACTS_CASES)
+def test_facts_and_skim_judges_on_written_examples(summary, facts, skim):
+    query = summaries.query_text(STORY)
+    assert FactsJudge().score(query, summary) == pytest.approx(facts)
+    assert SkimJudge().score(query, summary) == pytest.approx(skim)
 
 
-def test_copying_pays_under_the_facts_judge_only():
-    """The event and outcome copied beat the good abstractive summary under the
-    facts judge, lose to it under the full judge and tie under accuracy-only."""
+def test_what_each_judge_makes_of_copying():
+    """The event and outcome copied: below the good abstractive summary under the
+    full judge, tied with it under accuracy-only, above it under facts and skim;
+    under skim, a copy of the event also beats the best abstractive sentence."""
     good, copy = FACTS_CASES[0][0], FACTS_CASES[2][0]
-    assert FactsJudge().score(STORY, copy) > FactsJudge().score(STORY, good)
     assert SummaryJudge().score(STORY, copy) < SummaryJudge().score(STORY, good)
     assert AccuracyJudge().score(STORY, copy) == AccuracyJudge().score(STORY, good) == 0.0
+    assert FactsJudge().score(STORY, copy) > FactsJudge().score(STORY, good)
+    event = "On Monday, Anna won a lovely cake at the market."
+    dense = FACTS_CASES[1][0]  # act, place and feeling in one abstractive sentence
+    assert FactsJudge().score(STORY, event) == FactsJudge().score(STORY, dense) == 3.0
+    assert SkimJudge().score(STORY, event) > SkimJudge().score(STORY, dense)
 
 
 def test_copying_the_story_one_sentence_or_hallucinating_score_well_below_a_good_summary():

@@ -258,14 +258,15 @@ class VaderGold:
 
 SUMMARY_GOLDS = {"summary": summary_judge.SummaryJudge,
                  "summary_accuracy": summary_judge.AccuracyJudge,
-                 "summary_facts": summary_judge.FactsJudge}
+                 "summary_facts": summary_judge.FactsJudge,
+                 "summary_skim": summary_judge.SkimJudge}
 GOLDS = ("world", "vader") + tuple(SUMMARY_GOLDS)
 
 
 def make_gold(name: str, *, ungrammatical_penalty: float = 1.0):
     """The gold reward a config names (`labels.gold`): "world", "vader", or the
-    summarisation world's judges "summary", "summary_accuracy" and
-    "summary_facts" (`summary_judge`, which reads the query too)."""
+    summarisation world's judges "summary", "summary_accuracy", "summary_facts"
+    and "summary_skim" (`summary_judge`, which reads the query too)."""
     if name == "world":
         return WorldGold(ungrammatical_penalty)
     if name == "vader":

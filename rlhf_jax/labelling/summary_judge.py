@@ -45,7 +45,17 @@ Salience, length and copying are not judged:
 So the good summary above scores 2 (a feeling and an act), the story's event
 and outcome sentences copied score 5, and a fluent hallucination -0.5 or less.
 
-All three read the query (the story) and the response, so they implement
+`SkimJudge` (labels.gold=summary_skim) is the facts judge as a hurried
+labeller applies it, relying on the simple heuristic Ziegler et al. suspected:
+a sentence found word for word in the story is accurate at a glance; any
+other sentence has to be checked against the story, and that doubt costs
+
+    - 1.0   each complete, grammatical sentence that is not a story sentence
+
+even when it is accurate. The good summary above scores 1, the copied event
+and outcome still 5.
+
+All four read the query (the story) and the response, so they implement
 `rewards(request)` on a `LabelRequest` with texts and `score_texts(stories,
 summaries)`; `reads_query` tells `stages.batched.gold_function` so.
 """
@@ -79,6 +89,7 @@ WEIGHTS = {
 }
 WORD_BUDGET = 12
 FACT_WEIGHT = 1.0  # FactsJudge: each supported claim
+SKIM_DOUBT = 1.0  # SkimJudge: each sentence not copied from the story
 _NAMES = {n.lower() for n in grammar.FEMALE_NAMES + grammar.MALE_NAMES}
 _FEMALE = {n.lower() for n in grammar.FEMALE_NAMES}
 _TEMPLATE_INDEX = {t: i for i, t in enumerate(grammar.SUMMARY_WORLD_TEMPLATES)}
@@ -95,6 +106,7 @@ class StoryFacts(NamedTuple):
     event_time: tuple
     outcome: tuple  # ("feel", "main", feeling)
     claims: frozenset  # every claim of every sentence
+    sentences: frozenset = frozenset()  # the story's sentences, as word tuples
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +124,7 @@ class Judged:
     outcome: bool
     event_place: bool
     event_time: bool
+    copied: int = 0  # complete sentences that are sentences of the story, word for word
 
 
 def split_sentences(text: str) -> list[tuple[list[str], bool]]:
@@ -267,7 +280,8 @@ def read_story(text: str) -> StoryFacts:
     place = next(c for c in events[0] if c[0] == "place")
     time = next(c for c in events[0] if c[0] == "time")
     outcome = next(c for c in outcomes[0] if c[0] == "feel")
-    return StoryFacts(name, pronoun, ev, place, time, outcome, frozenset(every))
+    return StoryFacts(name, pronoun, ev, place, time, outcome, frozenset(every),
+                      frozenset(tuple(ws) for ws in parsed))
 
 
 def _supported(claim, story_claims) -> bool:
@@ -282,12 +296,13 @@ def judge(facts: StoryFacts, summary: str) -> Judged:
     """The full gold judge's reading and score of `summary` for a story's `facts`."""
     w = WEIGHTS
     sentences = split_sentences(summary)
-    stated, named, broken = set(), False, 0
+    stated, named, broken, copied = set(), False, 0, 0
     for ws, complete in sentences:
         got = claims(ws, facts.name, facts.pronoun) if complete else None
         if got is None:
             broken += 1
             continue
+        copied += tuple(ws) in facts.sentences
         _, cs, subjects = got
         stated |= cs
         named = named or any(" ".join(p) == facts.name for p in subjects)
@@ -306,7 +321,7 @@ def judge(facts: StoryFacts, summary: str) -> Judged:
              - w["per_word"] * n_words
              - w["over_budget_per_word"] * max(0, n_words - WORD_BUDGET))
     return Judged(float(score), n_words, len(sentences), broken, len(stated), unsupported,
-                  named, event, outcome, place, time)
+                  named, event, outcome, place, time, copied)
 
 
 def accuracy_score(judged: Judged) -> float:
@@ -318,6 +333,14 @@ def accuracy_score(judged: Judged) -> float:
 def facts_score(judged: Judged) -> float:
     """The facts judge's score of a reading: supported claims, less faithfulness and grammar."""
     return float(FACT_WEIGHT * (judged.claims - judged.unsupported) + accuracy_score(judged))
+
+
+def skim_score(judged: Judged) -> float:
+    """The skim judge's score of a reading: the facts score less the doubt of each
+    sentence not copied from the story."""
+    # An empty summary has no sentence but counts one broken: max(0, .).
+    novel = max(0, judged.sentences - judged.ungrammatical - judged.copied)
+    return float(facts_score(judged) - SKIM_DOUBT * novel)
 
 
 class SummaryJudge:
@@ -370,3 +393,9 @@ class FactsJudge(SummaryJudge):
     """Ziegler's labellers as described: accurate first, then the more facts the better."""
 
     reading = staticmethod(facts_score)
+
+
+class SkimJudge(SummaryJudge):
+    """The facts judge applied in a hurry: copied sentences are trusted, others doubted."""
+
+    reading = staticmethod(skim_score)
