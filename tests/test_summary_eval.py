@@ -96,7 +96,7 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
     runs trained once): every stage of configs/world_tldr.py:runlocal, the
     summarisation block, and each sweep's figures."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for sweep in ("world_fig1", "world_copying", "world_copying_facts", "world_overopt"):
+    for sweep in ("world_fig1", "world_copying", "world_copying_skim", "world_overopt"):
         out = subprocess.run([sys.executable, "launch.py",
                               f"--sweep=configs/sweeps/{sweep}.py:runlocal",
                               f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
@@ -112,10 +112,10 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
     with open(tmp_path / "world_copying" / "verdicts.json") as f:
         copying = json.load(f)
     assert len(copying["tests"]) == 7 and isinstance(copying["smart_copier"], bool)
-    with open(tmp_path / "world_copying_facts" / "verdicts.json") as f:
-        facts = json.load(f)
-    assert [t["claim"] for t in facts["tests"]][0] == "facts judge: HF novelty below SFT's"
-    assert isinstance(facts["smart_copier"], bool)
+    with open(tmp_path / "world_copying_skim" / "verdicts.json") as f:
+        skim = json.load(f)
+    assert [t["claim"] for t in skim["tests"]][0] == "skim judge: HF novelty below SFT's"
+    assert isinstance(skim["smart_copier"], bool)
     # world_overopt's ladder SFT, beta 0.5, 0.2, 0: three claims and three RM steps.
     with open(tmp_path / "world_overopt" / "verdicts.json") as f:
         overopt = json.load(f)
@@ -178,6 +178,7 @@ def test_world_tldr_switches():
                                                                         "summary_accuracy", 3)
     assert module.get_config().labels.gold == "summary"
     assert module.get_config("judge=facts").labels.gold == "summary_facts"
+    assert module.get_config("judge=skim").labels.gold == "summary_skim"
     assert module.get_config("size=l").model.n_embd == 128
     with pytest.raises(ValueError, match="size=q"):
         module.get_config("size=q")

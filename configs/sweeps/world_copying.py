@@ -23,43 +23,45 @@ from rlhf_jax.experiments.sweep import Curve, Figure, Panel, Points, Sweep, seed
 POLICIES = ("pretrained", "sft", "hf", "best_of", "reference")
 # judge (world_tldr's switch) -> the curve's label (summary_table's names).
 LABELS = {"full": summary_table.FULL, "accuracy": summary_table.ACCURACY,
-          "facts": summary_table.FACTS}
+          "facts": summary_table.FACTS, "skim": summary_table.SKIM}
 
 
-def curves(s, y, judges):
+def curves(s, y, judges, kl_coef=None):
     bon = "best_of_16" if not s.runlocal else "best_of_2"
     main = s.widths[s.main]
     out = []
     for judge in judges:
-        runs = seeds_of(world_scale.tldr_name(main, judge), s.seeds)
+        runs = seeds_of(world_scale.tldr_name(main, judge, kl_coef), s.seeds)
         pts = [Points(runs, summarization_point(bon if p == "best_of" else p, y, x=i))
                for i, p in enumerate(POLICIES) if not (p == "reference" and y == "gold_pref")]
         out.append(Curve(LABELS[judge], tuple(pts), line=False))
     return tuple(out)
 
 
-def copying_sweep(name, judges, arg=None):
+def copying_sweep(name, judges, arg=None, kl_coef=None):
     """The copying sweep `name`: world_tldr at the main width, one group of seeds per
-    judge in `judges` (the full judge first), each with its own labels, RM and PPO."""
+    judge in `judges` (the full judge first), each with its own labels, RM and PPO
+    (at fixed KL coefficient `kl_coef`, None for the config's)."""
     s = world_scale.scale(arg)
     main = s.widths[s.main]
-    runs = [r for judge in judges for r in world_scale.tldr_runs(s, main, judge)]
+    runs = [r for judge in judges for r in world_scale.tldr_runs(s, main, judge, kl_coef)]
     runs = list({r.name: r for r in runs}.values())  # pretraining and SFT once
     x = "policy"
     bon = "best-of-16" if not s.runlocal else "best-of-2"
     ticks = tuple(enumerate(("pretrained", "SFT", "HF", bon, "reference")))
-    caption = ("Held-out stories, T = 0. Sentence novelty: share of a summary's sentences "
+    beta = "" if kl_coef is None else f"PPO at fixed KL coefficient {kl_coef:g}. "
+    caption = (beta + "Held-out stories, T = 0. Sentence novelty: share of a summary's sentences "
                "not in the story; bigram LCS: longest common subsequence of the summary's "
                "and the story's word bigrams over the summary's bigrams. Pretrained, SFT and "
                "the references are the same under both labellers, so their points coincide.")
     fig = Figure("copying", "Copying under two labellers (Ziegler's smart copiers)",
                  (Panel("sentence novelty", x, "share of sentences not in the story",
-                        curves(s, "novelty", judges), xticks=ticks),
+                        curves(s, "novelty", judges, kl_coef), xticks=ticks),
                   Panel("bigram LCS with the story", x, "LCS / summary bigrams",
-                        curves(s, "bigram_lcs", judges), xticks=ticks),
-                  Panel("length", x, "words", curves(s, "words", judges), xticks=ticks),
+                        curves(s, "bigram_lcs", judges, kl_coef), xticks=ticks),
+                  Panel("length", x, "words", curves(s, "words", judges, kl_coef), xticks=ticks),
                   Panel("preferred to the reference (gold)", x, "fraction",
-                        curves(s, "gold_pref", judges), xticks=ticks[:4],
+                        curves(s, "gold_pref", judges, kl_coef), xticks=ticks[:4],
                         hline=(0.5, "as good as the references (0.5)"))), caption=caption)
     return Sweep(name, tuple(runs), (fig,), runlocal=s.runlocal,
                  tables=(summary_table.copying_verdicts,))

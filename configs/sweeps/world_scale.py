@@ -6,12 +6,13 @@ Runs (names shared by every world_* sweep, so each is trained once per --workdir
                    corpus (`configs/world_tldr.py`); the main width's run also
                    trains the tokenizer every other run reads.
   wsft-w<W>        that model fine-tuned on the references (SFT, seed 0).
-  wtldr-w<W>[-accuracy|-facts]-s<seed>
+  wtldr-w<W>[-b<beta>][-accuracy|-facts|-skim]-s<seed>
                    configs/world_tldr.py from that SFT model: pairwise labels
                    on SFT samples and references (full summary judge, or the
-                   accuracy-only or facts judge), a reward model at EOS biased so the
-                   references score 0, PPO with a value network from the RM at
-                   the config's fixed KL, and the summarisation evaluation.
+                   accuracy-only, facts or skim judge), a reward model at EOS
+                   biased so the references score 0, PPO with a value network
+                   from the RM at the config's fixed KL (or beta), and the
+                   summarisation evaluation.
   wkl<beta>-w<W>-s<seed>
                    PPO at another fixed KL coefficient from the KL ladder's
                    width's SFT model and the reward model of the same seed
@@ -132,16 +133,21 @@ def _sft_copies(width) -> dict:
             "stages/sft.json": Ref(sft_name(width), "stages/sft.json")}
 
 
-def tldr_name(width, judge: str = "full") -> str:
-    return f"wtldr-w{width[0]}" + ("" if judge == "full" else f"-{judge}")
+def tldr_name(width, judge: str = "full", kl_coef: float | None = None) -> str:
+    return (f"wtldr-w{width[0]}" + ("" if kl_coef is None else f"-b{kl_coef:g}")
+            + ("" if judge == "full" else f"-{judge}"))
 
 
-def tldr_runs(s: Scale, width, judge: str = "full") -> list[Run]:
-    """The whole Stiennon pipeline after pretraining, per seed."""
+def tldr_runs(s: Scale, width, judge: str = "full", kl_coef: float | None = None) -> list[Run]:
+    """The whole Stiennon pipeline after pretraining, per seed; `kl_coef`: PPO's fixed
+    KL coefficient, None for the config's."""
     ov = {**_from_pretrained(s, width), "stages": "sft,labels,reward,ppo,eval",
           "labels.gold": world_tldr.JUDGES[judge]}
+    if kl_coef is not None:
+        ov["kl.coef"] = kl_coef
     return (pretrain_runs(s, width) + [sft_run(s, width)]
-            + grid(tldr_name(width, judge), s.config, s.seeds, ov, copies=_sft_copies(width)))
+            + grid(tldr_name(width, judge, kl_coef), s.config, s.seeds, ov,
+                   copies=_sft_copies(width)))
 
 
 def kl_name(coef: float, width) -> str:

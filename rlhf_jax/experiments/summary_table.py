@@ -2,7 +2,7 @@
 
     python -m rlhf_jax.experiments.summary_table results/world_fig1
     python -m rlhf_jax.experiments.summary_table results/world_copying
-    python -m rlhf_jax.experiments.summary_table results/world_copying_facts
+    python -m rlhf_jax.experiments.summary_table results/world_copying_skim
     python -m rlhf_jax.experiments.summary_table results/world_overopt
     python -m rlhf_jax.experiments.summary_table results/overoptimization
     python -m rlhf_jax.experiments.summary_table results/rm_scaling
@@ -24,7 +24,7 @@ Fig. 1 at every size, over seeds:
   above 0.5: t against 0.5;
 - HF's preference rises with size: Welch's t between adjacent sizes.
 
-And for `configs/sweeps/world_copying.py` and `world_copying_facts.py`
+And for `configs/sweeps/world_copying.py` and `world_copying_skim.py`
 (`copying_verdicts`): under each labeller, HF's sentence novelty against
 SFT's and the references' (paired t, with the ratio of means) and HF's bigram
 LCS with the story against SFT's; HF's novelty under the two labellers (Welch).
@@ -227,9 +227,10 @@ def fig1_verdicts(out_dir: str) -> list[str]:
 COPYING_CSV = "copying.csv"
 NOVELTY_PANEL = "sentence novelty"
 LCS_PANEL = "bigram LCS with the story"
-FULL, ACCURACY, FACTS = "labels: full judge", "labels: accuracy only", "labels: facts judge"
+FULL, ACCURACY = "labels: full judge", "labels: accuracy only"
+FACTS, SKIM = "labels: facts judge", "labels: skim judge"
 # The labellers a copying sweep sets against the full judge, as its claims name them.
-COPIER_LABELLERS = {ACCURACY: "accuracy-only", FACTS: "facts-judge"}
+COPIER_LABELLERS = {ACCURACY: "accuracy-only", FACTS: "facts-judge", SKIM: "skim-judge"}
 # The copying sweep's x positions (configs/sweeps/world_copying.py POLICIES).
 POSITIONS = {"pretrained": 0, "SFT": 1, "HF": 2, "best-of-N": 3, "reference": 4}
 COPIER_RATIO = 0.5  # "far below": under half SFT's novelty
