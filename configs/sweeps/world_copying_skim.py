@@ -7,8 +7,8 @@ world_copying's experiment with the skim judge in place of the accuracy-only
 one (configs/world_tldr.py:judge=skim): accuracy first, then the more of the
 story's facts the better, with a sentence copied word for word trusted at a
 glance and any other sentence doubted (-1), the heuristic Ziegler et al.
-suspected their labellers of ("the labellers preferred sentences copied
-wholesale from the input"). Both groups, five seeds each, run PPO at the
+suspected their labellers of (they "preferred sentences copied wholesale
+from the input"). Both groups, five seeds each, run PPO at the
 fixed KL coefficient 0.05 instead of the config's 0.5: at 0.5 the policy
 barely leaves SFT (0.2-0.6 nats). Same figure, CSV and tests (`verdicts.md`)
 as world_copying.

@@ -33,9 +33,9 @@ count; any summary that is faithful and grammatical scores 0, however little
 it covers and however long it is.
 
 `FactsJudge` (labels.gold=summary_facts) plays the same labellers as their
-authors described them ("the labellers preferred sentences copied wholesale
-from the input; we had only asked them to ensure accuracy"): accuracy comes
-first, and of two accurate summaries the one that tells more is better.
+authors described them: asked only to ensure accuracy, they "preferred
+sentences copied wholesale from the input". Accuracy comes first, and of
+two accurate summaries the one that tells more is better.
 Salience, length and copying are not judged:
 
     + 1.0   each distinct claim the story supports (`claims`)
