@@ -357,8 +357,8 @@ def _resolve_online(c, stages, num_devices: int) -> int:
         _need(os.path.isdir(directory),
               f"labels.online.db={o.db!r}: directory {directory} does not exist")
     else:
-        _need(c.labels.gold in ("world", "vader"), f"labels.online.labeler='mock' picks by "
-              f"the gold reward: labels.gold={c.labels.gold!r} must be 'world' or 'vader'")
+        _need(c.labels.gold in MOCK_GOLDS, f"labels.online.labeler='mock' picks by the gold "
+              f"reward: labels.gold={c.labels.gold!r} must be one of {MOCK_GOLDS}")
     _need(c.labels.batch_size % num_devices == 0,
           f"labels.batch_size={c.labels.batch_size} is not divisible by the device count "
           f"{num_devices}")
