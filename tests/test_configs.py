@@ -318,6 +318,16 @@ def test_bad_switch_raises_naming_it(arg, match):
         get_config("mock_sentiment", arg)
 
 
+def test_online_mock_labels_take_the_summary_judges_and_refuse_no_gold():
+    c = get_config("world_tldr", "judge=skim,online=mock")
+    assert (c.labels.gold, c.labels.online.enabled) == ("summary_skim", True)
+    c.labels.online.every = 25  # a collection within the config's 100 PPO updates
+    config_check.resolve(c, 1)
+    c.labels.gold = "none"
+    with pytest.raises(ValueError, match=r"labels.gold='none' must be one of"):
+        config_check.resolve(c, 1)
+
+
 def test_runlocal_needs_a_variant():
     with pytest.raises(ValueError, match="no runlocal variant"):
         config_lib.apply_switches(config_lib.base_config(), "runlocal")
