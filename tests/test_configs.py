@@ -318,6 +318,16 @@ def test_bad_switch_raises_naming_it(arg, match):
         get_config("mock_sentiment", arg)
 
 
+def test_the_config_checks_know_every_gold_the_labellers_have():
+    """config_check may not import labelling (the layering), so it lists the golds
+    again; the two lists and world_tldr's judge switch must agree."""
+    from rlhf_jax.labelling import labelers
+    assert config_check.MOCK_GOLDS == labelers.GOLDS
+    assert config_check.SUMMARY_GOLDS == tuple(labelers.SUMMARY_GOLDS)
+    judges = load_config_module("world_tldr").JUDGES
+    assert set(judges.values()) == set(config_check.SUMMARY_GOLDS)
+
+
 def test_online_mock_labels_take_the_summary_judges_and_refuse_no_gold():
     c = get_config("world_tldr", "judge=skim,online=mock")
     assert (c.labels.gold, c.labels.online.enabled) == ("summary_skim", True)

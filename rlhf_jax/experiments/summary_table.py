@@ -221,8 +221,8 @@ def fig1_verdicts(out_dir: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------
-# world_copying(_facts): does the RL policy copy under a labeller who checks
-# accuracy (the accuracy-only judge, or the facts judge) and not under the full one?
+# world_copying(_skim): does the RL policy copy under a labeller who checks
+# accuracy (the accuracy-only, facts or skim judge) and not under the full one?
 
 COPYING_CSV = "copying.csv"
 NOVELTY_PANEL = "sentence novelty"
