@@ -53,7 +53,12 @@ def wait_for(driver, condition, what, timeout=30):
 
 
 def item_shown(item_id):
-    return lambda d: d.find_element(By.ID, "item").get_attribute("data-item-id") == str(item_id)
+    # One script reads the attribute: the page swaps #item between a find and a
+    # read, and Chrome then reports "Node ... does not belong to the document",
+    # which no ignored exception covers.
+    return lambda d: d.execute_script(
+        "const e = document.getElementById('item');"
+        "return e && e.getAttribute('data-item-id');") == str(item_id)
 
 
 def tok(driver, j, i):
