@@ -24,7 +24,9 @@ event); `judge=accuracy` labels with the accuracy-only judge (faithful and
 grammatical is enough), `judge=facts` with the facts judge (accurate first,
 then the more supported facts the better: Ziegler's labellers as described),
 `judge=skim` with the skim judge (the facts judge trusting copied sentences
-and doubting the rest), `judge=full` the default summary judge; `seed=N`.
+and doubting the rest), `judge=full` the default summary judge; `lead`
+writes every story in the lead form (the main event first, as a news
+article's lead: `task.story_lead`); `seed=N`.
 
 Expected (eval.json's `summarization` block; the world_fig1 sweep's seed-0
 runs: this config's settings, logging aside): size l, preferred to the
@@ -151,7 +153,8 @@ def _set_size(c, size: str) -> None:
 
 
 def _apply(c, arg):
-    """This config's own switches (size=, judge=full|accuracy|facts|skim), then config_lib's."""
+    """This config's own switches (size=, judge=full|accuracy|facts|skim, lead), then
+    config_lib's."""
     rest = []
     for item in (a.strip() for a in (arg or "").split(",")):
         key, _, value = item.partition("=")
@@ -159,6 +162,8 @@ def _apply(c, arg):
             _set_size(c, value)
         elif key == "judge" and value in JUDGES:
             c.labels.gold = JUDGES[value]
+        elif item == "lead":
+            c.task.story_lead = True
         elif item:
             rest.append(item)
     return config_lib.apply_switches(c, ",".join(rest), runlocal=_runlocal)

@@ -188,6 +188,9 @@ def resolve(c, num_devices: int) -> dict:
           <= (c.task.query_dataset == "world_tldr"),
           f"labels.gold={c.labels.gold!r} judges summaries of world stories: it needs "
           "task.query_dataset='world_tldr'")
+    _need(not c.task.story_lead or c.task.query_dataset == "world_tldr",
+          f"task.story_lead=True writes world stories: it needs task.query_dataset="
+          f"'world_tldr', not {c.task.query_dataset!r}")
     _need(c.labels.ungrammatical_penalty >= 0,
           f"labels.ungrammatical_penalty={c.labels.ungrammatical_penalty} must be >= 0")
     if "ppo" in stages:

@@ -154,6 +154,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.name = ""
     t.query_dataset = "books"  # synthetic | books | tldr | cnndm | world_tldr
     t.num_docs = 0  # world_tldr: stories in the train split (valid, test: a tenth each)
+    t.story_lead = False  # world_tldr: the main event opens every story (a news lead)
     t.dataset_path = "bookcorpus"  # local file/dir or HF dataset name
     t.query_format = "lhp"  # lhp: raw text, the RM reads it raw | sff: Stiennon's template
     # | chat: sff's text as a user turn in the tokenizer's chat template (instruct models)

@@ -338,6 +338,17 @@ def test_online_mock_labels_take_the_summary_judges_and_refuse_no_gold():
         config_check.resolve(c, 1)
 
 
+def test_story_lead_is_world_tldr_s_switch_and_refused_elsewhere():
+    c = get_config("world_tldr", "lead,judge=skim")
+    assert (c.task.story_lead, c.labels.gold) == (True, "summary_skim")
+    assert not get_config("world_tldr").task.story_lead
+    config_check.resolve(c, 1)
+    c = get_config("mock_sentiment")
+    c.task.story_lead = True
+    with pytest.raises(ValueError, match=r"task.story_lead=True .* not 'synthetic'"):
+        config_check.resolve(c, 1)
+
+
 def test_runlocal_needs_a_variant():
     with pytest.raises(ValueError, match="no runlocal variant"):
         config_lib.apply_switches(config_lib.base_config(), "runlocal")

@@ -142,6 +142,28 @@ def test_generated_stories_are_read_back_as_the_generator_recorded_them():
                              ).derivations == 0
 
 
+def test_lead_stories_open_with_the_event():
+    plain = summaries.stories(200, 4, "train")
+    lead = summaries.stories(200, 4, "train", lead=True)
+    judge = SummaryJudge()
+    for p, s in zip(plain, lead):
+        assert s.event_index == 0 and len(s.sentences) == len(p.sentences)
+        f = read_story(s.text)  # the careful reader finds the same facts
+        assert f.event == ("act", "main", s.event_verb, s.event_noun, s.event_adjective)
+        assert f.name == s.name.lower() and s.sentences[0].split(", ")[1].startswith(s.name)
+        # Drawn before the event: the same character, mood and length as the plain form.
+        assert (s.name, s.polarity) == (p.name, p.polarity)
+        if s.reference_kind == "first_sentence":  # the lead: character, event, place, time
+            assert s.reference == s.sentences[0]
+            j = judge.judge(s.text, s.reference)
+            assert j.character and j.event and j.event_place and j.event_time
+            assert not j.outcome and j.copied == 1
+    corpus = summaries.pretraining_corpus(50, 4, lead=True)
+    assert corpus[:3] != summaries.pretraining_corpus(3, 4)
+    assert all(summaries.story_of_query(t) == s.text or summaries.story_of_query(t) == t
+               for t, s in zip(corpus, summaries.stories(50, 4, "pretrain", lead=True)))
+
+
 def test_documents_are_deterministic_prefix_stable_and_splits_disjoint():
     a = summaries.stories(20, 7, "test")
     assert a == summaries.stories(20, 7, "test")

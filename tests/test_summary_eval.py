@@ -92,11 +92,12 @@ def test_compare_on_hand_worked_metrics():
 
 
 def test_world_sweeps_runlocal_end_to_end(tmp_path):
-    """The four summarisation sweeps at `:runlocal` in one workdir (their shared
+    """The five summarisation sweeps at `:runlocal` in one workdir (their shared
     runs trained once): every stage of configs/world_tldr.py:runlocal, the
     summarisation block, and each sweep's figures."""
     env = dict(os.environ, PYTHONPATH=ROOT)
-    for sweep in ("world_fig1", "world_copying", "world_copying_skim", "world_overopt"):
+    for sweep in ("world_fig1", "world_copying", "world_copying_skim", "world_copying_lead",
+                  "world_overopt"):
         out = subprocess.run([sys.executable, "launch.py",
                               f"--sweep=configs/sweeps/{sweep}.py:runlocal",
                               f"--workdir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
@@ -116,6 +117,11 @@ def test_world_sweeps_runlocal_end_to_end(tmp_path):
         skim = json.load(f)
     assert [t["claim"] for t in skim["tests"]][0] == "skim judge: HF novelty below SFT's"
     assert isinstance(skim["smart_copier"], bool)
+    with open(tmp_path / "world_copying_lead" / "verdicts.json") as f:
+        lead = json.load(f)
+    assert [t["claim"] for t in lead["tests"]][0] == "skim judge: HF novelty below SFT's"
+    with open(tmp_path / "runs" / "wtldr-w16-lead-b0.05-skim-s0" / "config.json") as f:
+        assert json.load(f)["task"]["story_lead"] is True
     # world_overopt's ladder SFT, beta 0.5, 0.2, 0: three claims and three RM steps.
     with open(tmp_path / "world_overopt" / "verdicts.json") as f:
         overopt = json.load(f)

@@ -15,6 +15,8 @@ supervised); under Stiennon's labellers HF copies less than pretrained.
 `verdicts.md` tests these over the seeds (`rlhf_jax.experiments.summary_table`).
 """
 
+import dataclasses
+
 from configs.sweeps import world_scale
 from rlhf_jax.stages.summary_eval import summarization_point
 from rlhf_jax.experiments import summary_table
@@ -31,25 +33,27 @@ def curves(s, y, judges, kl_coef=None):
     main = s.widths[s.main]
     out = []
     for judge in judges:
-        runs = seeds_of(world_scale.tldr_name(main, judge, kl_coef), s.seeds)
+        runs = seeds_of(world_scale.tldr_name(main, judge, kl_coef, s.lead), s.seeds)
         pts = [Points(runs, summarization_point(bon if p == "best_of" else p, y, x=i))
                for i, p in enumerate(POLICIES) if not (p == "reference" and y == "gold_pref")]
         out.append(Curve(LABELS[judge], tuple(pts), line=False))
     return tuple(out)
 
 
-def copying_sweep(name, judges, arg=None, kl_coef=None):
+def copying_sweep(name, judges, arg=None, kl_coef=None, lead=False):
     """The copying sweep `name`: world_tldr at the main width, one group of seeds per
     judge in `judges` (the full judge first), each with its own labels, RM and PPO
-    (at fixed KL coefficient `kl_coef`, None for the config's)."""
-    s = world_scale.scale(arg)
+    (at fixed KL coefficient `kl_coef`, None for the config's); `lead`: on stories in
+    the lead form, with their own pretrained and SFT models."""
+    s = dataclasses.replace(world_scale.scale(arg), lead=lead)
     main = s.widths[s.main]
     runs = [r for judge in judges for r in world_scale.tldr_runs(s, main, judge, kl_coef)]
     runs = list({r.name: r for r in runs}.values())  # pretraining and SFT once
     x = "policy"
     bon = "best-of-16" if not s.runlocal else "best-of-2"
     ticks = tuple(enumerate(("pretrained", "SFT", "HF", bon, "reference")))
-    beta = "" if kl_coef is None else f"PPO at fixed KL coefficient {kl_coef:g}. "
+    beta = ("Stories in the lead form (the main event first). " if lead else "") + (
+        "" if kl_coef is None else f"PPO at fixed KL coefficient {kl_coef:g}. ")
     caption = (beta + "Held-out stories, T = 0. Sentence novelty: share of a summary's sentences "
                "not in the story; bigram LCS: longest common subsequence of the summary's "
                "and the story's word bigrams over the summary's bigrams. Pretrained, SFT and "

@@ -2,11 +2,13 @@
 
 Runs (names shared by every world_* sweep, so each is trained once per --workdir):
 
-  wpre-w<W>        a GPT-2 of width W pretrained on the summarisation world's
+  wpre-w<W>[-lead] a GPT-2 of width W pretrained on the summarisation world's
                    corpus (`configs/world_tldr.py`); the main width's run also
-                   trains the tokenizer every other run reads.
-  wsft-w<W>        that model fine-tuned on the references (SFT, seed 0).
-  wtldr-w<W>[-b<beta>][-accuracy|-facts|-skim]-s<seed>
+                   trains the tokenizer every other run reads. `-lead`: every
+                   story in the lead form (`task.story_lead`), for the sweeps
+                   whose scale has `lead` set; its runs carry the suffix too.
+  wsft-w<W>[-lead] that model fine-tuned on the references (SFT, seed 0).
+  wtldr-w<W>[-lead][-b<beta>][-accuracy|-facts|-skim]-s<seed>
                    configs/world_tldr.py from that SFT model: pairwise labels
                    on SFT samples and references (full summary judge, or the
                    accuracy-only, facts or skim judge), a reward model at EOS
@@ -49,6 +51,7 @@ class Scale:
     ppo_batch: int
     eval_queries: int
     kl_coefs: tuple[float, ...]
+    lead: bool = False  # stories in the lead form (the main event first)
 
     @property
     def config(self) -> str:
@@ -92,16 +95,20 @@ def _size(width) -> dict:
     return {"model.n_embd": n_embd, "model.n_layer": n_layer, "model.n_head": n_head}
 
 
-def pretrain_name(width) -> str:
-    return f"wpre-w{width[0]}"
+def _lead(lead: bool) -> str:
+    return "-lead" if lead else ""
+
+
+def pretrain_name(width, lead: bool = False) -> str:
+    return f"wpre-w{width[0]}{_lead(lead)}"
 
 
 def pretrain_run(s: Scale, width) -> Run:
     ov = {**_size(width), "stages": "pretrain", "pretrain.num_docs": s.num_docs,
-          "task.num_docs": s.task_docs, "log.tensorboard": False}
+          "task.num_docs": s.task_docs, "task.story_lead": s.lead, "log.tensorboard": False}
     if width != s.widths[s.main]:
-        ov["model.tokenizer"] = Ref(pretrain_name(s.widths[s.main]), "tokenizer")
-    return Run(pretrain_name(width), s.config, ov)
+        ov["model.tokenizer"] = Ref(pretrain_name(s.widths[s.main], s.lead), "tokenizer")
+    return Run(pretrain_name(width, s.lead), s.config, ov)
 
 
 def pretrain_runs(s: Scale, width) -> list[Run]:
@@ -111,30 +118,32 @@ def pretrain_runs(s: Scale, width) -> list[Run]:
 
 def _from_pretrained(s: Scale, width) -> dict:
     return {**_size(width), "model.init": "pretrained", "pretrain.num_docs": s.num_docs,
-            "model.name_or_path": Ref(pretrain_name(width), "models/pretrained"),
-            "model.tokenizer": Ref(pretrain_name(s.widths[s.main]), "tokenizer"),
-            "task.num_docs": s.task_docs, "sft.num_train": s.sft_train,
+            "model.name_or_path": Ref(pretrain_name(width, s.lead), "models/pretrained"),
+            "model.tokenizer": Ref(pretrain_name(s.widths[s.main], s.lead), "tokenizer"),
+            "task.num_docs": s.task_docs, "task.story_lead": s.lead, "sft.num_train": s.sft_train,
             "labels.num_train": s.labels, "ppo.batch_size": s.ppo_batch,
             "ppo.total_episodes": s.ppo_batch * s.ppo_updates, "ppo.log_every": 1,
             "eval.num_queries": s.eval_queries, "log.tensorboard": False}
 
 
-def sft_name(width) -> str:
-    return f"wsft-w{width[0]}"
+def sft_name(width, lead: bool = False) -> str:
+    return f"wsft-w{width[0]}{_lead(lead)}"
 
 
 def sft_run(s: Scale, width) -> Run:
-    return Run(sft_name(width), s.config, {**_from_pretrained(s, width), "stages": "sft"})
+    return Run(sft_name(width, s.lead), s.config,
+               {**_from_pretrained(s, width), "stages": "sft"})
 
 
-def _sft_copies(width) -> dict:
+def _sft_copies(width, lead: bool = False) -> dict:
     """The SFT stage done: its model and marker come along (run `sft_name(width)`)."""
-    return {"models/sft": Ref(sft_name(width), "models/sft"),
-            "stages/sft.json": Ref(sft_name(width), "stages/sft.json")}
+    return {"models/sft": Ref(sft_name(width, lead), "models/sft"),
+            "stages/sft.json": Ref(sft_name(width, lead), "stages/sft.json")}
 
 
-def tldr_name(width, judge: str = "full", kl_coef: float | None = None) -> str:
-    return (f"wtldr-w{width[0]}" + ("" if kl_coef is None else f"-b{kl_coef:g}")
+def tldr_name(width, judge: str = "full", kl_coef: float | None = None,
+              lead: bool = False) -> str:
+    return (f"wtldr-w{width[0]}{_lead(lead)}" + ("" if kl_coef is None else f"-b{kl_coef:g}")
             + ("" if judge == "full" else f"-{judge}"))
 
 
@@ -146,8 +155,8 @@ def tldr_runs(s: Scale, width, judge: str = "full", kl_coef: float | None = None
     if kl_coef is not None:
         ov["kl.coef"] = kl_coef
     return (pretrain_runs(s, width) + [sft_run(s, width)]
-            + grid(tldr_name(width, judge, kl_coef), s.config, s.seeds, ov,
-                   copies=_sft_copies(width)))
+            + grid(tldr_name(width, judge, kl_coef, s.lead), s.config, s.seeds, ov,
+                   copies=_sft_copies(width, s.lead)))
 
 
 def kl_name(coef: float, width) -> str:

@@ -268,7 +268,7 @@ def _world_tldr_queries(task, tokenizer, *, split: str, seed: int,
                          "needs the number of training stories")
     total = task.num_docs if split == "train" else max(task.num_docs // 10, 1)
     n = total if limit is None else min(limit, total)
-    docs = summaries.stories(n, seed, split)
+    docs = summaries.stories(n, seed, split, lead=task.story_lead)
     encode_batch = _batch_encoder(tokenizer) or (lambda texts: [  # noqa: E731
         tokenizer.encode(t, add_special_tokens=False) for t in texts])
     q_ids = encode_batch([summaries.query_text(s) for s in docs])

@@ -5,7 +5,8 @@ document is a story of 5 to 9 sentences about one main character, written
 from the world's grammar (`grammar.SUMMARY_WORLD_TEMPLATES`), with
 
 * one main event: "On Monday, Anna won a red bicycle at the market." (an
-  event verb no other sentence uses; never the first or the last sentence);
+  event verb no other sentence uses; never the first or the last sentence,
+  except in the lead form below, where it is always the first);
 * its outcome, always the last sentence: "In the end, she felt happy." (the
   feeling agrees with the event: a won bicycle makes her happy, a lost map
   sad);
@@ -22,6 +23,13 @@ summary ("Anna was happy after she won a red bicycle.") to a copy of the
 first sentence. A share of the pretraining stories end with
 `\\nTL;DR: <reference>` (`PRETRAIN_TLDR_SHARE`), so a pretrained-only model
 can summarise zero-shot, badly.
+
+Stories come in two forms. The default tells the event somewhere in the
+middle, as a Reddit post does; with `lead=True` (`task.story_lead`) the event
+opens the story, as a news article's lead does, so copying the first sentence
+is a summary that states the event (CNN/DM's lead, which Ziegler et al.'s
+policies copied). The lead form's side sentences, outcome and references are
+drawn as the default's; only the event's position differs.
 
 Documents are keyed by (seed, stream, index): stream 0 is the pretraining
 corpus, 1-3 the task's train / valid / test stories, so no held-out story is
@@ -93,8 +101,9 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + "."
 
 
-def _generate(seed: int, stream: int, index: int) -> tuple[Story, float]:
-    """Story (seed, stream, index) and one more uniform of its stream."""
+def _generate(seed: int, stream: int, index: int, lead: bool = False) -> tuple[Story, float]:
+    """Story (seed, stream, index) and one more uniform of its stream; `lead`: the
+    main event is the first sentence."""
     rng = np.random.default_rng([seed, stream, index])
     st = _Story(rng)
     polarity = "positive" if st.uniform() < 0.5 else "negative"
@@ -102,6 +111,8 @@ def _generate(seed: int, stream: int, index: int) -> tuple[Story, float]:
     n = MIN_SENTENCES + min(int(st.uniform() * (MAX_SENTENCES - MIN_SENTENCES + 1)),
                             MAX_SENTENCES - MIN_SENTENCES)
     event_index = 1 + min(int(st.uniform() * (n - 2)), n - 3)
+    if lead:
+        event_index = 0
 
     def main_subject():
         if not st.introduced or st.uniform() < _NAME_AGAIN:
@@ -175,17 +186,19 @@ def write_reference(story: Story, uniform) -> tuple[str, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def _documents(seed: int, stream: int, n: int) -> tuple[tuple[Story, float], ...]:
-    return tuple(_generate(seed, stream, i) for i in range(n))
+def _documents(seed: int, stream: int, n: int,
+               lead: bool = False) -> tuple[tuple[Story, float], ...]:
+    return tuple(_generate(seed, stream, i, lead) for i in range(n))
 
 
-def stories(n: int, seed: int, split: str) -> list[Story]:
-    """The first `n` stories of a split ("pretrain", "train", "valid", "test")."""
+def stories(n: int, seed: int, split: str, lead: bool = False) -> list[Story]:
+    """The first `n` stories of a split ("pretrain", "train", "valid", "test"); `lead`:
+    in the lead form (the main event first)."""
     if split not in SPLIT_STREAMS:
         raise ValueError(f"split={split!r}: expected one of {tuple(SPLIT_STREAMS)}")
     if n < 0:
         raise ValueError(f"stories: n={n} must be >= 0")
-    return [s for s, _ in _documents(seed, SPLIT_STREAMS[split], n)]
+    return [s for s, _ in _documents(seed, SPLIT_STREAMS[split], n, bool(lead))]
 
 
 def query_text(story: Story | str) -> str:
@@ -193,11 +206,12 @@ def query_text(story: Story | str) -> str:
     return f"{story if isinstance(story, str) else story.text}\n{TLDR}"
 
 
-def pretraining_corpus(num_docs: int, seed: int) -> list[str]:
-    """`num_docs` pretraining stories, a `PRETRAIN_TLDR_SHARE` of them ending with
-    `\\nTL;DR: <reference>` (the same format the task's queries and SFT use)."""
+def pretraining_corpus(num_docs: int, seed: int, lead: bool = False) -> list[str]:
+    """`num_docs` pretraining stories (in the lead form if `lead`), a
+    `PRETRAIN_TLDR_SHARE` of them ending with `\\nTL;DR: <reference>` (the same
+    format the task's queries and SFT use)."""
     return [f"{query_text(s)} {s.reference}" if u < PRETRAIN_TLDR_SHARE else s.text
-            for s, u in _documents(seed, SPLIT_STREAMS["pretrain"], num_docs)]
+            for s, u in _documents(seed, SPLIT_STREAMS["pretrain"], num_docs, bool(lead))]
 
 
 def story_of_query(text: str) -> str:

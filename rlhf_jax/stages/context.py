@@ -146,7 +146,8 @@ def setup_tokenizer(ctx: Context) -> None:
     cfg = ctx.cfg
 
     if cfg.task.query_dataset == "world_tldr":  # stories, a share ending with their TL;DR
-        ctx.corpus = summaries.pretraining_corpus(cfg.pretrain.num_docs, cfg.seed)
+        ctx.corpus = summaries.pretraining_corpus(cfg.pretrain.num_docs, cfg.seed,
+                                                  lead=cfg.task.story_lead)
     elif cfg.task.query_dataset == "synthetic" or cfg.model.tokenizer == "synthetic":
         ctx.corpus = synthetic.generate_corpus(cfg.pretrain.num_docs, cfg.seed)
     if cfg.model.tokenizer == "synthetic":
