@@ -3,6 +3,7 @@
     python -m rlhf_jax.experiments.summary_table results/world_fig1
     python -m rlhf_jax.experiments.summary_table results/world_copying
     python -m rlhf_jax.experiments.summary_table results/world_copying_skim
+    python -m rlhf_jax.experiments.summary_table results/world_copying_lead
     python -m rlhf_jax.experiments.summary_table results/world_overopt
     python -m rlhf_jax.experiments.summary_table results/overoptimization
     python -m rlhf_jax.experiments.summary_table results/rm_scaling
@@ -24,7 +25,8 @@ Fig. 1 at every size, over seeds:
   above 0.5: t against 0.5;
 - HF's preference rises with size: Welch's t between adjacent sizes.
 
-And for `configs/sweeps/world_copying.py` and `world_copying_skim.py`
+And for `configs/sweeps/world_copying.py`, `world_copying_skim.py` and
+`world_copying_lead.py`
 (`copying_verdicts`): under each labeller, HF's sentence novelty against
 SFT's and the references' (paired t, with the ratio of means) and HF's bigram
 LCS with the story against SFT's; HF's novelty under the two labellers (Welch).
