@@ -40,12 +40,15 @@ def curves(s, y, judges, kl_coef=None):
     return tuple(out)
 
 
-def copying_sweep(name, judges, arg=None, kl_coef=None, lead=False):
+def copying_sweep(name, judges, arg=None, kl_coef=None, lead=False, ppo_updates=None):
     """The copying sweep `name`: world_tldr at the main width, one group of seeds per
     judge in `judges` (the full judge first), each with its own labels, RM and PPO
     (at fixed KL coefficient `kl_coef`, None for the config's); `lead`: on stories in
-    the lead form, with their own pretrained and SFT models."""
+    the lead form, with their own pretrained and SFT models; `ppo_updates`: PPO's
+    length at the full scale (None: the scale's)."""
     s = dataclasses.replace(world_scale.scale(arg), lead=lead)
+    if ppo_updates is not None and not s.runlocal:
+        s = dataclasses.replace(s, ppo_updates=ppo_updates)
     main = s.widths[s.main]
     runs = [r for judge in judges for r in world_scale.tldr_runs(s, main, judge, kl_coef)]
     runs = list({r.name: r for r in runs}.values())  # pretraining and SFT once
@@ -53,7 +56,8 @@ def copying_sweep(name, judges, arg=None, kl_coef=None, lead=False):
     bon = "best-of-16" if not s.runlocal else "best-of-2"
     ticks = tuple(enumerate(("pretrained", "SFT", "HF", bon, "reference")))
     beta = ("Stories in the lead form (the main event first). " if lead else "") + (
-        "" if kl_coef is None else f"PPO at fixed KL coefficient {kl_coef:g}. ")
+        "" if kl_coef is None else f"PPO at fixed KL coefficient {kl_coef:g}. ") + (
+        "" if ppo_updates is None else f"{s.ppo_updates} PPO updates. ")
     caption = (beta + "Held-out stories, T = 0. Sentence novelty: share of a summary's sentences "
                "not in the story; bigram LCS: longest common subsequence of the summary's "
                "and the story's word bigrams over the summary's bigrams. Pretrained, SFT and "
