@@ -29,14 +29,13 @@ TOLERANCE = 5e-3
 
 
 def _cpu() -> str:
+    """The CPU's model and the vector extensions that decide XLA's kernels."""
     with open("/proc/cpuinfo") as f:
-        info = f.read()
-    model = next((line.split(":", 1)[1].strip() for line in info.splitlines()
-                  if line.startswith("model name")), "unknown CPU")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines()
-                  if line.startswith("flags")), [])
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16") if f in flags]
-    return f"{model} ({', '.join(isa)})"
+    return f"{fields.get('model name', 'unknown CPU')} ({', '.join(isa)})"
 
 
 def _mismatches(got: dict, pinned: dict) -> list[str]:
